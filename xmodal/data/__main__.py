@@ -1,0 +1,53 @@
+"""``python -m xmodal.data``: import, check or generate catalogues.
+
+    python -m xmodal.data import kaggle SRC [--out DIR]
+    python -m xmodal.data import research SRC [--out DIR]
+    python -m xmodal.data check DIR
+    python -m xmodal.data demo [--out DIR] [--n 2000] [--seed 0]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .catalogue import CatalogueError, load_catalogue
+from .demo import generate_demo
+from .importers import IMPORTERS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m xmodal.data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    imp = sub.add_parser("import", help="convert another layout into captions.csv")
+    imp.add_argument("layout", choices=sorted(IMPORTERS))
+    imp.add_argument("src", help="the folder to import")
+    imp.add_argument("--out", help="catalogue folder to write (default: in place, beside the source)")
+    chk = sub.add_parser("check", help="validate a catalogue and print the loader's report")
+    chk.add_argument("dir")
+    demo = sub.add_parser("demo", help="generate the synthetic demo catalogue")
+    demo.add_argument("--out", required=True)
+    demo.add_argument("--n", type=int, default=2000)
+    demo.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "import":
+            res = IMPORTERS[args.layout](args.src, args.out)
+            print(f"wrote {res.rows} rows to {res.out_dir / 'captions.csv'}"
+                  + "".join(f"; dropped {n} ({why})" for why, n in res.dropped.items()))
+            print(load_catalogue(res.out_dir).report.summary())
+        elif args.cmd == "check":
+            cat = load_catalogue(args.dir)
+            print(cat.report.summary())
+            print(f"fingerprint {cat.fingerprint}")
+        else:
+            path = generate_demo(args.out, n=args.n, seed=args.seed)
+            print(f"wrote {args.n} demo items to {path}")
+    except (CatalogueError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The model configuration shared by every registered model."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model (saved beside its weights as JSON)."""
+
+    backbone: str = "efficientnet"  # image backbone name, see xmodal.backbones.BACKBONES
+    pretrained: bool = True  # ask for ImageNet weights for the backbone
+    weights_source: str | None = None  # where the backbone's weights came from (None: random init)
+    finetune: bool = False  # train the backbone end to end (else frozen, features cached on disk)
+    image_size: tuple[int, int] | None = None  # (height, width) fed to the backbone; None: its default
+    feature_dim: int = 1280  # pooled backbone feature size (filled in from the backbone)
+    vocab_size: int = 2  # words in the vocabulary incl. <pad>, <unk> (filled in from the data)
+    word_dim: int = 100  # word vector size (GloVe 6B 50d forces 50)
+    embed_dim: int = 512  # size of the joint embedding space
+    hidden_dim: int = 1024  # hidden width of the MLP branches (siamese)
+    lstm_dim: int = 512  # BiLSTM hidden size per direction (cmpm, infonce)
+    dropout: float = 0.2  # dropout before the projections
+    margin: float = 0.5  # contrastive margin on euclidean distance of unit vectors (siamese)
+    corr_weight: float = 1.0  # lambda, weight of the correlation term (corrnet)
+    cmpc_weight: float = 0.0  # weight of the CMPC classification term, 0 disables it (cmpm)
+    num_classes: int = 0  # caption groups in the train split, for CMPC (filled in from the data)
+    init_logit_scale: float = math.log(1 / 0.07)  # initial log inverse temperature (infonce)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
+        data = dict(data)
+        if data.get("image_size") is not None:
+            data["image_size"] = tuple(data["image_size"])
+        return cls(**data)

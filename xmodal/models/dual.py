@@ -1,0 +1,80 @@
+"""Deep CMPM (Zhang & Lu, ECCV 2018) and the InfoNCE baseline: a timm image encoder and a BiLSTM text
+encoder projected into one space; they differ only in the loss.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..losses import cmpc_loss, cmpm_loss, infonce_loss
+from .config import ModelConfig
+from .registry import register_model
+from .towers import BiLSTMText, CrossModalModel
+
+
+class DualEncoder(CrossModalModel):
+    """Image features -> linear; words -> BiLSTM (max-pooled) -> linear. ``[B, D]`` each."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.image_proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.feature_dim, cfg.embed_dim))
+        self.text_encoder = BiLSTMText(cfg.word_dim, cfg.lstm_dim)
+        self.text_proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(self.text_encoder.out_dim, cfg.embed_dim))
+
+    def project_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_proj(self.image_features(images))  # [B, D], unnormalised
+
+    def project_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.text_proj(self.text_encoder(self.word_embed(tokens), tokens))  # [B, D]
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.project_image(images), dim=-1)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.project_text(tokens), dim=-1)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        img, txt = self.project_image(images), self.project_text(tokens)
+        return {"image_proj": img, "text_proj": txt,
+                "image_embeds": F.normalize(img, dim=-1), "text_embeds": F.normalize(txt, dim=-1)}
+
+
+class CMPM(DualEncoder):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.class_weight = nn.Parameter(torch.randn(max(cfg.num_classes, 1), cfg.embed_dim) * 0.02) \
+            if cfg.cmpc_weight > 0 else None
+
+    def loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        terms = cmpm_loss(out["image_proj"], out["text_proj"], labels)
+        if self.class_weight is not None:
+            known = labels >= 0  # val/test captions unseen in train carry no class
+            if known.any():
+                cls = cmpc_loss(out["image_proj"][known], out["text_proj"][known], labels[known], self.class_weight)
+                terms.update({k: self.cfg.cmpc_weight * v for k, v in cls.items()})
+        return terms
+
+
+class InfoNCE(DualEncoder):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+
+    def loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return infonce_loss(out["image_proj"], out["text_proj"], labels, self.logit_scale)
+
+
+@register_model("cmpm-mobilenet", backbone="mobilenet", embed_dim=512)
+def cmpm_mobilenet(cfg: ModelConfig) -> CMPM:
+    return CMPM(cfg)
+
+
+@register_model("cmpm-efficientnet", backbone="efficientnet", embed_dim=512)
+def cmpm_efficientnet(cfg: ModelConfig) -> CMPM:
+    return CMPM(cfg)
+
+
+@register_model("infonce-efficientnet", backbone="efficientnet", embed_dim=512)
+def infonce_efficientnet(cfg: ModelConfig) -> InfoNCE:
+    return InfoNCE(cfg)

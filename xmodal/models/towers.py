@@ -1,0 +1,87 @@
+"""Shared building blocks: the image tower (backbone + projection input) and text encoders."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..backbones import BACKBONES, create_backbone
+from ..text import PAD
+from .config import ModelConfig
+
+
+class CrossModalModel(nn.Module):
+    """Base of every model: owns the image backbone and the word embedding.
+
+    ``encode_image`` takes pixels ``[B, 3, H, W]`` or cached backbone features ``[B, F]``.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        # Rebuilding a saved model passes pretrained=False: its weights come from the checkpoint.
+        backbone, source = create_backbone(cfg.backbone, pretrained=cfg.pretrained and cfg.weights_source is None)
+        if cfg.pretrained and cfg.weights_source is None:
+            cfg.weights_source = source
+        if cfg.weights_source is None:
+            cfg.finetune = True  # frozen random features mean nothing: always train end to end
+        if cfg.image_size is None:
+            spec = BACKBONES[cfg.backbone]
+            cfg.image_size = spec.default_size if cfg.weights_source else spec.scratch_size
+        cfg.feature_dim = getattr(backbone, "head_hidden_size", None) or backbone.num_features  # pooled output size
+        self.cfg = cfg
+        self.backbone = backbone
+        self.backbone.requires_grad_(cfg.finetune)
+        self.word_embed = nn.Embedding(cfg.vocab_size, cfg.word_dim, padding_idx=PAD)
+
+    @property
+    def image_input(self) -> str:
+        """``features`` when the backbone is frozen (train on the cache), else ``pixels``."""
+        return "pixels" if self.cfg.finetune else "features"
+
+    def set_word_vectors(self, vectors: np.ndarray) -> None:
+        """Initialise the word embedding ``[V, word_dim]``."""
+        if vectors.shape != tuple(self.word_embed.weight.shape):
+            raise ValueError(f"word vectors {vectors.shape} do not fit embedding {tuple(self.word_embed.weight.shape)}")
+        with torch.no_grad():
+            self.word_embed.weight.copy_(torch.from_numpy(vectors))
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features ``[B, F]`` from pixels, or the features themselves."""
+        if images.ndim == 2:
+            return images
+        if not self.cfg.finetune:
+            with torch.no_grad():
+                self.backbone.eval()
+                return self.backbone(images)
+        return self.backbone(images)  # [B, F]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def mean_word_vectors(embed: nn.Embedding, tokens: torch.Tensor) -> torch.Tensor:
+    """Sentence vectors ``[B, word_dim]``: mean of the word vectors of the non-pad tokens."""
+    mask = (tokens != PAD).unsqueeze(-1).float()  # [B, L, 1]
+    return (embed(tokens) * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+
+class BiLSTMText(nn.Module):
+    """Word vectors -> BiLSTM -> max-pool over time -> ``[B, 2 * hidden]``."""
+
+    def __init__(self, word_dim: int, hidden: int):
+        super().__init__()
+        self.lstm = nn.LSTM(word_dim, hidden, batch_first=True, bidirectional=True)
+        self.out_dim = 2 * hidden
+
+    def forward(self, words: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        lengths = (tokens != PAD).sum(1).clamp_min(1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(words, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, padding_value=float("-inf"),
+                                                  total_length=tokens.shape[1])  # [B, L, 2H]
+        return out.max(1).values  # [B, 2H]
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.LayerNorm(in_dim), nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.GELU(),
+                         nn.Linear(hidden, out_dim))

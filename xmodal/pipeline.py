@@ -1,0 +1,94 @@
+"""From catalogue items to joint-space embeddings with a model and its vocabulary.
+
+Frozen-backbone models read the on-disk feature cache; fine-tuned ones run their backbone on pixels.
+Training, evaluation and search all embed through these functions.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .backbones import ImageFiles, cached_features, image_transform, loader_workers
+from .data import Catalogue, normalise_caption
+from .metrics import retrieval_metrics, similarity_stats
+from .text import Vocab
+
+
+def caption_groups(captions: list[str]) -> np.ndarray:
+    """Per-item group id: items whose normalised captions are identical share an id."""
+    ids: dict[str, int] = {}
+    return np.array([ids.setdefault(normalise_caption(c), len(ids)) for c in captions], dtype=np.int64)
+
+
+def catalogue_features(model: nn.Module, cat: Catalogue, device: torch.device, progress: bool = True
+                       ) -> torch.Tensor:
+    """Frozen backbone features ``[N, F]`` of every item of ``cat`` (from the disk cache)."""
+    cfg = model.cfg
+    feats = cached_features(model.backbone, cfg.backbone, cfg.weights_source, tuple(cfg.image_size), cat.root,
+                            cat.images, cat.fingerprint, device, progress=progress)
+    return torch.from_numpy(feats)
+
+
+@torch.no_grad()
+def embed_texts(model: nn.Module, vocab: Vocab, texts: list[str], device: torch.device, batch: int = 512
+                ) -> torch.Tensor:
+    """Text embeddings ``[N, D]`` (CPU, float32)."""
+    model.eval()
+    out = [model.encode_text(vocab.encode(texts[s:s + batch]).to(device)).float().cpu()
+           for s in range(0, len(texts), batch)]
+    return torch.cat(out) if out else torch.zeros(0, model.cfg.embed_dim)
+
+
+@torch.no_grad()
+def embed_features(model: nn.Module, feats: torch.Tensor, device: torch.device, batch: int = 1024) -> torch.Tensor:
+    """Image embeddings ``[N, D]`` from backbone features ``[N, F]``."""
+    model.eval()
+    return torch.cat([model.encode_image(feats[s:s + batch].to(device)).float().cpu()
+                      for s in range(0, len(feats), batch)])
+
+
+@torch.no_grad()
+def embed_pil(model: nn.Module, images: list[Image.Image], device: torch.device) -> torch.Tensor:
+    """Image embeddings ``[N, D]`` of PIL images (uploads, single queries)."""
+    model.eval()
+    tf = image_transform(model.cfg.backbone, tuple(model.cfg.image_size))
+    pixels = torch.stack([tf(im.convert("RGB")) for im in images]).to(device)  # [N, 3, H, W]
+    return model.encode_image(pixels).float().cpu()
+
+
+@torch.no_grad()
+def embed_catalogue_images(model: nn.Module, cat: Catalogue, index: np.ndarray, device: torch.device,
+                           features: torch.Tensor | None = None, batch: int = 128,
+                           progress: bool = False) -> torch.Tensor:
+    """Image embeddings ``[n, D]`` of items ``index`` of ``cat``."""
+    if model.image_input == "features":
+        if features is None:
+            features = catalogue_features(model, cat, device, progress=progress)
+        return embed_features(model, features[torch.as_tensor(index, dtype=torch.long)], device)
+    model.eval()
+    tf = image_transform(model.cfg.backbone, tuple(model.cfg.image_size))
+    loader = DataLoader(ImageFiles([cat.image_path(int(i)) for i in index], tf), batch_size=batch,
+                        num_workers=loader_workers())
+    out = []
+    for pixels in loader:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(model.encode_image(pixels.to(device, non_blocking=True)).float().cpu())
+    return torch.nn.functional.normalize(torch.cat(out), dim=-1)
+
+
+def evaluate_split(model: nn.Module, vocab: Vocab, cat: Catalogue, index: np.ndarray, device: torch.device,
+                   features: torch.Tensor | None = None) -> dict:
+    """Retrieval metrics on items ``index`` of ``cat``, both directions, both ground truths.
+
+    Returns:
+        ``{"item": {...}, "caption": {...}, "similarity": {...}, "gallery_size": n}``. Under ``item``, only
+        the item's own image/caption is correct; under ``caption``, every item with an identical caption is.
+    """
+    img = embed_catalogue_images(model, cat, index, device, features)
+    txt = embed_texts(model, vocab, [cat.captions[int(i)] for i in index], device)
+    groups = caption_groups([cat.captions[int(i)] for i in index])
+    return {"item": retrieval_metrics(img, txt), "caption": retrieval_metrics(img, txt, groups),
+            "similarity": similarity_stats(img, txt), "gallery_size": int(len(index))}

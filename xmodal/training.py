@@ -1,0 +1,105 @@
+"""The training loop's parts: datasets of pairs, loaders, optimiser and ``train_one_epoch``."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .backbones import ImageFiles, image_transform, loader_workers
+from .data import Catalogue
+from .models import ModelConfig
+
+
+class PairDataset(Dataset):
+    """(image, tokens, label) triples; the image is a cached feature row or a transformed picture."""
+
+    def __init__(self, images: torch.Tensor | Dataset | None, tokens: torch.Tensor, labels: torch.Tensor):
+        self.images = images
+        self.tokens = tokens  # [N, L]
+        self.labels = labels  # [N]
+
+    @classmethod
+    def from_images(cls, cat: Catalogue, index: np.ndarray, cfg: ModelConfig, tokens: torch.Tensor,
+                    labels: torch.Tensor) -> "PairDataset":
+        tf = image_transform(cfg.backbone, tuple(cfg.image_size), train=True)
+        return cls(ImageFiles([cat.image_path(int(i)) for i in index], tf), tokens, labels)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.tokens[i], self.labels[i]
+
+
+def make_loader(dataset: PairDataset, batch_size: int, ctx, seed: int, device: torch.device) -> DataLoader:
+    """Shuffled batches (a DistributedSampler under DDP); workers only when images are decoded."""
+    decode = not isinstance(dataset.images, torch.Tensor)
+    gen = torch.Generator().manual_seed(seed)
+    sampler = ctx.sampler(dataset, seed)
+    return DataLoader(dataset, batch_size=max(batch_size, 1), shuffle=sampler is None, sampler=sampler,
+                      generator=gen if sampler is None else None, drop_last=len(dataset) > batch_size,
+                      num_workers=loader_workers() if decode else 0, pin_memory=decode and device.type == "cuda",
+                      persistent_workers=False)
+
+
+def make_optimizer(model: nn.Module, lr: float, backbone_lr_scale: float, weight_decay: float,
+                   total_steps: int, warmup_frac: float):
+    """AdamW (backbone at a lower rate) with linear warmup then cosine decay, stepped per batch."""
+    backbone = [p for p in model.backbone.parameters()]
+    ids = {id(p) for p in backbone}
+    heads = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
+    groups = [{"params": heads, "lr": lr}]
+    if model.cfg.finetune:
+        groups.append({"params": backbone, "lr": lr * backbone_lr_scale})
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    warmup = max(1, int(total_steps * warmup_frac))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+
+def train_one_epoch(model: nn.Module, loss_fn: Callable, loader: DataLoader, opt: torch.optim.Optimizer,
+                    sched, device: torch.device, epoch: int, on_step: Callable, ctx, progress: bool = True
+                    ) -> dict[str, float]:
+    """One pass over ``loader``; ``on_step(epoch, step, terms)`` sees every step's loss terms.
+
+    Returns:
+        The mean of each loss term over the epoch.
+    """
+    model.train()
+    sums: dict[str, float] = {}
+    bar = tqdm(loader, desc=f"epoch {epoch}", unit="step", disable=not progress, leave=False)
+    amp = device.type == "cuda"
+    for step, (images, tokens, labels) in enumerate(bar, start=1):
+        images = images.to(device, non_blocking=True)
+        if amp and images.ndim == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        length = int((tokens != 0).sum(1).max().clamp_min(1))
+        tokens = tokens[:, :length].to(device, non_blocking=True)  # trim padding
+        labels = labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(images, tokens)
+        terms = loss_fn({k: v.float() for k, v in out.items()}, labels)
+        loss = sum(terms.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch} step {step}; "
+                                     "lower --lr or check the data")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        values = ctx.mean({"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}})
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+        bar.set_postfix(loss=f"{values['loss']:.4f}")
+        on_step(epoch, step, values)
+    return {k: v / max(1, len(loader)) for k, v in sums.items()}
