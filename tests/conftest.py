@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny demo catalogue and a tiny trained run, both made once per session.
+
+Every test runs with its own cache and checkpoints folders (XMODAL_CACHE, XMODAL_CHECKPOINTS), so the
+suite never touches the user's files and never downloads anything.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+MYNTRA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "myntra"
+TINY_SIZE = ["--image-size", "64", "48"]  # small images keep CPU tests fast
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("xmodal_cache")
+    os.environ["XMODAL_CACHE"] = str(cache)
+    os.environ["XMODAL_CHECKPOINTS"] = str(tmp_path_factory.mktemp("checkpoints"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.pop("XMODAL_ALLOW_DOWNLOAD", None)
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_catalogue(tmp_path_factory) -> Path:
+    """A 60-item demo catalogue folder."""
+    from xmodal.data import generate_demo
+    return generate_demo(tmp_path_factory.mktemp("tiny") / "cat", n=60, seed=1)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_catalogue, tmp_path_factory) -> Path:
+    """A finished cmpm-efficientnet run (2 epochs) on the tiny catalogue."""
+    from xmodal.train import main
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["--model", "cmpm-efficientnet", "--data", str(tiny_catalogue), "--epochs", "2",
+                 "--batch-size", "16", "--out", str(out), "--run-id", "tiny-cmpm", *TINY_SIZE]) == 0
+    return out / "tiny-cmpm"
+
+
+def myntra_or_skip() -> Path:
+    if not (MYNTRA / "captions.csv").is_file():
+        pytest.skip(f"real catalogue not found at {MYNTRA}")
+    return MYNTRA

@@ -1,0 +1,112 @@
+"""Every registered model: forward, backward, gradients everywhere, a batch of one."""
+import numpy as np
+import pytest
+import torch
+
+from xmodal import create_model, list_models
+from xmodal.models import model_config
+
+VOCAB, WORD_DIM, CLASSES = 30, 16, 7
+
+
+def make(name: str, **kw):
+    torch.manual_seed(0)
+    return create_model(name, vocab_size=VOCAB, word_dim=WORD_DIM, num_classes=CLASSES, embed_dim=32,
+                        image_size=(64, 48), cmpc_weight=kw.pop("cmpc_weight", None), **kw)
+
+
+def batch(model, b: int):
+    g = torch.Generator().manual_seed(b)
+    if model.image_input == "features":
+        images = torch.randn(b, model.cfg.feature_dim, generator=g).abs()
+    else:
+        images = torch.randn(b, 3, *model.cfg.image_size, generator=g)
+    tokens = torch.randint(2, VOCAB, (b, 6), generator=g)
+    tokens[0, 4:] = 0  # some padding
+    labels = torch.randint(0, CLASSES, (b,), generator=g)
+    return images, tokens, labels
+
+
+def test_registry_lists_all_five_and_rejects_unknown():
+    assert list_models() == ["siamese", "corrnet", "cmpm-mobilenet", "cmpm-efficientnet", "infonce-efficientnet"]
+    with pytest.raises(ValueError, match="choose one of"):
+        create_model("clip-xxl")
+    with pytest.raises(ValueError, match="unknown model config"):
+        model_config("siamese", bogus=1)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward_every_parameter_gets_a_gradient(name):
+    model = make(name, cmpc_weight=1.0) if name.startswith("cmpm") else make(name)
+    model.train()
+    images, tokens, labels = batch(model, 4)
+    out = model(images, tokens)
+    terms = model.loss(out, labels)
+    loss = sum(terms.values())
+    assert torch.isfinite(loss)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, f"{name}: {pname} got no gradient"
+            assert torch.isfinite(p.grad).all(), f"{name}: {pname} has a non-finite gradient"
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable, "nothing to train"
+    backbone_trains = any(n.startswith("backbone.") for n in trainable)
+    assert backbone_trains == (model.image_input == "pixels")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_encoders_shapes_and_batch_of_one(name):
+    model = make(name).eval()
+    images, tokens, labels = batch(model, 1)
+    with torch.no_grad():
+        img = model.encode_image(images)
+        txt = model.encode_text(tokens)
+    assert img.shape == (1, 32) and txt.shape == (1, 32)
+    assert torch.allclose(img.norm(dim=1), torch.ones(1), atol=1e-4)
+    model.train()
+    terms = model.loss(model(images, tokens), labels)  # a training step on a single pair
+    assert all(torch.isfinite(v) for v in terms.values())
+    sum(terms.values()).backward()
+
+
+def test_frozen_models_also_take_pixels():
+    model = make("cmpm-efficientnet").eval()
+    with torch.no_grad():
+        out = model.encode_image(torch.randn(2, 3, 64, 48))
+    assert out.shape == (2, 32)
+
+
+def test_pretrained_status_is_recorded_never_silent():
+    eff = make("cmpm-efficientnet")
+    assert eff.cfg.weights_source and "efficientnet-lite0" in eff.cfg.weights_source
+    assert not eff.cfg.finetune
+    mob = make("cmpm-mobilenet")  # no MobileNet weights offline (tests run with the hub offline)
+    if mob.cfg.weights_source is None:
+        assert mob.cfg.finetune, "random-init backbone must be trained end to end"
+        assert mob.image_input == "pixels"
+
+
+def test_efficientnet_package_weights_are_imagenet():
+    """The packaged weights classify a plain image consistently with a trained net (not random)."""
+    from xmodal.backbones import create_backbone
+    model, source = create_backbone("efficientnet")
+    assert source is not None
+    w = model.conv_stem.weight
+    assert float(w.std()) > 0.05 and abs(float(w.mean())) < 0.1
+    fresh, _ = create_backbone("efficientnet", pretrained=False)
+    assert not torch.allclose(fresh.conv_stem.weight, w)
+
+
+@pytest.mark.parametrize("source", ["word2vec", "glove"])
+def test_word_vectors(source):
+    from xmodal.text import Vocab, word_vectors
+    caps = ["Roadster Men Navy Blue Tshirt", "Nike Women Red Shoes", "Roadster Women Red Tshirt"]
+    vocab = Vocab.build(caps)
+    vec = word_vectors(source, vocab, caps, dim=16 if source == "word2vec" else 50, seed=0)
+    assert vec.shape == (len(vocab), 16 if source == "word2vec" else 50)
+    assert np.all(vec[0] == 0)  # padding
+    if source == "glove":  # real GloVe: 'red' is closer to 'blue' than to 'shoes'
+        v = {w: vec[vocab.stoi[w]] for w in ("red", "blue", "shoes")}
+        cos = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
+        assert cos(v["red"], v["blue"]) > cos(v["red"], v["shoes"])

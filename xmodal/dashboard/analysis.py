@@ -1,0 +1,287 @@
+"""Pure functions behind the dashboard: tables of runs, per-query ranks, slices, disagreements,
+plot selections, collapse detection and the modality gap. No Streamlit here; everything is testable.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..metrics import KS, first_match_ranks, rank_metrics, relevance
+from ..pipeline import caption_groups
+from ..runs import RunInfo
+
+DIRECTIONS = ("text_to_image", "image_to_text")
+SHORT = {"text_to_image": "t2i", "image_to_text": "i2t"}
+# Catalogue columns worth slicing metrics by, in display order (the demo has master_category, colour, gender).
+SLICE_ATTRIBUTES = ("master_category", "sub_category", "article_type", "colour", "gender")
+STEP_KEYS = {"kind", "epoch", "step", "global_step", "lr", "time"}
+
+
+def catalogue_label(config: dict) -> str:
+    """A short name for the catalogue a run was trained on: ``demo`` or the folder's name."""
+    data = config.get("data") or {}
+    name = str(data.get("name") or data.get("path") or "?")
+    return name if name == "demo" else Path(name).name or name
+
+
+def run_label(info: RunInfo) -> str:
+    """``model · run-id``, for pickers and legends."""
+    return f"{info.model} · {info.run_id}"
+
+
+def runs_table(runs: Sequence[RunInfo], ground_truth: str = "caption") -> pd.DataFrame:
+    """One row per run: model, catalogue, status, epochs, best val rsum, test R@1/R@10 both ways.
+
+    Args:
+        runs: from ``xmodal.runs.list_runs``.
+        ground_truth: ``caption`` (identical captions all count) or ``item`` (only the item's own pair).
+    """
+    rows = []
+    for r in runs:
+        st, test, best = r.status, r.test or {}, r.best or {}
+        epochs = st.get("epochs") or (r.config.get("train") or {}).get("epochs")
+        row: dict[str, Any] = {
+            "run": r.run_id, "model": r.model, "catalogue": catalogue_label(r.config),
+            "status": st.get("state", "unknown"),
+            "epochs": f"{st.get('epoch', best.get('epoch', 0)) or 0}/{epochs or '?'}",
+            "best val rsum": best.get("val_rsum"),
+        }
+        metrics = test.get(ground_truth) or {}
+        for d in DIRECTIONS:
+            for k in (1, 10):
+                row[f"test {SHORT[d]} R@{k}"] = metrics.get(f"{d}/R@{k}")
+        row["error"] = st.get("error") or ""
+        rows.append(row)
+    cols = ["run", "model", "catalogue", "status", "epochs", "best val rsum",
+            *[f"test {SHORT[d]} R@{k}" for d in DIRECTIONS for k in (1, 10)], "error"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def test_metrics_table(runs: Sequence[RunInfo], ground_truth: str = "caption") -> pd.DataFrame:
+    """Finished runs' test metrics: R@1/5/10 and median rank in both directions, one row per run."""
+    rows = []
+    for r in runs:
+        metrics = (r.test or {}).get(ground_truth)
+        if not metrics:
+            continue
+        row = {"run": run_label(r), "model": r.model, "catalogue": catalogue_label(r.config),
+               "gallery": (r.test or {}).get("gallery_size")}
+        for d in DIRECTIONS:
+            for k in KS:
+                row[f"{SHORT[d]} R@{k}"] = metrics.get(f"{d}/R@{k}")
+            row[f"{SHORT[d]} median rank"] = metrics.get(f"{d}/median_rank")
+        row["rsum"] = metrics.get("rsum")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def split_positions(item_ids: Sequence[str], wanted: Iterable[str]) -> np.ndarray:
+    """Catalogue positions of the ``wanted`` item ids, in catalogue order; ids not in it are dropped."""
+    wanted = set(wanted)
+    return np.array([i for i, x in enumerate(item_ids) if x in wanted], dtype=np.int64)
+
+
+def query_ranks(image_embeds: Any, text_embeds: Any, groups: Sequence | None = None) -> dict[str, np.ndarray]:
+    """1-based rank of the true match of every query, both directions, over one 1:1 gallery.
+
+    Args:
+        image_embeds: ``[N, D]``; row i is item i's image.
+        text_embeds: ``[N, D]``; row i is item i's caption.
+        groups: per-item group id (caption-level ground truth); None = only the item's own pair counts.
+
+    Returns:
+        ``{"text_to_image": ranks [N], "image_to_text": ranks [N]}``.
+    """
+    img = torch.as_tensor(np.asarray(image_embeds), dtype=torch.float32)
+    txt = torch.as_tensor(np.asarray(text_embeds), dtype=torch.float32)
+    groups = np.arange(len(img)) if groups is None else np.asarray(groups)
+    rel = relevance(groups, groups)  # [N, N]
+    sim = txt @ img.t()  # [N texts, N images]
+    return {"text_to_image": first_match_ranks(sim, rel), "image_to_text": first_match_ranks(sim.t(), rel)}
+
+
+def ground_truth_groups(captions: Sequence[str], ground_truth: str) -> np.ndarray | None:
+    """Group ids for ``query_ranks``: caption groups for ``caption``, None for ``item``."""
+    return caption_groups(list(captions)) if ground_truth == "caption" else None
+
+
+def slice_metrics(ranks: dict[str, np.ndarray], attributes: dict[str, Sequence[str]],
+                  min_count: int = 1) -> pd.DataFrame:
+    """R@1/5/10 and median rank per value of each attribute, per direction.
+
+    Args:
+        ranks: ``query_ranks`` output over N queries.
+        attributes: column -> N values (e.g. ``{"colour": [...], "gender": [...]}``); empty values are skipped.
+        min_count: drop slices with fewer queries.
+
+    Returns:
+        Rows ``attribute, value, n, direction, R@1, R@5, R@10, median_rank``.
+    """
+    rows = []
+    for attr, values in attributes.items():
+        values = np.asarray(values, dtype=object)
+        for value in sorted({v for v in values if v}):
+            mask = values == value
+            if mask.sum() < min_count:
+                continue
+            for d in DIRECTIONS:
+                m = rank_metrics(ranks[d][mask], d)
+                rows.append({"attribute": attr, "value": value, "n": int(mask.sum()), "direction": d,
+                             **{f"R@{k}": m[f"{d}/R@{k}"] for k in KS}, "median_rank": m[f"{d}/median_rank"]})
+    return pd.DataFrame(rows, columns=["attribute", "value", "n", "direction", *[f"R@{k}" for k in KS],
+                                       "median_rank"])
+
+
+def disagreements(ranks_by_run: dict[str, np.ndarray], top: int = 10) -> pd.DataFrame:
+    """The queries on which runs disagree most about the true match's rank.
+
+    Disagreement is the spread of log2 ranks (best vs worst run), so rank 1 against 30 outweighs 200
+    against 400. Ties keep query order.
+
+    Args:
+        ranks_by_run: run name -> ranks ``[Q]`` over the same queries.
+        top: rows to keep.
+
+    Returns:
+        Index = query position; one column of ranks per run, then ``spread``; sorted by spread, descending.
+        Empty with fewer than two runs.
+    """
+    if len(ranks_by_run) < 2:
+        return pd.DataFrame()
+    names = list(ranks_by_run)
+    lengths = {len(v) for v in ranks_by_run.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"runs rank different numbers of queries: {lengths}; compare them on one test split")
+    table = np.stack([np.asarray(ranks_by_run[n]) for n in names], axis=1)  # [Q, R]
+    logs = np.log2(table.astype(np.float64))
+    spread = logs.max(1) - logs.min(1)
+    order = np.argsort(-spread, kind="stable")[:top]
+    df = pd.DataFrame(table[order], columns=names, index=order)
+    df["spread"] = spread[order]
+    return df[df["spread"] > 0]
+
+
+def selected_items(points: Iterable[dict], n_items: int | None = None) -> list[int]:
+    """Item positions chosen by a plotly box/lasso selection, first-seen order, no duplicates.
+
+    Each marker of the projection carries its item's position as ``customdata`` (a number or a one-element
+    list); points without it (the pair lines) are ignored, and so are positions outside ``[0, n_items)``.
+    """
+    out: list[int] = []
+    seen: set[int] = set()
+    for p in points or []:
+        data = p.get("customdata")
+        if isinstance(data, (list, tuple)):
+            data = data[0] if data else None
+        if data is None:
+            continue
+        try:
+            item = int(data)
+        except (TypeError, ValueError):
+            continue
+        if item in seen or item < 0 or (n_items is not None and item >= n_items):
+            continue
+        seen.add(item)
+        out.append(item)
+    return out
+
+
+def loss_terms(rows: Sequence[dict]) -> list[str]:
+    """Names of the logged loss values (``loss`` first, then each term), from metrics.jsonl rows."""
+    terms: list[str] = []
+    for r in rows:
+        if r.get("kind") == "step":
+            for k, v in r.items():
+                if k not in STEP_KEYS and isinstance(v, (int, float)) and k not in terms:
+                    terms.append(k)
+    return sorted(terms, key=lambda t: (t != "loss", t))
+
+
+def detect_collapse(rows: Sequence[dict], window: int = 10, flat_tol: float = 0.02, sim_tol: float = 0.05
+                    ) -> str | None:
+    """A warning when a run has collapsed: loss flat and positive and negative similarity equal.
+
+    Args:
+        rows: metrics.jsonl rows of one run.
+        window: step rows averaged at the start and at the end.
+        flat_tol: relative loss change below which the loss counts as flat.
+        sim_tol: |pos_sim - neg_sim| below which the two count as equal (at the latest epoch).
+
+    Returns:
+        The warning text, or None when the run looks healthy (or is too young to tell).
+    """
+    steps = [r["loss"] for r in rows if r.get("kind") == "step" and isinstance(r.get("loss"), (int, float))]
+    epochs = [r for r in rows if r.get("kind") == "epoch" and "pos_sim" in r and "neg_sim" in r]
+    if len(steps) < 2 or not epochs:
+        return None
+    w = max(1, min(window, len(steps) // 2))
+    first, last = float(np.mean(steps[:w])), float(np.mean(steps[-w:]))
+    change = abs(last - first) / max(abs(first), 1e-8)
+    pos, neg = float(epochs[-1]["pos_sim"]), float(epochs[-1]["neg_sim"])
+    if change < flat_tol and abs(pos - neg) < sim_tol:
+        return (f"collapsed: loss moved {100 * change:.1f}% ({first:.3g} -> {last:.3g}) and matching pairs are "
+                f"no closer than random ones (pos {pos:.3f} vs neg {neg:.3f} cosine at epoch "
+                f"{epochs[-1]['epoch']}). Try a lower learning rate, a larger batch or more epochs.")
+    return None
+
+
+def modality_gap(image_embeds: Any, text_embeds: Any, seed: int = 0) -> dict[str, Any]:
+    """Distances between each item's image and caption points, and between random image/caption pairs.
+
+    Returns:
+        ``paired`` [N] and ``random`` [N] euclidean distances (unit vectors: 0..2), and ``centroid_gap``,
+        the distance between the mean image and mean caption embedding.
+    """
+    img = np.asarray(image_embeds, dtype=np.float64)
+    txt = np.asarray(text_embeds, dtype=np.float64)
+    n = len(img)
+    paired = np.linalg.norm(img - txt, axis=1)
+    shift = int(np.random.default_rng(seed).integers(1, n)) if n > 1 else 0  # a roll: no item meets itself
+    random = np.linalg.norm(img - np.roll(txt, shift, axis=0), axis=1)
+    return {"paired": paired, "random": random,
+            "centroid_gap": float(np.linalg.norm(img.mean(0) - txt.mean(0))) if n else 0.0}
+
+
+def rank_of_match(scores: Any, true_index: int, same: Sequence[int] | None = None, show: int = 10
+                  ) -> tuple[int, list[int]]:
+    """Where one query's true match landed, and what ranked above it.
+
+    Args:
+        scores: similarity of the query to every gallery entry ``[G]``.
+        true_index: the gallery position of the true match.
+        same: other positions that also count as correct (e.g. items with an identical caption).
+        show: how many of the entries above it to return.
+
+    Returns:
+        (1-based rank, counting ties against the model as ``first_match_ranks`` does; the gallery positions
+        that scored at least as high, best first, at most ``show``).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    correct = np.zeros(len(scores), dtype=bool)
+    correct[true_index] = True
+    if same is not None:
+        correct[list(same)] = True
+    best = scores[correct].max()
+    above = np.flatnonzero((scores >= best) & ~correct)
+    above = above[np.argsort(-scores[above], kind="stable")]
+    return int(len(above) + 1), [int(i) for i in above[:show]]
+
+
+def format_eta(seconds: float | None) -> str:
+    """``1h02m``, ``3m05s``, ``42s``; ``?`` when unknown."""
+    if seconds is None or not np.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def age(updated: float | None, now: float | None = None) -> float:
+    """Seconds since ``updated`` (infinite when unknown)."""
+    return float("inf") if not updated else (now or time.time()) - float(updated)

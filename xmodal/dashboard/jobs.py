@@ -1,0 +1,226 @@
+"""Training jobs for the dashboard: launch ``python -m xmodal.train`` subprocesses, list and stop them.
+
+Every launch gets its own run id (model, time and a random suffix), so several runs at once never
+share a folder. The child writes its progress to ``<checkpoints>/<run-id>/status.json``; its output
+goes to ``train.log`` in that folder. A queue (``<checkpoints>/.queues/<id>.json``, run by
+``python -m xmodal.dashboard.queue``) trains several models one after another. Stopping sends
+SIGTERM, which the trainer turns into a clean "stopped" state.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..paths import checkpoints_dir
+from ..runs import atomic_write_json, read_json, read_status, write_status
+
+QUEUE_DIR = ".queues"
+LOG_NAME = "train.log"
+# The "train all five on the demo" quick path: small epoch counts so all five fit in ~10 min on 2 CPU cores.
+DEMO_EPOCHS = {"siamese": 8, "corrnet": 8, "cmpm-mobilenet": 3, "cmpm-efficientnet": 8, "infonce-efficientnet": 8}
+_CHILDREN: list[subprocess.Popen] = []  # launched by this server process; polled so none is left a zombie
+
+
+@dataclass
+class TrainJob:
+    """One ``python -m xmodal.train`` invocation."""
+
+    model: str  # registered model name
+    data: str = "demo"  # catalogue folder or "demo"
+    epochs: int | None = None  # None: the trainer's default
+    batch_size: int = 128  # global batch
+    lr: float = 1e-3  # peak learning rate
+    finetune: bool = False  # train the backbone end to end
+    device: str = "auto"  # auto, cpu or cuda
+    run_id: str | None = None  # folder name; None: a fresh unique one
+
+    def command(self, out: Path) -> list[str]:
+        """The argv that trains this job into ``out/<run_id>``."""
+        cmd = [sys.executable, "-m", "xmodal.train", "--model", self.model, "--data", self.data,
+               "--batch-size", str(self.batch_size), "--lr", repr(float(self.lr)), "--device", self.device,
+               "--out", str(out), "--run-id", str(self.run_id)]
+        if self.epochs:
+            cmd += ["--epochs", str(int(self.epochs))]
+        if self.finetune:
+            cmd.append("--finetune")
+        return cmd
+
+
+def device_options() -> list[str]:
+    """``auto`` and ``cpu``, plus ``cuda`` only when a CUDA GPU is visible."""
+    import torch
+    return ["auto", "cpu", "cuda"] if torch.cuda.is_available() else ["auto", "cpu"]
+
+
+def unique_run_id(model: str) -> str:
+    """``<model>-<YYYYmmdd-HHMMSS>-<4 hex>``: unique across launches from any number of sessions."""
+    return f"{model}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def reap() -> None:
+    """Collect children that have exited, so that their pids read as dead."""
+    _CHILDREN[:] = [p for p in _CHILDREN if p.poll() is None]
+
+
+def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env, cwd=os.getcwd())
+    _CHILDREN.append(proc)
+    return proc
+
+
+def start_training(job: TrainJob, root: Path | None = None) -> Path:
+    """Launch ``job`` as a detached subprocess and return its run folder (status "running" at once)."""
+    root = Path(root or checkpoints_dir()).resolve()
+    job.run_id = job.run_id or unique_run_id(job.model)
+    run_dir = root / job.run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    proc = _spawn(job.command(root), run_dir / LOG_NAME)
+    if not (run_dir / "status.json").exists():  # visible before the child has imported torch; it overwrites this
+        write_status(run_dir, "running", pid=proc.pid, phase="starting", model=job.model)
+    return run_dir
+
+
+def stop_run(run_dir: Path) -> bool:
+    """Ask a running run to stop (SIGTERM to its pid); False when it is not running here."""
+    status = read_status(run_dir)
+    pid = status.get("pid")
+    if status.get("state") != "running" or status.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def run_folders(root: Path | None = None) -> list[Path]:
+    """Every folder under the checkpoints folder with a status.json (also runs too young for a config)."""
+    root = Path(root or checkpoints_dir())
+    if not root.is_dir():
+        return []
+    return sorted((d for d in root.iterdir() if d.is_dir() and (d / "status.json").is_file()),
+                  key=lambda d: (d / "status.json").stat().st_mtime, reverse=True)
+
+
+def recent_runs(root: Path | None = None, within_s: float = 1800.0) -> list[tuple[Path, dict]]:
+    """(run folder, status) of runs that are running, or that ended less than ``within_s`` ago."""
+    reap()
+    now = time.time()
+    out = []
+    for d in run_folders(root):
+        status = read_status(d)
+        if status.get("state") == "running" or now - float(status.get("updated") or 0) < within_s:
+            out.append((d, status))
+    return out
+
+
+def failure_detail(run_dir: Path, lines: int = 25) -> str:
+    """The end of a failed run's traceback (error.log) or output (train.log), for display."""
+    for name in ("error.log", LOG_NAME):
+        path = Path(run_dir) / name
+        if path.is_file():
+            text = path.read_text(errors="replace").replace("\r", "\n")
+            tail = [ln for ln in text.splitlines() if ln.strip()][-lines:]
+            if tail:
+                return "\n".join(tail)
+    return "(no log was written)"
+
+
+def start_queue(jobs: list[TrainJob], root: Path | None = None, name: str = "queue") -> Path:
+    """Train ``jobs`` one after another in a detached runner; returns the queue file."""
+    root = Path(root or checkpoints_dir()).resolve()
+    qdir = root / QUEUE_DIR
+    qdir.mkdir(parents=True, exist_ok=True)
+    qid = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    path = qdir / f"{qid}.json"
+    for job in jobs:
+        job.run_id = job.run_id or unique_run_id(job.model)
+    atomic_write_json(path, {"id": qid, "name": name, "root": str(root), "created": time.time(), "state": "running",
+                             "host": socket.gethostname(), "pid": None,
+                             "jobs": [{**vars(j), "state": "pending"} for j in jobs]})
+    proc = _spawn([sys.executable, "-m", "xmodal.dashboard.queue", str(path)], qdir / f"{qid}.log")
+    queue = read_json(path)
+    if queue.get("pid") is None:  # the runner records itself too; write it here so a stop works at once
+        queue["pid"] = proc.pid
+        atomic_write_json(path, queue)
+    return path
+
+
+def demo_jobs(data: str = "demo", device: str = "auto") -> list[TrainJob]:
+    """The five models with the quick-path epoch counts."""
+    from ..models import list_models
+    return [TrainJob(model=m, data=data, epochs=DEMO_EPOCHS.get(m, 8), device=device) for m in list_models()]
+
+
+def read_queue(path: Path) -> dict:
+    """A queue file, with a dead runner read as ``failed``."""
+    queue = read_json(path, default={}) or {}
+    pid = queue.get("pid")
+    if queue.get("state") == "running" and queue.get("host") == socket.gethostname() and isinstance(pid, int):
+        reap()
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            queue["state"] = "failed"
+    return queue
+
+
+def active_queues(root: Path | None = None) -> list[tuple[Path, dict]]:
+    """(queue file, queue) of queues still running."""
+    qdir = Path(root or checkpoints_dir()) / QUEUE_DIR
+    if not qdir.is_dir():
+        return []
+    out = [(p, read_queue(p)) for p in sorted(qdir.glob("*.json"))]
+    return [(p, q) for p, q in out if q.get("state") == "running"]
+
+
+def stop_queue(path: Path) -> bool:
+    """Cancel a queue: its runner stops the current run and skips the rest."""
+    queue = read_queue(path)
+    pid = queue.get("pid")
+    if queue.get("state") != "running" or not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def start_projection(run_dir: Path, method: str = "umap") -> bool:
+    """Compute a run's projection in a detached subprocess unless one is already at it; True if started."""
+    run_dir = Path(run_dir)
+    if projection_running(run_dir, method):
+        return False
+    (run_dir / f"projection_{method}.error").unlink(missing_ok=True)
+    proc = _spawn([sys.executable, "-m", "xmodal.dashboard.projection", str(run_dir), "--method", method],
+                  run_dir / f"projection_{method}.log")
+    (run_dir / f"projection_{method}.pid").write_text(str(proc.pid))
+    return True
+
+
+def projection_running(run_dir: Path, method: str = "umap") -> bool:
+    """Whether a projection subprocess for this run and method is alive."""
+    reap()
+    try:
+        pid = int((Path(run_dir) / f"projection_{method}.pid").read_text())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return False
+    return True
+
+
+def projection_error(run_dir: Path, method: str = "umap") -> str | None:
+    """The last projection subprocess's error, if it failed."""
+    path = Path(run_dir) / f"projection_{method}.error"
+    return path.read_text() if path.is_file() else None

@@ -1,0 +1,197 @@
+"""Plotly figure builders for the dashboard pages; each returns a ``plotly.graph_objects.Figure``."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from ..metrics import KS
+from .analysis import DIRECTIONS, SHORT, loss_terms
+
+PALETTE = qualitative.Plotly + qualitative.D3
+MODALITY_COLOURS = {"image": "#1f77b4", "caption": "#ff7f0e"}
+
+
+def run_colours(names: Sequence[str]) -> dict[str, str]:
+    """A stable colour per run name (by position)."""
+    return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)}
+
+
+def _layout(fig: go.Figure, height: int, title: str | None = None) -> go.Figure:
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=50 if title else 30, b=10), title=title,
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), template="plotly_white")
+    return fig
+
+
+def _epoch_x(rows: list[dict]) -> np.ndarray:
+    """Fractional epoch of each step row: epoch - 1 + step / steps in that epoch."""
+    per_epoch: dict[int, int] = {}
+    for r in rows:
+        per_epoch[r["epoch"]] = max(per_epoch.get(r["epoch"], 0), r["step"])
+    return np.array([r["epoch"] - 1 + r["step"] / max(per_epoch[r["epoch"]], 1) for r in rows])
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or len(values) < 2:
+        return values
+    kernel = np.ones(min(window, len(values))) / min(window, len(values))
+    padded = np.concatenate([np.full(len(kernel) - 1, values[0]), values])
+    return np.convolve(padded, kernel, mode="valid")
+
+
+def loss_figure(metrics: dict[str, list[dict]], smooth: int = 1) -> go.Figure:
+    """One panel per loss term (``loss`` = their sum), every run overlaid, x = fractional epoch."""
+    terms = loss_terms([r for rows in metrics.values() for r in rows]) or ["loss"]
+    cols = 2 if len(terms) > 1 else 1
+    nrows = math.ceil(len(terms) / cols)
+    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=terms, vertical_spacing=0.12)
+    colours = run_colours(list(metrics))
+    for name, rows in metrics.items():
+        steps = [r for r in rows if r.get("kind") == "step"]
+        if not steps:
+            continue
+        x = _epoch_x(steps)
+        for i, term in enumerate(terms):
+            pts = [(xi, r[term]) for xi, r in zip(x, steps) if isinstance(r.get(term), (int, float))]
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            fig.add_trace(go.Scatter(x=xs, y=_smooth(np.array(ys, dtype=float), smooth), mode="lines", name=name,
+                                     legendgroup=name, showlegend=i == 0, line=dict(color=colours[name])),
+                          row=i // cols + 1, col=i % cols + 1)
+    fig.update_xaxes(title_text="epoch")
+    return _layout(fig, 260 * nrows + 60)
+
+
+def validation_figure(metrics: dict[str, list[dict]], prefix: str = "val") -> go.Figure:
+    """Validation R@1/5/10 and median rank per epoch, one row per direction, every run overlaid."""
+    panels = [f"R@{k}" for k in KS] + ["median rank"]
+    titles = [f"{SHORT[d]} {p}" for d in DIRECTIONS for p in panels]
+    fig = make_subplots(rows=2, cols=4, subplot_titles=titles, vertical_spacing=0.18, horizontal_spacing=0.06)
+    colours = run_colours(list(metrics))
+    for name, rows in metrics.items():
+        epochs = [r for r in rows if r.get("kind") == "epoch"]
+        if not epochs:
+            continue
+        x = [r["epoch"] for r in epochs]
+        for di, d in enumerate(DIRECTIONS):
+            keys = [f"{prefix}/{d}/R@{k}" for k in KS] + [f"{prefix}/{d}/median_rank"]
+            for ci, key in enumerate(keys):
+                fig.add_trace(go.Scatter(x=x, y=[r.get(key) for r in epochs], mode="lines+markers", name=name,
+                                         legendgroup=name, showlegend=di == 0 and ci == 0,
+                                         line=dict(color=colours[name])), row=di + 1, col=ci + 1)
+    fig.update_xaxes(title_text="epoch", dtick=1)
+    return _layout(fig, 520)
+
+
+def similarity_figure(metrics: dict[str, list[dict]]) -> go.Figure:
+    """Mean cosine similarity of matching (solid) and non-matching (dashed) validation pairs per epoch."""
+    fig = go.Figure()
+    colours = run_colours(list(metrics))
+    for name, rows in metrics.items():
+        epochs = [r for r in rows if r.get("kind") == "epoch" and "pos_sim" in r]
+        x = [r["epoch"] for r in epochs]
+        fig.add_trace(go.Scatter(x=x, y=[r["pos_sim"] for r in epochs], name=f"{name} positive",
+                                 mode="lines+markers", legendgroup=name, line=dict(color=colours[name])))
+        fig.add_trace(go.Scatter(x=x, y=[r["neg_sim"] for r in epochs], name=f"{name} negative",
+                                 mode="lines+markers", legendgroup=name, line=dict(color=colours[name], dash="dash")))
+    fig.update_xaxes(title_text="epoch", dtick=1)
+    fig.update_yaxes(title_text="cosine similarity")
+    return _layout(fig, 340)
+
+
+def metric_bars(table: pd.DataFrame) -> go.Figure:
+    """Grouped bars of test R@1/5/10 (left) and median rank (right, lower is better), both directions."""
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.7, 0.3],
+                        subplot_titles=["recall (%) — higher is better", "median rank — lower is better"])
+    recall_cols = [f"{SHORT[d]} R@{k}" for d in DIRECTIONS for k in KS]
+    rank_cols = [f"{SHORT[d]} median rank" for d in DIRECTIONS]
+    colours = run_colours(list(table["run"])) if len(table) else {}
+    for _, row in table.iterrows():
+        name = row["run"]
+        fig.add_trace(go.Bar(x=recall_cols, y=[row[c] for c in recall_cols], name=name, legendgroup=name,
+                             marker_color=colours[name]), row=1, col=1)
+        fig.add_trace(go.Bar(x=rank_cols, y=[row[c] for c in rank_cols], name=name, legendgroup=name,
+                             showlegend=False, marker_color=colours[name]), row=1, col=2)
+    fig.update_layout(barmode="group")
+    return _layout(fig, 420)
+
+
+def slice_figure(slices: pd.DataFrame, metric: str = "R@10") -> go.Figure:
+    """Grouped bars of ``metric`` per slice value (x), one bar per run, one panel per direction.
+
+    Args:
+        slices: ``analysis.slice_metrics`` rows of one attribute with a ``run`` column added.
+    """
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[f"{SHORT[d]} {metric}" for d in DIRECTIONS],
+                        shared_yaxes=True)
+    runs = list(dict.fromkeys(slices["run"])) if len(slices) else []
+    colours = run_colours(runs)
+    for name in runs:
+        for di, d in enumerate(DIRECTIONS):
+            part = slices[(slices["run"] == name) & (slices["direction"] == d)]
+            fig.add_trace(go.Bar(x=[f"{v} ({n})" for v, n in zip(part["value"], part["n"])], y=part[metric],
+                                 name=name, legendgroup=name, showlegend=di == 0, marker_color=colours[name]),
+                          row=1, col=di + 1)
+    fig.update_layout(barmode="group")
+    return _layout(fig, 400)
+
+
+def projection_figure(xy: np.ndarray, captions: Sequence[str], groups: Sequence[str] | None = None,
+                      lines: bool = True, method: str = "umap") -> go.Figure:
+    """Image points (circles) and caption points (crosses) of n items in one map.
+
+    Args:
+        xy: ``[2n, 2]``: the n image points, then the n caption points of the same items.
+        captions: the n items' captions (hover text).
+        groups: a label per item to colour by; None colours by modality.
+        lines: join each item's two points.
+        method: named in the axis titles.
+
+    Every marker's ``customdata`` is its item's position (0..n-1) so a selection maps back to items.
+    """
+    n = len(captions)
+    img, txt = xy[:n], xy[n:]
+    fig = go.Figure()
+    if lines and n:
+        seg = np.full((3 * n, 2), np.nan)
+        seg[0::3], seg[1::3] = img, txt
+        fig.add_trace(go.Scatter(x=seg[:, 0], y=seg[:, 1], mode="lines", hoverinfo="skip", showlegend=True,
+                                   name="pair", line=dict(color="rgba(120,120,120,0.25)", width=1)))
+    labels = np.array(list(groups) if groups is not None else ["modality"] * n, dtype=object)
+    values = list(dict.fromkeys(labels))
+    colours = run_colours(values)
+    for modality, pts, symbol in (("image", img, "circle"), ("caption", txt, "x")):
+        for value in values:
+            idx = np.flatnonzero(labels == value)
+            colour = MODALITY_COLOURS[modality] if groups is None else colours[value]
+            name = modality if groups is None else f"{value} · {modality}"
+            fig.add_trace(go.Scatter(
+                x=pts[idx, 0], y=pts[idx, 1], mode="markers", name=name, legendgroup=str(value),
+                customdata=idx.reshape(-1, 1), text=[captions[i] for i in idx],
+                hovertemplate=f"{modality}: %{{text}}<extra></extra>",
+                marker=dict(symbol=symbol, size=7 if modality == "image" else 6, color=colour,
+                            opacity=0.85, line=dict(width=0))))
+    fig.update_xaxes(title_text=f"{method} 1", showticklabels=False)
+    fig.update_yaxes(title_text=f"{method} 2", showticklabels=False)
+    fig.update_layout(dragmode="lasso")
+    return _layout(fig, 600)
+
+
+def gap_figure(gap: dict) -> go.Figure:
+    """Histograms of paired vs random image-caption distances in the joint space."""
+    fig = go.Figure()
+    fig.add_trace(go.Histogram(x=gap["paired"], name="same item (paired)", opacity=0.65, nbinsx=40,
+                               marker_color=MODALITY_COLOURS["image"]))
+    fig.add_trace(go.Histogram(x=gap["random"], name="random pairs", opacity=0.65, nbinsx=40,
+                               marker_color=MODALITY_COLOURS["caption"]))
+    fig.update_layout(barmode="overlay")
+    fig.update_xaxes(title_text="euclidean distance between unit embeddings (0 = identical, 2 = opposite)")
+    fig.update_yaxes(title_text="items")
+    return _layout(fig, 340, title=f"modality gap: paired mean {np.mean(gap['paired']):.3f} vs random "
+                                   f"{np.mean(gap['random']):.3f}; centroid gap {gap['centroid_gap']:.3f}")

@@ -1,0 +1,116 @@
+"""A 2-D map of a run's joint space on its test split, cached in the run folder.
+
+``python -m xmodal.dashboard.projection RUN_DIR [--method umap|pca]`` computes it in a subprocess (UMAP's
+first import compiles numba code for a while); the Embeddings page starts that and polls for the file.
+The file, ``projection_<key>.npz``, holds ``xy`` ``[2n, 2]`` (the n image points, then the n caption
+points of the same items), the items' catalogue positions ``index`` ``[n]`` and the embeddings used,
+so later visits only read it. The key covers the weights, the catalogue and the method, so retraining
+or another catalogue never shows a stale map.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+UMAP_MIN_POINTS = 50  # below this UMAP's graph is too thin to mean much: PCA instead
+MAX_ITEMS = 3000  # test items mapped at most (a seeded sample beyond that)
+
+
+def projection_path(run_dir: Path, method: str = "umap") -> Path | None:
+    """Where the run's projection by ``method`` is cached (None: the run has no weights yet)."""
+    run_dir = Path(run_dir)
+    weights = run_dir / "best.safetensors"
+    config = run_dir / "config.json"
+    if not weights.is_file() or not config.is_file():
+        return None
+    fingerprint = (json.loads(config.read_text()).get("data") or {}).get("fingerprint", "")
+    key = hashlib.sha256(f"{weights.stat().st_mtime_ns}|{fingerprint}|{method}|{MAX_ITEMS}".encode())
+    return run_dir / f"projection_{key.hexdigest()[:12]}.npz"
+
+
+def project(points: np.ndarray, method: str = "umap", seed: int = 0, n_neighbors: int = 15,
+            min_dist: float = 0.1) -> tuple[np.ndarray, str]:
+    """2-D coordinates of ``points`` ``[M, D]`` and the method actually used.
+
+    UMAP (cosine metric) when there are at least ``UMAP_MIN_POINTS`` points, else PCA.
+    """
+    points = np.asarray(points, dtype=np.float32)
+    if method == "umap" and len(points) >= UMAP_MIN_POINTS:
+        import umap  # slow first import: numba compiles its kernels
+        reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(points) - 1), min_dist=min_dist,
+                            metric="cosine", random_state=seed, n_jobs=1)
+        return reducer.fit_transform(points).astype(np.float32), "umap"
+    centred = points - points.mean(0, keepdims=True)
+    if len(points) < 2:
+        return np.zeros((len(points), 2), dtype=np.float32), "pca"
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ vt[:2].T  # [M, <=2]
+    if xy.shape[1] < 2:
+        xy = np.pad(xy, ((0, 0), (0, 2 - xy.shape[1])))
+    return xy.astype(np.float32), "pca"
+
+
+def test_positions(run_dir: Path, item_ids: list[str], max_items: int = MAX_ITEMS, seed: int = 0) -> np.ndarray:
+    """Catalogue positions of the run's test items (from splits.json), a seeded sample if there are many."""
+    from .analysis import split_positions
+    splits = json.loads((Path(run_dir) / "splits.json").read_text())
+    index = split_positions(item_ids, splits.get("test", []))
+    if len(index) > max_items:
+        index = np.sort(np.random.default_rng(seed).choice(index, max_items, replace=False))
+    return index
+
+
+def compute(run_dir: Path, method: str = "umap", run=None) -> Path:
+    """Compute and cache the projection of ``run_dir`` (``run``: an already loaded ``xmodal.Run``)."""
+    run_dir = Path(run_dir)
+    path = projection_path(run_dir, method)
+    if path is None:
+        raise FileNotFoundError(f"{run_dir} has no best.safetensors yet: nothing to project")
+    if run is None:
+        from ..search import load_run
+        run = load_run(run_dir)
+    index = test_positions(run_dir, run.catalogue.item_ids)
+    if len(index) == 0:
+        raise ValueError(f"none of {run_dir.name}'s test items are in its catalogue")
+    img = run.image_embeds.numpy()[index]  # [n, D]
+    txt = run.text_embeds.numpy()[index]  # [n, D]
+    xy, used = project(np.concatenate([img, txt]), method)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, xy=xy, index=index, image_embeds=img, text_embeds=txt, method=np.array(used))
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: Path) -> dict:
+    """The arrays of a projection file, plus ``method`` as a string."""
+    with np.load(path, allow_pickle=False) as data:
+        out = {k: data[k] for k in data.files}
+    out["method"] = str(out["method"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m xmodal.dashboard.projection", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir")
+    p.add_argument("--method", choices=["umap", "pca"], default="umap")
+    a = p.parse_args(argv)
+    try:
+        path = compute(Path(a.run_dir), a.method)
+    except Exception as err:  # reported to the page through the error file
+        err_path = Path(a.run_dir) / f"projection_{a.method}.error"
+        err_path.write_text(f"{type(err).__name__}: {err}")
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    (Path(a.run_dir) / f"projection_{a.method}.error").unlink(missing_ok=True)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

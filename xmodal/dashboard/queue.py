@@ -1,0 +1,78 @@
+"""``python -m xmodal.dashboard.queue QUEUE.json``: train the queue's jobs one after another.
+
+Started detached by ``xmodal.dashboard.jobs.start_queue``. Each job runs as its own
+``python -m xmodal.train`` child with output in ``<run>/train.log``; the queue file records each job's
+state (pending, running, finished, failed, stopped, cancelled). SIGTERM stops the current run cleanly
+and cancels the rest. One run at a time keeps two CPU cores from being oversubscribed.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..runs import atomic_write_json, read_json, read_status, write_status
+from .jobs import LOG_NAME, TrainJob
+
+FIELDS = ("model", "data", "epochs", "batch_size", "lr", "finetune", "device", "run_id")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m xmodal.dashboard.queue QUEUE.json", file=sys.stderr)
+        return 2
+    path = Path(argv[0])
+    queue = read_json(path)
+    if not queue:
+        print(f"error: {path} is not a queue file", file=sys.stderr)
+        return 2
+    root = Path(queue["root"])
+    queue.update(pid=os.getpid(), host=socket.gethostname(), state="running")
+    atomic_write_json(path, queue)
+
+    cancelled: list[bool] = []
+    child: list[subprocess.Popen] = []
+
+    def on_term(*_) -> None:
+        cancelled.append(True)
+        if child and child[0].poll() is None:
+            child[0].send_signal(signal.SIGTERM)  # the trainer stops cleanly and records "stopped"
+
+    signal.signal(signal.SIGTERM, on_term)
+    for job_rec in queue["jobs"]:
+        if cancelled:
+            job_rec["state"] = "cancelled"
+            atomic_write_json(path, queue)
+            continue
+        job = TrainJob(**{k: job_rec[k] for k in FIELDS})
+        run_dir = root / job.run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / LOG_NAME, "ab") as log:
+            proc = subprocess.Popen(job.command(root), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        child[:] = [proc]
+        if not (run_dir / "status.json").exists():
+            write_status(run_dir, "running", pid=proc.pid, phase="starting", model=job.model)
+        job_rec.update(state="running", started=time.time())
+        atomic_write_json(path, queue)
+        if cancelled:  # SIGTERM arrived between the check and the launch
+            proc.send_signal(signal.SIGTERM)
+        code = proc.wait()
+        state = read_status(run_dir).get("state")
+        if state not in ("finished", "failed", "stopped"):
+            state = "finished" if code == 0 else "failed"
+        job_rec.update(state=state, returncode=code, ended=time.time())
+        atomic_write_json(path, queue)
+    queue["state"] = "cancelled" if cancelled else "finished"
+    queue["ended"] = time.time()
+    atomic_write_json(path, queue)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
