@@ -30,8 +30,8 @@ def catalogue_label(config: dict) -> str:
 
 
 def run_label(info: RunInfo) -> str:
-    """``model · run-id``, for pickers and legends."""
-    return f"{info.model} · {info.run_id}"
+    """The run id, prefixed with ``model · `` when the id does not already name the model."""
+    return info.run_id if info.run_id.startswith(info.model) else f"{info.model} · {info.run_id}"
 
 
 def runs_table(runs: Sequence[RunInfo], ground_truth: str = "caption") -> pd.DataFrame:

@@ -22,9 +22,14 @@ def run_colours(names: Sequence[str]) -> dict[str, str]:
     return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)}
 
 
-def _layout(fig: go.Figure, height: int, title: str | None = None) -> go.Figure:
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=50 if title else 30, b=10), title=title,
-                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), template="plotly_white")
+def _layout(fig: go.Figure, height: int) -> go.Figure:
+    """Shared look: the legend in a band above the plots (sized to its entries), white template."""
+    names = [t.name for t in fig.data if t.showlegend is not False and t.name]
+    entries = len(dict.fromkeys(names))
+    rows = max(1, math.ceil(sum(min(len(n), 60) * 7 + 40 for n in dict.fromkeys(names)) / 1000)) if entries else 0
+    top = 30 + 22 * rows
+    fig.update_layout(height=height + top, margin=dict(l=10, r=10, t=top, b=10), template="plotly_white",
+                      legend=dict(orientation="h", yref="container", y=1, yanchor="top", x=0))
     return fig
 
 
@@ -49,7 +54,7 @@ def loss_figure(metrics: dict[str, list[dict]], smooth: int = 1) -> go.Figure:
     terms = loss_terms([r for rows in metrics.values() for r in rows]) or ["loss"]
     cols = 2 if len(terms) > 1 else 1
     nrows = math.ceil(len(terms) / cols)
-    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=terms, vertical_spacing=0.12)
+    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=terms, vertical_spacing=0.3 / nrows)
     colours = run_colours(list(metrics))
     for name, rows in metrics.items():
         steps = [r for r in rows if r.get("kind") == "step"]
@@ -64,8 +69,10 @@ def loss_figure(metrics: dict[str, list[dict]], smooth: int = 1) -> go.Figure:
             fig.add_trace(go.Scatter(x=xs, y=_smooth(np.array(ys, dtype=float), smooth), mode="lines", name=name,
                                      legendgroup=name, showlegend=i == 0, line=dict(color=colours[name])),
                           row=i // cols + 1, col=i % cols + 1)
-    fig.update_xaxes(title_text="epoch")
-    return _layout(fig, 260 * nrows + 60)
+    for c in range(1, cols + 1):  # label the lowest panel of each column only
+        last = nrows if (nrows - 1) * cols + c <= len(terms) else nrows - 1
+        fig.update_xaxes(title_text="epoch", row=last, col=c)
+    return _layout(fig, 260 * nrows)
 
 
 def validation_figure(metrics: dict[str, list[dict]], prefix: str = "val") -> go.Figure:
@@ -85,8 +92,9 @@ def validation_figure(metrics: dict[str, list[dict]], prefix: str = "val") -> go
                 fig.add_trace(go.Scatter(x=x, y=[r.get(key) for r in epochs], mode="lines+markers", name=name,
                                          legendgroup=name, showlegend=di == 0 and ci == 0,
                                          line=dict(color=colours[name])), row=di + 1, col=ci + 1)
-    fig.update_xaxes(title_text="epoch", dtick=1)
-    return _layout(fig, 520)
+    fig.update_xaxes(dtick=1)
+    fig.update_xaxes(title_text="epoch", row=2)
+    return _layout(fig, 480)
 
 
 def similarity_figure(metrics: dict[str, list[dict]]) -> go.Figure:
@@ -102,7 +110,7 @@ def similarity_figure(metrics: dict[str, list[dict]]) -> go.Figure:
                                  mode="lines+markers", legendgroup=name, line=dict(color=colours[name], dash="dash")))
     fig.update_xaxes(title_text="epoch", dtick=1)
     fig.update_yaxes(title_text="cosine similarity")
-    return _layout(fig, 340)
+    return _layout(fig, 300)
 
 
 def metric_bars(table: pd.DataFrame) -> go.Figure:
@@ -119,7 +127,7 @@ def metric_bars(table: pd.DataFrame) -> go.Figure:
         fig.add_trace(go.Bar(x=rank_cols, y=[row[c] for c in rank_cols], name=name, legendgroup=name,
                              showlegend=False, marker_color=colours[name]), row=1, col=2)
     fig.update_layout(barmode="group")
-    return _layout(fig, 420)
+    return _layout(fig, 380)
 
 
 def slice_figure(slices: pd.DataFrame, metric: str = "R@10") -> go.Figure:
@@ -139,7 +147,7 @@ def slice_figure(slices: pd.DataFrame, metric: str = "R@10") -> go.Figure:
                                  name=name, legendgroup=name, showlegend=di == 0, marker_color=colours[name]),
                           row=1, col=di + 1)
     fig.update_layout(barmode="group")
-    return _layout(fig, 400)
+    return _layout(fig, 360)
 
 
 def projection_figure(xy: np.ndarray, captions: Sequence[str], groups: Sequence[str] | None = None,
@@ -180,7 +188,7 @@ def projection_figure(xy: np.ndarray, captions: Sequence[str], groups: Sequence[
     fig.update_xaxes(title_text=f"{method} 1", showticklabels=False)
     fig.update_yaxes(title_text=f"{method} 2", showticklabels=False)
     fig.update_layout(dragmode="lasso")
-    return _layout(fig, 600)
+    return _layout(fig, 580)
 
 
 def gap_figure(gap: dict) -> go.Figure:
@@ -193,5 +201,4 @@ def gap_figure(gap: dict) -> go.Figure:
     fig.update_layout(barmode="overlay")
     fig.update_xaxes(title_text="euclidean distance between unit embeddings (0 = identical, 2 = opposite)")
     fig.update_yaxes(title_text="items")
-    return _layout(fig, 340, title=f"modality gap: paired mean {np.mean(gap['paired']):.3f} vs random "
-                                   f"{np.mean(gap['random']):.3f}; centroid gap {gap['centroid_gap']:.3f}")
+    return _layout(fig, 320)

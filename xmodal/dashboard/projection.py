@@ -3,8 +3,8 @@
 ``python -m xmodal.dashboard.projection RUN_DIR [--method umap|pca]`` computes it in a subprocess (UMAP's
 first import compiles numba code for a while); the Embeddings page starts that and polls for the file.
 The file, ``projection_<key>.npz``, holds ``xy`` ``[2n, 2]`` (the n image points, then the n caption
-points of the same items), the items' catalogue positions ``index`` ``[n]`` and the embeddings used,
-so later visits only read it. The key covers the weights, the catalogue and the method, so retraining
+points of the same items), the items' catalogue positions ``index`` ``[n]``, the embeddings used and
+the items' captions, image paths and attributes, so later visits only read it. The key covers the weights, the catalogue and the method, so retraining
 or another catalogue never shows a stale map.
 """
 from __future__ import annotations
@@ -81,18 +81,24 @@ def compute(run_dir: Path, method: str = "umap", run=None) -> Path:
     img = run.image_embeds.numpy()[index]  # [n, D]
     txt = run.text_embeds.numpy()[index]  # [n, D]
     xy, used = project(np.concatenate([img, txt]), method)
+    cat = run.catalogue
+    extra = {f"attr_{k}": np.array([v[i] for i in index], dtype=str) for k, v in cat.attributes.items()}
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, xy=xy, index=index, image_embeds=img, text_embeds=txt, method=np.array(used))
+    np.savez(tmp, xy=xy, index=index, image_embeds=img, text_embeds=txt, method=np.array(used),
+             captions=np.array([cat.captions[i] for i in index], dtype=str),
+             images=np.array([str(cat.image_path(i)) for i in index], dtype=str), **extra)
     os.replace(tmp, path)
     return path
 
 
 def load(path: Path) -> dict:
-    """The arrays of a projection file, plus ``method`` as a string."""
+    """A projection file: arrays ``xy``, ``index``, ``image_embeds``, ``text_embeds``; lists ``captions``,
+    ``images``; ``attributes`` (column -> values); ``method`` (the one actually used)."""
     with np.load(path, allow_pickle=False) as data:
         out = {k: data[k] for k in data.files}
-    out["method"] = str(out["method"])
-    return out
+    attributes = {k[5:]: out.pop(k).tolist() for k in list(out) if k.startswith("attr_")}
+    return {**out, "method": str(out["method"]), "captions": out["captions"].tolist(),
+            "images": out["images"].tolist(), "attributes": attributes}
 
 
 def main(argv: list[str] | None = None) -> int:

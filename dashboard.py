@@ -1,0 +1,111 @@
+"""The xmodal dashboard: ``streamlit run dashboard.py``.
+
+This entry point holds the Home page (the catalogue in use, the runs table, one-click demo training),
+draws the sidebar shared by every page, and routes to the pages in ``pages/``. Pages only read widgets,
+call ``xmodal`` and draw; the logic lives in ``xmodal.dashboard``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from xmodal.dashboard import analysis, jobs, sidebar, state, ui
+from xmodal.data import CatalogueError, make_splits
+from xmodal.runs import list_runs
+
+SAMPLES = 12
+
+
+def _queue_progress() -> None:
+    if not sidebar.progress_panel(key="home"):
+        st.rerun(scope="app")  # the queue is done: show the filled-in page
+
+
+def _quickstart(has_runs: bool) -> None:
+    """One click trains all five models on the demo catalogue, one after another, with progress."""
+    queues = jobs.active_queues()
+    if queues:
+        st.subheader("Training the demo models", divider="blue")
+        st.fragment(_queue_progress, run_every=2)()
+        return
+    box = st.container(border=True) if not has_runs else st.expander("Train all five demo models again")
+    with box:
+        if not has_runs:
+            st.markdown("### No trained models yet\nTrain all five models on the built-in demo catalogue "
+                        "(2000 synthetic products), one after another: about ten minutes on two CPU cores. "
+                        "Progress shows here and in the sidebar; every other page fills in as runs finish.")
+        epochs = ", ".join(f"{m} {e}" for m, e in jobs.DEMO_EPOCHS.items())
+        st.caption(f"Epochs: {epochs}. Device: {state.device_options()[0]}.")
+        if st.button("Train all five models on the demo catalogue", type="primary", key="train_all",
+                     icon=":material/rocket_launch:"):
+            jobs.start_queue(jobs.demo_jobs(), name="demo")
+            st.session_state["_busy"] = True
+            st.rerun()
+
+
+def _catalogue_section(spec: str) -> None:
+    st.header("Catalogue", divider="gray")
+    try:
+        cat = state.catalogue(spec)
+    except (CatalogueError, FileNotFoundError, OSError) as err:
+        st.error(f"The catalogue `{spec}` cannot be used: {err}", icon=":material/error:")
+        return
+    splits = make_splits(cat, seed=0)
+    report = cat.report
+    c = st.columns(6)
+    c[0].metric("Products", f"{len(cat):,}")
+    c[1].metric("Rows in captions.csv", f"{report.total_rows:,}")
+    c[2].metric("Rows skipped", f"{sum(report.skipped.values()):,}")
+    for col, name in zip(c[3:], ("train", "val", "test")):
+        col.metric(f"{name} split", f"{len(splits[name]):,}")
+    attrs = ", ".join(cat.attributes) or "none"
+    st.caption(f"`{spec}` → {cat.root} · fingerprint `{cat.fingerprint}` · attributes: {attrs} · split sizes "
+               "as training makes them with the default seed (or the csv's split column)")
+    pick = np.random.default_rng(0).choice(len(cat), min(SAMPLES, len(cat)), replace=False)
+    ui.product_grid([str(cat.image_path(int(i))) for i in pick], [cat.captions[int(i)] for i in pick])
+    if report.skipped:
+        st.warning(f"The loader skipped {sum(report.skipped.values())} of {report.total_rows} rows:",
+                   icon=":material/warning:")
+        st.dataframe([{"reason": r, "rows": n, "examples": "; ".join(report.examples.get(r, []))}
+                      for r, n in sorted(report.skipped.items())], hide_index=True)
+    else:
+        st.success("Every row of captions.csv is usable.", icon=":material/check_circle:")
+
+
+def _runs_section(runs: list) -> None:
+    st.header("Runs", divider="gray")
+    if not runs:
+        st.caption("No run folders yet in the checkpoints folder.")
+        return
+    table = analysis.runs_table(runs)
+    fmt = {c: st.column_config.NumberColumn(format="%.1f") for c in table.columns if c.startswith(("test", "best"))}
+    st.dataframe(table, hide_index=True, column_config=fmt, key="runs_table")
+    st.caption("Test recall (%) is caption-level (items with identical titles all count) on each run's test "
+               "split, from the weights with the best validation rsum. Details: **Compare**.")
+    for r in runs:
+        if r.status.get("state") == "failed":
+            ui.show_failure(r.path, r.status, compact=True)
+
+
+def home() -> None:
+    """The Home page."""
+    st.title("xmodal · product photos ⇄ product titles")
+    st.caption("Cross-modal fashion retrieval: one embedding space for photos and titles. Train from the "
+               "sidebar; then **Training** shows the curves, **Compare** the models, **Embeddings** the joint "
+               "space and **Search** answers live queries.")
+    runs = list_runs()
+    _quickstart(has_runs=any(r.best for r in runs))
+    _catalogue_section(state.current_catalogue())
+    _runs_section(runs)
+
+
+st.set_page_config(page_title="xmodal", page_icon=":material/checkroom:", layout="wide")
+page = st.navigation([
+    st.Page(home, title="Home", icon=":material/home:", default=True),
+    st.Page("pages/training.py", title="Training", icon=":material/monitoring:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/leaderboard:"),
+    st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
+    st.Page("pages/search.py", title="Search", icon=":material/search:"),
+])
+sidebar.render()
+page.run()

@@ -1,0 +1,95 @@
+"""Search page: a text query gives the top-k products; an image (uploaded, or a catalogue product) gives
+the top-k captions and their products; one run or all runs side by side; for a catalogue item, where its
+true match landed and what ranked above it."""
+from __future__ import annotations
+
+import streamlit as st
+
+from xmodal.dashboard import analysis, queries, state, ui
+from xmodal.dashboard.uploads import EXTENSIONS, UploadError, read_upload
+from xmodal.data import CatalogueError
+from xmodal.search import RunError
+
+st.title("Search")
+runs = ui.runs_with_weights()
+if not runs:
+    ui.no_runs_hint("the Search page")
+    st.stop()
+
+c1, c2 = st.columns([3, 1])
+with c1:
+    chosen = ui.run_picker(runs, key="search_run", allow_all=True)
+k = c2.slider("Results per run", 1, 20, 8, key="search_k")
+try:
+    loaded = {analysis.run_label(r): state.run(r.path) for r in chosen}
+    models = {analysis.run_label(r): r.model for r in chosen}
+except (RunError, CatalogueError, OSError) as err:
+    st.error(f"Cannot load the run: {err}", icon=":material/error:")
+    st.stop()
+first = next(iter(loaded.values()))
+cat = first.catalogue
+test_pos = analysis.split_positions(cat.item_ids, state.test_split_ids(chosen[0].path)).tolist() or list(range(len(cat)))
+
+
+def item_label(i: int) -> str:
+    return f"{cat.item_ids[i]} · {cat.captions[i]}"
+
+
+def show(results: dict[str, queries.QueryResult], grid: bool) -> None:
+    """Each run's top-k (a grid for one run, columns side by side for several) and the true match's rank."""
+    cols = st.columns(len(results)) if len(results) > 1 else [st.container()]
+    for col, (label, res) in zip(cols, results.items()):
+        with col:
+            if len(results) > 1:
+                st.markdown(f"**{models[label]}**  \n<small>{label}</small>", unsafe_allow_html=True)
+            if res.rank is not None:
+                st.metric("True match landed at rank", res.rank, help="caption-level: items with the identical "
+                          "title count as the true match too")
+            if grid and len(results) == 1:
+                ui.hit_grid(res.hits)
+            else:
+                for i, hit in enumerate(res.hits, start=1):
+                    ui.hit_card(hit, title=f"#{i}")
+            if res.rank and res.rank > 1:
+                with st.expander(f"{res.rank - 1} ranked above the true match"):
+                    ui.hit_card(res.true_hit, title="true match")
+                    st.divider()
+                    for i, hit in enumerate(res.above, start=1):
+                        ui.hit_card(hit, title=f"#{i}")
+                    if res.rank - 1 > len(res.above):
+                        st.caption(f"... and {res.rank - 1 - len(res.above)} more")
+
+
+tab_text, tab_image = st.tabs(["Text → products", "Image → captions"])
+with tab_text:
+    source = st.radio("Query", ["Type a query", "A catalogue title (test split)"], horizontal=True,
+                      key="search_text_src")
+    item_id = None
+    if source == "Type a query":
+        query = st.text_input("Describe a product", key="search_query",
+                              placeholder="e.g. navy blue striped kurta, women red dress")
+    else:
+        pos = st.selectbox("Test product", test_pos, format_func=item_label, key="search_text_item")
+        query, item_id = cat.captions[pos], cat.item_ids[pos]
+        st.image(str(cat.image_path(pos)), width=90, caption="the true match")
+    if query.strip():
+        show({label: queries.text_query(r, query, k, item_id) for label, r in loaded.items()}, grid=True)
+
+with tab_image:
+    source = st.radio("Query", ["Upload a photo", "A catalogue product (test split)"], horizontal=True,
+                      key="search_image_src")
+    image, item_id = None, None
+    if source == "Upload a photo":
+        upload = st.file_uploader("Product photo (JPEG, PNG, WebP; at most 10 MB)", type=EXTENSIONS,
+                                  key="search_upload")
+        if upload is not None:
+            try:
+                image = read_upload(upload.getvalue(), upload.name)
+            except UploadError as err:
+                st.error(str(err), icon=":material/error:")
+    else:
+        pos = st.selectbox("Test product", test_pos, format_func=item_label, key="search_image_item")
+        image, item_id = cat.open_image(pos), cat.item_ids[pos]
+    if image is not None:
+        st.image(image, width=140, caption="query")
+        show({label: queries.image_query(r, image, k, item_id) for label, r in loaded.items()}, grid=False)

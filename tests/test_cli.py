@@ -1,0 +1,142 @@
+"""The real CLIs end to end on a tiny demo catalogue: train, evaluate, search, resume, stop."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import xmodal
+from tests.conftest import TINY_SIZE
+from xmodal.evaluate import main as evaluate_cli
+from xmodal.runs import read_json, read_metrics, read_status
+from xmodal.search import RunError, load_run
+from xmodal.train import main as train_cli
+
+RUN_FILES = {"config.json", "vocab.json", "splits.json", "metrics.jsonl", "status.json", "best.safetensors",
+             "best.json", "last.pt", "test.json"}
+
+
+@pytest.mark.parametrize("name", xmodal.list_models())
+def test_train_evaluate_search_every_model(name, tiny_catalogue, tmp_path, capsys):
+    argv = ["--model", name, "--data", str(tiny_catalogue), "--epochs", "2", "--batch-size", "16",
+            "--out", str(tmp_path), "--run-id", "r", *TINY_SIZE]
+    assert train_cli(argv) == 0
+    run = tmp_path / "r"
+    assert RUN_FILES <= {p.name for p in run.iterdir()}
+    assert read_status(run)["state"] == "finished"
+    config = read_json(run / "config.json")
+    assert config["model"] == name and config["split"]["seed"] == 0
+    assert config["data"]["fingerprint"] and "pretrained" in config
+    rows = read_metrics(run)
+    steps = [r for r in rows if r["kind"] == "step"]
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert all("loss" in s for s in steps) and len(steps) == 2 * 3  # 48 train items / 16
+    for key in ("val/text_to_image/R@1", "val/image_to_text/median_rank", "val/rsum", "pos_sim", "neg_sim"):
+        assert key in epochs[0]
+    test = read_json(run / "test.json")
+    assert test["gallery_size"] == 6 and "validation" in test["chosen_on"]
+
+    capsys.readouterr()
+    assert evaluate_cli(["--run", str(run), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["gallery_size"] == 6 and res["trained_on_this_catalogue"]
+    # the test split evaluated again from the best weights gives the numbers the run recorded
+    assert res["caption"]["rsum"] == pytest.approx(test["caption"]["rsum"], abs=1e-3)
+    assert evaluate_cli(["--run", str(run), "--split", "all"]) == 0
+    table = capsys.readouterr().out
+    assert "protocol" in table and "60 items" in table and "caption" in table
+
+    r = load_run(run)
+    hits = r.search_text(r.catalogue.captions[0], k=5)
+    assert len(hits) == 5 and hits[0].score >= hits[-1].score
+    img_hits = r.search_image(r.catalogue.image_path(0), k=3)
+    assert len(img_hits) == 3 and all(isinstance(h.caption, str) for h in img_hits)
+    assert list(run.glob("gallery_images_*.safetensors")), "gallery embeddings cached in the run folder"
+
+
+def test_evaluate_on_another_catalogue(trained_run, tmp_path, capsys):
+    from xmodal.data import generate_demo
+    other = generate_demo(tmp_path / "other", n=30, seed=9)
+    assert evaluate_cli(["--run", str(trained_run), "--data", str(other), "--split", "all", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["gallery_size"] == 30 and not res["trained_on_this_catalogue"]
+
+
+def test_resume_after_interrupt(tiny_catalogue, tmp_path, monkeypatch):
+    import xmodal.train as train_mod
+    real = train_mod.train_one_epoch
+
+    def interrupted(*args, **kw):
+        if args[6] == 2:  # epoch 2: the user presses Ctrl-C
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+    monkeypatch.setattr(train_mod, "train_one_epoch", interrupted)
+    argv = ["--model", "siamese", "--data", str(tiny_catalogue), "--epochs", "3", "--batch-size", "16",
+            "--out", str(tmp_path), "--run-id", "r", *TINY_SIZE]
+    assert train_cli(argv) == 130
+    run = tmp_path / "r"
+    assert read_status(run)["state"] == "stopped"
+    assert (run / "best.safetensors").is_file() and not (run / "test.json").exists()
+    monkeypatch.setattr(train_mod, "train_one_epoch", real)
+    assert train_cli(["--resume", str(run)]) == 0
+    assert read_status(run)["state"] == "finished"
+    epochs = [r["epoch"] for r in read_metrics(run) if r["kind"] == "epoch"]
+    assert epochs == [1, 2, 3]
+    steps = [(r["epoch"], r["step"]) for r in read_metrics(run) if r["kind"] == "step"]
+    assert len(steps) == len(set(steps)) == 9
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_keeping_the_last_epoch(tiny_catalogue, tmp_path):
+    run = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "xmodal.train", "--model", "corrnet", "--data",
+                             str(tiny_catalogue), "--epochs", "500", "--batch-size", "8", "--out", str(tmp_path),
+                             "--run-id", "r", *TINY_SIZE], env=os.environ.copy(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not (run / "last.pt").is_file():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "no epoch finished in time"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    status = read_status(run)
+    assert status["state"] == "stopped" and "resume" in status["message"]
+    import torch
+    assert int(torch.load(run / "last.pt", weights_only=True)["epoch"]) >= 1
+
+
+def test_bad_checkpoint_is_a_clear_error(trained_run, tmp_path, capsys):
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(trained_run, broken)
+    (broken / "best.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(RunError, match="cannot be loaded"):
+        load_run(broken)
+    assert evaluate_cli(["--run", str(broken)]) == 2
+    assert "retrain or resume" in capsys.readouterr().err
+    with pytest.raises(RunError, match="not a run folder"):
+        load_run(tmp_path)
+
+
+def test_failed_run_records_its_error(tmp_path):
+    cat = tmp_path / "empty"
+    cat.mkdir()
+    (cat / "captions.csv").write_text("image,caption\nmissing.jpg,Nothing Here\n")
+    with pytest.raises(Exception, match="no usable rows"):
+        train_cli(["--model", "siamese", "--data", str(cat), "--out", str(tmp_path), "--run-id", "bad"])
+    status = read_status(tmp_path / "bad")
+    assert status["state"] == "failed" and "no usable rows" in status["error"]
+
+
+def test_cuda_request_without_gpu_is_refused(tiny_catalogue, tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit, match="no CUDA GPU"):
+        train_cli(["--model", "siamese", "--data", str(tiny_catalogue), "--device", "cuda", "--out", str(tmp_path)])

@@ -1,0 +1,157 @@
+"""The sidebar on every page: the catalogue picker, the training form and live progress of runs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from ..data.importers import IMPORTERS
+from ..models import list_models
+from ..paths import cache_dir
+from . import analysis, jobs, state, ui
+
+SOURCES = ("demo", "folder", "import")
+EXAMPLE_FOLDER = "../shared/datasets/myntra"
+IDLE_POLL_S, BUSY_POLL_S = 15, 2
+DATA_ENV = "XMODAL_DASHBOARD_DATA"  # optional default catalogue for new sessions (a folder, or "demo")
+
+
+def _catalogue_picker() -> str:
+    """Widgets choosing the catalogue; returns its spec (``demo`` or a folder) and stores it in session state."""
+    default = os.environ.get(DATA_ENV, "").strip()
+    if default and "cat_source" not in st.session_state:  # the server's default catalogue, once per session
+        st.session_state["cat_source"] = "demo" if default == "demo" else "folder"
+        st.session_state["cat_folder"] = "" if default == "demo" else default
+    if "_imported" in st.session_state:  # set by an import on the last run, before the widgets exist
+        st.session_state["cat_source"] = "folder"
+        st.session_state["cat_folder"] = st.session_state.pop("_imported")
+    source = st.radio("Catalogue", SOURCES, key="cat_source", horizontal=True,
+                      help="demo: 2000 synthetic products, made on first use; folder: a catalogue folder "
+                           "(captions.csv + images); import: convert a Kaggle or research-layout folder")
+    spec = "demo"
+    if source == "folder":
+        folder = st.text_input("Catalogue folder", key="cat_folder", placeholder=EXAMPLE_FOLDER,
+                               help="a folder holding captions.csv (columns image, caption) and its images")
+        if folder.strip():
+            spec = folder.strip()
+            if not (Path(spec).expanduser() / "captions.csv").is_file():
+                st.error(f"No captions.csv in `{spec}`. Give a catalogue folder, or use *import* for the "
+                         "Kaggle / research layouts.")
+        else:
+            st.caption(f"e.g. `{EXAMPLE_FOLDER}`; the demo is used until you give one")
+    elif source == "import":
+        _import_form()
+    st.session_state["catalogue"] = spec
+    return spec
+
+
+def _import_form() -> None:
+    layout = st.selectbox("Layout", sorted(IMPORTERS), key="imp_layout",
+                          help="kaggle: styles.csv + images/<id>.jpg; research: images.csv + <id>.jpg")
+    src = st.text_input("Folder to import", key="imp_src")
+    default_out = str(cache_dir() / "imports" / (Path(src).name or "catalogue")) if src else ""
+    out = st.text_input("Write the catalogue to", value=default_out, key="imp_out")
+    if st.button("Import", key="imp_go", disabled=not src.strip()):
+        try:
+            with st.spinner("Importing..."):
+                res = IMPORTERS[layout](src.strip(), out.strip() or None)
+        except (FileNotFoundError, ValueError, OSError) as err:
+            st.error(f"Import failed: {err}")
+            return
+        dropped = ", ".join(f"{n} {why}" for why, n in res.dropped.items()) or "none"
+        st.session_state["_imported"] = str(res.out_dir)
+        st.session_state["_import_note"] = f"Imported {res.rows} rows into {res.out_dir} (dropped: {dropped})."
+        st.rerun()
+    st.caption("The demo is used until an import finishes.")
+
+
+def _training_form(spec: str) -> None:
+    models = list_models()
+    with st.form("train_form", border=False):
+        model = st.selectbox("Model", models, index=models.index("cmpm-efficientnet"), key="tf_model")
+        c1, c2 = st.columns(2)
+        epochs = c1.number_input("Epochs", 1, 500, 8, key="tf_epochs")
+        batch = c2.number_input("Batch size", 2, 4096, 128, step=16, key="tf_batch")
+        lr = c1.number_input("Learning rate", 1e-6, 1.0, 1e-3, step=1e-4, format="%.4f", key="tf_lr")
+        device = c2.selectbox("Device", state.device_options(), key="tf_device",
+                              help="cuda is offered only when a CUDA GPU is visible")
+        finetune = st.checkbox("Fine-tune the image backbone", key="tf_finetune",
+                               help="train the CNN end to end (slow on CPU); otherwise its features are cached")
+        start = st.form_submit_button("Start training", type="primary", width="stretch")
+    if start:
+        if spec != "demo" and not (Path(spec).expanduser() / "captions.csv").is_file():
+            st.error(f"Cannot train: no captions.csv in `{spec}`.")
+            return
+        job = jobs.TrainJob(model=model, data=spec, epochs=int(epochs), batch_size=int(batch), lr=float(lr),
+                            finetune=bool(finetune), device=device)
+        try:
+            run_dir = jobs.start_training(job)
+        except OSError as err:
+            st.error(f"Could not start training: {err}")
+            return
+        st.session_state["_busy"] = True
+        st.toast(f"Started {run_dir.name}", icon=":material/rocket_launch:")
+
+
+def progress_panel(key: str = "sb") -> bool:
+    """Queues and runs that are going on (or ended in the last half hour), with stop buttons.
+
+    Returns:
+        Whether anything is still running.
+    """
+    queues = jobs.active_queues()
+    for path, q in queues:
+        done = sum(j["state"] not in ("pending", "running") for j in q["jobs"])
+        now = next((j["model"] for j in q["jobs"] if j["state"] == "running"), "starting")
+        st.progress(done / max(len(q["jobs"]), 1), text=f"Queue **{q['name']}**: {done}/{len(q['jobs'])} done, "
+                                                        f"now {now}")
+        if st.button("Cancel queue", key=f"{key}-cq-{path.stem}", icon=":material/cancel:"):
+            jobs.stop_queue(path)
+            st.toast("Cancelling the queue: the current run stops after its step")
+    runs = jobs.recent_runs()
+    for run_dir, status in runs:
+        name, state_ = run_dir.name, status.get("state")
+        if state_ == "running":
+            epoch, epochs = status.get("epoch") or 0, status.get("epochs") or 0
+            step, steps = status.get("step") or 0, status.get("steps_per_epoch") or 0
+            frac = ((epoch - 1) + step / steps) / epochs if epoch and steps and epochs else 0.0
+            phase = status.get("phase", "")
+            text = (f"**{name}**: epoch {epoch}/{epochs}, step {step}/{steps}, loss {status.get('loss', 0):.4g}, "
+                    f"{analysis.format_eta(status.get('eta_s'))} left" if phase == "training" else f"**{name}**: {phase}")
+            st.progress(min(max(frac, 0.0), 1.0), text=text)
+            if st.button("Stop", key=f"{key}-stop-{name}", icon=":material/stop_circle:"):
+                jobs.stop_run(run_dir)
+                st.toast(f"Stopping {name} (it keeps its last completed epoch)")
+        elif state_ == "failed":
+            ui.show_failure(run_dir, status, compact=True)
+        elif state_ == "stopped":
+            st.info(f"**{name}** stopped. {status.get('message', '')}", icon=":material/stop_circle:")
+        elif state_ == "finished":
+            st.success(f"**{name}** finished", icon=":material/check_circle:")
+    busy = bool(queues) or any(s.get("state") == "running" for _, s in runs)
+    if not runs and not queues:
+        st.caption("No runs in progress.")
+    return busy
+
+
+def _live_progress() -> None:
+    busy = progress_panel()
+    was_busy = st.session_state.get("_busy", False)
+    st.session_state["_busy"] = busy
+    if was_busy and not busy:  # something just ended: refresh the page's tables
+        st.rerun(scope="app")
+
+
+def render() -> str:
+    """Draw the sidebar; returns the catalogue spec in use."""
+    with st.sidebar:
+        spec = _catalogue_picker()
+        if note := st.session_state.pop("_import_note", None):
+            st.success(note)
+        with st.expander("Train a model", expanded=False, icon=":material/model_training:"):
+            _training_form(spec)
+        st.subheader("Runs in progress", divider="gray")
+        poll = BUSY_POLL_S if st.session_state.get("_busy", True) else IDLE_POLL_S
+        st.fragment(_live_progress, run_every=poll)()
+    return spec

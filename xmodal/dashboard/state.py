@@ -1,0 +1,143 @@
+"""The dashboard's cached loaders, all in one place.
+
+``st.cache_resource`` holds shared objects (catalogues, loaded runs with their models); ``st.cache_data``
+holds arrays and tables (test embeddings, ranks, projections, metrics). Every loader is keyed by a
+stamp (a file's modification time) as well as its path, so a retrained run or an edited catalogue is
+reloaded rather than served stale.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from ..data import Catalogue, open_catalogue, resolve_data
+from ..runs import read_json, read_metrics
+from ..search import Run, load_run
+from . import analysis, jobs, projection
+
+DEFAULT_CATALOGUE = "demo"
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return Path(path).stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
+
+
+def current_catalogue() -> str:
+    """The catalogue picked in the sidebar (``demo`` or a folder path)."""
+    return st.session_state.get("catalogue") or DEFAULT_CATALOGUE
+
+
+@st.cache_resource(show_spinner="Loading the catalogue (each image is checked once)...", max_entries=8)
+def _catalogue(spec: str, stamp: int) -> Catalogue:
+    return open_catalogue(spec)
+
+
+def catalogue(spec: str) -> Catalogue:
+    """The validated catalogue ``spec`` names (the demo is generated on first use, ~5 s)."""
+    folder = resolve_data(spec)
+    return _catalogue(spec, _mtime(folder / "captions.csv"))
+
+
+@st.cache_resource(show_spinner="Loading the run...", max_entries=16)
+def _run(run_dir: str, stamp: int) -> Run:
+    return load_run(run_dir)
+
+
+def run(run_dir: str | Path) -> Run:
+    """A loaded run (model, vocabulary, gallery catalogue), kept across reruns and pages."""
+    return _run(str(run_dir), _mtime(Path(run_dir) / "best.safetensors"))
+
+
+@st.cache_resource
+def device_options() -> list[str]:
+    """Training devices this machine has (cuda only when visible)."""
+    return jobs.device_options()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _metrics(run_dir: str, stamp: int) -> list[dict]:
+    return read_metrics(Path(run_dir))
+
+
+def metrics(run_dir: str | Path) -> list[dict]:
+    """metrics.jsonl rows of a run, re-read when the file changes."""
+    return _metrics(str(run_dir), _mtime(Path(run_dir) / "metrics.jsonl"))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _split_ids(run_dir: str, stamp: int, split: str) -> list[str]:
+    return (read_json(Path(run_dir) / "splits.json", default={}) or {}).get(split, [])
+
+
+def test_split_ids(run_dir: str | Path, split: str = "test") -> list[str]:
+    """The item ids of a run's test (or other) split, from its splits.json."""
+    return _split_ids(str(run_dir), _mtime(Path(run_dir) / "splits.json"), split)
+
+
+@st.cache_data(show_spinner="Embedding the test split...", max_entries=32)
+def _test_embeddings(run_dir: str, stamp: int) -> dict:
+    r = run(run_dir)
+    splits = read_json(Path(run_dir) / "splits.json", default={}) or {}
+    index = analysis.split_positions(r.catalogue.item_ids, splits.get("test", []))
+    cat = r.catalogue
+    return {"index": index, "image": r.image_embeds.numpy()[index], "text": r.text_embeds.numpy()[index],
+            "item_ids": [cat.item_ids[i] for i in index], "captions": [cat.captions[i] for i in index],
+            "images": [str(cat.image_path(i)) for i in index],
+            "attributes": {k: [v[i] for i in index] for k, v in cat.attributes.items()}}
+
+
+def test_embeddings(run_dir: str | Path) -> dict:
+    """A run's test-split embeddings ``image``/``text`` ``[n, D]`` with the items' ids, captions, attributes."""
+    return _test_embeddings(str(run_dir), _mtime(Path(run_dir) / "best.safetensors"))
+
+
+@st.cache_data(show_spinner="Ranking every test query under each run...", max_entries=16)
+def _compare_ranks(run_dirs: tuple[str, ...], stamps: tuple[int, ...], ground_truth: str) -> dict:
+    """Per-query ranks of each run over the test items all of them share.
+
+    Returns:
+        ``{"item_ids", "captions", "images", "attributes", "ranks": {run dir: {direction: ranks [Q]}}}``.
+    """
+    embeds = {d: test_embeddings(d) for d in run_dirs}
+    common = set.intersection(*(set(e["item_ids"]) for e in embeds.values())) if embeds else set()
+    first = embeds[run_dirs[0]] if run_dirs else None
+    keep = [i for i, x in enumerate(first["item_ids"]) if x in common] if first else []
+    ids = [first["item_ids"][i] for i in keep] if first else []
+    captions = [first["captions"][i] for i in keep] if first else []
+    groups = analysis.ground_truth_groups(captions, ground_truth)
+    ranks = {}
+    for d, e in embeds.items():
+        pos = {x: i for i, x in enumerate(e["item_ids"])}
+        sel = np.array([pos[x] for x in ids], dtype=np.int64)
+        ranks[d] = analysis.query_ranks(e["image"][sel], e["text"][sel], groups) if len(sel) else {}
+    return {"item_ids": ids, "captions": captions, "images": [first["images"][i] for i in keep] if first else [],
+            "attributes": {k: [v[i] for i in keep] for k, v in first["attributes"].items()} if first else {},
+            "ranks": ranks}
+
+
+def compare_ranks(run_dirs: list[Path], ground_truth: str) -> dict:
+    """Per-query ranks of each run over their shared test items (see ``_compare_ranks``), cached."""
+    dirs = tuple(str(d) for d in run_dirs)
+    return _compare_ranks(dirs, tuple(_mtime(Path(d) / "best.safetensors") for d in dirs), ground_truth)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _projection(path: str, stamp: int) -> dict:
+    return projection.load(Path(path))
+
+
+def load_projection(path: Path) -> dict:
+    """A cached projection file's arrays."""
+    return _projection(str(path), _mtime(path))
+
+
+def clear_runs() -> None:
+    """Forget loaded runs (after one is deleted or retrained in place)."""
+    _run.clear()
+    _test_embeddings.clear()
+    _compare_ranks.clear()

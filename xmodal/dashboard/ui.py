@@ -1,0 +1,71 @@
+"""Small Streamlit widgets shared by the pages: run pickers, result cards, failure boxes."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import streamlit as st
+
+from ..runs import RunInfo, list_runs
+from ..search import Hit
+from . import analysis, jobs
+
+ALL_RUNS = "All runs side by side"
+
+
+def runs_with_weights() -> list[RunInfo]:
+    """Runs that have best weights (finished, or running past their first epoch), newest first."""
+    return [r for r in list_runs() if (r.path / "best.safetensors").is_file()]
+
+
+def finished_runs() -> list[RunInfo]:
+    """Runs with test metrics, newest first."""
+    return [r for r in list_runs() if r.test]
+
+
+def no_runs_hint(what: str = "this page") -> None:
+    """The message shown where a page needs a trained run and there is none."""
+    st.info(f"No trained run yet, so {what} has nothing to show. Train one from the sidebar, or go to "
+            "**Home** and click *Train all five models on the demo catalogue*.", icon=":material/info:")
+
+
+def run_picker(runs: Sequence[RunInfo], key: str, allow_all: bool = False, label: str = "Run") -> list[RunInfo]:
+    """A selectbox over ``runs`` (optionally with "all runs side by side"); returns the chosen runs."""
+    labels = [analysis.run_label(r) for r in runs]
+    options = ([ALL_RUNS] if allow_all and len(runs) > 1 else []) + labels
+    choice = st.selectbox(label, options, key=key)
+    if choice == ALL_RUNS:
+        return list(runs)
+    return [runs[labels.index(choice)]] if choice in labels else []
+
+
+def show_failure(run_dir: Path, status: dict, compact: bool = False) -> None:
+    """A failed run's error and the end of its log (never a blank page)."""
+    st.error(f"**{Path(run_dir).name}** failed: {status.get('error') or 'the training process ended early'}",
+             icon=":material/error:")
+    with st.expander("log", expanded=not compact):
+        st.code(jobs.failure_detail(run_dir), language="text")
+
+
+def hit_card(hit: Hit, title: str | None = None, image_width: int = 90) -> None:
+    """One result: the product photo beside its caption and score."""
+    left, right = st.columns([1, 2], vertical_alignment="center")
+    left.image(str(hit.image), width=image_width)
+    right.markdown(f"{f'**{title}** ' if title else ''}{hit.caption}  \n"
+                   f"<small>score {hit.score:.3f} · {hit.item_id}</small>", unsafe_allow_html=True)
+
+
+def hit_grid(hits: Sequence[Hit], columns: int = 5, image_width: int = 120) -> None:
+    """Results as a grid of photos with rank, caption and score underneath."""
+    for start in range(0, len(hits), columns):
+        for col, (i, hit) in zip(st.columns(columns), enumerate(hits[start:start + columns], start=start + 1)):
+            col.image(str(hit.image), width=image_width)
+            col.markdown(f"**#{i}** {hit.caption}  \n<small>score {hit.score:.3f}</small>", unsafe_allow_html=True)
+
+
+def product_grid(images: Sequence[str], captions: Sequence[str], columns: int = 6, image_width: int = 110) -> None:
+    """Catalogue products as a grid of photos with their captions."""
+    for start in range(0, len(images), columns):
+        for col, img, cap in zip(st.columns(columns), images[start:start + columns], captions[start:start + columns]):
+            col.image(str(img), width=image_width)
+            col.caption(cap)
