@@ -9,9 +9,12 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from xmodal.dashboard import analysis, jobs, sidebar, state, ui
-from xmodal.data import CatalogueError, make_splits
-from xmodal.runs import list_runs
+st.set_page_config(page_title="xmodal", page_icon=":material/checkroom:", layout="wide")
+# The first visit after the server starts imports PyTorch (seconds on two cores): say so rather than show nothing.
+with st.spinner("Starting xmodal: loading PyTorch (first visit after the server starts only)...", show_time=True):
+    from xmodal.dashboard import analysis, jobs, sidebar, state, ui  # noqa: E402
+    from xmodal.data import CatalogueError, make_splits  # noqa: E402
+    from xmodal.runs import list_runs  # noqa: E402
 
 SAMPLES = 12
 
@@ -99,7 +102,6 @@ def home() -> None:
     _runs_section(runs)
 
 
-st.set_page_config(page_title="xmodal", page_icon=":material/checkroom:", layout="wide")
 page = st.navigation([
     st.Page(home, title="Home", icon=":material/home:", default=True),
     st.Page("pages/training.py", title="Training", icon=":material/monitoring:"),

@@ -1,7 +1,9 @@
 """Load a trained run and search its gallery: ``xmodal.load_run(dir).search_text("navy kurta", k=10)``.
 
 The gallery (every item of the run's catalogue, or of another one) is embedded once and cached in
-the run folder as safetensors, keyed by the catalogue's fingerprint and the weights file.
+the run folder as safetensors, keyed by the catalogue's fingerprint and the weights file. Each side
+(images, captions) is searched through an ``xmodal.gallery.Gallery``: exact up to 50k items, a faiss
+index above that, built once and cached beside the embeddings.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 from PIL import Image
 
 from .data import Catalogue, CatalogueError, load_catalogue, resolve_data
+from .gallery import Gallery
 from .models import create_model, model_config
 from .pipeline import embed_catalogue_images, embed_pil, embed_texts
 from .runs import read_json
@@ -80,6 +83,7 @@ class Run:
             raise RunError(f"the gallery catalogue of {self.dir.name} cannot be loaded: {err}") from err
         self._image_embeds: torch.Tensor | None = None
         self._text_embeds: torch.Tensor | None = None
+        self._galleries: dict[str, Gallery] = {}
 
     def _cache_path(self, kind: str) -> Path:
         weights = self.dir / "best.safetensors"
@@ -116,10 +120,20 @@ class Run:
                 self.model, self.vocab, self.catalogue.captions, self.device))
         return self._text_embeds
 
-    def _hits(self, scores: torch.Tensor, k: int) -> list[Hit]:
-        top = torch.topk(scores, min(k, scores.shape[0]))
+    def gallery(self, kind: str) -> Gallery:
+        """The search index over ``images`` or ``texts``, built once per run (a faiss index is cached)."""
+        if kind not in self._galleries:
+            if kind not in ("images", "texts"):
+                raise ValueError(f"unknown gallery {kind!r}; choose 'images' or 'texts'")
+            embeds = self.image_embeds if kind == "images" else self.text_embeds
+            index_path = self._cache_path(kind).with_suffix(".index.npz")
+            self._galleries[kind] = Gallery.build(embeds, cache_path=index_path)
+        return self._galleries[kind]
+
+    def _hits(self, kind: str, query: torch.Tensor, k: int) -> list[Hit]:
+        scores, indices = self.gallery(kind).search(query[None], k)  # [1, k] each
         return [Hit(int(i), float(s), self.catalogue.captions[int(i)], self.catalogue.image_path(int(i)),
-                    self.catalogue.item_ids[int(i)]) for s, i in zip(top.values, top.indices)]
+                    self.catalogue.item_ids[int(i)]) for s, i in zip(scores[0], indices[0])]
 
     def embed_text(self, query: str) -> torch.Tensor:
         return embed_texts(self.model, self.vocab, [query], self.device)[0]  # [D]
@@ -134,11 +148,11 @@ class Run:
         """The ``k`` gallery products whose images best match ``query``."""
         if not query.strip():
             raise ValueError("empty query: type a few words, e.g. 'navy blue striped kurta'")
-        return self._hits(self.image_embeds @ self.embed_text(query), k)
+        return self._hits("images", self.embed_text(query), k)
 
     def search_image(self, image: Image.Image | str | os.PathLike, k: int = 10) -> list[Hit]:
         """The ``k`` gallery captions that best describe ``image`` (a PIL image or a path)."""
-        return self._hits(self.text_embeds @ self.embed_image(image), k)
+        return self._hits("texts", self.embed_image(image), k)
 
 
 def load_run(run_dir: str | os.PathLike, data: str | None = None, device: str = "cpu") -> Run:

@@ -42,7 +42,7 @@ def make_loader(dataset: PairDataset, batch_size: int, ctx, seed: int, device: t
     gen = torch.Generator().manual_seed(seed)
     sampler = ctx.sampler(dataset, seed)
     return DataLoader(dataset, batch_size=max(batch_size, 1), shuffle=sampler is None, sampler=sampler,
-                      generator=gen if sampler is None else None, drop_last=len(dataset) > batch_size,
+                      generator=gen if sampler is None else None, drop_last=len(sampler or dataset) > batch_size,
                       num_workers=loader_workers() if decode else 0, pin_memory=decode and device.type == "cuda",
                       persistent_workers=False)
 
@@ -87,6 +87,7 @@ def train_one_epoch(model: nn.Module, loss_fn: Callable, loader: DataLoader, opt
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(images, tokens)
+        out, labels = ctx.gather(out, labels)  # DDP: the loss sees the global batch, as in one process
         terms = loss_fn({k: v.float() for k, v in out.items()}, labels)
         loss = sum(terms.values())
         if not torch.isfinite(loss):

@@ -9,6 +9,7 @@ SIGTERM, which the trainer turns into a clean "stopped" state.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import socket
@@ -122,6 +123,28 @@ def recent_runs(root: Path | None = None, within_s: float = 1800.0) -> list[tupl
         if status.get("state") == "running" or now - float(status.get("updated") or 0) < within_s:
             out.append((d, status))
     return out
+
+
+_TQDM = re.compile(r"([A-Za-z][\w ]*?):\s+(\d+)%\|[^|]*\|\s*(\d+)/(\d+)\s*\[([\d:]+)<([\d:?]+)")
+
+
+def log_progress(run_dir: Path, tail_bytes: int = 4096) -> tuple[str, float, str] | None:
+    """(what, fraction done, time left) of the last progress bar in a run's train.log, if any.
+
+    Shows progress in phases that status.json only names, such as the one-time feature extraction.
+    """
+    path = Path(run_dir) / LOG_NAME
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - tail_bytes))
+            text = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return None
+    found = _TQDM.findall(text)
+    if not found:
+        return None
+    what, _, done, total, _, left = found[-1]
+    return what.strip(), int(done) / max(int(total), 1), left
 
 
 def failure_detail(run_dir: Path, lines: int = 25) -> str:

@@ -117,8 +117,13 @@ def progress_panel(key: str = "sb") -> bool:
             step, steps = status.get("step") or 0, status.get("steps_per_epoch") or 0
             frac = ((epoch - 1) + step / steps) / epochs if epoch and steps and epochs else 0.0
             phase = status.get("phase", "")
-            text = (f"**{name}**: epoch {epoch}/{epochs}, step {step}/{steps}, loss {status.get('loss', 0):.4g}, "
-                    f"{analysis.format_eta(status.get('eta_s'))} left" if phase == "training" else f"**{name}**: {phase}")
+            if phase == "training":
+                text = (f"**{name}**: epoch {epoch}/{epochs}, step {step}/{steps}, loss {status.get('loss', 0):.4g}, "
+                        f"{analysis.format_eta(status.get('eta_s'))} left")
+            else:
+                text = f"**{name}**: {phase}"
+                if bar := jobs.log_progress(run_dir):  # e.g. the one-time feature extraction
+                    text, frac = f"{text}: {bar[1]:.0%}, {bar[2]} left", bar[1]
             st.progress(min(max(frac, 0.0), 1.0), text=text)
             if st.button("Stop", key=f"{key}-stop-{name}", icon=":material/stop_circle:"):
                 jobs.stop_run(run_dir)
