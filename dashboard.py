@@ -41,7 +41,7 @@ def _quickstart(has_runs: bool) -> None:
         st.caption(f"Epochs: {epochs}. Device: {state.device_options()[0]}.")
         if st.button("Train all five models on the demo catalogue", type="primary", key="train_all",
                      icon=":material/rocket_launch:"):
-            jobs.start_queue(jobs.demo_jobs(), name="demo")
+            jobs.start_queue(jobs.demo_jobs(), name="demo", prepare=True)
             st.session_state["_busy"] = True
             st.rerun()
 

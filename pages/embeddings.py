@@ -39,7 +39,9 @@ def _wait_for_map() -> None:
     if path.is_file():
         st.rerun(scope="app")
     if error := jobs.projection_error(run.path, method):
-        st.error(f"The projection failed: {error}", icon=":material/error:")
+        st.error(f"The projection failed: {error}. PCA (above) needs no subprocess.", icon=":material/error:")
+        if st.button("Try again", key="emb_retry"):
+            jobs.start_projection(run.path, method)
         return
     if not jobs.projection_running(run.path, method):
         jobs.start_projection(run.path, method)

@@ -140,3 +140,23 @@ def test_cuda_request_without_gpu_is_refused(tiny_catalogue, tmp_path):
         pytest.skip("a GPU is present")
     with pytest.raises(SystemExit, match="no CUDA GPU"):
         train_cli(["--model", "siamese", "--data", str(tiny_catalogue), "--device", "cuda", "--out", str(tmp_path)])
+
+
+def test_finetune_after_frozen_epochs(tiny_catalogue, tmp_path):
+    argv = ["--model", "cmpm-efficientnet", "--finetune", "--freeze-epochs", "1", "--data", str(tiny_catalogue),
+            "--epochs", "2", "--batch-size", "16", "--out", str(tmp_path), "--run-id", "ft", *TINY_SIZE]
+    assert train_cli(argv) == 0
+    config = read_json(tmp_path / "ft" / "config.json")
+    assert config["model_config"]["finetune"] and config["pretrained"]
+    from safetensors.torch import load_file
+
+    from xmodal.backbones import create_backbone
+    tuned = load_file(tmp_path / "ft" / "best.safetensors")
+    if read_json(tmp_path / "ft" / "best.json")["epoch"] == 2:  # the backbone moved in the fine-tuned epoch
+        fresh, _ = create_backbone("efficientnet")
+        assert not torch_allclose(tuned["backbone.conv_stem.weight"], fresh.conv_stem.weight)
+
+
+def torch_allclose(a, b) -> bool:
+    import torch
+    return bool(torch.allclose(a, b.detach()))

@@ -99,6 +99,27 @@ def create_backbone(name: str, pretrained: bool = True, allow_download: bool = F
     return model, source
 
 
+def stem_forward(model: nn.Module, x: torch.Tensor, tail_blocks: int) -> torch.Tensor:
+    """Pixels -> the feature map before the last ``tail_blocks`` stages ``[B, C, h, w]``."""
+    x = model.bn1(model.conv_stem(x))
+    return model.blocks[: len(model.blocks) - tail_blocks](x)
+
+
+def tail_forward(model: nn.Module, x: torch.Tensor, tail_blocks: int) -> torch.Tensor:
+    """A map from ``stem_forward`` -> pooled features ``[B, F]`` (the rest of the backbone)."""
+    x = model.blocks[len(model.blocks) - tail_blocks:](x)
+    if hasattr(model, "bn2"):  # EfficientNet: conv head before pooling (MobileNetV3 pools first)
+        x = model.bn2(model.conv_head(x))
+    return model.forward_head(x, pre_logits=True)
+
+
+def tail_modules(model: nn.Module, tail_blocks: int) -> list[nn.Module]:
+    """The modules ``tail_forward`` runs (trained when the last stages are tuned)."""
+    mods = list(model.blocks[len(model.blocks) - tail_blocks:])
+    mods += [getattr(model, n) for n in ("conv_head", "bn2", "norm_head") if hasattr(model, n)]
+    return mods
+
+
 def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) from the backbone's own timm config."""
     cfg = timm.get_pretrained_cfg(BACKBONES[name].timm_name)
@@ -139,8 +160,12 @@ def loader_workers() -> int:
 
 @torch.no_grad()
 def extract_features(model: nn.Module, paths: list[Path], transform, device: torch.device,
-                     batch_size: int = 64, progress: bool = True) -> np.ndarray:
-    """Pooled backbone features ``[N, F]`` (float32) of the images at ``paths``."""
+                     batch_size: int = 64, progress: bool = True, tail_blocks: int = 0) -> np.ndarray:
+    """Pooled backbone features ``[N, F]`` (float32) of the images at ``paths``.
+
+    With ``tail_blocks`` > 0: the feature maps before the last ``tail_blocks`` stages ``[N, C, h, w]``
+    (float16), for models that tune those stages on cached maps.
+    """
     from tqdm import tqdm
     model = model.to(device).eval()
     loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size, num_workers=loader_workers(),
@@ -148,30 +173,36 @@ def extract_features(model: nn.Module, paths: list[Path], transform, device: tor
     out = []
     for batch in tqdm(loader, desc="image features", unit="batch", disable=not progress, leave=False):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append(model(batch.to(device, non_blocking=True)).float().cpu())  # [B, F]
-    return torch.cat(out).numpy().astype(np.float32)
+            x = batch.to(device, non_blocking=True)
+            if tail_blocks:
+                out.append(stem_forward(model, x, tail_blocks).half().cpu())  # [B, C, h, w]
+            else:
+                out.append(model(x).float().cpu())  # [B, F]
+    return torch.cat(out).numpy()
 
 
 def cached_features(model: nn.Module, backbone: str, weights: str | None, size: tuple[int, int],
                     root: Path, images: list[str], fingerprint: str, device: torch.device,
-                    progress: bool = True) -> np.ndarray:
+                    progress: bool = True, tail_blocks: int = 0) -> np.ndarray:
     """Frozen-backbone features for ``root/images``, cached on disk.
 
     The key is the catalogue's content fingerprint (captions and image bytes), the image list, the
-    backbone, its weights and the image size: reused across runs and models, never stale.
+    backbone, its weights, the image size and the stage cut (``tail_blocks``, see ``extract_features``):
+    reused across runs and models, never stale.
     """
-    h = hashlib.sha256(f"{fingerprint}|{backbone}|{weights}|{size}|".encode())
+    h = hashlib.sha256(f"{fingerprint}|{backbone}|{weights}|{size}|{tail_blocks}|".encode())
     h.update("\n".join(images).encode())
     key = h.hexdigest()[:20]
     folder = cache_dir() / "features"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{backbone}_{size[0]}x{size[1]}_{key}.npy"
+    cut = f"_cut{tail_blocks}" if tail_blocks else ""
+    path = folder / f"{backbone}_{size[0]}x{size[1]}{cut}_{key}.npy"
     if path.is_file():
         feats = np.load(path)
         if feats.shape[0] == len(images):
             return feats
     feats = extract_features(model, [root / r for r in images], image_transform(backbone, size), device,
-                             progress=progress)
+                             progress=progress, tail_blocks=tail_blocks)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
     np.save(tmp, feats)
     os.replace(tmp, path)

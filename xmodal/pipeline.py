@@ -28,7 +28,7 @@ def catalogue_features(model: nn.Module, cat: Catalogue, device: torch.device, p
     """Frozen backbone features ``[N, F]`` of every item of ``cat`` (from the disk cache)."""
     cfg = model.cfg
     feats = cached_features(model.backbone, cfg.backbone, cfg.weights_source, tuple(cfg.image_size), cat.root,
-                            cat.images, cat.fingerprint, device, progress=progress)
+                            cat.images, cat.fingerprint, device, progress=progress, tail_blocks=cfg.tune_blocks)
     return torch.from_numpy(feats)
 
 
@@ -43,8 +43,8 @@ def embed_texts(model: nn.Module, vocab: Vocab, texts: list[str], device: torch.
 
 
 @torch.no_grad()
-def embed_features(model: nn.Module, feats: torch.Tensor, device: torch.device, batch: int = 1024) -> torch.Tensor:
-    """Image embeddings ``[N, D]`` from backbone features ``[N, F]``."""
+def embed_features(model: nn.Module, feats: torch.Tensor, device: torch.device, batch: int = 512) -> torch.Tensor:
+    """Image embeddings ``[N, D]`` from cached backbone features ``[N, F]`` (or maps ``[N, C, h, w]``)."""
     model.eval()
     return torch.cat([model.encode_image(feats[s:s + batch].to(device)).float().cpu()
                       for s in range(0, len(feats), batch)])

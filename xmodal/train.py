@@ -22,6 +22,7 @@ import torch
 from . import distributed as dist
 from .data import make_splits, open_catalogue, resolve_data
 from .models import create_model, list_models, model_config
+from .paths import checkpoints_dir
 from .pipeline import caption_groups, catalogue_features, evaluate_split
 from .runs import (MetricsLog, atomic_write_json, new_run_id, read_json, read_metrics, save_torch,
                    save_weights, write_status)
@@ -48,12 +49,13 @@ class TrainConfig:
     embed_dim: int | None = None  # joint space size (None: the model's default)
     image_size: tuple[int, int] | None = None  # (height, width); None: the backbone's default
     cmpc_weight: float | None = None  # CMPC term weight for cmpm models (None: the model's default)
+    tune_blocks: int | None = None  # frozen backbone: train its last N stages on cached maps (None: default)
     seed: int = 0  # initialisation and batch order
     split_seed: int = 0  # item-level train/val/test split
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # fractions when the csv has no split column
     device: str = "auto"  # auto, cpu or cuda
     download_weights: bool = False  # let timm fetch ImageNet weights from its hub (network needed)
-    out: str = "checkpoints"  # where run folders go
+    out: str | None = None  # where run folders go (None: $XMODAL_CHECKPOINTS, default ./checkpoints)
     run_id: str | None = None  # folder name (default: model-date-pid)
     extra: dict = field(default_factory=dict)  # free-form notes kept with the run
 
@@ -72,11 +74,12 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
     p.add_argument("--embed-dim", type=int)
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
     p.add_argument("--cmpc-weight", type=float)
+    p.add_argument("--tune-blocks", type=int, help="train the backbone's last N stages on cached feature maps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--download-weights", action="store_true", help="allow timm hub downloads")
-    p.add_argument("--out", default=TrainConfig.out, help="folder for run folders")
+    p.add_argument("--out", help="folder for run folders (default: $XMODAL_CHECKPOINTS or ./checkpoints)")
     p.add_argument("--run-id")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last epoch")
     a = p.parse_args(argv)
@@ -84,8 +87,9 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
                       weight_decay=a.weight_decay, finetune=a.finetune, freeze_epochs=a.freeze_epochs,
                       word_vectors=a.word_vectors, word_dim=50 if a.word_vectors == "glove" else 100,
                       embed_dim=a.embed_dim, image_size=tuple(a.image_size) if a.image_size else None,
-                      cmpc_weight=a.cmpc_weight, seed=a.seed, split_seed=a.split_seed, device=a.device,
-                      download_weights=a.download_weights, out=a.out, run_id=a.run_id)
+                      cmpc_weight=a.cmpc_weight, tune_blocks=a.tune_blocks, seed=a.seed, split_seed=a.split_seed, device=a.device,
+                      download_weights=a.download_weights, out=a.out or str(checkpoints_dir()),
+                      run_id=a.run_id)
     return cfg, a.resume
 
 
@@ -124,8 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_status(run_dir, "running", phase="loading data")
 
-    stop_requested = []
-    signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
+    stop_requested: list[bool] = []
+
+    def on_sigterm(*_):  # every file is written atomically, so stopping anywhere loses nothing
+        stop_requested.append(True)
+        raise Stop()
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         return _train(cfg, ctx, device, run_dir, resume is not None, stop_requested)
     except (KeyboardInterrupt, Stop):
@@ -158,7 +166,8 @@ def _train(cfg: TrainConfig, ctx, device: torch.device, run_dir: Path, resuming:
     groups = caption_groups(train_caps)  # train labels: identical captions share a class
 
     overrides = dict(vocab_size=len(vocab), word_dim=cfg.word_dim, num_classes=int(groups.max()) + 1,
-                     embed_dim=cfg.embed_dim, image_size=cfg.image_size, cmpc_weight=cfg.cmpc_weight)
+                     embed_dim=cfg.embed_dim, image_size=cfg.image_size, cmpc_weight=cfg.cmpc_weight,
+                     tune_blocks=cfg.tune_blocks)
     if cfg.finetune:
         overrides["finetune"] = True
     if cfg.download_weights:
@@ -246,7 +255,7 @@ def _train(cfg: TrainConfig, ctx, device: torch.device, run_dir: Path, resuming:
 
     for epoch in range(start_epoch, epochs + 1):
         use_features = epoch <= frozen_epochs
-        model.backbone.requires_grad_(mcfg.finetune and not use_features)
+        model.set_backbone_trainable(pixels=not use_features)
         loader = make_loader(dataset["features" if use_features else "pixels"], cfg.batch_size // ctx.world,
                              ctx, seed=cfg.seed + epoch, device=device)
         train_one_epoch(ddp_model, model.loss, loader, opt, sched, device, epoch, on_step, ctx,

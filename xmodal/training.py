@@ -50,11 +50,12 @@ def make_loader(dataset: PairDataset, batch_size: int, ctx, seed: int, device: t
 def make_optimizer(model: nn.Module, lr: float, backbone_lr_scale: float, weight_decay: float,
                    total_steps: int, warmup_frac: float):
     """AdamW (backbone at a lower rate) with linear warmup then cosine decay, stepped per batch."""
-    backbone = [p for p in model.backbone.parameters()]
-    ids = {id(p) for p in backbone}
+    trains = model.cfg.finetune or model.cfg.tune_blocks > 0
+    backbone = [p for p in model.backbone.parameters() if trains and (model.cfg.finetune or p.requires_grad)]
+    ids = {id(p) for p in model.backbone.parameters()}
     heads = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
     groups = [{"params": heads, "lr": lr}]
-    if model.cfg.finetune:
+    if backbone:
         groups.append({"params": backbone, "lr": lr * backbone_lr_scale})
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     warmup = max(1, int(total_steps * warmup_frac))

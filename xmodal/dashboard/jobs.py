@@ -159,8 +159,12 @@ def failure_detail(run_dir: Path, lines: int = 25) -> str:
     return "(no log was written)"
 
 
-def start_queue(jobs: list[TrainJob], root: Path | None = None, name: str = "queue") -> Path:
-    """Train ``jobs`` one after another in a detached runner; returns the queue file."""
+def start_queue(jobs: list[TrainJob], root: Path | None = None, name: str = "queue", prepare: bool = False) -> Path:
+    """Train ``jobs`` one after another in a detached runner; returns the queue file.
+
+    Args:
+        prepare: afterwards, embed each finished run's gallery and map its test split (cached in the run).
+    """
     root = Path(root or checkpoints_dir()).resolve()
     qdir = root / QUEUE_DIR
     qdir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +173,7 @@ def start_queue(jobs: list[TrainJob], root: Path | None = None, name: str = "que
     for job in jobs:
         job.run_id = job.run_id or unique_run_id(job.model)
     atomic_write_json(path, {"id": qid, "name": name, "root": str(root), "created": time.time(), "state": "running",
-                             "host": socket.gethostname(), "pid": None,
+                             "host": socket.gethostname(), "pid": None, "prepare": prepare,
                              "jobs": [{**vars(j), "state": "pending"} for j in jobs]})
     proc = _spawn([sys.executable, "-m", "xmodal.dashboard.queue", str(path)], qdir / f"{qid}.log")
     queue = read_json(path)

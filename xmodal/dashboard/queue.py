@@ -3,7 +3,9 @@
 Started detached by ``xmodal.dashboard.jobs.start_queue``. Each job runs as its own
 ``python -m xmodal.train`` child with output in ``<run>/train.log``; the queue file records each job's
 state (pending, running, finished, failed, stopped, cancelled). SIGTERM stops the current run cleanly
-and cancels the rest. One run at a time keeps two CPU cores from being oversubscribed.
+and cancels the rest. One run at a time keeps two CPU cores from being oversubscribed. With
+``"prepare": true`` it then embeds each finished run's gallery and computes its map (both cached in the
+run folder), so the Compare, Embeddings and Search pages open fast on first visit.
 """
 from __future__ import annotations
 
@@ -68,10 +70,29 @@ def main(argv: list[str] | None = None) -> int:
             state = "finished" if code == 0 else "failed"
         job_rec.update(state=state, returncode=code, ended=time.time())
         atomic_write_json(path, queue)
+    if queue.get("prepare") and not cancelled:
+        _prepare(path, queue, root, cancelled, child)
     queue["state"] = "cancelled" if cancelled else "finished"
     queue["ended"] = time.time()
     atomic_write_json(path, queue)
     return 0
+
+
+def _prepare(path: Path, queue: dict, root: Path, cancelled: list, child: list) -> None:
+    """Embed each finished run's gallery and map its test split, so the pages open fast afterwards."""
+    for job_rec in queue["jobs"]:
+        if cancelled or job_rec["state"] != "finished":
+            continue
+        queue["phase"] = f"preparing the embedding map of {job_rec['model']}"
+        atomic_write_json(path, queue)
+        run_dir = root / job_rec["run_id"]
+        with open(run_dir / "projection_umap.log", "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "xmodal.dashboard.projection", str(run_dir)],
+                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        (run_dir / "projection_umap.pid").write_text(str(proc.pid))  # the Embeddings page waits for it
+        child[:] = [proc]
+        proc.wait()
+    queue.pop("phase", None)
 
 
 if __name__ == "__main__":

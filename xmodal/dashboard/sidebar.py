@@ -103,7 +103,7 @@ def progress_panel(key: str = "sb") -> bool:
     queues = jobs.active_queues()
     for path, q in queues:
         done = sum(j["state"] not in ("pending", "running") for j in q["jobs"])
-        now = next((j["model"] for j in q["jobs"] if j["state"] == "running"), "starting")
+        now = next((j["model"] for j in q["jobs"] if j["state"] == "running"), q.get("phase") or "starting")
         st.progress(done / max(len(q["jobs"]), 1), text=f"Queue **{q['name']}**: {done}/{len(q['jobs'])} done, "
                                                         f"now {now}")
         if st.button("Cancel queue", key=f"{key}-cq-{path.stem}", icon=":material/cancel:"):

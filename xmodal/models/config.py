@@ -13,6 +13,7 @@ class ModelConfig:
     pretrained: bool = True  # ask for ImageNet weights for the backbone
     weights_source: str | None = None  # where the backbone's weights came from (None: random init)
     finetune: bool = False  # train the backbone end to end (else frozen, features cached on disk)
+    tune_blocks: int = 0  # frozen backbone only: train its last N stages (+ head conv) on cached feature maps
     image_size: tuple[int, int] | None = None  # (height, width) fed to the backbone; None: its default
     feature_dim: int = 1280  # pooled backbone feature size (filled in from the backbone)
     vocab_size: int = 2  # words in the vocabulary incl. <pad>, <unk> (filled in from the data)

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..backbones import BACKBONES, create_backbone
+from ..backbones import BACKBONES, create_backbone, stem_forward, tail_forward, tail_modules
 from ..text import PAD
 from .config import ModelConfig
 
@@ -30,13 +30,33 @@ class CrossModalModel(nn.Module):
         cfg.feature_dim = getattr(backbone, "head_hidden_size", None) or backbone.num_features  # pooled output size
         self.cfg = cfg
         self.backbone = backbone
-        self.backbone.requires_grad_(cfg.finetune)
+        if cfg.finetune:
+            cfg.tune_blocks = 0  # the whole backbone trains
+        self.set_backbone_trainable(pixels=cfg.finetune)
         self.word_embed = nn.Embedding(cfg.vocab_size, cfg.word_dim, padding_idx=PAD)
 
     @property
     def image_input(self) -> str:
-        """``features`` when the backbone is frozen (train on the cache), else ``pixels``."""
+        """``features`` when the backbone is frozen (train on the cache), else ``pixels``.
+
+        Cached "features" are pooled vectors ``[N, F]``, or feature maps ``[N, C, h, w]`` when the last
+        ``cfg.tune_blocks`` stages train.
+        """
         return "pixels" if self.cfg.finetune else "features"
+
+    def set_backbone_trainable(self, pixels: bool) -> None:
+        """Fine-tuned models train the whole backbone on pixels (frozen while on cached features);
+        tuned-tail models train their last stages; others keep the backbone frozen."""
+        self.backbone.requires_grad_(self.cfg.finetune and pixels)
+        if not self.cfg.finetune and self.cfg.tune_blocks:
+            for module in tail_modules(self.backbone, self.cfg.tune_blocks):
+                module.requires_grad_(True)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not self.cfg.finetune:  # frozen statistics: batch norm stays in eval mode
+            self.backbone.eval()
+        return self
 
     def set_word_vectors(self, vectors: np.ndarray) -> None:
         """Initialise the word embedding ``[V, word_dim]``."""
@@ -46,14 +66,20 @@ class CrossModalModel(nn.Module):
             self.word_embed.weight.copy_(torch.from_numpy(vectors))
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features ``[B, F]`` from pixels, or the features themselves."""
+        """Pooled backbone features ``[B, F]`` from pixels ``[B, 3, H, W]``, cached feature maps
+        ``[B, C, h, w]`` (tuned-tail models) or cached pooled features (returned as they are)."""
         if images.ndim == 2:
-            return images
-        if not self.cfg.finetune:
-            with torch.no_grad():
-                self.backbone.eval()
+            return images.float()
+        k = self.cfg.tune_blocks
+        if images.shape[1] != 3:  # a cached map before the tuned stages
+            return tail_forward(self.backbone, images.float(), k)
+        if self.cfg.finetune:
+            return self.backbone(images)  # [B, F]
+        with torch.no_grad():
+            if not k:
                 return self.backbone(images)
-        return self.backbone(images)  # [B, F]
+            maps = stem_forward(self.backbone, images, k)
+        return tail_forward(self.backbone, maps, k)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
