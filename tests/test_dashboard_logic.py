@@ -111,6 +111,12 @@ def test_detect_collapse():
     assert analysis.detect_collapse(flat + apart) is None
     assert analysis.detect_collapse(falling + same) is None
     assert analysis.detect_collapse(flat) is None  # no epoch yet: too young to tell
+    # everything mapped to one point: the loss fell, then stopped; every pair is as similar as any other
+    plateau = falling + [{"kind": "step", "epoch": 2, "step": i, "loss": 0.125} for i in range(40)]
+    assert "collapsed" in analysis.detect_collapse(plateau + [{"kind": "epoch", "epoch": 2, "pos_sim": 0.97,
+                                                                "neg_sim": 0.97}])
+    narrow = [{"kind": "epoch", "epoch": 2, "pos_sim": 0.92, "neg_sim": 0.85}]  # a narrow cone, still apart
+    assert analysis.detect_collapse(plateau + narrow) is None
     assert analysis.loss_terms([{"kind": "step", "loss": 1, "b": 2, "a": 3, "lr": 0.1}]) == ["loss", "a", "b"]
 
 

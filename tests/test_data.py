@@ -1,6 +1,5 @@
 """Catalogue loading and validation, splits, the demo generator and both importers."""
 import csv
-import shutil
 import time
 from pathlib import Path
 

@@ -39,7 +39,7 @@ class TrainConfig:
     epochs: int | None = None  # None: 30 on cached features, 10 when the backbone trains
     batch_size: int = 128  # global batch (split across DDP ranks)
     lr: float = 1e-3  # peak learning rate of the heads (AdamW, warmup then cosine)
-    backbone_lr_scale: float = 0.1  # backbone lr = lr * this, when it trains
+    backbone_lr_scale: float = 0.1  # pretrained backbone lr = lr * this, when it trains (random init: 1)
     weight_decay: float = 1e-4  # AdamW weight decay
     warmup_frac: float = 0.05  # share of steps spent warming the learning rate up
     finetune: bool = False  # train the backbone end to end after the frozen epochs
@@ -87,7 +87,8 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
                       weight_decay=a.weight_decay, finetune=a.finetune, freeze_epochs=a.freeze_epochs,
                       word_vectors=a.word_vectors, word_dim=50 if a.word_vectors == "glove" else 100,
                       embed_dim=a.embed_dim, image_size=tuple(a.image_size) if a.image_size else None,
-                      cmpc_weight=a.cmpc_weight, tune_blocks=a.tune_blocks, seed=a.seed, split_seed=a.split_seed, device=a.device,
+                      cmpc_weight=a.cmpc_weight, tune_blocks=a.tune_blocks, seed=a.seed,
+                      split_seed=a.split_seed, device=a.device,
                       download_weights=a.download_weights, out=a.out or str(checkpoints_dir()),
                       run_id=a.run_id)
     return cfg, a.resume

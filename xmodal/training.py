@@ -55,8 +55,9 @@ def make_optimizer(model: nn.Module, lr: float, backbone_lr_scale: float, weight
     ids = {id(p) for p in model.backbone.parameters()}
     heads = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
     groups = [{"params": heads, "lr": lr}]
-    if backbone:
-        groups.append({"params": backbone, "lr": lr * backbone_lr_scale})
+    if backbone:  # a pretrained backbone moves slowly; one learning from scratch gets the full rate
+        scale = backbone_lr_scale if model.cfg.weights_source else 1.0
+        groups.append({"params": backbone, "lr": lr * scale})
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     warmup = max(1, int(total_steps * warmup_frac))
 

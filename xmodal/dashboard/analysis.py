@@ -202,31 +202,34 @@ def loss_terms(rows: Sequence[dict]) -> list[str]:
     return sorted(terms, key=lambda t: (t != "loss", t))
 
 
-def detect_collapse(rows: Sequence[dict], window: int = 10, flat_tol: float = 0.02, sim_tol: float = 0.05
+def detect_collapse(rows: Sequence[dict], window: int = 20, flat_tol: float = 0.02, sim_tol: float = 0.05
                     ) -> str | None:
-    """A warning when a run has collapsed: loss flat and positive and negative similarity equal.
+    """A warning when a run has collapsed: its loss has gone flat and matching pairs are no closer than
+    random ones.
 
     Args:
         rows: metrics.jsonl rows of one run.
-        window: step rows averaged at the start and at the end.
-        flat_tol: relative loss change below which the loss counts as flat.
-        sim_tol: |pos_sim - neg_sim| below which the two count as equal (at the latest epoch).
+        window: the last ``window`` step losses are compared with the ``window`` before them.
+        flat_tol: relative change of the mean loss below which it counts as flat.
+        sim_tol: positive and negative similarity count as equal when ``pos - neg`` is below this share of
+            the room left above the negative similarity, ``1 - neg`` (so 0.97 vs 0.97 is collapse, while
+            0.6 vs 0.05 is a healthy gap).
 
     Returns:
         The warning text, or None when the run looks healthy (or is too young to tell).
     """
     steps = [r["loss"] for r in rows if r.get("kind") == "step" and isinstance(r.get("loss"), (int, float))]
     epochs = [r for r in rows if r.get("kind") == "epoch" and "pos_sim" in r and "neg_sim" in r]
-    if len(steps) < 2 or not epochs:
+    if len(steps) < 4 or not epochs:
         return None
-    w = max(1, min(window, len(steps) // 2))
-    first, last = float(np.mean(steps[:w])), float(np.mean(steps[-w:]))
-    change = abs(last - first) / max(abs(first), 1e-8)
+    w = max(2, min(window, len(steps) // 2))
+    prev, last = float(np.mean(steps[-2 * w:-w])), float(np.mean(steps[-w:]))
+    change = abs(last - prev) / max(abs(prev), 1e-8)
     pos, neg = float(epochs[-1]["pos_sim"]), float(epochs[-1]["neg_sim"])
-    if change < flat_tol and abs(pos - neg) < sim_tol:
-        return (f"collapsed: loss moved {100 * change:.1f}% ({first:.3g} -> {last:.3g}) and matching pairs are "
-                f"no closer than random ones (pos {pos:.3f} vs neg {neg:.3f} cosine at epoch "
-                f"{epochs[-1]['epoch']}). Try a lower learning rate, a larger batch or more epochs.")
+    if change < flat_tol and pos - neg < sim_tol * max(1.0 - neg, 1e-6):
+        return (f"collapsed: the loss has gone flat (last {w} steps {last:.4g} vs {prev:.4g} before) and matching "
+                f"pairs are no closer than random ones (cosine {pos:.3f} vs {neg:.3f} at epoch "
+                f"{epochs[-1]['epoch']}). Try more epochs, a lower learning rate, a larger batch or another model.")
     return None
 
 
