@@ -81,8 +81,12 @@ def _runs_section(runs: list) -> None:
         st.caption("No run folders yet in the checkpoints folder.")
         return
     table = analysis.runs_table(runs)
-    fmt = {c: st.column_config.NumberColumn(format="%.1f") for c in table.columns if c.startswith(("test", "best"))}
-    st.dataframe(table, hide_index=True, column_config=fmt, key="runs_table")
+    if not table["error"].any():
+        table = table.drop(columns="error")
+    fmt = {c: st.column_config.NumberColumn(format="%.1f", width="small") for c in table.columns
+           if c.startswith(("test", "best"))}
+    st.dataframe(table, hide_index=True, key="runs_table",
+                 column_config={**fmt, "run": st.column_config.TextColumn(width="medium")})
     st.caption("Test recall (%) is caption-level (items with identical titles all count) on each run's test "
                "split, from the weights with the best validation rsum. Details: **Compare**.")
     for r in runs:
@@ -98,8 +102,8 @@ def home() -> None:
                "space and **Search** answers live queries.")
     runs = list_runs()
     _quickstart(has_runs=any(r.best for r in runs))
+    _runs_section(runs)  # first: it needs no catalogue loading, so it paints at once
     _catalogue_section(state.current_catalogue())
-    _runs_section(runs)
 
 
 page = st.navigation([
@@ -109,5 +113,8 @@ page = st.navigation([
     st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
     st.Page("pages/search.py", title="Search", icon=":material/search:"),
 ])
+st.session_state["_app_ready"] = True
+if wanted := st.session_state.pop("_wanted_page", None):  # a page opened by URL before the app was set up
+    st.switch_page(wanted)
 sidebar.render()
 page.run()

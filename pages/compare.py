@@ -9,6 +9,7 @@ from xmodal.dashboard import analysis, plots, state, ui
 from xmodal.data import CatalogueError
 from xmodal.search import RunError
 
+ui.page_guard("pages/compare.py")
 st.title("Compare")
 runs = ui.finished_runs()
 if not runs:
@@ -75,11 +76,12 @@ if dis.empty:
 st.caption("Rank of the true match under each model (1 = first); queries sorted by the spread between the best "
            "and the worst model (on a log scale).")
 names = [c for c in dis.columns if c != "spread"]
-for q, row in dis.iterrows():
-    cols = st.columns([1, 3] + [1] * len(names), vertical_alignment="center")
-    cols[0].image(data["images"][q], width=70)
-    cols[1].markdown(f"{data['captions'][q]}  \n<small>{data['item_ids'][q]}</small>", unsafe_allow_html=True)
-    best = min(int(row[n]) for n in names)
-    for col, name in zip(cols[2:], names):
-        col.metric(models[name], int(row[name]), delta="best" if int(row[name]) == best else None,
-                   delta_color="off", help=name)
+short = {n: models[n] if list(models.values()).count(models[n]) == 1 else n for n in names}
+table = pd.DataFrame({"photo": [state.thumbnail(data["images"][q]) for q in dis.index],
+                      "title": [data["captions"][q] for q in dis.index],
+                      "item": [data["item_ids"][q] for q in dis.index],
+                      **{short[n]: dis[n].astype(int).tolist() for n in names}})
+st.dataframe(table, hide_index=True, row_height=70, height=40 + 70 * len(table), key="cmp_disagree", column_config={
+    "photo": st.column_config.ImageColumn("photo", width="small"),
+    "item": st.column_config.TextColumn("item", width="small"),
+    **{short[n]: st.column_config.NumberColumn(short[n], help=f"rank of the true match under {n}") for n in names}})

@@ -9,6 +9,7 @@ from xmodal.dashboard import analysis, jobs, plots, projection, state, ui
 from xmodal.data import CatalogueError
 from xmodal.search import RunError
 
+ui.page_guard("pages/embeddings.py")
 st.title("Embeddings")
 runs = ui.runs_with_weights()
 if not runs:

@@ -10,6 +10,7 @@ from xmodal.dashboard.uploads import EXTENSIONS, UploadError, read_upload
 from xmodal.data import CatalogueError
 from xmodal.search import RunError
 
+ui.page_guard("pages/search.py")
 st.title("Search")
 runs = ui.runs_with_weights()
 if not runs:
@@ -28,7 +29,8 @@ except (RunError, CatalogueError, OSError) as err:
     st.stop()
 first = next(iter(loaded.values()))
 cat = first.catalogue
-test_pos = analysis.split_positions(cat.item_ids, state.test_split_ids(chosen[0].path)).tolist() or list(range(len(cat)))
+test_pos = analysis.split_positions(cat.item_ids, state.test_split_ids(chosen[0].path)).tolist()
+test_pos = test_pos or list(range(len(cat)))  # a run trained on another catalogue: offer every item
 
 
 def item_label(i: int) -> str:

@@ -7,6 +7,7 @@ import streamlit as st
 from xmodal.dashboard import analysis, plots, state, ui
 from xmodal.runs import list_runs, read_status
 
+ui.page_guard("pages/training.py")
 st.title("Training")
 runs = list_runs()
 if not runs:

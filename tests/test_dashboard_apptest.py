@@ -3,6 +3,7 @@ checkpoints folder: no exception, and the key elements are there."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -144,3 +145,53 @@ def test_training_form_refuses_a_folder_without_captions(empty, tiny_catalogue, 
     _ok(at)
     assert any("Cannot train" in e.value for e in at.error)
     assert not [d for d in empty.iterdir()]  # nothing was launched
+
+
+def test_train_all_five_button_queues_the_demo_models(empty, tiny_catalogue, monkeypatch):
+    from xmodal.dashboard import jobs
+    calls = []
+    monkeypatch.setattr(jobs, "start_queue", lambda js, root=None, name="queue", prepare=False: calls.append(
+        (js, name, prepare)))
+    at = _app(tiny_catalogue)
+    next(b for b in at.button if b.label.startswith("Train all five")).click().run()
+    _ok(at)
+    (queued, name, prepare), = calls
+    assert [j.model for j in queued] == list(jobs.DEMO_EPOCHS) and name == "demo" and prepare
+    assert all(j.data == "demo" and j.epochs == jobs.DEMO_EPOCHS[j.model] for j in queued)
+
+
+def test_training_form_launches_the_chosen_settings(empty, tiny_catalogue, monkeypatch):
+    from xmodal.dashboard import jobs
+    launched = []
+    monkeypatch.setattr(jobs, "start_training", lambda job, root=None: launched.append(job) or empty / "x")
+    at = _app(tiny_catalogue)
+    at.selectbox(key="tf_model").set_value("corrnet")
+    at.number_input(key="tf_epochs").set_value(3)
+    at.number_input(key="tf_batch").set_value(32)
+    at.checkbox(key="tf_finetune").check()
+    assert at.selectbox(key="tf_device").options[:2] == ["auto", "cpu"]
+    at.get("form_submit_button")[0].click().run()
+    _ok(at)
+    (job,) = launched
+    assert (job.model, job.data, job.epochs, job.batch_size, job.finetune) == ("corrnet", str(tiny_catalogue), 3,
+                                                                               32, True)
+
+
+def test_import_a_kaggle_folder_from_the_sidebar(empty, tiny_catalogue, tmp_path):
+    src = tmp_path / "kaggle"
+    (src / "images").mkdir(parents=True)
+    rows = ["id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"]
+    for i, img in enumerate(sorted((tiny_catalogue / "images").iterdir())[:8]):
+        shutil.copy(img, src / "images" / f"{100 + i}.jpg")
+        rows.append(f"{100 + i},Men,Apparel,Topwear,Tshirts,Blue,Summer,2012,Casual,Blue Tee number {i}")
+    (src / "styles.csv").write_text("\n".join(rows) + "\n")
+    at = _app(tiny_catalogue)
+    at.radio(key="cat_source").set_value("import").run()
+    at.text_input(key="imp_src").input(str(src)).run()
+    at.text_input(key="imp_out").input(str(tmp_path / "imported")).run()
+    at.button(key="imp_go").click().run()
+    _ok(at)
+    assert at.radio(key="cat_source").value == "folder"
+    assert at.text_input(key="cat_folder").value == str(tmp_path / "imported")
+    assert any("Imported 8 rows" in s.value for s in at.success)
+    assert {m.label: m.value for m in at.metric}["Products"] == "8"

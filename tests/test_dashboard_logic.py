@@ -87,16 +87,16 @@ def test_disagreements_rank_by_log_spread():
 def test_selected_items_from_plotly_points():
     points = [{"customdata": [3], "curve_number": 1}, {"customdata": 3}, {"customdata": [0]},
               {"curve_number": 0, "point_index": 7}, {"customdata": [42]}, {"customdata": ["x"]},
-              {"customdata": []}, {"customdata": 1.0}]
-    assert analysis.selected_items(points, n_items=10) == [3, 0, 1]
-    assert analysis.selected_items(points) == [3, 0, 42, 1]
+              {"customdata": []}, {"customdata": 1.0}, {"customdata": {"0": 5}}]
+    assert analysis.selected_items(points, n_items=10) == [3, 0, 1, 5]
+    assert analysis.selected_items(points) == [3, 0, 42, 1, 5]
     assert analysis.selected_items(None) == []
 
 
 def test_projection_figure_markers_carry_item_positions():
     xy = np.arange(12, dtype=np.float32).reshape(6, 2)
     fig = plots.projection_figure(xy, ["a", "b", "c"], groups=["x", "y", "x"])
-    custom = [p for t in fig.data if t.mode == "markers" for p in np.asarray(t.customdata).ravel().tolist()]
+    custom = [p for t in fig.data if t.mode == "markers" for p in t.customdata]
     assert sorted(custom) == [0, 0, 1, 1, 2, 2]  # each item once as a photo, once as a title
     lines = [t for t in fig.data if t.mode == "lines"][0]
     assert np.isnan(np.asarray(lines.x, dtype=float)).sum() == 3  # three separate segments
@@ -208,7 +208,7 @@ def test_a_failed_launch_reports_its_error(tmp_path):
 def test_queue_trains_in_turn_and_stop_is_clean(tiny_catalogue, tmp_path):
     queue = jobs.start_queue([jobs.TrainJob(model="siamese", data=str(tiny_catalogue), epochs=1, batch_size=16),
                               jobs.TrainJob(model="siamese", data=str(tiny_catalogue), epochs=200, batch_size=8)],
-                             tmp_path, name="t")
+                             tmp_path, name="t", prepare=True)
     first, second = (tmp_path / j["run_id"] for j in json.loads(queue.read_text())["jobs"])
     assert _wait(lambda: read_status(second).get("phase") == "training", 180)
     assert read_status(first)["state"] == "finished"  # one after the other
@@ -217,6 +217,8 @@ def test_queue_trains_in_turn_and_stop_is_clean(tiny_catalogue, tmp_path):
     assert _wait(lambda: jobs.read_queue(queue).get("state") == "finished", 60)
     assert read_status(second)["state"] == "stopped"
     assert [j["state"] for j in jobs.read_queue(queue)["jobs"]] == ["finished", "stopped"]
+    assert projection.projection_path(first, "umap").is_file()  # prepared for the Embeddings page
+    assert not projection.projection_path(second, "umap") or not projection.projection_path(second).is_file()
 
 
 # ---------------------------------------------------------------- projection and queries

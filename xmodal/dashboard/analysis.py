@@ -169,13 +169,16 @@ def disagreements(ranks_by_run: dict[str, np.ndarray], top: int = 10) -> pd.Data
 def selected_items(points: Iterable[dict], n_items: int | None = None) -> list[int]:
     """Item positions chosen by a plotly box/lasso selection, first-seen order, no duplicates.
 
-    Each marker of the projection carries its item's position as ``customdata`` (a number or a one-element
-    list); points without it (the pair lines) are ignored, and so are positions outside ``[0, n_items)``.
+    Each marker of the projection carries its item's position as ``customdata``: a number, a one-element
+    list, or ``{"0": n}`` (how the browser sends a row of a typed array). Points without it (the pair lines)
+    are ignored, and so are positions outside ``[0, n_items)``.
     """
     out: list[int] = []
     seen: set[int] = set()
     for p in points or []:
         data = p.get("customdata")
+        if isinstance(data, dict):
+            data = next(iter(data.values()), None)
         if isinstance(data, (list, tuple)):
             data = data[0] if data else None
         if data is None:
@@ -273,6 +276,20 @@ def rank_of_match(scores: Any, true_index: int, same: Sequence[int] | None = Non
     above = np.flatnonzero((scores >= best) & ~correct)
     above = above[np.argsort(-scores[above], kind="stable")]
     return int(len(above) + 1), [int(i) for i in above[:show]]
+
+
+def thumbnail_uri(path: str | Path, height: int = 64) -> str:
+    """A small JPEG of the image at ``path`` as a ``data:`` URI (for image columns in tables)."""
+    import base64
+    import io
+
+    from PIL import Image
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((height * 4, height))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def format_eta(seconds: float | None) -> str:

@@ -178,16 +178,17 @@ def projection_figure(xy: np.ndarray, captions: Sequence[str], groups: Sequence[
         for value in values:
             idx = np.flatnonzero(labels == value)
             colour = MODALITY_COLOURS[modality] if groups is None else colours[value]
-            name = modality if groups is None else f"{value} · {modality}"
+            name = modality if groups is None else str(value)  # by group: one legend entry for both symbols
             fig.add_trace(go.Scatter(
                 x=pts[idx, 0], y=pts[idx, 1], mode="markers", name=name, legendgroup=str(value),
-                customdata=idx.reshape(-1, 1), text=[captions[i] for i in idx],
+                showlegend=groups is None or modality == "image",
+                customdata=idx.tolist(), text=[captions[i] for i in idx],
                 hovertemplate=f"{modality}: %{{text}}<extra></extra>",
                 marker=dict(symbol=symbol, size=7 if modality == "image" else 6, color=colour,
                             opacity=0.85, line=dict(width=0))))
     fig.update_xaxes(title_text=f"{method} 1", showticklabels=False)
     fig.update_yaxes(title_text=f"{method} 2", showticklabels=False)
-    fig.update_layout(dragmode="lasso")
+    fig.update_layout(dragmode="select")  # box by default; lasso is one click away in the toolbar
     return _layout(fig, 580)
 
 

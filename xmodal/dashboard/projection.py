@@ -1,11 +1,12 @@
 """A 2-D map of a run's joint space on its test split, cached in the run folder.
 
-``python -m xmodal.dashboard.projection RUN_DIR [--method umap|pca]`` computes it in a subprocess (UMAP's
-first import compiles numba code for a while); the Embeddings page starts that and polls for the file.
-The file, ``projection_<key>.npz``, holds ``xy`` ``[2n, 2]`` (the n image points, then the n caption
-points of the same items), the items' catalogue positions ``index`` ``[n]``, the embeddings used and
-the items' captions, image paths and attributes, so later visits only read it. The key covers the weights, the catalogue and the method, so retraining
-or another catalogue never shows a stale map.
+``python -m xmodal.dashboard.projection RUN_DIR [RUN_DIR ...] [--method umap|pca]`` computes it in a
+subprocess (UMAP's first import compiles numba code for a while); the Embeddings page starts that and
+polls for the file. The file, ``projection_<key>.npz``, holds ``xy`` ``[2n, 2]`` (the n image points,
+then the n caption points of the same items), the items' catalogue positions ``index`` ``[n]``, the
+embeddings used, and the items' captions, image paths and attributes, so later visits only read it.
+The key covers the weights, the catalogue and the method, so retraining or another catalogue never
+shows a stale map.
 """
 from __future__ import annotations
 
@@ -103,19 +104,23 @@ def load(path: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xmodal.dashboard.projection", description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one or more run folders (one process "
+                   "for several saves compiling UMAP's numba code again)")
     p.add_argument("--method", choices=["umap", "pca"], default="umap")
     a = p.parse_args(argv)
-    try:
-        path = compute(Path(a.run_dir), a.method)
-    except Exception as err:  # reported to the page through the error file
-        err_path = Path(a.run_dir) / f"projection_{a.method}.error"
-        err_path.write_text(f"{type(err).__name__}: {err}")
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    (Path(a.run_dir) / f"projection_{a.method}.error").unlink(missing_ok=True)
-    print(path)
-    return 0
+    failed = 0
+    for run_dir in map(Path, a.run_dirs):
+        err_path = run_dir / f"projection_{a.method}.error"
+        try:
+            path = compute(run_dir, a.method)
+        except Exception as err:  # reported to the page through the error file
+            err_path.write_text(f"{type(err).__name__}: {err}")
+            print(f"error: {run_dir}: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        err_path.unlink(missing_ok=True)
+        print(path)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

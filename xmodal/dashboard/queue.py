@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ..runs import atomic_write_json, read_json, read_status, write_status
-from .jobs import LOG_NAME, TrainJob
+from .jobs import LOG_NAME, QUEUE_DIR, TrainJob
 
 FIELDS = ("model", "data", "epochs", "batch_size", "lr", "finetune", "device", "run_id")
 
@@ -79,19 +79,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _prepare(path: Path, queue: dict, root: Path, cancelled: list, child: list) -> None:
-    """Embed each finished run's gallery and map its test split, so the pages open fast afterwards."""
-    for job_rec in queue["jobs"]:
-        if cancelled or job_rec["state"] != "finished":
-            continue
-        queue["phase"] = f"preparing the embedding map of {job_rec['model']}"
-        atomic_write_json(path, queue)
-        run_dir = root / job_rec["run_id"]
-        with open(run_dir / "projection_umap.log", "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "xmodal.dashboard.projection", str(run_dir)],
-                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        (run_dir / "projection_umap.pid").write_text(str(proc.pid))  # the Embeddings page waits for it
-        child[:] = [proc]
-        proc.wait()
+    """Embed each finished run's gallery and map its test split (one process: numba compiles once), so the
+    Compare, Embeddings and Search pages open fast afterwards."""
+    runs = [root / j["run_id"] for j in queue["jobs"] if j["state"] == "finished"]
+    if cancelled or not runs:
+        return
+    queue["phase"] = "preparing the embedding maps"
+    atomic_write_json(path, queue)
+    with open(root / QUEUE_DIR / f"{queue['id']}.prepare.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "xmodal.dashboard.projection", *map(str, runs)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    for run_dir in runs:  # the Embeddings page waits for this process rather than starting its own
+        (run_dir / "projection_umap.pid").write_text(str(proc.pid))
+    child[:] = [proc]
+    proc.wait()
     queue.pop("phase", None)
 
 

@@ -133,7 +133,7 @@ def progress_panel(key: str = "sb") -> bool:
         elif state_ == "stopped":
             st.info(f"**{name}** stopped. {status.get('message', '')}", icon=":material/stop_circle:")
         elif state_ == "finished":
-            st.success(f"**{name}** finished", icon=":material/check_circle:")
+            st.caption(f":material/check_circle: **{name}** finished")
     busy = bool(queues) or any(s.get("state") == "running" for _, s in runs)
     if not runs and not queues:
         st.caption("No runs in progress.")

@@ -136,6 +136,12 @@ def load_projection(path: Path) -> dict:
     return _projection(str(path), _mtime(path))
 
 
+@st.cache_data(show_spinner=False, max_entries=2000)
+def thumbnail(path: str, height: int = 64) -> str:
+    """A product photo as a small ``data:`` URI, for image columns in tables."""
+    return analysis.thumbnail_uri(path, height)
+
+
 def clear_runs() -> None:
     """Forget loaded runs (after one is deleted or retrained in place)."""
     _run.clear()

@@ -13,6 +13,18 @@ from . import analysis, jobs
 ALL_RUNS = "All runs side by side"
 
 
+def page_guard(page: str) -> None:
+    """Route a page opened by its URL on a fresh server through ``dashboard.py``.
+
+    Until ``dashboard.py`` has called ``st.navigation`` once, Streamlit treats ``pages/`` as a classic
+    multipage folder and would run the page bare, without the sidebar. This sends it through the main
+    script, which then opens the page that was asked for.
+    """
+    if not st.session_state.get("_app_ready"):
+        st.session_state["_wanted_page"] = page
+        st.switch_page("dashboard.py")
+
+
 def runs_with_weights() -> list[RunInfo]:
     """Runs that have best weights (finished, or running past their first epoch), newest first."""
     return [r for r in list_runs() if (r.path / "best.safetensors").is_file()]
