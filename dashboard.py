@@ -9,13 +9,13 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-st.set_page_config(page_title="xmodal", page_icon=":material/checkroom:", layout="wide")
-# The first visit after the server starts imports PyTorch (seconds on two cores): say so rather than show nothing.
-with st.spinner("Starting xmodal: loading PyTorch (first visit after the server starts only)...", show_time=True):
-    from xmodal.dashboard import analysis, jobs, sidebar, state, ui  # noqa: E402
-    from xmodal.data import CatalogueError, make_splits  # noqa: E402
-    from xmodal.runs import list_runs  # noqa: E402
+# None of these imports PyTorch (a test keeps it so): Home and the sidebar draw at once on a fresh server,
+# and the pages that need a model load it under a spinner on their first visit.
+from xmodal.dashboard import analysis, jobs, sidebar, state, ui
+from xmodal.data import CatalogueError, make_splits
+from xmodal.runs import list_runs
 
+st.set_page_config(page_title="xmodal", page_icon=":material/checkroom:", layout="wide")
 SAMPLES = 12
 
 

@@ -7,7 +7,6 @@ import streamlit as st
 
 from xmodal.dashboard import analysis, plots, state, ui
 from xmodal.data import CatalogueError
-from xmodal.search import RunError
 
 ui.page_guard("pages/compare.py")
 st.title("Compare")
@@ -38,6 +37,8 @@ else:
 group = by_catalogue[key]
 labels = {str(r.path): analysis.run_label(r) for r in group}
 models = {analysis.run_label(r): r.model for r in group}
+ui.load_pytorch()  # ranking needs the models: the table and bars above draw before PyTorch loads
+from xmodal.search import RunError  # noqa: E402
 try:
     data = state.compare_ranks([r.path for r in group], gt)
 except (RunError, CatalogueError, FileNotFoundError) as err:

@@ -7,7 +7,6 @@ import streamlit as st
 
 from xmodal.dashboard import analysis, jobs, plots, projection, state, ui
 from xmodal.data import CatalogueError
-from xmodal.search import RunError
 
 ui.page_guard("pages/embeddings.py")
 st.title("Embeddings")
@@ -26,6 +25,8 @@ path = projection.projection_path(run.path, method)
 
 def _compute_inline() -> None:
     """Small test splits (PCA, or too few points for UMAP) are mapped here and now."""
+    ui.load_pytorch()  # only here: a map cached in the run folder is drawn without PyTorch
+    from xmodal.search import RunError
     try:
         with st.spinner("Mapping the test split..."):
             projection.compute(run.path, method, run=state.run(run.path))

@@ -8,7 +8,6 @@ import streamlit as st
 from xmodal.dashboard import analysis, queries, state, ui
 from xmodal.dashboard.uploads import EXTENSIONS, UploadError, read_upload
 from xmodal.data import CatalogueError
-from xmodal.search import RunError
 
 ui.page_guard("pages/search.py")
 st.title("Search")
@@ -16,6 +15,8 @@ runs = ui.runs_with_weights()
 if not runs:
     ui.no_runs_hint("the Search page")
     st.stop()
+ui.load_pytorch()  # a spinner the first time after the server starts; instant after that
+from xmodal.search import RunError  # noqa: E402
 
 c1, c2 = st.columns([3, 1])
 with c1:

@@ -150,10 +150,12 @@ def _select_on_map(page) -> None:
     page.get_by_role("option", name="master_category").click()
     _idle(page)
     chart = page.locator('[data-testid="stPlotlyChart"]').first
-    chart.scroll_into_view_if_needed()
     for attempt in range(4):  # the chart may still be redrawing after the colour change: try again
         page.wait_for_timeout(1000)
-        box = chart.locator(".nsewdrag").first.bounding_box()
+        try:
+            box = chart.locator(".nsewdrag").first.bounding_box(timeout=10_000)
+        except Exception:
+            box = None
         if not box:
             continue
         page.mouse.move(box["x"] + box["width"] * 0.05, box["y"] + box["height"] * 0.05)

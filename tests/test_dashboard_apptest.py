@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -78,6 +80,26 @@ def test_training_page(with_run, tiny_catalogue):
     _ok(at)
     assert len(at.get("plotly_chart")) == 3  # loss terms, validation R@K / median rank, pos vs neg
     assert at.multiselect(key="train_runs").value
+
+
+def test_home_and_training_draw_without_torch(with_run, tiny_catalogue):
+    """On a fresh server, Home, Training and the sidebar never wait for PyTorch to load."""
+    code = f"""
+import sys
+from streamlit.testing.v1 import AppTest
+from xmodal.dashboard import jobs
+jobs.gpu_may_exist = lambda: False  # on a GPU machine the device list asks torch.cuda, by design
+at = AppTest.from_file({str(REPO / "dashboard.py")!r}, default_timeout={TIMEOUT})
+at.session_state["cat_source"] = "folder"
+at.session_state["cat_folder"] = {str(tiny_catalogue)!r}
+at.run()
+assert not at.exception and at.dataframe, [e.value for e in at.exception]
+at.switch_page("pages/training.py").run()
+assert not at.exception and len(at.get("plotly_chart")) == 3, [e.value for e in at.exception]
+assert "torch" not in sys.modules, "Home or Training imported torch"
+"""
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
 
 
 def test_compare_page(with_run, tiny_catalogue, trained_run):

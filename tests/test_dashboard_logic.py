@@ -6,14 +6,17 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from xmodal.dashboard import analysis, jobs, plots, projection, queries
+from xmodal.dashboard import analysis, jobs, plots, projection, queries, state
 from xmodal.dashboard.uploads import UploadError, read_upload
 from xmodal.runs import list_runs, read_status
 
@@ -185,6 +188,11 @@ def test_train_command_and_unique_ids(tmp_path):
     assert "cuda" not in jobs.device_options() or torch.cuda.is_available()
 
 
+def test_device_options_skip_torch_without_gpu_signs(monkeypatch):
+    monkeypatch.setattr(jobs, "gpu_may_exist", lambda: False)
+    assert jobs.device_options() == ["auto", "cpu"]
+
+
 def _wait(pred, timeout=120.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -269,3 +277,47 @@ def test_log_progress_reads_the_last_progress_bar(tmp_path):
         "[xmodal] siamese: backbone efficientnet\nimage features:   9%|▉         | 3/32 [00:23<03:54,  8.09s/batch]"
         "\rimage features:  19%|█▉        | 6/32 [00:47<03:25,  7.89s/batch]")
     assert jobs.log_progress(tmp_path) == ("image features", 6 / 32, "03:25")
+
+
+# ---------------------------------------------------------------- start-up without PyTorch
+
+# What Home, Training and the sidebar import; none may pull in PyTorch (4-8 s on a busy two-core machine).
+TORCH_FREE = ["xmodal", "xmodal.runs", "xmodal.data", "xmodal.paths", *(f"xmodal.dashboard.{m}" for m in (
+    "state", "analysis", "plots", "jobs", "sidebar", "ui", "queries", "uploads", "projection", "queue"))]
+
+
+def test_home_modules_do_not_import_torch():
+    code = (f"import sys, importlib\nfor m in {TORCH_FREE!r}: importlib.import_module(m)\n"
+            "from xmodal.dashboard import jobs\n"
+            "jobs.device_options() if not jobs.gpu_may_exist() else None\n"
+            "heavy = sorted(m for m in ('torch', 'torchvision', 'timm', 'umap', 'xmodal.search', 'xmodal.models') "
+            "if m in sys.modules)\n"
+            "assert not heavy, heavy\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_torch_free_constants_match_the_library():
+    import xmodal
+    from xmodal import search
+    from xmodal.metrics import KS
+    assert jobs.MODELS == tuple(xmodal.list_models())  # the sidebar's model list, without the registry
+    assert analysis.KS == KS
+    assert xmodal.load_run is search.load_run and "Run" in dir(xmodal)  # the lazy names of xmodal/__init__
+    with pytest.raises(AttributeError, match="no attribute"):
+        xmodal.nothing_here
+
+
+def test_runs_share_the_cached_catalogue(trained_run, tmp_path):
+    config = json.loads((trained_run / "config.json").read_text())
+    cat = state._gallery_catalogue(trained_run)
+    assert cat is not None and cat.fingerprint == config["data"]["fingerprint"]
+    assert cat is state.catalogue(config["data"]["path"])  # the cached copy, validated once
+    assert state.run(trained_run).catalogue is cat
+    other = tmp_path / "other-run"  # trained on an older version of the catalogue: load_run loads its own
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({**config, "data": {**config["data"], "fingerprint": "0" * 16}}))
+    assert state._gallery_catalogue(other) is None
+    (other / "config.json").write_text(json.dumps({**config, "data": {"name": "x", "path": str(tmp_path / "no")}}))
+    assert state._gallery_catalogue(other) is None

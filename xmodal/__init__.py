@@ -1,6 +1,31 @@
-"""xmodal: cross-modal fashion retrieval (product photos <-> product titles) in one embedding space."""
-from .models import ModelConfig, create_model, list_models, register_model
-from .search import Run, load_run
+"""xmodal: cross-modal fashion retrieval (product photos <-> product titles) in one embedding space.
+
+The names below load on first use (PEP 562), so ``import xmodal.runs`` or ``import xmodal.data`` (and the
+dashboard's Home page) do not import PyTorch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .models import ModelConfig, create_model, list_models, register_model
+    from .search import Run, load_run
 
 __all__ = ["ModelConfig", "create_model", "list_models", "register_model", "Run", "load_run"]
 __version__ = "0.1.0"
+
+_LAZY = {"ModelConfig": ".models", "create_model": ".models", "list_models": ".models",
+         "register_model": ".models", "Run": ".search", "load_run": ".search"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -50,14 +50,14 @@ class BenchConfig:
     recall_queries: int = 200  # queries for recall@10 of the faiss index against exact search
     umap_points: int = 10_000  # points in the UMAP map
     embed_items: int = 10_000  # gallery items embedded (texts through the model, images from features)
-    reps: int = 3  # interleaved repetitions of each timed comparison; the best of each is kept
+    reps: int = 4  # interleaved repetitions (ABBA order) of each timed comparison; the best of each is kept
     sections: tuple[str, ...] = SECTIONS  # which parts to run
     dashboard: str = "dashboard.py"  # the Streamlit entry point, relative to the working directory
     work_dir: str | None = None  # where faiss indexes and dashboard state go (None: a temporary folder)
 
 
 QUICK = dict(sizes=(10_000, 100_000), feature_images=64, train_batch=32, train_steps=3, latency_queries=40,
-             recall_queries=100, umap_points=2_000, embed_items=2_000, reps=1)
+             recall_queries=100, umap_points=2_000, embed_items=2_000, reps=2)
 
 
 @dataclass
@@ -71,6 +71,20 @@ class Row:
     score: str  # the number compared with the target
     target: str  # the target ("-" when there is none)
     met: bool | None  # None: no target, or skipped
+
+
+def _compare(bare: Callable[[], object], real: Callable[[], object], reps: int) -> tuple[float, float]:
+    """Best times of ``bare`` and ``real`` over ``reps`` interleaved rounds, in alternating order (ABBA), so that
+    both see the same machine and neither always runs first."""
+    t_bare = t_real = float("inf")
+    for i in range(max(1, reps)):
+        for fn in ((bare, real) if i % 2 == 0 else (real, bare)):
+            t = _best(fn, 1)
+            if fn is bare:
+                t_bare = min(t_bare, t)
+            else:
+                t_real = min(t_real, t)
+    return t_bare, t_real
 
 
 def _best(fn: Callable[[], object], reps: int) -> float:
@@ -149,10 +163,7 @@ def bench_features(cfg: BenchConfig, cat) -> list[Row]:
 
     with torch.no_grad():
         model(pixels[:8])  # warm-up
-    t_bare, t_real = float("inf"), float("inf")
-    for _ in range(cfg.reps):  # interleaved, so that both see the same machine
-        t_bare = min(t_bare, _best(bare, 1))
-        t_real = min(t_real, _best(real, 1))
+    t_bare, t_real = _compare(bare, real, cfg.reps)
     n, ratio = len(paths), t_real / t_bare
     return [Row("1 features", f"image features: {spec.timm_name} {size[0]}x{size[1]}, {n} JPEGs, "
                 f"{loader_workers()} loader worker(s)", f"{n / t_real:.1f} img/s (extract_features)",
@@ -206,10 +217,7 @@ def bench_training(cfg: BenchConfig, cat) -> list[Row]:
                 opt.step()
 
         real(warm)  # warm-up: first LSTM/backbone calls, allocator
-        t_bare, t_real = float("inf"), float("inf")
-        for _ in range(cfg.reps):
-            t_bare = min(t_bare, _best(bare, 1))
-            t_real = min(t_real, _best(real, 1))
+        t_bare, t_real = _compare(bare, real, cfg.reps)
         ratio = t_real / t_bare
         steps = cfg.train_steps
         rows.append(Row("2 training", f"train step: {name} ({model.image_input}), batch {b}",
@@ -524,11 +532,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     import faiss
-    load = os.getloadavg()[0]
+    load, threads = os.getloadavg()[0], torch.get_num_threads()
     t = time.perf_counter()
     rows = run_bench(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(f"xmodal bench{' --quick' if a.quick else ''}: {os.cpu_count()} CPU cores, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), faiss {faiss.__version__}, "
+          f"({threads} threads), faiss {faiss.__version__}, "
           f"load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, "
           f"{time.perf_counter() - t:.0f} s in all")
     print(format_table(rows))

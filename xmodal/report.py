@@ -31,7 +31,7 @@ def table(run_dirs: list[Path], gt: str = "caption") -> str:
         else:
             weights += ", frozen"
         if not test:
-            lines.append(f"| {name} | {weights} | unfinished |" + " |" * 11)
+            lines.append(f"| {name} | {weights} | unfinished |" + " |" * 10)
             continue
         m = test[gt]
         cells = [f"{m[f'{d_}/{k}']:.1f}" if k != "median_rank" else f"{m[f'{d_}/{k}']:.0f}" for d_, k in COLUMNS]

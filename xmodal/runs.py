@@ -15,11 +15,12 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .paths import checkpoints_dir
+
+if TYPE_CHECKING:  # torch is imported only where weights are written: reading runs needs no PyTorch
+    import torch
 
 STATES = ("running", "finished", "failed", "stopped")
 
@@ -63,6 +64,7 @@ def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str,
 
 def save_torch(path: Path, obj: dict) -> None:
     """``torch.save`` atomically (tensors, numbers, strings only: loadable with weights_only=True)."""
+    import torch
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)

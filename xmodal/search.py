@@ -69,18 +69,22 @@ def load_model(run_dir: str | os.PathLike, device: torch.device | str = "cpu", w
 class Run:
     """A trained run with a searchable gallery."""
 
-    def __init__(self, run_dir: str | os.PathLike, data: str | None = None, device: str = "cpu"):
+    def __init__(self, run_dir: str | os.PathLike, data: str | None = None, device: str = "cpu",
+                 catalogue: Catalogue | None = None):
         self.dir = Path(run_dir)
         self.device = torch.device(device)
         self.model, self.vocab, self.config = load_model(self.dir, self.device)
         self.name = self.config["model"]
-        data_path = data or self.config["data"]["path"]
-        if data is None and self.config["data"]["name"] == "demo":
-            data_path = str(resolve_data("demo"))
-        try:
-            self.catalogue: Catalogue = load_catalogue(data_path)
-        except CatalogueError as err:
-            raise RunError(f"the gallery catalogue of {self.dir.name} cannot be loaded: {err}") from err
+        if catalogue is not None:  # already loaded and validated by the caller (the dashboard's cache)
+            self.catalogue: Catalogue = catalogue
+        else:
+            data_path = data or self.config["data"]["path"]
+            if data is None and self.config["data"]["name"] == "demo":
+                data_path = str(resolve_data("demo"))
+            try:
+                self.catalogue = load_catalogue(data_path)
+            except CatalogueError as err:
+                raise RunError(f"the gallery catalogue of {self.dir.name} cannot be loaded: {err}") from err
         self._image_embeds: torch.Tensor | None = None
         self._text_embeds: torch.Tensor | None = None
         self._galleries: dict[str, Gallery] = {}
@@ -155,6 +159,7 @@ class Run:
         return self._hits("texts", self.embed_image(image), k)
 
 
-def load_run(run_dir: str | os.PathLike, data: str | None = None, device: str = "cpu") -> Run:
+def load_run(run_dir: str | os.PathLike, data: str | None = None, device: str = "cpu",
+             catalogue: Catalogue | None = None) -> Run:
     """Open a run folder for search over its catalogue (or ``data``)."""
-    return Run(run_dir, data=data, device=device)
+    return Run(run_dir, data=data, device=device, catalogue=catalogue)

@@ -8,7 +8,7 @@ epoch; ``--resume DIR`` carries on from it. Under ``torchrun`` it trains with Di
 from __future__ import annotations
 
 import argparse
-import math
+import json
 import signal
 import sys
 import time
@@ -57,7 +57,7 @@ class TrainConfig:
     download_weights: bool = False  # let timm fetch ImageNet weights from its hub (network needed)
     out: str | None = None  # where run folders go (None: $XMODAL_CHECKPOINTS, default ./checkpoints)
     run_id: str | None = None  # folder name (default: model-date-pid)
-    extra: dict = field(default_factory=dict)  # free-form notes kept with the run
+    model_args: dict = field(default_factory=dict)  # other model config fields (--set FIELD=VALUE)
 
 
 def parse_args(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
@@ -75,6 +75,8 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
     p.add_argument("--cmpc-weight", type=float)
     p.add_argument("--tune-blocks", type=int, help="train the backbone's last N stages on cached feature maps")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any other model config field, e.g. --set margin=1.0 --set corr_weight=0.5")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -83,6 +85,12 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
     p.add_argument("--run-id")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last epoch")
     a = p.parse_args(argv)
+    model_args = {}
+    for item in a.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set expects FIELD=VALUE, got {item!r}")
+        model_args[key.strip()] = json.loads(value) if value.strip()[:1] in "-0123456789[tfn" else value
     cfg = TrainConfig(model=a.model, data=a.data, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                       weight_decay=a.weight_decay, finetune=a.finetune, freeze_epochs=a.freeze_epochs,
                       word_vectors=a.word_vectors, word_dim=50 if a.word_vectors == "glove" else 100,
@@ -90,7 +98,7 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
                       cmpc_weight=a.cmpc_weight, tune_blocks=a.tune_blocks, seed=a.seed,
                       split_seed=a.split_seed, device=a.device,
                       download_weights=a.download_weights, out=a.out or str(checkpoints_dir()),
-                      run_id=a.run_id)
+                      run_id=a.run_id, model_args=model_args)
     return cfg, a.resume
 
 
@@ -166,9 +174,10 @@ def _train(cfg: TrainConfig, ctx, device: torch.device, run_dir: Path, resuming:
         vocab = Vocab.build(train_caps)
     groups = caption_groups(train_caps)  # train labels: identical captions share a class
 
-    overrides = dict(vocab_size=len(vocab), word_dim=cfg.word_dim, num_classes=int(groups.max()) + 1,
-                     embed_dim=cfg.embed_dim, image_size=cfg.image_size, cmpc_weight=cfg.cmpc_weight,
-                     tune_blocks=cfg.tune_blocks)
+    overrides = {**cfg.model_args}
+    overrides.update({k: v for k, v in dict(
+        vocab_size=len(vocab), word_dim=cfg.word_dim, num_classes=int(groups.max()) + 1, embed_dim=cfg.embed_dim,
+        image_size=cfg.image_size, cmpc_weight=cfg.cmpc_weight, tune_blocks=cfg.tune_blocks).items() if v is not None})
     if cfg.finetune:
         overrides["finetune"] = True
     if cfg.download_weights:
@@ -222,7 +231,7 @@ def _train(cfg: TrainConfig, ctx, device: torch.device, run_dir: Path, resuming:
     dataset = {"features": PairDataset(features[train_idx] if features is not None else None,
                                        tokens[train_idx], labels),
                "pixels": PairDataset.from_images(cat, splits["train"], mcfg, tokens[train_idx], labels)}
-    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    steps_per_epoch = len(make_loader(dataset["pixels"], cfg.batch_size // ctx.world, ctx, seed=0, device=device))
     opt, sched = make_optimizer(model, cfg.lr, cfg.backbone_lr_scale, cfg.weight_decay,
                                 total_steps=epochs * steps_per_epoch, warmup_frac=cfg.warmup_frac)
     ddp_model = ctx.wrap(model)

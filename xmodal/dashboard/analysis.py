@@ -9,12 +9,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
-from ..metrics import KS, first_match_ranks, rank_metrics, relevance
-from ..pipeline import caption_groups
 from ..runs import RunInfo
 
+# PyTorch (through xmodal.metrics and xmodal.pipeline) is imported only inside the functions that rank, so
+# the pages that only read run folders (Home, Training) draw without it.
+KS = (1, 5, 10)  # recall cut-offs: xmodal.metrics.KS, repeated here so that reading it needs no torch (tested)
 DIRECTIONS = ("text_to_image", "image_to_text")
 SHORT = {"text_to_image": "t2i", "image_to_text": "i2t"}
 # Catalogue columns worth slicing metrics by, in display order (the demo has master_category, colour, gender).
@@ -97,6 +97,9 @@ def query_ranks(image_embeds: Any, text_embeds: Any, groups: Sequence | None = N
     Returns:
         ``{"text_to_image": ranks [N], "image_to_text": ranks [N]}``.
     """
+    import torch
+
+    from ..metrics import first_match_ranks, relevance
     img = torch.as_tensor(np.asarray(image_embeds), dtype=torch.float32)
     txt = torch.as_tensor(np.asarray(text_embeds), dtype=torch.float32)
     groups = np.arange(len(img)) if groups is None else np.asarray(groups)
@@ -107,6 +110,7 @@ def query_ranks(image_embeds: Any, text_embeds: Any, groups: Sequence | None = N
 
 def ground_truth_groups(captions: Sequence[str], ground_truth: str) -> np.ndarray | None:
     """Group ids for ``query_ranks``: caption groups for ``caption``, None for ``item``."""
+    from ..pipeline import caption_groups
     return caption_groups(list(captions)) if ground_truth == "caption" else None
 
 
@@ -122,6 +126,7 @@ def slice_metrics(ranks: dict[str, np.ndarray], attributes: dict[str, Sequence[s
     Returns:
         Rows ``attribute, value, n, direction, R@1, R@5, R@10, median_rank``.
     """
+    from ..metrics import rank_metrics
     rows = []
     for attr, values in attributes.items():
         values = np.asarray(values, dtype=object)

@@ -8,9 +8,11 @@ SIGTERM, which the trainer turns into a clean "stopped" state.
 """
 from __future__ import annotations
 
+import glob
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +24,9 @@ from pathlib import Path
 from ..paths import checkpoints_dir
 from ..runs import atomic_write_json, read_json, read_status, write_status
 
+# The registered models, in registration order: xmodal.list_models() without importing PyTorch (the registry
+# imports the models), so the sidebar's form draws before torch has loaded. A test keeps the two equal.
+MODELS = ("siamese", "corrnet", "cmpm-mobilenet", "cmpm-efficientnet", "infonce-efficientnet")
 QUEUE_DIR = ".queues"
 LOG_NAME = "train.log"
 # The "train all five on the demo" quick path: small epoch counts so all five fit in ~10 min on 2 CPU cores.
@@ -54,8 +59,20 @@ class TrainJob:
         return cmd
 
 
+# Signs that a GPU driver is installed (NVIDIA; ROCm's /dev/kfd; WSL's /dev/dxg). Without any of them
+# torch.cuda cannot find a device, so asking it (an import of PyTorch, seconds on two cores) is skipped.
+GPU_SIGNS = ("/proc/driver/nvidia/gpus/*", "/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")
+
+
+def gpu_may_exist() -> bool:
+    """Whether this machine shows any sign of a GPU driver (cheap: no PyTorch)."""
+    return any(glob.glob(p) for p in GPU_SIGNS) or shutil.which("nvidia-smi") is not None
+
+
 def device_options() -> list[str]:
     """``auto`` and ``cpu``, plus ``cuda`` only when a CUDA GPU is visible."""
+    if not gpu_may_exist():
+        return ["auto", "cpu"]
     import torch
     return ["auto", "cpu", "cuda"] if torch.cuda.is_available() else ["auto", "cpu"]
 
@@ -185,8 +202,7 @@ def start_queue(jobs: list[TrainJob], root: Path | None = None, name: str = "que
 
 def demo_jobs(data: str = "demo", device: str = "auto") -> list[TrainJob]:
     """The five models with the quick-path epoch counts."""
-    from ..models import list_models
-    return [TrainJob(model=m, data=data, epochs=DEMO_EPOCHS.get(m, 8), device=device) for m in list_models()]
+    return [TrainJob(model=m, data=data, epochs=DEMO_EPOCHS.get(m, 8), device=device) for m in MODELS]
 
 
 def read_queue(path: Path) -> dict:

@@ -10,8 +10,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from ..metrics import KS
-from .analysis import DIRECTIONS, SHORT, loss_terms
+from .analysis import DIRECTIONS, KS, SHORT, loss_terms
 
 PALETTE = qualitative.Plotly + qualitative.D3
 MODALITY_COLOURS = {"image": "#1f77b4", "caption": "#ff7f0e"}
@@ -29,7 +28,8 @@ def _layout(fig: go.Figure, height: int) -> go.Figure:
     rows = max(1, math.ceil(sum(min(len(n), 60) * 7 + 40 for n in dict.fromkeys(names)) / 1000)) if entries else 0
     top = 30 + 22 * rows
     fig.update_layout(height=height + top, margin=dict(l=10, r=10, t=top, b=10), template="plotly_white",
-                      legend=dict(orientation="h", yref="container", y=1, yanchor="top", x=0))
+                      legend=dict(orientation="h", yref="container", y=1, yanchor="top", x=0),
+                      modebar=dict(orientation="v"))  # the toolbar on the right, clear of the legend band
     return fig
 
 

@@ -4,13 +4,16 @@ catalogue item (caption-level: items with an identical caption also count as the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from ..data import normalise_caption
-from ..search import Hit, Run
 from .analysis import rank_of_match
+
+if TYPE_CHECKING:  # the run passed in has loaded PyTorch already; importing this module does not
+    from ..search import Hit, Run
 
 
 @dataclass
@@ -24,6 +27,7 @@ class QueryResult:
 
 
 def _hit(run: Run, i: int, score: float) -> Hit:
+    from ..search import Hit
     cat = run.catalogue
     return Hit(int(i), float(score), cat.captions[i], cat.image_path(i), cat.item_ids[i])
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import streamlit as st
 
 from ..data.importers import IMPORTERS
-from ..models import list_models
 from ..paths import cache_dir
 from . import analysis, jobs, state, ui
 
@@ -67,7 +66,7 @@ def _import_form() -> None:
 
 
 def _training_form(spec: str) -> None:
-    models = list_models()
+    models = list(jobs.MODELS)  # xmodal.list_models() needs PyTorch; this constant does not
     with st.form("train_form", border=False):
         model = st.selectbox("Model", models, index=models.index("cmpm-efficientnet"), key="tf_model")
         c1, c2 = st.columns(2)

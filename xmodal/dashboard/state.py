@@ -4,18 +4,24 @@
 holds arrays and tables (test embeddings, ranks, projections, metrics). Every loader is keyed by a
 stamp (a file's modification time) as well as its path, so a retrained run or an edited catalogue is
 reloaded rather than served stale.
+
+PyTorch loads on the first call that needs a model (``run``, ``test_embeddings``, ``compare_ranks``), not
+on import: Home and Training draw without it.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import streamlit as st
 
-from ..data import Catalogue, open_catalogue, resolve_data
+from ..data import Catalogue, CatalogueError, open_catalogue, resolve_data
 from ..runs import read_json, read_metrics
-from ..search import Run, load_run
 from . import analysis, jobs, projection
+
+if TYPE_CHECKING:
+    from ..search import Run
 
 DEFAULT_CATALOGUE = "demo"
 
@@ -43,14 +49,35 @@ def catalogue(spec: str) -> Catalogue:
     return _catalogue(spec, _mtime(folder / "captions.csv"))
 
 
-@st.cache_resource(show_spinner="Loading the run...", max_entries=16)
-def _run(run_dir: str, stamp: int) -> Run:
-    return load_run(run_dir)
+def _gallery_catalogue(run_dir: Path) -> Catalogue | None:
+    """The cached catalogue that a run searches, when it is still the one the run was trained on.
+
+    ``load_run`` would load (and check every image of) the run's catalogue again for each run; the runs
+    trained on one catalogue share this cached copy instead. None when the fingerprints differ or the
+    catalogue cannot be loaded: ``load_run`` then loads it itself and reports any error.
+    """
+    data = (read_json(run_dir / "config.json", default={}) or {}).get("data") or {}
+    spec = "demo" if data.get("name") == "demo" else data.get("path")
+    if not spec:
+        return None
+    try:
+        cat = catalogue(spec)
+    except (CatalogueError, OSError):
+        return None
+    return cat if cat.fingerprint == data.get("fingerprint") else None
+
+
+@st.cache_resource(show_spinner="Loading the run (PyTorch loads on the first one)...", max_entries=16)
+def _run(run_dir: str, stamp: int, fingerprint: str, _catalogue: Catalogue | None) -> Run:
+    from ..search import load_run
+    return load_run(run_dir, catalogue=_catalogue)
 
 
 def run(run_dir: str | Path) -> Run:
     """A loaded run (model, vocabulary, gallery catalogue), kept across reruns and pages."""
-    return _run(str(run_dir), _mtime(Path(run_dir) / "best.safetensors"))
+    cat = _gallery_catalogue(Path(run_dir))
+    return _run(str(run_dir), _mtime(Path(run_dir) / "best.safetensors"), cat.fingerprint if cat else "",
+                _catalogue=cat)
 
 
 @st.cache_resource

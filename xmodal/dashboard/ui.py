@@ -1,14 +1,17 @@
 """Small Streamlit widgets shared by the pages: run pickers, result cards, failure boxes."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import streamlit as st
 
 from ..runs import RunInfo, list_runs
-from ..search import Hit
 from . import analysis, jobs
+
+if TYPE_CHECKING:  # xmodal.search imports PyTorch: the pages that show hits have loaded it already
+    from ..search import Hit
 
 ALL_RUNS = "All runs side by side"
 
@@ -23,6 +26,19 @@ def page_guard(page: str) -> None:
     if not st.session_state.get("_app_ready"):
         st.session_state["_wanted_page"] = page
         st.switch_page("dashboard.py")
+
+
+def load_pytorch() -> None:
+    """Import ``xmodal.search`` (PyTorch, timm, the models) under a spinner, once per server.
+
+    Home and Training never need it; the first page that loads a model after the server starts waits for
+    it (seconds on two busy cores), and says so instead of showing the previous page greyed out.
+    """
+    if "xmodal.search" in sys.modules:
+        return
+    with st.spinner("Loading PyTorch (the first time a page needs a model after the server starts)...",
+                    show_time=True):
+        import xmodal.search  # noqa: F401
 
 
 def runs_with_weights() -> list[RunInfo]:

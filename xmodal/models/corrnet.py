@@ -11,15 +11,15 @@ from torch import nn
 from ..losses import corrnet_loss
 from .config import ModelConfig
 from .registry import register_model
-from .towers import CrossModalModel, mean_word_vectors
+from .towers import CrossModalModel, Standardize, mean_word_vectors
 
 
 class CorrNet(CrossModalModel):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.word_embed.requires_grad_(False)
-        self.norm_img = nn.LayerNorm(cfg.feature_dim, elementwise_affine=False)  # views on one scale
-        self.norm_txt = nn.LayerNorm(cfg.word_dim, elementwise_affine=False)
+        self.norm_img = Standardize(cfg.feature_dim)  # both views standardised: one scale, common part removed
+        self.norm_txt = Standardize(cfg.word_dim)
         self.enc_img = nn.Linear(cfg.feature_dim, cfg.embed_dim, bias=False)
         self.enc_txt = nn.Linear(cfg.word_dim, cfg.embed_dim, bias=False)
         self.code_bias = nn.Parameter(torch.zeros(cfg.embed_dim))
