@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-# None of these imports PyTorch (a test keeps it so): Home and the sidebar draw at once on a fresh server,
-# and the pages that need a model load it under a spinner on their first visit.
+# None of these imports PyTorch (a test keeps it so): Home and the sidebar draw at once on a fresh server.
+# PyTorch then loads in the background (state.warm_pytorch); a page that needs a model before it is done
+# waits under a spinner.
 from xmodal.dashboard import analysis, jobs, sidebar, state, ui
 from xmodal.data import CatalogueError, make_splits
 from xmodal.runs import list_runs
@@ -118,3 +119,4 @@ if wanted := st.session_state.pop("_wanted_page", None):  # a page opened by URL
     st.switch_page(wanted)
 sidebar.render()
 page.run()
+state.warm_pytorch()  # the page has drawn: load PyTorch in the background for the pages that need a model

@@ -87,8 +87,9 @@ def test_home_and_training_draw_without_torch(with_run, tiny_catalogue):
     code = f"""
 import sys
 from streamlit.testing.v1 import AppTest
-from xmodal.dashboard import jobs
+from xmodal.dashboard import jobs, state
 jobs.gpu_may_exist = lambda: False  # on a GPU machine the device list asks torch.cuda, by design
+state.warm_pytorch = lambda: None  # the background import after each page, by design
 at = AppTest.from_file({str(REPO / "dashboard.py")!r}, default_timeout={TIMEOUT})
 at.session_state["cat_source"] = "folder"
 at.session_state["cat_folder"] = {str(tiny_catalogue)!r}

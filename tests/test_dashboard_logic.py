@@ -321,3 +321,15 @@ def test_runs_share_the_cached_catalogue(trained_run, tmp_path):
     assert state._gallery_catalogue(other) is None
     (other / "config.json").write_text(json.dumps({**config, "data": {"name": "x", "path": str(tmp_path / "no")}}))
     assert state._gallery_catalogue(other) is None
+
+
+def test_warm_pytorch_imports_search_in_the_background():
+    code = ("import sys\nfrom xmodal.dashboard import state\n"
+            "assert not state.pytorch_loaded()\n"
+            "state.warm_pytorch(); state.warm_pytorch()  # once per server\n"
+            "assert len(state._warming) == 1\n"
+            "state._warming[0].join(300)\n"
+            "assert state.pytorch_loaded() and 'torch' in sys.modules\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import TINY_SIZE
 
-pytestmark = pytest.mark.slow
 EPOCHS = 4
 
 
@@ -44,6 +44,22 @@ def metrics_shape(run_dir: Path) -> dict[str, set[str]]:
     return keys
 
 
+def test_loader_keeps_a_shard_smaller_than_the_batch():
+    """Each rank's shard (not the whole data set) decides whether the last short batch is dropped."""
+    from torch.utils.data import DistributedSampler
+
+    from xmodal.training import PairDataset, make_loader
+
+    class RankZeroOfTwo:  # the sampler DistContext.sampler makes, without a process group
+        def sampler(self, dataset, seed):
+            return DistributedSampler(dataset, num_replicas=2, rank=0, shuffle=True, seed=seed, drop_last=True)
+
+    data = PairDataset(torch.randn(48, 4), torch.ones(48, 3, dtype=torch.long), torch.arange(48))
+    batches = list(make_loader(data, 32, RankZeroOfTwo(), seed=0, device=torch.device("cpu")))
+    assert [len(b[0]) for b in batches] == [24]  # global batch 64 > 48 items: one step, as in one process
+    assert [len(b[0]) for b in make_loader(data, 8, RankZeroOfTwo(), 0, torch.device("cpu"))] == [8, 8, 8]
+
+
 @pytest.fixture(scope="module")
 def single_run(tiny_catalogue, tmp_path_factory) -> Path:
     from xmodal.train import main
@@ -64,6 +80,7 @@ def ddp_out(tiny_catalogue, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_ddp_writes_one_complete_run(ddp_out, single_run):
     assert sorted(p.name for p in ddp_out.iterdir()) == ["two"]  # one folder, from rank 0 only
     run = ddp_out / "two"
@@ -78,6 +95,7 @@ def test_ddp_writes_one_complete_run(ddp_out, single_run):
     assert json.loads((run / "splits.json").read_text()) == json.loads((single_run / "splits.json").read_text())
 
 
+@pytest.mark.slow
 def test_ddp_trains_like_one_process(ddp_out, single_run):
     run = ddp_out / "two"
     losses, ref = epoch_losses(run), epoch_losses(single_run)

@@ -92,7 +92,7 @@ def test_efficientnet_package_weights_are_imagenet():
     from xmodal.backbones import create_backbone
     model, source = create_backbone("efficientnet")
     assert source is not None
-    w = model.conv_stem.weight
+    w = model.conv_stem.weight.detach()
     assert float(w.std()) > 0.05 and abs(float(w.mean())) < 0.1
     fresh, _ = create_backbone("efficientnet", pretrained=False)
     assert not torch.allclose(fresh.conv_stem.weight, w)

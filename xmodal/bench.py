@@ -173,60 +173,62 @@ def bench_features(cfg: BenchConfig, cat) -> list[Row]:
 # ----------------------------------------------------------------------------------------------- 2
 def bench_training(cfg: BenchConfig, cat) -> list[Row]:
     """train_one_epoch over make_loader vs a bare forward+loss+backward+AdamW loop, per model."""
-    from .distributed import DistContext
-    from .models import create_model, list_models
+    from .models import list_models
     from .pipeline import caption_groups
     from .text import Vocab
-    from .training import PairDataset, make_loader, make_optimizer, train_one_epoch
-    cpu, ctx, b = torch.device("cpu"), DistContext(), cfg.train_batch
-    n = b * cfg.train_steps
-    index = np.arange(n) % len(cat)
+    index = np.arange(cfg.train_batch * cfg.train_steps) % len(cat)
     vocab = Vocab.build(cat.captions)
     tokens = vocab.encode(cat.captions)[torch.as_tensor(index)]  # [n, L]
     labels = torch.as_tensor(caption_groups([cat.captions[i] for i in index]))
     rows = []
     for name in cfg.models or list_models():
-        torch.manual_seed(0)
-        model = create_model(name, vocab_size=len(vocab), word_dim=100, num_classes=int(labels.max()) + 1)
-        if model.image_input == "features":  # random rows stand in for the on-disk feature cache
-            images = torch.randn(n, model.cfg.feature_dim)
-            data, warm = PairDataset(images, tokens, labels), PairDataset(images[:b], tokens[:b], labels[:b])
-        else:
-            data = PairDataset.from_images(cat, index, model.cfg, tokens, labels)
-            warm = PairDataset.from_images(cat, index[:b], model.cfg, tokens[:b], labels[:b])
-            images = torch.stack([data.images[i] for i in range(n)])  # decoded once, for the bare loop
-        opt, sched = make_optimizer(model, 1e-3, 0.1, 1e-4, total_steps=100 * cfg.train_steps, warmup_frac=0.05)
-
-        def real(ds=data):
-            train_one_epoch(model, model.loss, make_loader(ds, b, ctx, 0, cpu), opt, sched, cpu, 1,
-                            lambda *a: None, ctx, progress=False)
-
-        batches = []
-        for s in range(0, n, b):
-            tok = tokens[s:s + b]
-            length = int((tok != 0).sum(1).max().clamp_min(1))
-            batches.append((images[s:s + b], tok[:, :length], labels[s:s + b]))  # trimmed as the loop does
-
-        def bare():
-            model.train()
-            for x, tok, lab in batches:
-                terms = model.loss(model(x, tok), lab)
-                loss = sum(terms.values())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
-        real(warm)  # warm-up: first LSTM/backbone calls, allocator
-        t_bare, t_real = _compare(bare, real, cfg.reps)
-        ratio = t_real / t_bare
-        steps = cfg.train_steps
-        rows.append(Row("2 training", f"train step: {name} ({model.image_input}), batch {b}",
-                        f"{_ms(t_real / steps)}/step (train_one_epoch)",
-                        f"{_ms(t_bare / steps)}/step (bare fwd+loss+bwd+AdamW)", f"{ratio:.2f}x", "<= 1.20x",
-                        ratio <= 1.20))
-        del model, opt, data, warm, images, batches
+        rows.append(_train_row(cfg, cat, name, len(vocab), index, tokens, labels))
         gc.collect()
     return rows
+
+
+def _train_row(cfg: BenchConfig, cat, name: str, vocab_size: int, index: np.ndarray, tokens: torch.Tensor,
+               labels: torch.Tensor) -> Row:
+    """One model's training step, the real loop against the bare one."""
+    from .distributed import DistContext
+    from .models import create_model
+    from .training import PairDataset, make_loader, make_optimizer, train_one_epoch
+    cpu, ctx, b, n = torch.device("cpu"), DistContext(), cfg.train_batch, len(index)
+    torch.manual_seed(0)
+    model = create_model(name, vocab_size=vocab_size, word_dim=100, num_classes=int(labels.max()) + 1)
+    if model.image_input == "features":  # random rows stand in for the on-disk feature cache
+        images = torch.randn(n, model.cfg.feature_dim)
+        data, warm = PairDataset(images, tokens, labels), PairDataset(images[:b], tokens[:b], labels[:b])
+    else:
+        data = PairDataset.from_images(cat, index, model.cfg, tokens, labels)
+        warm = PairDataset.from_images(cat, index[:b], model.cfg, tokens[:b], labels[:b])
+        images = torch.stack([data.images[i] for i in range(n)])  # decoded once, for the bare loop
+    opt, sched = make_optimizer(model, 1e-3, 0.1, 1e-4, total_steps=100 * cfg.train_steps, warmup_frac=0.05)
+
+    def real(ds=data):
+        train_one_epoch(model, model.loss, make_loader(ds, b, ctx, 0, cpu), opt, sched, cpu, 1,
+                        lambda *a: None, ctx, progress=False)
+
+    batches = []
+    for s in range(0, n, b):
+        tok = tokens[s:s + b]
+        length = int((tok != 0).sum(1).max().clamp_min(1))
+        batches.append((images[s:s + b], tok[:, :length], labels[s:s + b]))  # trimmed as the loop does
+
+    def bare():
+        model.train()
+        for x, tok, lab in batches:
+            loss = sum(model.loss(model(x, tok), lab).values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    real(warm)  # warm-up: first LSTM/backbone calls, allocator
+    t_bare, t_real = _compare(bare, real, cfg.reps)
+    ratio, steps = t_real / t_bare, cfg.train_steps
+    return Row("2 training", f"train step: {name} ({model.image_input}), batch {b}",
+               f"{_ms(t_real / steps)}/step (train_one_epoch)", f"{_ms(t_bare / steps)}/step (bare fwd+loss+bwd+AdamW)",
+               f"{ratio:.2f}x", "<= 1.20x", ratio <= 1.20)
 
 
 # ----------------------------------------------------------------------------------------------- 3
@@ -251,7 +253,6 @@ def _latency(encode: Callable[[str], torch.Tensor], search: Callable[[torch.Tens
 
 def bench_search(cfg: BenchConfig, cat, work: Path) -> list[Row]:
     """Text-to-top-10 latency: exact vs one memory pass, faiss recall and latency, per gallery size."""
-    from .gallery import Gallery, GalleryConfig
     from .pipeline import embed_texts
     from .text import Vocab
     vocab = Vocab.build(cat.captions)
@@ -267,26 +268,32 @@ def bench_search(cfg: BenchConfig, cat, work: Path) -> list[Row]:
     enc = np.array([_best(lambda t=t: encode(t), 1) for t in rng.choice(cat.captions, 50)])
     rows = [Row("3 search", "text encoding alone (one caption, BiLSTM)", f"p50 {_ms(np.median(enc))}",
                 "-", "-", "-", None)]
-    faiss_above = GalleryConfig().faiss_above
     for n in sorted(cfg.sizes):
-        gallery, queries = product_like(n, cfg.dim, seed=n, queries=cfg.recall_queries)  # [n, D], [q, D]
         texts = list(rng.choice(cat.captions, max(10, min(cfg.latency_queries, int(3e7 // n)))))
-        exact = Gallery.build(gallery, kind="exact")
-        exact.search(encode(texts[0]), 10)
-        gallery.sum()
-        # one pass: a plain sum reads every byte of the gallery once, timed after each query's search
-        total, alone, passes = _latency(encode, lambda v: exact.search(v, 10), texts, lambda: gallery.sum())
-        one_pass = float(np.median(passes))
-        ratio = float(np.median(alone)) / one_pass
-        rows.append(Row("3 search", f"text->top-10, exact, {n:,} x {cfg.dim}",
-                        f"p50 {_ms(np.median(total))} / p95 {_ms(np.percentile(total, 95))} "
-                        f"(search p50 {_ms(np.median(alone))})",
-                        f"one pass (sum) p50 {_ms(one_pass)} ({gallery.numel() * 4 / one_pass / 1e9:.1f} GB/s)",
-                        f"{ratio:.2f}x", "<= 1.5x", ratio <= 1.5))
-        if n > faiss_above:
-            rows += _bench_faiss(gallery, queries, cfg, work, encode, texts, float(np.median(alone)))
-        del gallery, queries, exact
+        rows += _search_rows(cfg, n, encode, texts, work)
         gc.collect()
+    return rows
+
+
+def _search_rows(cfg: BenchConfig, n: int, encode: Callable[[str], torch.Tensor], texts: list[str], work: Path
+                 ) -> list[Row]:
+    """Exact search over ``n`` synthetic items against one memory pass; the faiss rows above the threshold."""
+    from .gallery import Gallery, GalleryConfig
+    gallery, queries = product_like(n, cfg.dim, seed=n, queries=cfg.recall_queries)  # [n, D], [q, D]
+    exact = Gallery.build(gallery, kind="exact")
+    exact.search(encode(texts[0]), 10)
+    gallery.sum()
+    # one pass: a plain sum reads every byte of the gallery once, timed right after each query's search
+    total, alone, passes = _latency(encode, lambda v: exact.search(v, 10), texts, lambda: gallery.sum())
+    one_pass = float(np.median(passes))
+    ratio = float(np.median(alone)) / one_pass
+    rows = [Row("3 search", f"text->top-10, exact, {n:,} x {cfg.dim}",
+                f"p50 {_ms(np.median(total))} / p95 {_ms(np.percentile(total, 95))} "
+                f"(search p50 {_ms(np.median(alone))})",
+                f"one pass (sum) p50 {_ms(one_pass)} ({gallery.numel() * 4 / one_pass / 1e9:.1f} GB/s)",
+                f"{ratio:.2f}x", "<= 1.5x", ratio <= 1.5)]
+    if n > GalleryConfig().faiss_above:
+        rows += _bench_faiss(gallery, queries, cfg, work, encode, texts, float(np.median(alone)))
     return rows
 
 
@@ -321,7 +328,6 @@ def _bench_faiss(gallery: torch.Tensor, queries: torch.Tensor, cfg: BenchConfig,
     rows.append(Row("3 search", f"text->top-10, faiss, {n:,} x {cfg.dim}",
                     f"p50 {_ms(np.median(total))} / p95 {_ms(np.percentile(total, 95))} (search p50 {_ms(p50)})",
                     f"exact search p50 {_ms(exact_p50)}", _ms(p50), "search p50 <= 10 ms", p50 <= 0.010))
-    del index, again
     path.unlink(missing_ok=True)
     return rows
 

@@ -6,10 +6,13 @@ stamp (a file's modification time) as well as its path, so a retrained run or an
 reloaded rather than served stale.
 
 PyTorch loads on the first call that needs a model (``run``, ``test_embeddings``, ``compare_ranks``), not
-on import: Home and Training draw without it.
+on import: Home and Training draw without it, and ``warm_pytorch`` loads it in the background meanwhile.
 """
 from __future__ import annotations
 
+import importlib
+import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +27,29 @@ if TYPE_CHECKING:
     from ..search import Run
 
 DEFAULT_CATALOGUE = "demo"
+_WARM_LOCK = threading.Lock()
+_warming: list[threading.Thread] = []  # the one background import of PyTorch, once started
+
+
+def warm_pytorch() -> None:
+    """Import ``xmodal.search`` (PyTorch, timm, the models) in a background thread, once per server.
+
+    Called after a page has drawn, so the first visit to Compare, Embeddings or Search finds PyTorch loaded
+    (or waits only for the rest of it). The thread only imports: it never calls Streamlit. A page that
+    imports ``xmodal.search`` meanwhile waits on Python's import lock for the same module.
+    """
+    with _WARM_LOCK:
+        if _warming or "xmodal.search" in sys.modules:
+            return
+        thread = threading.Thread(target=importlib.import_module, args=("xmodal.search",), daemon=True,
+                                  name="xmodal-warm-pytorch")
+        _warming.append(thread)
+        thread.start()
+
+
+def pytorch_loaded() -> bool:
+    """Whether ``xmodal.search`` has finished importing (not merely begun, in the background)."""
+    return "xmodal.search" in sys.modules and not any(t.is_alive() for t in _warming)
 
 
 def _mtime(path: Path) -> int:

@@ -1,14 +1,13 @@
 """Small Streamlit widgets shared by the pages: run pickers, result cards, failure boxes."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import streamlit as st
 
 from ..runs import RunInfo, list_runs
-from . import analysis, jobs
+from . import analysis, jobs, state
 
 if TYPE_CHECKING:  # xmodal.search imports PyTorch: the pages that show hits have loaded it already
     from ..search import Hit
@@ -31,10 +30,11 @@ def page_guard(page: str) -> None:
 def load_pytorch() -> None:
     """Import ``xmodal.search`` (PyTorch, timm, the models) under a spinner, once per server.
 
-    Home and Training never need it; the first page that loads a model after the server starts waits for
-    it (seconds on two busy cores), and says so instead of showing the previous page greyed out.
+    Home and Training never need it, and ``state.warm_pytorch`` imports it in the background after the
+    first page; a page that needs a model before that is done waits for it (seconds on two busy cores)
+    and says so, instead of showing the previous page greyed out.
     """
-    if "xmodal.search" in sys.modules:
+    if state.pytorch_loaded():
         return
     with st.spinner("Loading PyTorch (the first time a page needs a model after the server starts)...",
                     show_time=True):
