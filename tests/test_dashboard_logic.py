@@ -33,6 +33,9 @@ def test_runs_table_reads_a_finished_run(trained_run):
     assert len(table) == 1
     row = table.iloc[0]
     assert row["model"] == "cmpm-efficientnet" and row["status"] == "finished" and row["epochs"] == "2/2"
+    assert row["backbone"] == "efficientnet: ImageNet, frozen"
+    assert analysis.backbone_label({"model_config": {"backbone": "mobilenet", "weights_source": None,
+                                                     "finetune": True}}) == "mobilenet: random init, fine-tuned"
     test = json.loads((trained_run / "test.json").read_text())["caption"]
     assert row["test t2i R@1"] == pytest.approx(test["text_to_image/R@1"])
     assert row["test i2t R@10"] == pytest.approx(test["image_to_text/R@10"])

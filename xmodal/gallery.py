@@ -10,8 +10,8 @@
   against exact search reaches ``target_recall`` on calibration queries. The index is cached on disk
   (one ``.npz`` file, written atomically) and reused while the embeddings are byte-identical.
 
-Measured on 2 CPU cores (see docs/performance.md): a 1M x 512 index builds in about a minute and answers
-one query in a few milliseconds, against roughly 0.3 s for an exact pass over the same 2 GB.
+Measured on 2 CPU cores (see docs/performance.md): a 1M x 512 index builds in 30-100 s and answers one
+query in 2-6 ms with recall@10 of 1.0 on product-like data, against 0.1-0.5 s for an exact pass over 2 GB.
 """
 from __future__ import annotations
 

@@ -34,8 +34,16 @@ def run_label(info: RunInfo) -> str:
     return info.run_id if info.run_id.startswith(info.model) else f"{info.model} · {info.run_id}"
 
 
+def backbone_label(config: dict) -> str:
+    """Where a run's image backbone weights came from, and whether it trained: never a silent switch."""
+    mcfg = config.get("model_config") or {}
+    source = "ImageNet" if mcfg.get("weights_source") else "random init"
+    mode = "fine-tuned" if mcfg.get("finetune") else "frozen"
+    return f"{mcfg.get('backbone', '?')}: {source}, {mode}"
+
+
 def runs_table(runs: Sequence[RunInfo], ground_truth: str = "caption") -> pd.DataFrame:
-    """One row per run: model, catalogue, status, epochs, best val rsum, test R@1/R@10 both ways.
+    """One row per run: model, backbone weights, catalogue, status, epochs, best val rsum, test R@1/R@10.
 
     Args:
         runs: from ``xmodal.runs.list_runs``.
@@ -46,7 +54,8 @@ def runs_table(runs: Sequence[RunInfo], ground_truth: str = "caption") -> pd.Dat
         st, test, best = r.status, r.test or {}, r.best or {}
         epochs = st.get("epochs") or (r.config.get("train") or {}).get("epochs")
         row: dict[str, Any] = {
-            "run": r.run_id, "model": r.model, "catalogue": catalogue_label(r.config),
+            "run": r.run_id, "model": r.model, "backbone": backbone_label(r.config),
+            "catalogue": catalogue_label(r.config),
             "status": st.get("state", "unknown"),
             "epochs": f"{st.get('epoch', best.get('epoch', 0)) or 0}/{epochs or '?'}",
             "best val rsum": best.get("val_rsum"),
@@ -57,7 +66,7 @@ def runs_table(runs: Sequence[RunInfo], ground_truth: str = "caption") -> pd.Dat
                 row[f"test {SHORT[d]} R@{k}"] = metrics.get(f"{d}/R@{k}")
         row["error"] = st.get("error") or ""
         rows.append(row)
-    cols = ["run", "model", "catalogue", "status", "epochs", "best val rsum",
+    cols = ["run", "model", "backbone", "catalogue", "status", "epochs", "best val rsum",
             *[f"test {SHORT[d]} R@{k}" for d in DIRECTIONS for k in (1, 10)], "error"]
     return pd.DataFrame(rows, columns=cols)
 
