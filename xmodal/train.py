@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from . import distributed as dist
+from .backbones import loader_workers
 from .data import make_splits, open_catalogue, resolve_data
 from .models import create_model, list_models, model_config
 from .paths import checkpoints_dir
@@ -27,7 +29,7 @@ from .pipeline import caption_groups, catalogue_features, evaluate_split
 from .runs import (MetricsLog, atomic_write_json, new_run_id, read_json, read_metrics, save_torch,
                    save_weights, write_status)
 from .text import Vocab, word_vectors
-from .training import PairDataset, make_loader, make_optimizer, train_one_epoch
+from .training import PairDataset, make_loader, make_optimizer, reseed, train_one_epoch
 
 
 @dataclass
@@ -181,7 +183,6 @@ def _train(cfg: TrainConfig, ctx, device: torch.device, run_dir: Path, resuming:
     if cfg.finetune:
         overrides["finetune"] = True
     if cfg.download_weights:
-        import os
         os.environ["XMODAL_ALLOW_DOWNLOAD"] = "1"
     if resuming:
         saved = read_json(run_dir / "config.json")
@@ -225,6 +226,8 @@ def _train(cfg: TrainConfig, ctx, device: torch.device, run_dir: Path, resuming:
             "world_size": ctx.world, "device": str(device), "torch": torch.__version__})
 
     model.to(device)
+    if device.type == "cuda" and mcfg.finetune:
+        model.to(memory_format=torch.channels_last)  # matches the channels_last input batches
     tokens = vocab.encode(cat.captions)  # [N, L]
     train_idx = torch.as_tensor(splits["train"])
     labels = torch.as_tensor(groups)
@@ -263,11 +266,18 @@ def _train(cfg: TrainConfig, ctx, device: torch.device, run_dir: Path, resuming:
                          steps_per_epoch=steps_per_epoch, loss=terms["loss"],
                          eta_s=elapsed / max(done, 1) * (total - done))
 
+    loaders: dict = {}
     for epoch in range(start_epoch, epochs + 1):
         use_features = epoch <= frozen_epochs
+        kind = "features" if use_features else "pixels"
         model.set_backbone_trainable(pixels=not use_features)
-        loader = make_loader(dataset["features" if use_features else "pixels"], cfg.batch_size // ctx.world,
-                             ctx, seed=cfg.seed + epoch, device=device)
+        if kind not in loaders:
+            loaders[kind] = make_loader(dataset[kind], cfg.batch_size // ctx.world, ctx, seed=cfg.seed, device=device)
+            if kind == "pixels" and loader_workers() and device.type == "cpu":
+                # decoding workers and compute share the cores: oversubscribed threads stall each other
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) - loader_workers()))
+        loader = loaders[kind]
+        reseed(loader, cfg.seed, epoch)
         train_one_epoch(ddp_model, model.loss, loader, opt, sched, device, epoch, on_step, ctx,
                         progress=ctx.is_main)
         if ctx.is_main:

@@ -7,7 +7,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from .backbones import ImageFiles, image_transform, loader_workers
@@ -37,14 +37,26 @@ class PairDataset(Dataset):
 
 
 def make_loader(dataset: PairDataset, batch_size: int, ctx, seed: int, device: torch.device) -> DataLoader:
-    """Shuffled batches (a DistributedSampler under DDP); workers only when images are decoded."""
+    """Shuffled batches (a DistributedSampler under DDP); workers only when images are decoded.
+
+    Made once per run: decoding workers persist across epochs, and ``reseed`` gives each epoch its own
+    shuffle, the same one on a resumed run.
+    """
     decode = not isinstance(dataset.images, torch.Tensor)
-    gen = torch.Generator().manual_seed(seed)
+    workers = loader_workers() if decode else 0
     sampler = ctx.sampler(dataset, seed)
     return DataLoader(dataset, batch_size=max(batch_size, 1), shuffle=sampler is None, sampler=sampler,
-                      generator=gen if sampler is None else None, drop_last=len(sampler or dataset) > batch_size,
-                      num_workers=loader_workers() if decode else 0, pin_memory=decode and device.type == "cuda",
-                      persistent_workers=False)
+                      generator=torch.Generator().manual_seed(seed) if sampler is None else None,
+                      drop_last=len(sampler or dataset) > batch_size, num_workers=workers,
+                      pin_memory=decode and device.type == "cuda", persistent_workers=workers > 0)
+
+
+def reseed(loader: DataLoader, seed: int, epoch: int) -> None:
+    """Fix this epoch's shuffle from ``seed`` and ``epoch``."""
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    elif loader.generator is not None:
+        loader.generator.manual_seed(seed + epoch)
 
 
 def make_optimizer(model: nn.Module, lr: float, backbone_lr_scale: float, weight_decay: float,
