@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xmodal.bench import (SECTIONS, BenchConfig, Row, _bench_faiss, bench_dashboard, format_table, main,
-                          product_like, run_bench)
+from xmodal.bench import SECTIONS, BenchConfig, Row, bench_dashboard, format_table, main, product_like, run_bench
+from xmodal.bench_search import _bench_faiss
 
 
 def test_product_like_is_normalised_and_structured():

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .bench_dashboard import bench_dashboard, dashboard_skip_reason  # noqa: F401  (section 5; re-exported)
+
 SECTIONS = ("features", "training", "search", "umap", "dashboard")
 
 
@@ -232,107 +234,6 @@ def _train_row(cfg: BenchConfig, cat, name: str, vocab_size: int, index: np.ndar
 
 
 # ----------------------------------------------------------------------------------------------- 3
-def _latency(encode: Callable[[str], torch.Tensor], search: Callable[[torch.Tensor], object], texts: list[str],
-             paired: Callable[[], object] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-query seconds: end to end (text encoding included), search alone, and ``paired`` timed right
-    after each search (so that both see the same moment of a noisy machine)."""
-    total, alone, other = [], [], []
-    for text in texts:
-        t0 = time.perf_counter()
-        vec = encode(text)
-        t1 = time.perf_counter()
-        search(vec)
-        t2 = time.perf_counter()
-        total.append(t2 - t0)
-        alone.append(t2 - t1)
-        if paired is not None:
-            paired()
-            other.append(time.perf_counter() - t2)
-    return np.array(total), np.array(alone), np.array(other)
-
-
-def bench_search(cfg: BenchConfig, cat, work: Path) -> list[Row]:
-    """Text-to-top-10 latency: exact vs one memory pass, faiss recall and latency, per gallery size."""
-    from .pipeline import embed_texts
-    from .text import Vocab
-    vocab = Vocab.build(cat.captions)
-    model = _text_model(len(vocab), cfg.dim)
-    cpu = torch.device("cpu")
-    rng = np.random.default_rng(0)
-
-    def encode(text: str) -> torch.Tensor:
-        return embed_texts(model, vocab, [text], cpu)[0]  # [D]
-
-    for text in cat.captions[:5]:
-        encode(text)  # warm-up
-    enc = np.array([_best(lambda t=t: encode(t), 1) for t in rng.choice(cat.captions, 50)])
-    rows = [Row("3 search", "text encoding alone (one caption, BiLSTM)", f"p50 {_ms(np.median(enc))}",
-                "-", "-", "-", None)]
-    for n in sorted(cfg.sizes):
-        texts = list(rng.choice(cat.captions, max(10, min(cfg.latency_queries, int(3e7 // n)))))
-        rows += _search_rows(cfg, n, encode, texts, work)
-        gc.collect()
-    return rows
-
-
-def _search_rows(cfg: BenchConfig, n: int, encode: Callable[[str], torch.Tensor], texts: list[str], work: Path
-                 ) -> list[Row]:
-    """Exact search over ``n`` synthetic items against one memory pass; the faiss rows above the threshold."""
-    from .gallery import Gallery, GalleryConfig
-    gallery, queries = product_like(n, cfg.dim, seed=n, queries=cfg.recall_queries)  # [n, D], [q, D]
-    exact = Gallery.build(gallery, kind="exact")
-    exact.search(encode(texts[0]), 10)
-    gallery.sum()
-    # one pass: a plain sum reads every byte of the gallery once, timed right after each query's search
-    total, alone, passes = _latency(encode, lambda v: exact.search(v, 10), texts, lambda: gallery.sum())
-    one_pass = float(np.median(passes))
-    ratio = float(np.median(alone)) / one_pass
-    rows = [Row("3 search", f"text->top-10, exact, {n:,} x {cfg.dim}",
-                f"p50 {_ms(np.median(total))} / p95 {_ms(np.percentile(total, 95))} "
-                f"(search p50 {_ms(np.median(alone))})",
-                f"one pass (sum) p50 {_ms(one_pass)} ({gallery.numel() * 4 / one_pass / 1e9:.1f} GB/s)",
-                f"{ratio:.2f}x", "<= 1.5x", ratio <= 1.5)]
-    if n > GalleryConfig().faiss_above:
-        rows += _bench_faiss(gallery, queries, cfg, work, encode, texts, float(np.median(alone)))
-    return rows
-
-
-def _bench_faiss(gallery: torch.Tensor, queries: torch.Tensor, cfg: BenchConfig, work: Path,
-                 encode: Callable[[str], torch.Tensor], texts: list[str], exact_p50: float) -> list[Row]:
-    """Build (and reload) the faiss index of ``gallery``; its recall@10 and its query latency."""
-    from .gallery import Gallery, exact_topk, recall_at_k
-    n = len(gallery)
-    path = work / f"faiss_{n}.npz"
-    path.unlink(missing_ok=True)
-    t = time.perf_counter()
-    index = Gallery.build(gallery, kind="faiss", cache_path=path)
-    build_s = time.perf_counter() - t
-    info = index.info
-    rows = [Row("3 search", f"faiss IVF build, {n:,} x {cfg.dim}",
-                f"{build_s:.0f} s (nlist {info['nlist']}, nprobe {info['nprobe']} calibrated)",
-                f"train {info['train_s']:.0f} s + add {info['build_s'] - info['train_s']:.0f} s", f"{build_s:.0f} s",
-                "<= 180 s", build_s <= 180)]
-    t = time.perf_counter()
-    again = Gallery.build(gallery, kind="faiss", cache_path=path)
-    rows.append(Row("3 search", f"faiss index reload from the run-folder cache, {n:,}",
-                    f"{time.perf_counter() - t:.1f} s (from cache: {again.info['from_cache']})",
-                    f"build {build_s:.0f} s", "-", "-", None))
-    _, truth = exact_topk(gallery, queries, 10)
-    _, found = index.search(queries, 10)
-    recall = recall_at_k(found, truth)
-    rows.append(Row("3 search", f"faiss recall@10 vs exact, {n:,} ({len(queries)} queries)", f"{recall:.3f}",
-                    "exact top-10 (1.000)", f"{recall:.3f}", ">= 0.95", recall >= 0.95))
-    index.search(encode(texts[0]), 10)
-    total, alone, _ = _latency(encode, lambda v: index.search(v, 10), texts)
-    p50 = float(np.median(alone))
-    rows.append(Row("3 search", f"text->top-10, faiss, {n:,} x {cfg.dim}",
-                    f"p50 {_ms(np.median(total))} / p95 {_ms(np.percentile(total, 95))} (search p50 {_ms(p50)})",
-                    f"exact search p50 {_ms(exact_p50)}", _ms(p50), "search p50 <= 10 ms", p50 <= 0.010))
-    path.unlink(missing_ok=True)
-    return rows
-
-
-# ----------------------------------------------------------------------------------------------- 4
 def bench_umap(cfg: BenchConfig, cat) -> list[Row]:
     """The dashboard's UMAP of ``umap_points`` points, and embedding a gallery of ``embed_items``."""
     from .pipeline import embed_features, embed_texts
@@ -374,119 +275,6 @@ def bench_umap(cfg: BenchConfig, cat) -> list[Row]:
 
 
 # ----------------------------------------------------------------------------------------------- 5
-def dashboard_skip_reason(entry: Path) -> str | None:
-    """Why the dashboard cannot be timed here, or None when it can."""
-    if not entry.is_file():
-        return f"{entry} not found"
-    if not Path("/usr/bin/chromium").is_file():
-        return "/usr/bin/chromium not installed"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright not installed"
-    try:
-        import streamlit  # noqa: F401
-    except ImportError:
-        return "streamlit not installed"
-    return None
-
-
-def bench_dashboard(cfg: BenchConfig, work: Path) -> list[Row]:
-    """Cold start (process launch to the home page drawn) and a page switch, in headless Chromium."""
-    entry = Path(cfg.dashboard)
-    reason = dashboard_skip_reason(entry)
-    if reason:
-        return [Row("5 dashboard", "dashboard cold start / page switch", f"skipped ({reason})", "-", "-", "-", None)]
-    try:
-        return _time_dashboard(entry, work)
-    except Exception as err:  # a dashboard under construction must not sink the rest of the table
-        msg = f"{type(err).__name__}: {err}".splitlines()[0][:100]
-        return [Row("5 dashboard", "dashboard cold start / page switch", f"failed ({msg})", "-", "-", "-", False)]
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-BUSY = '[data-testid="stSpinner"], [data-testid="stStatusWidgetRunningIcon"], ' \
-       '[data-testid="stStatusWidgetRunningManIcon"], [data-testid="stAppSkeleton"]'
-DRAWN = '[data-testid="stMainBlockContainer"] [data-testid="stElementContainer"]'
-
-
-def _settled(page, timeout_s: float = 120.0, quiet_s: float = 0.5) -> float:
-    """Wait until the app shows content and nothing runs for ``quiet_s``; the moment it settled."""
-    end = time.perf_counter() + timeout_s
-    since = None
-    while time.perf_counter() < end:
-        idle = page.locator(DRAWN).count() > 0 and page.locator(BUSY).count() == 0
-        now = time.perf_counter()
-        if idle:
-            since = since or now
-            if now - since >= quiet_s:
-                return since
-        else:
-            since = None
-        page.wait_for_timeout(50)
-    raise TimeoutError(f"the dashboard did not settle within {timeout_s:.0f} s")
-
-
-def _time_dashboard(entry: Path, work: Path) -> list[Row]:
-    import subprocess
-    import urllib.request
-
-    from playwright.sync_api import sync_playwright
-    port = _free_port()
-    env = {**os.environ, "XMODAL_CHECKPOINTS": str(work / "dashboard_runs")}
-    cmd = [sys.executable, "-m", "streamlit", "run", str(entry), "--server.headless", "true",
-           "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
-    url = f"http://127.0.0.1:{port}"
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited with {proc.returncode}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1):
-                    break
-            except OSError:
-                if time.perf_counter() - t0 > 60:
-                    raise TimeoutError("streamlit did not answer within 60 s")
-                time.sleep(0.1)
-        t_server = time.perf_counter() - t0
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox"])
-            page = browser.new_page()
-            page.goto(url)
-            page.wait_for_selector(DRAWN, timeout=120_000)
-            t_paint = time.perf_counter() - t0
-            t_home = _settled(page) - t0
-            links = page.locator('[data-testid="stSidebarNavLink"]')
-            if links.count() < 2:
-                raise RuntimeError("no second page in the sidebar navigation")
-            t1 = time.perf_counter()
-            links.nth(1).click()
-            page.wait_for_timeout(100)  # let the rerun start before watching for it to finish
-            t_switch = _settled(page) - t1
-            browser.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return [Row("5 dashboard", "cold start: launch -> first paint", f"{t_paint:.1f} s (server up {t_server:.1f} s)",
-                "budget 10 s", f"{t_paint:.1f} s", "<= 10 s", t_paint <= 10),
-            Row("5 dashboard", "cold start: launch -> home page settled", f"{t_home:.1f} s", "budget 20 s",
-                f"{t_home:.1f} s", "<= 20 s", t_home <= 20),
-            Row("5 dashboard", "page switch (Home -> 2nd page) settled", f"{t_switch:.2f} s", "budget 2 s",
-                f"{t_switch:.2f} s", "<= 2 s", t_switch <= 2)]
-
-
-# ----------------------------------------------------------------------------------------------- table
 def format_table(rows: list[Row]) -> str:
     """The rows as one aligned text table with a "target met?" column."""
     head = ("section", "measure", "xmodal", "limit (same run)", "figure", "target", "target met?")
@@ -495,6 +283,11 @@ def format_table(rows: list[Row]) -> str:
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
+
+
+def _bench_search(cfg: BenchConfig, cat, work: Path) -> list[Row]:
+    from .bench_search import bench_search  # imports this module: loaded only when it runs
+    return bench_search(cfg, cat, work)
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> list[Row]:
@@ -509,7 +302,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
         work = Path(cfg.work_dir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         steps = {"features": lambda: bench_features(cfg, cat), "training": lambda: bench_training(cfg, cat),
-                 "search": lambda: bench_search(cfg, cat, work), "umap": lambda: bench_umap(cfg, cat),
+                 "search": lambda: _bench_search(cfg, cat, work), "umap": lambda: bench_umap(cfg, cat),
                  "dashboard": lambda: bench_dashboard(cfg, work)}
         for name in SECTIONS:
             if name in cfg.sections:

@@ -1,0 +1,117 @@
+"""Section 3 of ``python -m xmodal.bench``: text-to-top-10 latency over galleries of 10k to 1M items, exact
+search against one pass over the gallery's memory, and the faiss index with its recall@10 against exact.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .bench import BenchConfig, Row, _best, _ms, _text_model, product_like
+
+
+def _latency(encode: Callable[[str], torch.Tensor], search: Callable[[torch.Tensor], object], texts: list[str],
+             paired: Callable[[], object] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-query seconds: end to end (text encoding included), search alone, and ``paired`` timed right
+    after each search (so that both see the same moment of a noisy machine)."""
+    total, alone, other = [], [], []
+    for text in texts:
+        t0 = time.perf_counter()
+        vec = encode(text)
+        t1 = time.perf_counter()
+        search(vec)
+        t2 = time.perf_counter()
+        total.append(t2 - t0)
+        alone.append(t2 - t1)
+        if paired is not None:
+            paired()
+            other.append(time.perf_counter() - t2)
+    return np.array(total), np.array(alone), np.array(other)
+
+
+def bench_search(cfg: BenchConfig, cat, work: Path) -> list[Row]:
+    """Text-to-top-10 latency: exact vs one memory pass, faiss recall and latency, per gallery size."""
+    from .pipeline import embed_texts
+    from .text import Vocab
+    vocab = Vocab.build(cat.captions)
+    model = _text_model(len(vocab), cfg.dim)
+    cpu = torch.device("cpu")
+    rng = np.random.default_rng(0)
+
+    def encode(text: str) -> torch.Tensor:
+        return embed_texts(model, vocab, [text], cpu)[0]  # [D]
+
+    for text in cat.captions[:5]:
+        encode(text)  # warm-up
+    enc = np.array([_best(lambda t=t: encode(t), 1) for t in rng.choice(cat.captions, 50)])
+    rows = [Row("3 search", "text encoding alone (one caption, BiLSTM)", f"p50 {_ms(np.median(enc))}",
+                "-", "-", "-", None)]
+    for n in sorted(cfg.sizes):
+        texts = list(rng.choice(cat.captions, max(10, min(cfg.latency_queries, int(3e7 // n)))))
+        rows += _search_rows(cfg, n, encode, texts, work)
+        gc.collect()
+    return rows
+
+
+def _search_rows(cfg: BenchConfig, n: int, encode: Callable[[str], torch.Tensor], texts: list[str], work: Path
+                 ) -> list[Row]:
+    """Exact search over ``n`` synthetic items against one memory pass; the faiss rows above the threshold."""
+    from .gallery import Gallery, GalleryConfig
+    gallery, queries = product_like(n, cfg.dim, seed=n, queries=cfg.recall_queries)  # [n, D], [q, D]
+    exact = Gallery.build(gallery, kind="exact")
+    exact.search(encode(texts[0]), 10)
+    gallery.sum()
+    # one pass: a plain sum reads every byte of the gallery once, timed right after each query's search
+    total, alone, passes = _latency(encode, lambda v: exact.search(v, 10), texts, lambda: gallery.sum())
+    one_pass = float(np.median(passes))
+    ratio = float(np.median(alone)) / one_pass
+    rows = [Row("3 search", f"text->top-10, exact, {n:,} x {cfg.dim}",
+                f"p50 {_ms(np.median(total))} / p95 {_ms(np.percentile(total, 95))} "
+                f"(search p50 {_ms(np.median(alone))})",
+                f"one pass (sum) p50 {_ms(one_pass)} ({gallery.numel() * 4 / one_pass / 1e9:.1f} GB/s)",
+                f"{ratio:.2f}x", "<= 1.5x", ratio <= 1.5)]
+    if n > GalleryConfig().faiss_above:
+        rows += _bench_faiss(gallery, queries, cfg, work, encode, texts, float(np.median(alone)))
+    return rows
+
+
+def _bench_faiss(gallery: torch.Tensor, queries: torch.Tensor, cfg: BenchConfig, work: Path,
+                 encode: Callable[[str], torch.Tensor], texts: list[str], exact_p50: float) -> list[Row]:
+    """Build (and reload) the faiss index of ``gallery``; its recall@10 and its query latency."""
+    from .gallery import Gallery, exact_topk, recall_at_k
+    n = len(gallery)
+    path = work / f"faiss_{n}.npz"
+    path.unlink(missing_ok=True)
+    t = time.perf_counter()
+    index = Gallery.build(gallery, kind="faiss", cache_path=path)
+    build_s = time.perf_counter() - t
+    info = index.info
+    rows = [Row("3 search", f"faiss IVF build, {n:,} x {cfg.dim}",
+                f"{build_s:.0f} s (nlist {info['nlist']}, nprobe {info['nprobe']} calibrated)",
+                f"train {info['train_s']:.0f} s + add {info['build_s'] - info['train_s']:.0f} s", f"{build_s:.0f} s",
+                "<= 180 s", build_s <= 180)]
+    t = time.perf_counter()
+    again = Gallery.build(gallery, kind="faiss", cache_path=path)
+    rows.append(Row("3 search", f"faiss index reload from the run-folder cache, {n:,}",
+                    f"{time.perf_counter() - t:.1f} s (from cache: {again.info['from_cache']})",
+                    f"build {build_s:.0f} s", "-", "-", None))
+    _, truth = exact_topk(gallery, queries, 10)
+    _, found = index.search(queries, 10)
+    recall = recall_at_k(found, truth)
+    rows.append(Row("3 search", f"faiss recall@10 vs exact, {n:,} ({len(queries)} queries)", f"{recall:.3f}",
+                    "exact top-10 (1.000)", f"{recall:.3f}", ">= 0.95", recall >= 0.95))
+    index.search(encode(texts[0]), 10)
+    total, alone, _ = _latency(encode, lambda v: index.search(v, 10), texts)
+    p50 = float(np.median(alone))
+    rows.append(Row("3 search", f"text->top-10, faiss, {n:,} x {cfg.dim}",
+                    f"p50 {_ms(np.median(total))} / p95 {_ms(np.percentile(total, 95))} (search p50 {_ms(p50)})",
+                    f"exact search p50 {_ms(exact_p50)}", _ms(p50), "search p50 <= 10 ms", p50 <= 0.010))
+    path.unlink(missing_ok=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- 4
