@@ -7,7 +7,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from .backbones import ImageFiles, image_transform, loader_workers
@@ -32,8 +32,20 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int | list[int]):
+        if isinstance(i, list):  # a whole batch from a BatchSampler (in-memory datasets)
+            return self.batch(i)
         return self.images[i], self.tokens[i], self.labels[i]
+
+    @property
+    def in_memory(self) -> bool:
+        """True when the images are cached tensors: a batch is then one indexing, not a stack of items."""
+        return isinstance(self.images, torch.Tensor)
+
+    def batch(self, index: list[int]):
+        """The batch at ``index`` in one go (in-memory datasets)."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return self.images[idx], self.tokens[idx], self.labels[idx]
 
 
 def make_loader(dataset: PairDataset, batch_size: int, ctx, seed: int, device: torch.device) -> DataLoader:
@@ -42,21 +54,30 @@ def make_loader(dataset: PairDataset, batch_size: int, ctx, seed: int, device: t
     Made once per run: decoding workers persist across epochs, and ``reseed`` gives each epoch its own
     shuffle, the same one on a resumed run.
     """
-    decode = not isinstance(dataset.images, torch.Tensor)
+    decode = not dataset.in_memory
     workers = loader_workers() if decode else 0
     sampler = ctx.sampler(dataset, seed)
+    if not decode:  # cached tensors: the batch sampler's indices fetch a whole batch at once
+        sampler = BatchSampler(sampler or RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)),
+                               batch_size=max(batch_size, 1), drop_last=len(sampler or dataset) > batch_size)
+        return DataLoader(dataset, sampler=sampler, batch_size=None, collate_fn=_as_is)
     return DataLoader(dataset, batch_size=max(batch_size, 1), shuffle=sampler is None, sampler=sampler,
                       generator=torch.Generator().manual_seed(seed) if sampler is None else None,
                       drop_last=len(sampler or dataset) > batch_size, num_workers=workers,
-                      pin_memory=decode and device.type == "cuda", persistent_workers=workers > 0)
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+
+
+def _as_is(batch):
+    return batch
 
 
 def reseed(loader: DataLoader, seed: int, epoch: int) -> None:
     """Fix this epoch's shuffle from ``seed`` and ``epoch``."""
-    if isinstance(loader.sampler, DistributedSampler):
-        loader.sampler.set_epoch(epoch)
-    elif loader.generator is not None:
-        loader.generator.manual_seed(seed + epoch)
+    sampler = loader.sampler.sampler if isinstance(loader.sampler, BatchSampler) else loader.sampler
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)
+    elif isinstance(sampler, RandomSampler) and sampler.generator is not None:
+        sampler.generator.manual_seed(seed + epoch)
 
 
 def make_optimizer(model: nn.Module, lr: float, backbone_lr_scale: float, weight_decay: float,
@@ -89,6 +110,7 @@ def train_one_epoch(model: nn.Module, loss_fn: Callable, loader: DataLoader, opt
         The mean of each loss term over the epoch.
     """
     model.train()
+    params = [p for p in model.parameters() if p.requires_grad]  # the clip skips frozen tensors
     sums: dict[str, float] = {}
     bar = tqdm(loader, desc=f"epoch {epoch}", unit="step", disable=not progress, leave=False)
     amp = device.type == "cuda"
@@ -109,7 +131,7 @@ def train_one_epoch(model: nn.Module, loss_fn: Callable, loader: DataLoader, opt
                                      "lower --lr or check the data")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        torch.nn.utils.clip_grad_norm_(params, 5.0, foreach=True)
         opt.step()
         sched.step()
         values = ctx.mean({"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}})
