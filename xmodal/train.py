@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from . import distributed as dist
-from .backbones import loader_workers
 from .data import make_splits, open_catalogue, resolve_data
 from .models import create_model, list_models, model_config
 from .paths import checkpoints_dir
@@ -30,6 +29,7 @@ from .runs import (MetricsLog, atomic_write_json, new_run_id, read_json, read_me
                    save_weights, write_status)
 from .text import Vocab, word_vectors
 from .training import PairDataset, make_loader, make_optimizer, reseed, train_one_epoch
+from .training import steps_per_epoch as epoch_steps
 
 
 @dataclass
@@ -234,7 +234,7 @@ def _train(cfg: TrainConfig, ctx, device: torch.device, run_dir: Path, resuming:
     dataset = {"features": PairDataset(features[train_idx] if features is not None else None,
                                        tokens[train_idx], labels),
                "pixels": PairDataset.from_images(cat, splits["train"], mcfg, tokens[train_idx], labels)}
-    steps_per_epoch = len(make_loader(dataset["pixels"], cfg.batch_size // ctx.world, ctx, seed=0, device=device))
+    steps_per_epoch = epoch_steps(len(train_idx), cfg.batch_size // ctx.world, ctx.world)
     opt, sched = make_optimizer(model, cfg.lr, cfg.backbone_lr_scale, cfg.weight_decay,
                                 total_steps=epochs * steps_per_epoch, warmup_frac=cfg.warmup_frac)
     ddp_model = ctx.wrap(model)
@@ -273,9 +273,6 @@ def _train(cfg: TrainConfig, ctx, device: torch.device, run_dir: Path, resuming:
         model.set_backbone_trainable(pixels=not use_features)
         if kind not in loaders:
             loaders[kind] = make_loader(dataset[kind], cfg.batch_size // ctx.world, ctx, seed=cfg.seed, device=device)
-            if kind == "pixels" and loader_workers() and device.type == "cpu":
-                # decoding workers and compute share the cores: oversubscribed threads stall each other
-                torch.set_num_threads(max(1, (os.cpu_count() or 1) - loader_workers()))
         loader = loaders[kind]
         reseed(loader, cfg.seed, epoch)
         train_one_epoch(ddp_model, model.loss, loader, opt, sched, device, epoch, on_step, ctx,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable
 
 import numpy as np
@@ -52,7 +53,8 @@ def make_loader(dataset: PairDataset, batch_size: int, ctx, seed: int, device: t
     """Shuffled batches (a DistributedSampler under DDP); workers only when images are decoded.
 
     Made once per run: decoding workers persist across epochs, and ``reseed`` gives each epoch its own
-    shuffle, the same one on a resumed run.
+    shuffle, the same one on a resumed run. On CPU, decoding workers get cores of their own (torch keeps
+    the rest), so loading overlaps compute instead of competing with it.
     """
     decode = not dataset.in_memory
     workers = loader_workers() if decode else 0
@@ -61,10 +63,19 @@ def make_loader(dataset: PairDataset, batch_size: int, ctx, seed: int, device: t
         sampler = BatchSampler(sampler or RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)),
                                batch_size=max(batch_size, 1), drop_last=len(sampler or dataset) > batch_size)
         return DataLoader(dataset, sampler=sampler, batch_size=None, collate_fn=_as_is)
+    if workers and device.type == "cpu":  # decoding workers and compute share the cores: leave them theirs
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
     return DataLoader(dataset, batch_size=max(batch_size, 1), shuffle=sampler is None, sampler=sampler,
                       generator=torch.Generator().manual_seed(seed) if sampler is None else None,
                       drop_last=len(sampler or dataset) > batch_size, num_workers=workers,
                       pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+
+
+def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
+    """Batches ``make_loader`` yields per epoch for ``n`` items (per rank under DDP)."""
+    per_rank = n // world if world > 1 else n
+    batch_size = max(batch_size, 1)
+    return per_rank // batch_size if per_rank > batch_size else math.ceil(per_rank / batch_size)
 
 
 def _as_is(batch):
