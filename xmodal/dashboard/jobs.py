@@ -112,7 +112,14 @@ def stop_run(run_dir: Path) -> bool:
     """Ask a running run to stop (SIGTERM to its pid); False when it is not running here."""
     status = read_status(run_dir)
     pid = status.get("pid")
-    if status.get("state") != "running" or status.get("host") != socket.gethostname() or not isinstance(pid, int):
+    if status.get("state") != "running" or status.get("host") != socket.gethostname():
+        return False
+    return _terminate(pid)
+
+
+def _terminate(pid) -> bool:
+    """SIGTERM to ``pid`` (a clean stop for trainers and queues); False when there is no such process."""
+    if not isinstance(pid, int):
         return False
     try:
         os.kill(pid, signal.SIGTERM)
@@ -231,13 +238,9 @@ def stop_queue(path: Path) -> bool:
     """Cancel a queue: its runner stops the current run and skips the rest."""
     queue = read_queue(path)
     pid = queue.get("pid")
-    if queue.get("state") != "running" or not isinstance(pid, int):
+    if queue.get("state") != "running":
         return False
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    return True
+    return _terminate(pid)
 
 
 def start_projection(run_dir: Path, method: str = "umap") -> bool:
