@@ -289,6 +289,13 @@ TORCH_FREE = ["xmodal", "xmodal.runs", "xmodal.data", "xmodal.paths", *(f"xmodal
     "state", "analysis", "plots", "jobs", "sidebar", "ui", "queries", "uploads", "projection", "queue"))]
 
 
+def _python_ok(code: str) -> None:
+    """Run ``code`` in a fresh interpreter from the repo root; it must exit cleanly."""
+    res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
 def test_home_modules_do_not_import_torch():
     code = (f"import sys, importlib\nfor m in {TORCH_FREE!r}: importlib.import_module(m)\n"
             "from xmodal.dashboard import jobs\n"
@@ -296,9 +303,7 @@ def test_home_modules_do_not_import_torch():
             "heavy = sorted(m for m in ('torch', 'torchvision', 'timm', 'umap', 'xmodal.search', 'xmodal.models') "
             "if m in sys.modules)\n"
             "assert not heavy, heavy\n")
-    res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
-                         text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    _python_ok(code)
 
 
 def test_torch_free_constants_match_the_library():
@@ -333,6 +338,4 @@ def test_warm_pytorch_imports_search_in_the_background():
             "assert len(state._warming) == 1\n"
             "state._warming[0].join(300)\n"
             "assert state.pytorch_loaded() and 'torch' in sys.modules\n")
-    res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
-                         text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    _python_ok(code)

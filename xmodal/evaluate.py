@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import CatalogueError, load_catalogue, make_splits, resolve_data
+from .data import CatalogueError, load_catalogue, make_splits
 from .pipeline import evaluate_split
-from .search import RunError, load_model
+from .search import RunError, load_model, run_catalogue_path
 
 DIRECTIONS = ("text_to_image", "image_to_text")
 
@@ -37,9 +37,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "tes
     """Metrics dict for one run (see module docstring)."""
     run_dir = Path(run_dir)
     model, vocab, config = load_model(run_dir, device)
-    path = resolve_data(data) if data else Path(config["data"]["path"])
-    if data is None and config["data"]["name"] == "demo":
-        path = resolve_data("demo")
+    path = run_catalogue_path(config, data)
     cat = load_catalogue(path)
     same = cat.fingerprint == config["data"]["fingerprint"]
     index = split_index(cat, config, split, same, run_dir)

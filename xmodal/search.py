@@ -18,7 +18,7 @@ from PIL import Image
 
 from .data import Catalogue, CatalogueError, load_catalogue, resolve_data
 from .gallery import Gallery
-from .models import create_model, model_config
+from .models import rebuild_model
 from .pipeline import embed_catalogue_images, embed_pil, embed_texts
 from .runs import read_json
 from .text import Vocab
@@ -52,10 +52,7 @@ def load_model(run_dir: str | os.PathLike, device: torch.device | str = "cpu", w
     if not (run_dir / weights).is_file():
         raise RunError(f"{run_dir} has no {weights} yet: the run has not finished an epoch")
     vocab = Vocab.load(run_dir / "vocab.json")
-    mcfg = model_config(config["model"], **{**config["model_config"], "pretrained": False})
-    mcfg.weights_source = config["model_config"]["weights_source"]
-    mcfg.finetune = config["model_config"]["finetune"]
-    model = create_model(config["model"], mcfg)
+    model = rebuild_model(config["model"], config["model_config"])
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     try:
@@ -64,6 +61,16 @@ def load_model(run_dir: str | os.PathLike, device: torch.device | str = "cpu", w
     except (SafetensorError, RuntimeError, OSError) as err:
         raise RunError(f"{run_dir / weights} cannot be loaded ({err}); retrain or resume the run") from err
     return model.to(device).eval(), vocab, config
+
+
+def run_catalogue_path(config: dict, data: str | None = None) -> Path:
+    """The catalogue folder to search or evaluate: ``data`` if given, else the run's own (the demo is
+    found in this machine's cache, wherever it lay when the run trained)."""
+    if data:
+        return resolve_data(data)
+    if config["data"]["name"] == "demo":
+        return resolve_data("demo")
+    return Path(config["data"]["path"])
 
 
 class Run:
@@ -78,11 +85,8 @@ class Run:
         if catalogue is not None:  # already loaded and validated by the caller (the dashboard's cache)
             self.catalogue: Catalogue = catalogue
         else:
-            data_path = data or self.config["data"]["path"]
-            if data is None and self.config["data"]["name"] == "demo":
-                data_path = str(resolve_data("demo"))
             try:
-                self.catalogue = load_catalogue(data_path)
+                self.catalogue = load_catalogue(run_catalogue_path(self.config, data))
             except CatalogueError as err:
                 raise RunError(f"the gallery catalogue of {self.dir.name} cannot be loaded: {err}") from err
         self._image_embeds: torch.Tensor | None = None

@@ -22,7 +22,7 @@ import torch
 
 from . import distributed as dist
 from .data import make_splits, open_catalogue, resolve_data
-from .models import create_model, list_models, model_config
+from .models import create_model, list_models, rebuild_model
 from .paths import checkpoints_dir
 from .pipeline import caption_groups, catalogue_features, evaluate_split
 from .runs import (MetricsLog, atomic_write_json, new_run_id, read_json, read_metrics, save_torch,
@@ -185,10 +185,7 @@ def _train(cfg: TrainConfig, ctx, device: torch.device, run_dir: Path, resuming:
     if cfg.download_weights:
         os.environ["XMODAL_ALLOW_DOWNLOAD"] = "1"
     if resuming:
-        saved = read_json(run_dir / "config.json")
-        mcfg = model_config(cfg.model, **{**saved["model_config"], "pretrained": False})
-        mcfg.weights_source = saved["model_config"]["weights_source"]
-        model = create_model(cfg.model, mcfg)
+        model = rebuild_model(cfg.model, read_json(run_dir / "config.json")["model_config"])
     else:
         model = create_model(cfg.model, **overrides)
         if ctx.is_main:  # the same vectors on every rank come from the broadcast of the weights by DDP

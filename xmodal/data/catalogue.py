@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 import re
 from dataclasses import dataclass, field
@@ -113,17 +114,13 @@ def _safe_relative(root: Path, rel: str) -> Path | None:
     return path
 
 
-def _check_image(path: Path) -> str | None:
-    """None if the image decodes, else the reason it does not."""
-    if not path.is_file():
-        return "missing image"
+def _check_image(data: bytes) -> str | None:
+    """None if the image bytes decode, else the reason they do not."""
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             if im.width * im.height > MAX_IMAGE_PIXELS:
                 return "image too large"
-            im.verify()
-        with Image.open(path) as im:  # verify() does not decode pixel data; load() does
-            im.load()
+            im.load()  # decodes every pixel: truncated or corrupt data fails here
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return "corrupt or unreadable image"
     return None
@@ -185,7 +182,11 @@ def load_catalogue(root: str | os.PathLike, check_images: bool = True) -> Catalo
             if item_id in seen_ids:
                 report.skip("duplicate item id", f"line {line_no}: {item_id}")
                 continue
-            problem = _check_image(path) if check_images else (None if path.is_file() else "missing image")
+            try:
+                data = path.read_bytes()  # read once: checked and fingerprinted from memory
+            except OSError:
+                data = None
+            problem = "missing image" if data is None else (_check_image(data) if check_images else None)
             if problem:
                 report.skip(problem, f"line {line_no}: {rel}")
                 continue
@@ -197,10 +198,8 @@ def load_catalogue(root: str | os.PathLike, check_images: bool = True) -> Catalo
                 attrs[c].append((row.get(c) or "").strip())
             if has_split:
                 splits.append((row.get("split") or "").strip().lower())
-            st = path.stat()
-            hasher.update(f"{rel}\t{caption}\t{item_id}\t{st.st_size}\n".encode())
-            with open(path, "rb") as img_f:
-                hasher.update(hashlib.sha1(img_f.read()).digest())
+            hasher.update(f"{rel}\t{caption}\t{item_id}\t{len(data)}\n".encode())
+            hasher.update(hashlib.sha1(data).digest())
     report.kept = len(captions)
     if not captions:
         raise CatalogueError(f"{csv_path} has no usable rows.\n{report.summary()}")

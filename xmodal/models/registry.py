@@ -41,3 +41,12 @@ def create_model(name: str, cfg: ModelConfig | None = None, **overrides) -> nn.M
     """Build model ``name`` from ``cfg`` (or its defaults plus ``overrides``)."""
     fn, _ = _lookup(name)
     return fn(cfg if cfg is not None else model_config(name, **overrides))
+
+
+def rebuild_model(name: str, saved: dict) -> nn.Module:
+    """Model ``name`` from a saved ``model_config`` dict, as it was trained (no pretrained download:
+    its weights, backbone included, come from the checkpoint)."""
+    cfg = model_config(name, **{**saved, "pretrained": False})
+    cfg.weights_source = saved.get("weights_source")  # None is dropped above; keep the record exact
+    cfg.finetune = bool(saved.get("finetune", False))
+    return create_model(name, cfg)
