@@ -123,22 +123,39 @@ def test_bad_checkpoint_is_a_clear_error(trained_run, tmp_path, capsys):
         load_run(tmp_path)
 
 
-def test_failed_run_records_its_error(tmp_path):
+def test_unusable_catalogue_is_one_line_and_writes_nothing(tmp_path, capsys):
     cat = tmp_path / "empty"
     cat.mkdir()
     (cat / "captions.csv").write_text("image,caption\nmissing.jpg,Nothing Here\n")
-    with pytest.raises(Exception, match="no usable rows"):
-        train_cli(["--model", "siamese", "--data", str(cat), "--out", str(tmp_path), "--run-id", "bad"])
+    assert train_cli(["--model", "siamese", "--data", str(cat), "--out", str(tmp_path / "runs"),
+                      "--run-id", "bad"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "no usable rows" in err and len(err.splitlines()) == 1
+    assert "Traceback" not in err and not (tmp_path / "runs" / "bad").exists()
+
+
+def test_a_failure_inside_the_run_is_recorded(tiny_catalogue, tmp_path, monkeypatch, capsys):
+    import xmodal.train as train_mod
+
+    def boom(*args, **kw):
+        raise RuntimeError("simulated fault in the loop")
+    monkeypatch.setattr(train_mod, "train_one_epoch", boom)
+    assert train_cli(["--model", "siamese", "--data", str(tiny_catalogue), "--epochs", "1", "--batch-size", "16",
+                      "--out", str(tmp_path), "--run-id", "bad", *TINY_SIZE]) == 1
     status = read_status(tmp_path / "bad")
-    assert status["state"] == "failed" and "no usable rows" in status["error"]
+    assert status["state"] == "failed" and "simulated fault" in status["error"]
+    assert "Traceback" in (tmp_path / "bad" / "error.log").read_text()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "--debug" in err
 
 
-def test_cuda_request_without_gpu_is_refused(tiny_catalogue, tmp_path):
+def test_cuda_request_without_gpu_is_refused(tiny_catalogue, tmp_path, capsys):
     import torch
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(SystemExit, match="no CUDA GPU"):
-        train_cli(["--model", "siamese", "--data", str(tiny_catalogue), "--device", "cuda", "--out", str(tmp_path)])
+    assert train_cli(["--model", "siamese", "--data", str(tiny_catalogue), "--device", "cuda",
+                      "--out", str(tmp_path)]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err and not any(tmp_path.iterdir())
 
 
 def test_finetune_after_frozen_epochs(tiny_catalogue, tmp_path):

@@ -8,29 +8,54 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .data import CatalogueError, load_catalogue, make_splits
+from .runs import read_json
 from .pipeline import evaluate_split
 from .search import RunError, load_model, run_catalogue_path
 
 DIRECTIONS = ("text_to_image", "image_to_text")
 
 
-def split_index(cat, run_config: dict, split: str, same_catalogue: bool, run_dir: Path) -> np.ndarray:
-    """Indices of ``split`` in ``cat``: the run's own recorded split when it is the run's catalogue."""
+def split_index(cat, run_config: dict, split: str, run_dir: Path) -> tuple[np.ndarray, dict]:
+    """Positions of ``split`` in ``cat``, and what they are.
+
+    On the run's own catalogue, even edited since training (same folder, or most of the run's items
+    present), items are matched by ``item_id`` against the run's ``splits.json``: the run's train and
+    val items are never scored as its test, and items added or removed since are counted. A catalogue
+    the run never saw is split by its own split column or the run's split seed.
+
+    Returns:
+        (index, info) where info says ``source`` and the counts ``new_since_training``,
+        ``gone_since_training`` and, for ``all``, ``seen_in_training``.
+    """
+    recorded = read_json(run_dir / "splits.json")
+    if not isinstance(recorded, dict) or not all(isinstance(recorded.get(s), list) for s in ("train", "val", "test")):
+        raise RunError(f"{run_dir}/splits.json is missing or damaged; the run's split is unknown")
+    known = {x: s for s in ("train", "val", "test") for x in recorded[s]}
+    ids = cat.item_ids
+    present = sum(x in known for x in ids)
+    same_folder = Path(run_config["data"].get("path", "")).resolve() == Path(cat.root).resolve()
+    own = same_folder or cat.fingerprint == run_config["data"].get("fingerprint") or present >= 0.5 * len(known)
     if split == "all":
-        return np.arange(len(cat))
-    if same_catalogue:
-        recorded = json.loads((run_dir / "splits.json").read_text())
-        pos = {item: i for i, item in enumerate(cat.item_ids)}
-        return np.array(sorted(pos[x] for x in recorded[split] if x in pos), dtype=np.int64)
-    sp = run_config["split"]
-    return make_splits(cat, seed=sp["seed"], fractions=tuple(sp["fractions"]))[split]
+        seen = sum(known.get(x) in ("train", "val") for x in ids)
+        return np.arange(len(cat)), {"source": "every item of the catalogue", "seen_in_training": seen}
+    if own:
+        index = np.array([i for i, x in enumerate(ids) if known.get(x) == split], dtype=np.int64)
+        new = sum(x not in known for x in ids)
+        gone = len(recorded[split]) - len(index)
+        return index, {"source": f"the run's recorded {split} split (splits.json, matched by item_id)",
+                       "new_since_training": new, "gone_since_training": gone}
+    sp = run_config.get("split", {})
+    index = make_splits(cat, seed=sp.get("seed", 0), fractions=tuple(sp.get("fractions", (0.8, 0.1, 0.1))))[split]
+    return index, {"source": f"the {split} split of a catalogue this run never saw (its own split)"}
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "test", device: str = "cpu") -> dict:
@@ -40,18 +65,25 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "tes
     path = run_catalogue_path(config, data)
     cat = load_catalogue(path)
     same = cat.fingerprint == config["data"]["fingerprint"]
-    index = split_index(cat, config, split, same, run_dir)
+    index, info = split_index(cat, config, split, run_dir)
     if len(index) == 0:
-        raise ValueError(f"the {split} split of {path} is empty")
+        raise ValueError(f"the {split} split of {path} is empty ({info['source']})")
     res = evaluate_split(model, vocab, cat, index, torch.device(device))
+    notes = []
+    if info.get("new_since_training") or info.get("gone_since_training"):
+        notes.append(f"the catalogue changed since training: {info.get('new_since_training', 0)} new items "
+                     f"(in no split, not scored), {info.get('gone_since_training', 0)} {split} items gone")
+    if info.get("seen_in_training"):
+        notes.append(f"{info['seen_in_training']} of these items were trained or validated on")
     return {"run": run_dir.name, "model": config["model"], "catalogue": str(path),
-            "trained_on_this_catalogue": same, "split": split, **res,
-            "protocol": f"{split} split, 1:1 gallery of {res['gallery_size']} items; item-level: only the "
+            "trained_on_this_catalogue": same, "split": split, "items": info, "notes": notes, **res,
+            "protocol": f"{info['source']}; 1:1 gallery of {res['gallery_size']} items; item-level: only the "
                         "item's own pair is correct; caption-level: identical captions all count as correct"}
 
 
 def format_table(res: dict) -> str:
     lines = [f"{res['model']} ({res['run']}) on {res['catalogue']}", f"protocol: {res['protocol']}",
+             *(f"note: {n}" for n in res.get("notes", [])),
              f"{'ground truth':<14}{'direction':<15}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'medR':>7}{'meanR':>8}"]
     for gt in ("item", "caption"):
         for d in DIRECTIONS:
@@ -67,13 +99,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True, help="run folder (checkpoints/<run-id>)")
     p.add_argument("--data", help="catalogue to evaluate on (default: the run's own)")
     p.add_argument("--split", choices=["test", "val", "all"], default="test")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks (also XMODAL_DEBUG=1)")
     a = p.parse_args(argv)
+    debug = a.debug or os.environ.get("XMODAL_DEBUG", "") not in ("", "0")
     try:
+        if a.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
         res = evaluate_run(a.run, a.data, a.split, a.device)
-    except (RunError, CatalogueError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (RunError, CatalogueError, ValueError, OSError, KeyError, TypeError) as err:
+        # a damaged or foreign run folder (config keys, types) is the user's input, not a bug
+        if debug:
+            traceback.print_exc()
+        detail = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        if isinstance(err, (KeyError, TypeError)):
+            detail = f"{a.run} does not look like a complete xmodal run folder ({type(err).__name__}: {detail})"
+        print(f"error: {detail}", file=sys.stderr)
         return 2
     print(json.dumps(res, indent=1) if a.json else format_table(res))
     return 0

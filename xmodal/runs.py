@@ -26,14 +26,22 @@ STATES = ("running", "finished", "failed", "stopped")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename.
+
+    On any failure (a full disk, a stop signal) the temporary file is removed and ``path`` keeps its
+    previous content.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -64,10 +72,45 @@ def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str,
 
 def save_torch(path: Path, obj: dict) -> None:
     """``torch.save`` atomically (tensors, numbers, strings only: loadable with weights_only=True)."""
+    import io
+
     import torch
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_best(run_dir: Path, state: dict[str, torch.Tensor], info: dict) -> None:
+    """Write ``best.safetensors`` and the record that describes it (``info``: epoch, val_rsum, val) as one unit.
+
+    The record travels inside the weights file's metadata, so no stop can leave the two disagreeing;
+    ``best.json`` is a readable copy written after it, and ``read_best`` trusts the weights file.
+    """
+    save_weights(Path(run_dir) / "best.safetensors", state, {"best": json.dumps(info, default=_json_default)})
+    atomic_write_json(Path(run_dir) / "best.json", info)
+
+
+def read_best(run_dir: Path) -> dict | None:
+    """The record of a run's best checkpoint (epoch, val_rsum, val), from ``best.safetensors`` itself.
+
+    Falls back to ``best.json`` for runs written before the record moved into the weights file.
+    """
+    path = Path(run_dir) / "best.safetensors"
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n < 100_000_000:
+                return None
+            meta = json.loads(f.read(n)).get("__metadata__") or {}
+    except (OSError, ValueError):
+        return None
+    if "best" in meta:
+        try:
+            return json.loads(meta["best"])
+        except json.JSONDecodeError:
+            return None
+    legacy = read_json(Path(run_dir) / "best.json")
+    return legacy if isinstance(legacy, dict) else None
 
 
 def new_run_id(model: str) -> str:
@@ -92,6 +135,88 @@ class MetricsLog:
     def flush(self) -> None:
         atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in self.rows).encode())
         self._last = time.time()
+
+
+class RunLocked(RuntimeError):
+    """Another live process holds the run folder."""
+
+
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """One writer per run folder: an exclusive ``flock`` on ``<run>/.lock``.
+
+    The kernel releases the lock when its process exits in any way (kill -9 included), so a lock left by
+    a dead process is never in the way; the file names the holder (pid, host, start, command) for
+    ``read_lock``. Use ``RunLock.acquire(run_dir, command)`` and ``release()`` (or ``with``).
+    """
+
+    def __init__(self, run_dir: Path, fd: int):
+        self.run_dir, self._fd = Path(run_dir), fd
+
+    @classmethod
+    def acquire(cls, run_dir: Path, command: str = "") -> "RunLock":
+        """Take the lock of ``run_dir`` (which must exist) or raise ``RunLocked`` naming the holder."""
+        import fcntl
+        path = Path(run_dir) / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        for attempt in range(3):  # a reader's brief shared lock (read_lock) is not a holder: retry
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt < 2:
+                    time.sleep(0.05)
+        else:
+            os.close(fd)
+            holder = read_lock(run_dir) or {}
+            since = time.strftime("%H:%M:%S", time.localtime(holder.get("started", time.time())))
+            raise RunLocked(f"run folder {run_dir} is in use by process {holder.get('pid', '?')} on "
+                            f"{holder.get('host', '?')} since {since}; wait for it to finish, or stop it "
+                            "(Stop in the dashboard, or kill that process), then try again") from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": command}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        return cls(run_dir, fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def read_lock(run_dir: Path) -> dict | None:
+    """``{"pid", "host", "started", "command"}`` of the live process holding ``run_dir``; None when free.
+
+    A lock file left by a process that has died is free (the kernel dropped its ``flock``).
+    """
+    import fcntl
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # held by a live process
+            try:
+                info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            except json.JSONDecodeError:
+                info = {}
+            return {"pid": info.get("pid"), "host": info.get("host"), "started": info.get("started"),
+                    "command": info.get("command", "")}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -165,6 +290,6 @@ def list_runs(root: str | Path | None = None) -> list[RunInfo]:
         config = read_json(d / "config.json") if d.is_dir() else None
         if not config:
             continue
-        runs.append(RunInfo(d, config, read_status(d), read_json(d / "test.json"), read_json(d / "best.json")))
+        runs.append(RunInfo(d, config, read_status(d), read_json(d / "test.json"), read_best(d)))
     runs.sort(key=lambda r: r.config.get("created", 0), reverse=True)
     return runs

@@ -1,0 +1,378 @@
+"""The training command under bad flags, bad run folders, stops, kills, a full disk and a second writer.
+
+Every case checks what the user sees (one line, exit code 2 for their own mistakes) and what is left on
+disk (nothing written for a refused command; a loadable last good checkpoint after a fault).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_SIZE
+from xmodal.evaluate import main as evaluate_cli
+from xmodal.runs import RunLock, read_json, read_lock, read_metrics, read_status
+from xmodal.train import main as train_cli
+
+
+def base(cat: Path, out: Path, run_id: str = "r", model: str = "siamese", epochs: int = 2) -> list[str]:
+    return ["--model", model, "--data", str(cat), "--epochs", str(epochs), "--batch-size", "16",
+            "--out", str(out), "--run-id", run_id, *TINY_SIZE]
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+BAD_FLAGS = [
+    (["--epochs", "0"], "--epochs"), (["--epochs", "-3"], "--epochs"),
+    (["--batch-size", "0"], "--batch-size"), (["--batch-size", "-8"], "--batch-size"),
+    (["--batch-size", "1"], "--batch-size"), (["--embed-dim", "0"], "--embed-dim"),
+    (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"), (["--lr", "0"], "--lr"), (["--lr", "-1e-3"], "--lr"),
+    (["--weight-decay", "-0.1"], "--weight-decay"), (["--weight-decay", "nan"], "--weight-decay"),
+    (["--image-size", "0", "0"], "--image-size"), (["--image-size", "64", "-48"], "--image-size"),
+    (["--cmpc-weight", "nan"], "--cmpc-weight"), (["--tune-blocks", "-1"], "--tune-blocks"),
+    (["--freeze-epochs", "2"], "--freeze-epochs"), (["--finetune", "--freeze-epochs", "-1"], "--freeze-epochs"),
+    (["--seed", "-1"], "--seed"), (["--split-seed", "-5"], "--split-seed"),
+    (["--set", "margin=1..0"], "margin"), (["--set", "margin=nan"], "margin"), (["--set", "margin=-2"], "margin"),
+    (["--set", "dropout=1.5"], "dropout"), (["--set", "no_such_field=1"], "no_such_field"),
+    (["--set", "vocab_size=10"], "vocab_size"), (["--set", "margin"], "FIELD=VALUE"),
+    (["--set", "backbone=resnet"], "backbone"), (["--set", "pretrained=maybe"], "pretrained"),
+    (["--set", "lstm_dim=abc"], "lstm_dim"), (["--run-id", "../escape"], "--run-id"),
+    (["--run-id", ".hidden"], "--run-id"), (["--epochs", "two"], "--epochs"), (["--model", "resnet"], "--model"),
+]
+
+
+@pytest.mark.parametrize("flags,named", BAD_FLAGS, ids=[" ".join(f) for f, _ in BAD_FLAGS])
+def test_bad_flag_is_one_line_exit_2_nothing_written(flags, named, tiny_catalogue, tmp_path, capsys):
+    out = tmp_path / "runs"
+    argv = ["--model", "siamese", "--data", str(tiny_catalogue), "--out", str(out), *flags]
+    try:
+        code = train_cli(argv)
+    except SystemExit as e:  # argparse's own type errors exit through SystemExit(2)
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and named in err, err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_bad_data_paths_are_one_line(tmp_path, capsys):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("hello")
+    empty_csv = tmp_path / "emptycsv"
+    empty_csv.mkdir()
+    (empty_csv / "captions.csv").write_text("")
+    for data in (tmp_path / "nowhere", a_file, tmp_path, empty_csv):
+        assert train_cli(["--model", "siamese", "--data", str(data), "--out", str(tmp_path / "runs")]) == 2
+        assert str(data.name) in one_error_line(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_existing_run_id_is_refused_and_left_intact(tiny_catalogue, tmp_path, capsys):
+    assert train_cli(base(tiny_catalogue, tmp_path, epochs=1)) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file() and p.name != ".lock"}
+    capsys.readouterr()
+    other = tmp_path / "other"
+    from xmodal.data import generate_demo
+    generate_demo(other, n=40, seed=5)
+    assert train_cli(base(other, tmp_path, epochs=1)) == 2  # same id, different data
+    assert "already exists" in one_error_line(capsys)
+    after = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file() and p.name != ".lock"}
+    assert after == before
+    # a bad flag with --overwrite still writes nothing
+    assert train_cli([*base(other, tmp_path, epochs=1), "--overwrite", "--lr", "nan"]) == 2
+    assert read_json(tmp_path / "r" / "config.json") == json.loads(before["config.json"])
+    # --overwrite replaces it, and nothing of the old run is left
+    assert train_cli([*base(other, tmp_path, epochs=1), "--overwrite"]) == 0
+    config = read_json(tmp_path / "r" / "config.json")
+    assert config["data"]["path"] == str(other) and config["data"]["items"] <= 40
+
+
+def test_resume_flags_other_than_epochs_and_device_are_refused(trained_run, capsys):
+    assert train_cli(["--resume", str(trained_run), "--model", "siamese"]) == 2
+    assert "--model" in one_error_line(capsys)
+
+
+def test_resume_of_a_finished_run_changes_nothing(tiny_catalogue, tmp_path, capsys):
+    assert train_cli(base(tiny_catalogue, tmp_path, epochs=1)) == 0
+    test_before = (tmp_path / "r" / "test.json").read_bytes()
+    assert train_cli(["--resume", str(tmp_path / "r")]) == 0
+    assert "nothing to do" in capsys.readouterr().err
+    assert (tmp_path / "r" / "test.json").read_bytes() == test_before
+
+
+def test_resume_honours_epochs_and_adds_train_time(tiny_catalogue, tmp_path):
+    assert train_cli(base(tiny_catalogue, tmp_path, epochs=1)) == 0
+    first = read_json(tmp_path / "r" / "test.json")["train_seconds"]
+    assert train_cli(["--resume", str(tmp_path / "r"), "--epochs", "2"]) == 0
+    epochs = [r["epoch"] for r in read_metrics(tmp_path / "r") if r["kind"] == "epoch"]
+    assert epochs == [1, 2]
+    assert read_json(tmp_path / "r" / "config.json")["train"]["epochs"] == 2
+    assert read_json(tmp_path / "r" / "test.json")["train_seconds"] > first > 0
+
+
+def test_stop_during_epoch_1_can_be_resumed(tiny_catalogue, tmp_path, monkeypatch):
+    import xmodal.train as train_mod
+    real = train_mod.train_one_epoch
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt  # Ctrl-C during the first epoch: no last.pt yet
+    monkeypatch.setattr(train_mod, "train_one_epoch", interrupted)
+    assert train_cli(base(tiny_catalogue, tmp_path)) == 130
+    assert not (tmp_path / "r" / "last.pt").exists() and read_status(tmp_path / "r")["state"] == "stopped"
+    monkeypatch.setattr(train_mod, "train_one_epoch", real)
+    assert train_cli(["--resume", str(tmp_path / "r")]) == 0
+    assert [r["epoch"] for r in read_metrics(tmp_path / "r") if r["kind"] == "epoch"] == [1, 2]
+    assert read_status(tmp_path / "r")["state"] == "finished"
+
+
+def test_damaged_run_folders_are_one_line(trained_run, tmp_path, capsys):
+    cases = {
+        "config.json": (b"{not json", "config.json"),
+        "last.pt": (b"\x80\x02garbage", "last.pt"),
+        "vocab.json": (b"", "vocab.json"),
+    }
+    for name, (content, named) in cases.items():
+        run = tmp_path / f"bad-{name}"
+        shutil.copytree(trained_run, run)
+        (run / ".lock").unlink(missing_ok=True)
+        (run / name).write_bytes(content)
+        assert train_cli(["--resume", str(run), "--epochs", "3"]) == 2, name
+        assert named in one_error_line(capsys)
+    assert train_cli(["--resume", str(tmp_path / "absent")]) == 2
+    assert "no such run folder" in one_error_line(capsys)
+
+
+class Payload:  # any Python object: torch.load(weights_only=True) must refuse to unpickle it
+    pass
+
+
+def test_a_pickle_in_last_pt_is_refused_without_suggesting_unsafe_loading(trained_run, tmp_path, capsys):
+    import torch
+    run = tmp_path / "pickled"
+    shutil.copytree(trained_run, run)
+    state = torch.load(run / "last.pt", weights_only=True)
+    state["payload"] = Payload()
+    torch.save(state, run / "last.pt", pickle_module=pickle)
+    assert train_cli(["--resume", str(run), "--epochs", "3"]) == 2
+    line = one_error_line(capsys)
+    assert "refused: this file is not a safe checkpoint" in line and "weights_only=False" not in line
+
+
+def test_resume_needs_the_same_catalogue(tiny_catalogue, tmp_path, capsys):
+    cat = tmp_path / "cat"
+    shutil.copytree(tiny_catalogue, cat)
+    assert train_cli(base(cat, tmp_path / "runs", epochs=1)) == 0
+    lines = (cat / "captions.csv").read_text().splitlines(keepends=True)
+    (cat / "captions.csv").write_text("".join(lines[:-1]))  # one product removed
+    assert train_cli(["--resume", str(tmp_path / "runs" / "r"), "--epochs", "2"]) == 2
+    assert "changed since run" in one_error_line(capsys)
+
+
+def test_lock_one_writer_per_run_folder(trained_run, tmp_path, capsys):
+    run = tmp_path / "locked"
+    shutil.copytree(trained_run, run)
+    assert read_lock(run) is None
+    with RunLock.acquire(run, command="test holder"):
+        holder = read_lock(run)
+        assert holder["pid"] == os.getpid() and holder["command"] == "test holder"
+        assert train_cli(["--resume", str(run), "--epochs", "3"]) == 2
+        assert f"in use by process {os.getpid()}" in one_error_line(capsys)
+    assert read_lock(run) is None
+
+
+def test_a_lock_left_by_a_killed_process_is_free(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    code = ("import sys, time; from xmodal.runs import RunLock; RunLock.acquire(sys.argv[1], 'child'); "
+            "print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"held"
+    assert read_lock(run)["pid"] == proc.pid
+    proc.kill()
+    proc.wait()
+    assert read_lock(run) is None  # the kernel dropped the flock with the process
+    RunLock.acquire(run).release()
+
+
+def test_disk_full_keeps_the_last_good_checkpoint(tiny_catalogue, tmp_path, monkeypatch, capsys):
+    import xmodal.runs as runs_mod
+    real = runs_mod.atomic_write_bytes
+
+    def full_disk(path, data):
+        if Path(path).name == "last.pt" and (Path(path).parent / "last.pt").exists():  # epoch 2's save
+            tmp = Path(path).with_name(f".{Path(path).name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data[: len(data) // 2])
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            finally:
+                tmp.unlink()  # what atomic_write_bytes does on failure
+        return real(path, data)
+    monkeypatch.setattr(runs_mod, "atomic_write_bytes", full_disk)
+    assert train_cli(base(tiny_catalogue, tmp_path, epochs=3)) == 1
+    err = capsys.readouterr().err
+    assert "disk full" in err and "Traceback" not in err
+    run = tmp_path / "r"
+    status = read_status(run)
+    assert status["state"] == "failed" and "disk full" in status["error"]
+    assert not list(run.glob(".*.tmp"))
+    import torch
+    assert int(torch.load(run / "last.pt", weights_only=True)["epoch"]) == 1
+    monkeypatch.setattr(runs_mod, "atomic_write_bytes", real)
+    assert train_cli(["--resume", str(run)]) == 0  # space freed: the run carries on from epoch 1
+    assert [r["epoch"] for r in read_metrics(run) if r["kind"] == "epoch"] == [1, 2, 3]
+
+
+def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path, monkeypatch):
+    from xmodal import runs as runs_mod
+    target = tmp_path / "x.json"
+    runs_mod.atomic_write_json(target, {"a": 1})
+
+    def broken_fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError):
+        runs_mod.atomic_write_json(target, {"a": 2})
+    assert read_json(target) == {"a": 1} and [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_best_weights_carry_their_own_record(trained_run):
+    from xmodal.runs import read_best
+    best = read_best(trained_run)
+    assert best["epoch"] == read_json(trained_run / "best.json")["epoch"]
+    (trained_run / "best.json").rename(trained_run / "best.json.bak")
+    try:
+        assert read_best(trained_run)["epoch"] == best["epoch"]  # the weights file alone says it
+    finally:
+        (trained_run / "best.json.bak").rename(trained_run / "best.json")
+
+
+def test_resume_with_a_cold_feature_cache_extracts_imagenet_features(tiny_catalogue, tmp_path, monkeypatch):
+    """Regression: --resume used to extract features from a random backbone before loading last.pt."""
+    import numpy as np
+    import torch
+
+    import xmodal.train as train_mod
+    from xmodal.backbones import create_backbone, extract_features, image_transform
+    from xmodal.data import load_catalogue
+    real = train_mod.train_one_epoch
+
+    def stop_at_2(*args, **kw):
+        if args[6] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+    monkeypatch.setattr(train_mod, "train_one_epoch", stop_at_2)
+    assert train_cli(base(tiny_catalogue, tmp_path, model="cmpm-efficientnet")) == 130
+    cache = tmp_path / "cold-cache"
+    monkeypatch.setenv("XMODAL_CACHE", str(cache))  # another machine, or a cleared cache
+    seen = []
+    real_extract = train_mod.catalogue_features
+
+    def spy(model, cat, device, progress=True):
+        feats = real_extract(model, cat, device, progress)
+        seen.append(feats)
+        return feats
+    monkeypatch.setattr(train_mod, "catalogue_features", spy)
+    monkeypatch.setattr(train_mod, "train_one_epoch", real)
+    assert train_cli(["--resume", str(tmp_path / "r")]) == 0
+    cat = load_catalogue(tiny_catalogue)
+    backbone, source = create_backbone("efficientnet")
+    assert source and "imagenet" in source
+    ref = extract_features(backbone, [cat.image_path(i) for i in range(4)], image_transform("efficientnet", (64, 48)),
+                           torch.device("cpu"), progress=False)
+    assert seen and np.allclose(seen[0][:4].numpy(), ref, atol=1e-4)
+
+
+def test_evaluate_on_a_changed_catalogue_matches_items_by_id(tiny_catalogue, tmp_path, capsys):
+    cat = tmp_path / "cat"
+    shutil.copytree(tiny_catalogue, cat)
+    assert train_cli(base(cat, tmp_path / "runs", epochs=1)) == 0
+    run = tmp_path / "runs" / "r"
+    splits = read_json(run / "splits.json")
+    lines = (cat / "captions.csv").read_text().splitlines(keepends=True)
+    header, rows = lines[0], lines[1:]
+    first_train = splits["train"][0]
+    kept = [r for r in rows if first_train not in r.split(",")]  # one training product removed
+    assert len(kept) == len(rows) - 1
+    (cat / "captions.csv").write_text(header + "".join(kept))
+    capsys.readouterr()
+    assert evaluate_cli(["--run", str(run), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["gallery_size"] == len(splits["test"])  # the same test items, none of train or val
+    assert "recorded test split" in res["protocol"] and res["items"]["gone_since_training"] == 0
+
+
+def test_evaluate_rejects_damaged_run_folders_in_one_line(trained_run, tmp_path, capsys):
+    for name, content in (("config.json", '{"model": "siamese"}'), ("splits.json", "[]"), ("vocab.json", "{")):
+        run = tmp_path / f"bad-{name}"
+        shutil.copytree(trained_run, run)
+        (run / name).write_text(content)
+        assert evaluate_cli(["--run", str(run)]) == 2, name
+        one_error_line(capsys)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["epoch 1", "mid-run"])
+def test_kill_9_then_resume_finishes(when, tiny_catalogue, tmp_path):
+    run = tmp_path / "r"
+    argv = [sys.executable, "-m", "xmodal.train", *base(tiny_catalogue, tmp_path, model="corrnet", epochs=3),
+            "--batch-size", "8"]
+    proc = subprocess.Popen(argv, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while True:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "the run did not get there in time"
+        status = read_json(run / "status.json") or {}
+        if when == "epoch 1" and status.get("phase") == "training" and status.get("epoch") == 1:
+            break
+        if when == "mid-run" and status.get("epoch") == 2 and (run / "last.pt").is_file():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert read_status(run)["state"] == "failed"  # the process is gone: never shown as running
+    assert read_lock(run) is None
+    done = subprocess.run([sys.executable, "-m", "xmodal.train", "--resume", str(run)], env=os.environ.copy(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [r["epoch"] for r in read_metrics(run) if r["kind"] == "epoch"] == [1, 2, 3]
+    steps = [(r["epoch"], r["step"]) for r in read_metrics(run) if r["kind"] == "step"]
+    assert len(steps) == len(set(steps))
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_run_folder(tiny_catalogue, tmp_path):
+    run = tmp_path / "r"
+    argv = [sys.executable, "-m", "xmodal.train", *base(tiny_catalogue, tmp_path, model="corrnet", epochs=200),
+            "--batch-size", "8"]
+    first = subprocess.Popen(argv, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        while read_lock(run) is None:
+            assert first.poll() is None, first.stderr.read().decode()[-2000:]
+            assert time.time() < deadline
+            time.sleep(0.1)
+        second = subprocess.run([sys.executable, "-m", "xmodal.train", "--resume", str(run)], env=os.environ.copy(),
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and f"in use by process {first.pid}" in second.stderr
+        same_id = subprocess.run(argv, env=os.environ.copy(), capture_output=True, text=True, timeout=120)
+        assert same_id.returncode == 2 and "already exists" in same_id.stderr
+        assert read_lock(run)["pid"] == first.pid
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 130
+    assert read_status(run)["state"] == "stopped" and read_lock(run) is None
