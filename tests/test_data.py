@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import myntra_or_skip
-from xmodal.data import CatalogueError, generate_demo, load_catalogue, make_splits
+from xmodal.data import CatalogueError, describe_split, generate_demo, load_catalogue, make_splits
 from xmodal.data.__main__ import main as data_cli
 from xmodal.data.demo import BRANDS, COLOURS, GARMENTS, PATTERNS
 from xmodal.data.importers import import_kaggle, import_research
@@ -50,7 +50,7 @@ def test_loader_reports_every_problem_and_keeps_the_rest(tmp_path):
     assert cat.attributes["colour"] == ["Red", "Red"]
     rep = cat.report
     assert rep.total_rows == 8 and rep.kept == 2
-    assert rep.skipped == {"corrupt or unreadable image": 1, "missing image": 1, "empty caption": 1,
+    assert rep.skipped == {"corrupt image": 1, "missing image": 1, "empty caption": 1,
                            "image path outside the folder": 2, "duplicate item id": 1}
     assert "../../x.jpg" in " ".join(rep.examples["image path outside the folder"])
     assert "skipped 2 (image path outside the folder)" in rep.summary()
@@ -87,19 +87,24 @@ def test_fingerprint_follows_content(tmp_path):
 
 def test_splits_seeded_item_level_or_from_csv(tiny_catalogue, tmp_path):
     cat = load_catalogue(tiny_catalogue)
-    a, b = make_splits(cat, seed=3), make_splits(cat, seed=3)
+    a, b = make_splits(cat, seed=3, grouping="item"), make_splits(cat, seed=3, grouping="item")
     assert all(np.array_equal(a[s], b[s]) for s in a)
-    assert not np.array_equal(a["train"], make_splits(cat, seed=4)["train"])
+    assert not np.array_equal(a["train"], make_splits(cat, seed=4, grouping="item")["train"])
     allidx = np.concatenate([a["train"], a["val"], a["test"]])
     assert sorted(allidx.tolist()) == list(range(len(cat)))  # disjoint and complete
     assert len(a["train"]) == 48 and len(a["val"]) == 6 and len(a["test"]) == 6
+    perm = np.random.default_rng(3).permutation(60)  # the first releases' split, exactly
+    assert a["train"].tolist() == sorted(perm[:48].tolist()) and a["test"].tolist() == sorted(perm[54:].tolist())
     root = tmp_path / "split"
-    names = [jpeg(root / f"{i}.jpg") for i in range(3)]
+    names = [jpeg(root / f"{i}.jpg") for i in range(4)]
     write_catalogue(root, [{"image": n, "caption": f"Item {i}", "split": s}
-                           for i, (n, s) in enumerate(zip(names, ["test", "train", "val"]))],
+                           for i, (n, s) in enumerate(zip(names, ["test", "train", "val", "train"]))],
                     header=("image", "caption", "split"))
     sp = make_splits(load_catalogue(root))
-    assert sp["test"].tolist() == [0] and sp["train"].tolist() == [1] and sp["val"].tolist() == [2]
+    assert sp["test"].tolist() == [0] and sp["train"].tolist() == [1, 3] and sp["val"].tolist() == [2]
+    assert describe_split(load_catalogue(root)) == "csv split column"
+    assert describe_split(cat) == "seeded title-grouped split 80/10/10"
+    assert describe_split(cat, grouping="item", fractions=(0.7, 0.15, 0.15)) == "seeded item-level split 70/15/15"
 
 
 def test_demo_catalogue_is_rich_deterministic_and_fast(tmp_path):

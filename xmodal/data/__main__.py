@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from .catalogue import CatalogueError, load_catalogue
+from .splits import describe_split, make_splits
 from .demo import generate_demo
 from .importers import IMPORTERS
 
@@ -40,10 +41,15 @@ def main(argv: list[str] | None = None) -> int:
             cat = load_catalogue(args.dir)
             print(cat.report.summary())
             print(f"fingerprint {cat.fingerprint}")
+            try:
+                sizes = {s: len(v) for s, v in make_splits(cat).items()}
+                print(f"split: {describe_split(cat)}: " + ", ".join(f"{s} {n}" for s, n in sizes.items()))
+            except CatalogueError as err:
+                print(f"split: cannot train on it yet: {err}")
         else:
             path = generate_demo(args.out, n=args.n, seed=args.seed)
             print(f"wrote {args.n} demo items to {path}")
-    except (CatalogueError, FileNotFoundError, ValueError) as err:
+    except (CatalogueError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
