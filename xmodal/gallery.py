@@ -8,7 +8,8 @@
   ``2 * sqrt(N)`` lists) is trained on a sample, the vectors are stored uncompressed, and ``nprobe``
   (lists scanned per query) is calibrated at build time: the smallest power of two whose recall@10
   against exact search reaches ``target_recall`` on calibration queries. The index is cached on disk
-  (one ``.npz`` file, written atomically) and reused while the embeddings are byte-identical.
+  (one ``.npz`` file, written atomically) and reused while the embeddings are byte-identical; a damaged
+  file (truncated, failing its CRC-32, not fitting the embeddings) is rebuilt with a warning.
 
 Measured on 2 CPU cores (see docs/performance.md): a 1M x 512 index builds in 30-100 s and answers one
 query in 2-6 ms with recall@10 of 1.0 on product-like data, against 0.1-0.5 s for an exact pass over 2 GB.
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .cachefile import warn_rebuild, write_cache
 
 log = logging.getLogger(__name__)
 
@@ -205,14 +208,13 @@ class Gallery:
                                          sort_keys=True).encode(), digest_size=16).hexdigest()
         if cache is not None and cache.is_file():
             try:
-                with np.load(cache, allow_pickle=False) as f:
-                    meta = json.loads(str(f["meta"]))
-                    if meta.get("key") == key:
-                        index = faiss.deserialize_index(f["index"])
-                        index.nprobe = meta["nprobe"]
-                        return cls(x, "faiss", cfg, index, {**meta, "from_cache": True})
-            except (OSError, ValueError, KeyError, RuntimeError) as err:
-                log.warning("ignoring unreadable gallery index %s (%s); rebuilding it", cache, err)
+                found = cls._load(cache, x, cfg, key, nlist)
+            except Exception as err:  # any damage: the index is built again below
+                warn_rebuild(cache, err)
+            else:
+                if found is not None:
+                    return found
+                log.info("gallery index %s was built for other embeddings or settings; rebuilding it", cache)
         threads = cfg.threads or torch.get_num_threads()
         rng = np.random.default_rng(cfg.seed)
         t0 = time.perf_counter()
@@ -264,14 +266,37 @@ class Gallery:
                 break
         return nprobe, recall
 
-    def _save(self, path: Path) -> None:
-        """Write the index and its description to ``path`` atomically (temporary file, then rename)."""
+    @classmethod
+    def _load(cls, path: Path, x: torch.Tensor, cfg: GalleryConfig, key: str, nlist: int) -> "Gallery | None":
+        """The index cached at ``path`` if it was built for ``key``; None if for another one.
+
+        Raises:
+            Exception: the file is damaged (unreadable, a member failing its CRC-32, an index that does
+                not fit ``x``).
+        """
         import faiss
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, index=faiss.serialize_index(self.index), meta=np.array(json.dumps(self.info)))
-        os.replace(tmp, path)
+        with np.load(path, allow_pickle=False) as f:
+            meta = json.loads(str(f["meta"]))
+            if meta.get("key") != key:
+                return None
+            blob = f["index"]  # reading the whole member checks its CRC-32
+        index = faiss.deserialize_index(blob)
+        n, d = x.shape
+        if (index.ntotal, index.d, getattr(index, "nlist", None)) != (n, d, nlist):
+            raise ValueError(f"it indexes {index.ntotal} x {index.d} vectors in {getattr(index, 'nlist', None)} "
+                             f"lists, expected {n} x {d} in {nlist}")
+        nprobe = meta.get("nprobe")
+        if not isinstance(nprobe, int) or not 1 <= nprobe <= nlist:
+            raise ValueError(f"its nprobe {nprobe!r} is not in 1..{nlist}")
+        index.nprobe = nprobe
+        return cls(x, "faiss", cfg, index, {**meta, "from_cache": True})
+
+    def _save(self, path: Path) -> bool:
+        """Write the index and its description to ``path`` atomically; False (with a warning) when the
+        disk refuses it (the index in memory is used all the same)."""
+        import faiss
+        blob = faiss.serialize_index(self.index)
+        return write_cache(path, lambda f: np.savez(f, index=blob, meta=np.array(json.dumps(self.info))))
 
     def _faiss_search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         # One query runs on one thread (faiss parallelises over queries; more threads only add overhead).

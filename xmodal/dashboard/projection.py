@@ -6,18 +6,20 @@ polls for the file. The file, ``projection_<key>.npz``, holds ``xy`` ``[2n, 2]``
 then the n caption points of the same items), the items' catalogue positions ``index`` ``[n]``, the
 embeddings used, and the items' captions, image paths and attributes, so later visits only read it.
 The key covers the weights, the catalogue and the method, so retraining or another catalogue never
-shows a stale map.
+shows a stale map. The file is written atomically; ``load`` checks it (each member's CRC-32, shapes,
+finite values) and computes a damaged one again, with a warning.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from ..cachefile import atomic_write, check_array, warn_rebuild
 
 UMAP_MIN_POINTS = 50  # below this UMAP's graph is too thin to mean much: PCA instead
 MAX_ITEMS = 3000  # test items mapped at most (a seeded sample beyond that)
@@ -84,19 +86,62 @@ def compute(run_dir: Path, method: str = "umap", run=None) -> Path:
     xy, used = project(np.concatenate([img, txt]), method)
     cat = run.catalogue
     extra = {f"attr_{k}": np.array([v[i] for i in index], dtype=str) for k, v in cat.attributes.items()}
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, xy=xy, index=index, image_embeds=img, text_embeds=txt, method=np.array(used),
-             captions=np.array([cat.captions[i] for i in index], dtype=str),
-             images=np.array([str(cat.image_path(i)) for i in index], dtype=str), **extra)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        np.savez(f, xy=xy, index=index, image_embeds=img, text_embeds=txt, method=np.array(used),
+                 captions=np.array([cat.captions[i] for i in index], dtype=str),
+                 images=np.array([str(cat.image_path(i)) for i in index], dtype=str), **extra)
     return path
+
+
+def _read(path: Path) -> dict:
+    """A projection file's arrays, checked; raises if the file is damaged."""
+    with np.load(path, allow_pickle=False) as data:
+        out = {k: data[k] for k in data.files}  # reading each member checks its CRC-32
+    missing = {"xy", "index", "image_embeds", "text_embeds", "method", "captions", "images"} - set(out)
+    if missing:
+        raise ValueError(f"it lacks {sorted(missing)}")
+    n = len(out["index"])
+    check_array("index", out["index"], (n,), ("int32", "int64"))
+    check_array("xy", out["xy"], (2 * n, 2), ("float32",))
+    dim = out["image_embeds"].shape[-1]
+    for k in ("image_embeds", "text_embeds"):
+        check_array(k, out[k], (n, dim), ("float32",))
+    for k in ("captions", "images", *(k for k in out if k.startswith("attr_"))):
+        check_array(k, out[k], (n,), finite=False)
+    if str(out["method"]) not in ("umap", "pca"):
+        raise ValueError(f"unknown method {str(out['method'])!r}")
+    return out
+
+
+def _requested_method(path: Path) -> str:
+    """The method whose ``projection_path`` is ``path`` (the key is all the file name says).
+
+    Raises:
+        FileNotFoundError: ``path`` maps earlier weights; being damaged as well, it is removed.
+    """
+    for method in ("umap", "pca"):
+        if projection_path(path.parent, method) == path:
+            return method
+    path.unlink(missing_ok=True)
+    raise FileNotFoundError(f"{path} was damaged and mapped earlier weights of {path.parent.name}, so it was "
+                            "removed; compute the current map with projection.compute(run_dir, method)")
 
 
 def load(path: Path) -> dict:
     """A projection file: arrays ``xy``, ``index``, ``image_embeds``, ``text_embeds``; lists ``captions``,
-    ``images``; ``attributes`` (column -> values); ``method`` (the one actually used)."""
-    with np.load(path, allow_pickle=False) as data:
-        out = {k: data[k] for k in data.files}
+    ``images``; ``attributes`` (column -> values); ``method`` (the one actually used).
+
+    A damaged file (unreadable, truncated, failing a CRC-32, wrong shapes, non-finite values) is computed
+    again in this process (``compute``: it loads the run), with a warning.
+    """
+    path = Path(path)
+    try:
+        out = _read(path)
+    except Exception as err:  # any damage: map the run again
+        if not path.is_file():
+            raise
+        warn_rebuild(path, err)
+        out = _read(compute(path.parent, _requested_method(path)))
     attributes = {k[5:]: out.pop(k).tolist() for k in list(out) if k.startswith("attr_")}
     return {**out, "method": str(out["method"]), "captions": out["captions"].tolist(),
             "images": out["images"].tolist(), "attributes": attributes}
