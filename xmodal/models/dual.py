@@ -26,7 +26,8 @@ class DualEncoder(CrossModalModel):
         return self.image_proj(self.image_features(images))  # [B, D], unnormalised
 
     def project_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.text_proj(self.text_encoder(self.word_embed(tokens), tokens))  # [B, D]
+        words, tokens = self.embed_words(tokens)  # [B, L, W]
+        return self.text_proj(self.text_encoder(words, tokens))  # [B, D]
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.project_image(images), dim=-1)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ..losses import contrastive_loss
 from .config import ModelConfig
 from .registry import register_model
-from .towers import CrossModalModel, mean_word_vectors, mlp
+from .towers import CrossModalModel, mlp
 
 
 class Siamese(CrossModalModel):
@@ -23,7 +23,7 @@ class Siamese(CrossModalModel):
         return F.normalize(self.image_branch(self.image_features(images)), dim=-1)  # [B, D]
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_branch(mean_word_vectors(self.word_embed, tokens)), dim=-1)  # [B, D]
+        return F.normalize(self.text_branch(self.sentence_vectors(tokens)), dim=-1)  # [B, D]
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"image_embeds": self.encode_image(images), "text_embeds": self.encode_text(tokens)}

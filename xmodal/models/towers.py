@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..backbones import BACKBONES, create_backbone, stem_forward, tail_forward, tail_modules
-from ..text import PAD
+from ..text import PAD, UNK
 from .config import ModelConfig
 
 
@@ -65,6 +65,28 @@ class CrossModalModel(nn.Module):
         with torch.no_grad():
             self.word_embed.weight.copy_(torch.from_numpy(vectors))
 
+    def drop_words(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Word dropout (Bowman et al., CoNLL 2016): in training, each word of ``tokens`` ``[B, L]``
+        becomes ``<unk>`` with probability ``cfg.word_dropout``; padding stays. Captions of the train
+        split have no unknown words, so without this ``<unk>`` would keep its random initial vector and a
+        query word outside the vocabulary would steer the search at random."""
+        p = self.cfg.word_dropout
+        if not self.training or p <= 0:
+            return tokens
+        drop = (torch.rand(tokens.shape, device=tokens.device) < p) & (tokens != PAD)  # [B, L]
+        return tokens.masked_fill(drop, UNK)
+
+    def embed_words(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Word vectors ``[B, L, word_dim]`` of ``tokens`` ``[B, L]`` and the tokens as read (word dropout
+        applied in training): the text input of the sequence encoders."""
+        tokens = self.drop_words(tokens)
+        return self.word_embed(tokens), tokens
+
+    def sentence_vectors(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Mean word vector ``[B, word_dim]`` of the known words of ``tokens`` (word dropout applied in
+        training): the text input of the bag-of-words models, whose word vectors are frozen."""
+        return mean_word_vectors(self.word_embed, self.drop_words(tokens))
+
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features ``[B, F]`` from pixels ``[B, 3, H, W]``, cached feature maps
         ``[B, C, h, w]`` (tuned-tail models) or cached pooled features (returned as they are)."""
@@ -86,8 +108,14 @@ class CrossModalModel(nn.Module):
 
 
 def mean_word_vectors(embed: nn.Embedding, tokens: torch.Tensor) -> torch.Tensor:
-    """Sentence vectors ``[B, word_dim]``: mean of the word vectors of the non-pad tokens."""
-    mask = (tokens != PAD).unsqueeze(-1).float()  # [B, L, 1]
+    """Sentence vectors ``[B, word_dim]``: mean of the word vectors of the known words.
+
+    ``<unk>`` is left out like padding: with frozen vectors it cannot learn a meaning, and a mean over
+    the known words estimates the sentence vector the full text would have had. (A zero vector for
+    ``<unk>`` would instead pull the mean towards the origin, which the models' standardisation maps to
+    a definite, misleading point.) A text without a known word gives the zero vector.
+    """
+    mask = (tokens > UNK).unsqueeze(-1).float()  # [B, L, 1]: neither padding nor unknown
     return (embed(tokens) * mask).sum(1) / mask.sum(1).clamp_min(1)
 
 

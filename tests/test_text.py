@@ -1,0 +1,140 @@
+"""The text side: which words a model can read, refusing queries it cannot, and word vectors that are
+the same in every process for the same seed (the whole run too, end to end)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import TINY_SIZE
+from xmodal.search import Hit, SearchResult, UnknownQueryError
+from xmodal.text import Vocab, stable_hash, tokenize
+
+ROOT = Path(__file__).resolve().parents[1]
+CAPTIONS = ["Roadster Men Navy Blue Tshirt", "Nike Women Red Shoes", "Roadster Women Red Tshirt",
+            "Libas Women Navy Blue Kurta"]
+
+
+@pytest.fixture
+def vocab() -> Vocab:
+    return Vocab.build(CAPTIONS)
+
+
+def test_unknown_words_listed_once_in_order(vocab):
+    assert vocab.unknown_words("navy kurtta with asdkjh, KURTTA") == ["kurtta", "with", "asdkjh"]
+    assert vocab.unknown_words("Navy Blue Kurta") == []
+    assert vocab.check_query("navy blue kurtta") == (["navy", "blue", "kurtta"], ["kurtta"])
+
+
+@pytest.mark.parametrize("query", ["asdkjh qwpoe", "ASDKJH   qwpoe!"])
+def test_query_of_only_unknown_words_is_refused_naming_them(vocab, query):
+    with pytest.raises(UnknownQueryError) as err:
+        vocab.check_query(query)
+    message = str(err.value)
+    assert message.startswith("the model knows none of these words: 'asdkjh', 'qwpoe'; use words from")
+    assert message.endswith("e.g. 'women', 'blue', 'navy'") and "\n" not in message  # the most frequent words
+    assert err.value.unknown_words == ["asdkjh", "qwpoe"] and isinstance(err.value, ValueError)
+
+
+def test_refusal_suggests_close_spellings(vocab):
+    with pytest.raises(UnknownQueryError, match="e.g. 'kurta'"):
+        vocab.check_query("kurtta")
+
+
+@pytest.mark.parametrize("query,reason", [("", "empty query"), ("   ", "empty query"),
+                                          ("?!... --", "has no words"), ("😀😀", "has no words"),
+                                          ("**<>** ~", "has no words")])
+def test_query_without_words_is_refused(vocab, query, reason):
+    with pytest.raises(UnknownQueryError, match=reason) as err:
+        vocab.check_query(query)
+    assert "<" not in str(err.value) and "*" not in str(err.value), "the message never echoes the raw text"
+
+
+def test_long_queries_are_read_up_to_max_len():
+    v = Vocab(["navy"], max_len=3)
+    assert v.read("a b c navy") == ["a", "b", "c"]
+    with pytest.raises(UnknownQueryError):
+        v.check_query("a b c navy")  # the model never reads 'navy'
+
+
+def test_search_reports_unknown_words_and_refuses_unreadable_queries(trained_run):
+    from xmodal import load_run
+    run = load_run(trained_run)
+    title = run.catalogue.captions[0]
+    typo = "zzqxv"
+    assert typo not in run.vocab.stoi
+    hits = run.search_text(f"{title} {typo}", k=5)
+    assert isinstance(hits, SearchResult) and isinstance(hits, list) and len(hits) == 5
+    assert all(isinstance(h, Hit) for h in hits) and hits[0].score >= hits[-1].score
+    assert hits.unknown_words == [typo] and hits.query_words == [*tokenize(title), typo]
+    assert run.search_text(title, k=3).unknown_words == []
+    for query in ("asdkjh qwpoe", "😀😀", "", "!!!"):
+        with pytest.raises(UnknownQueryError):
+            run.search_text(query, k=5)
+        with pytest.raises(ValueError):
+            run.embed_text(query)
+
+
+def test_trained_run_learnt_the_unknown_word(trained_run):
+    """Word dropout in training moves <unk> away from its initial (random) word vector."""
+    from safetensors.torch import load_file
+
+    from xmodal.text import UNK
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["model_config"]["word_dropout"] > 0
+    weights = load_file(trained_run / "best.safetensors")["word_embed.weight"].numpy()  # [V, word_dim]
+    rng = np.random.default_rng(config["train"].get("seed", 0))  # as word2vec_vectors draws words it lacks
+    initial = rng.normal(0, 0.1, size=weights.shape).astype(np.float32)  # [V, word_dim]
+    assert not np.allclose(weights[UNK], initial[UNK], atol=1e-6)
+
+
+_W2V = """
+import hashlib, sys
+from xmodal.text import Vocab, stable_hash, word2vec_vectors
+caps = {caps!r}
+vocab = Vocab.build(caps)
+vectors = word2vec_vectors(vocab, caps, dim=16, seed=3, epochs=5)
+print(stable_hash("navy"), hashlib.sha256(vectors.tobytes()).hexdigest())
+"""
+
+
+def test_word_vectors_do_not_depend_on_python_hash_seed():
+    outs = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "OMP_NUM_THREADS": "1"}
+        res = subprocess.run([sys.executable, "-c", _W2V.format(caps=CAPTIONS)], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        outs.add(res.stdout.strip())
+    assert len(outs) == 1, outs
+    assert outs.pop().split()[0] == str(stable_hash("navy"))
+
+
+def _train(catalogue: Path, out: Path, model: str, run_id: str, cache: Path, hash_seed: str) -> Path:
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed, "XMODAL_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "xmodal.train", "--model", model, "--data", str(catalogue), "--epochs", "1",
+           "--batch-size", "16", "--seed", "5", "--out", str(out), "--run-id", run_id, *TINY_SIZE]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out / run_id
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["siamese", "cmpm-efficientnet"])
+def test_same_seed_same_numbers(model, tiny_catalogue, tmp_path):
+    """Two runs with the same flags and --seed give the same numbers, whatever PYTHONHASHSEED is and
+    whether the first run had to extract the image features (cold cache) or found them (warm)."""
+    from safetensors.torch import load_file
+    cache = tmp_path / "cache"  # the first run fills it, the second reads it
+    runs = [_train(tiny_catalogue, tmp_path, model, f"r{h}", cache, h) for h in ("1", "2")]
+    a, b = (json.loads((r / "test.json").read_text()) for r in runs)
+    for key in ("item", "caption", "similarity", "chosen_on"):
+        assert a[key] == b[key], f"{model}: test.json {key} differs"
+    assert (runs[0] / "vocab.json").read_text() == (runs[1] / "vocab.json").read_text()
+    wa, wb = (load_file(r / "best.safetensors") for r in runs)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert (wa[name] == wb[name]).all(), f"{model}: weights {name} differ"
