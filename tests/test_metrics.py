@@ -83,3 +83,32 @@ def test_median_rank_is_a_rank_not_a_percentage():
 def test_query_without_match_is_an_error():
     with pytest.raises(ValueError, match="correct match"):
         first_match_ranks(torch.zeros(2, 2), torch.tensor([[True, False], [False, False]]))
+
+
+def test_query_subset_scores_only_those_queries_against_the_whole_gallery():
+    torch.manual_seed(3)
+    img = torch.nn.functional.normalize(torch.randn(30, 8), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(30, 8), dim=-1)
+    groups = np.arange(30) % 20  # some shared titles
+    mask = np.zeros(30, dtype=bool)
+    mask[[0, 3, 7, 21, 29]] = True
+    sub = retrieval_metrics(img, txt, groups, queries=mask)
+    sim = (txt @ img.t()).numpy()
+    ranks = []
+    for q in np.flatnonzero(mask):  # brute force: every gallery image, only the chosen text queries
+        correct = groups == groups[q]
+        best = sim[q][correct].max()
+        ranks.append(1 + int(((sim[q] >= best) & ~correct).sum()))
+    assert sub["text_to_image/R@1"] == 100.0 * np.mean(np.array(ranks) <= 1)
+    assert sub["text_to_image/mean_rank"] == np.mean(ranks)
+    with pytest.raises(ValueError, match="no query"):
+        retrieval_metrics(img, txt, groups, queries=np.zeros(30, dtype=bool))
+
+
+def test_unseen_title_metrics_in_test_json(trained_run):
+    import json
+    test = json.loads((trained_run / "test.json").read_text())
+    assert "unseen_title" in test and test["unseen_queries"] <= test["gallery_size"]
+    from xmodal.report import table
+    row = table([trained_run]).splitlines()[-1]
+    assert "frozen" in row and "split" not in row.split("|")[1]

@@ -376,3 +376,31 @@ def test_two_processes_on_one_run_folder(tiny_catalogue, tmp_path):
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=60) == 130
     assert read_status(run)["state"] == "stopped" and read_lock(run) is None
+
+
+def test_evaluate_without_an_item_id_column_survives_a_removed_row(tiny_catalogue, tmp_path, capsys):
+    """Ids default to the image path, so removing one csv row moves no item between splits."""
+    import csv
+    cat = tmp_path / "cat"
+    shutil.copytree(tiny_catalogue, cat)
+    with open(cat / "captions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    cols = [c for c in rows[0] if c != "item_id"]
+
+    def write(rs):
+        with open(cat / "captions.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rs)
+    write(rows)
+    assert train_cli(base(cat, tmp_path / "runs", epochs=1)) == 0
+    run = tmp_path / "runs" / "r"
+    splits = read_json(run / "splits.json")
+    assert splits["test"][0].endswith((".jpg", ".png"))  # the image path is the id
+    write(rows[1:])  # the first csv row removed: every later row moves up one line
+    capsys.readouterr()
+    assert evaluate_cli(["--run", str(run), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    gone = res["items"]["gone_since_training"]
+    assert res["gallery_size"] == len(splits["test"]) - gone and gone in (0, 1)
+    assert res["items"]["new_since_training"] == 0

@@ -52,9 +52,10 @@ def split_index(cat, run_config: dict, split: str, run_dir: Path) -> tuple[np.nd
         new = sum(x not in known for x in ids)
         gone = len(recorded[split]) - len(index)
         return index, {"source": f"the run's recorded {split} split (splits.json, matched by item_id)",
-                       "new_since_training": new, "gone_since_training": gone}
+                       "new_since_training": new, "gone_since_training": gone, "train_ids": recorded["train"]}
     sp = run_config.get("split", {})
-    index = make_splits(cat, seed=sp.get("seed", 0), fractions=tuple(sp.get("fractions", (0.8, 0.1, 0.1))))[split]
+    index = make_splits(cat, seed=sp.get("seed", 0), fractions=tuple(sp.get("fractions", (0.8, 0.1, 0.1))),
+                        grouping=sp.get("grouping", "item"))[split]  # runs before title grouping: item level
     return index, {"source": f"the {split} split of a catalogue this run never saw (its own split)"}
 
 
@@ -68,7 +69,11 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "tes
     index, info = split_index(cat, config, split, run_dir)
     if len(index) == 0:
         raise ValueError(f"the {split} split of {path} is empty ({info['source']})")
-    res = evaluate_split(model, vocab, cat, index, torch.device(device))
+    train_caps = None
+    if info.get("train_ids") is not None:
+        train_ids = set(info.pop("train_ids"))
+        train_caps = [c for c, x in zip(cat.captions, cat.item_ids) if x in train_ids]
+    res = evaluate_split(model, vocab, cat, index, torch.device(device), train_captions=train_caps)
     notes = []
     if info.get("new_since_training") or info.get("gone_since_training"):
         notes.append(f"the catalogue changed since training: {info.get('new_since_training', 0)} new items "
@@ -91,6 +96,13 @@ def format_table(res: dict) -> str:
             lines.append(f"{gt:<14}{d:<15}{m[f'{d}/R@1']:>7.1f}{m[f'{d}/R@5']:>7.1f}{m[f'{d}/R@10']:>7.1f}"
                          f"{m[f'{d}/median_rank']:>7.0f}{m[f'{d}/mean_rank']:>8.1f}")
         lines.append(f"{gt:<14}{'rsum':<15}{res[gt]['rsum']:>7.1f}")
+    if res.get("unseen_title"):
+        m = res["unseen_title"]
+        for d in DIRECTIONS:
+            lines.append(f"{'unseen title':<14}{d:<15}{m[f'{d}/R@1']:>7.1f}{m[f'{d}/R@5']:>7.1f}{m[f'{d}/R@10']:>7.1f}"
+                         f"{m[f'{d}/median_rank']:>7.0f}{m[f'{d}/mean_rank']:>8.1f}")
+        lines.append(f"(unseen title: caption-level, the {res['unseen_queries']} queries whose title never "
+                     "occurs in the run's train split, same gallery)")
     return "\n".join(lines)
 
 

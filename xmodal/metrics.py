@@ -48,14 +48,16 @@ def relevance(groups_q: np.ndarray | list, groups_g: np.ndarray | list) -> torch
     return gq[:, None] == gg[None, :]
 
 
-def retrieval_metrics(image_embeds: torch.Tensor, text_embeds: torch.Tensor, groups: np.ndarray | list | None = None
-                      ) -> dict[str, float]:
+def retrieval_metrics(image_embeds: torch.Tensor, text_embeds: torch.Tensor, groups: np.ndarray | list | None = None,
+                      queries: np.ndarray | None = None) -> dict[str, float]:
     """Both directions over one split: image i matches text i (and, with ``groups``, every text of its group).
 
     Args:
         image_embeds: ``[N, D]`` L2-normalised.
         text_embeds: ``[N, D]`` L2-normalised, row i describing image i.
         groups: per-item group id (e.g. caption id for caption-level ground truth); None = item level.
+        queries: boolean ``[N]``: score only these items as queries (both directions), against the whole
+            gallery; None = every item. E.g. the items whose title never occurs in the train split.
 
     Returns:
         ``text_to_image/R@1`` ... ``image_to_text/mean_rank`` and ``rsum`` (sum of the six recalls).
@@ -64,8 +66,11 @@ def retrieval_metrics(image_embeds: torch.Tensor, text_embeds: torch.Tensor, gro
     groups = np.arange(n) if groups is None else np.asarray(groups)
     rel = relevance(groups, groups)  # symmetric: same for both directions
     sim = text_embeds.float() @ image_embeds.float().t()  # [N texts, N images]
-    out = rank_metrics(first_match_ranks(sim, rel), "text_to_image")
-    out.update(rank_metrics(first_match_ranks(sim.t(), rel), "image_to_text"))
+    q = torch.ones(n, dtype=torch.bool) if queries is None else torch.as_tensor(np.asarray(queries, dtype=bool))
+    if not bool(q.any()):
+        raise ValueError("no query selected")
+    out = rank_metrics(first_match_ranks(sim[q], rel[q]), "text_to_image")
+    out.update(rank_metrics(first_match_ranks(sim.t()[q], rel[q]), "image_to_text"))
     out["rsum"] = sum(out[f"{d}/R@{k}"] for d in ("text_to_image", "image_to_text") for k in KS)
     return out
 

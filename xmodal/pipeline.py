@@ -25,10 +25,11 @@ def caption_groups(captions: list[str]) -> np.ndarray:
 
 def catalogue_features(model: nn.Module, cat: Catalogue, device: torch.device, progress: bool = True
                        ) -> torch.Tensor:
-    """Frozen backbone features ``[N, F]`` of every item of ``cat`` (from the disk cache)."""
+    """Frozen backbone features ``[N, F]`` of every item of ``cat`` (from the disk cache, keyed on the
+    backbone's actual weights: call it after they are loaded)."""
     cfg = model.cfg
-    feats = cached_features(model.backbone, cfg.backbone, cfg.weights_source, tuple(cfg.image_size), cat.root,
-                            cat.images, cat.fingerprint, device, progress=progress, tail_blocks=cfg.tune_blocks)
+    feats = cached_features(model.backbone, cfg.backbone, tuple(cfg.image_size), cat.root, cat.images,
+                            cat.fingerprint, device, progress=progress, tail_blocks=cfg.tune_blocks)
     return torch.from_numpy(feats)
 
 
@@ -71,7 +72,7 @@ def embed_catalogue_images(model: nn.Module, cat: Catalogue, index: np.ndarray, 
     model.eval()
     tf = image_transform(model.cfg.backbone, tuple(model.cfg.image_size))
     loader = DataLoader(ImageFiles([cat.image_path(int(i)) for i in index], tf), batch_size=batch,
-                        num_workers=loader_workers())
+                        num_workers=loader_workers(), generator=torch.Generator())  # leaves the global RNG alone
     out = []
     for pixels in loader:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -80,15 +81,27 @@ def embed_catalogue_images(model: nn.Module, cat: Catalogue, index: np.ndarray, 
 
 
 def evaluate_split(model: nn.Module, vocab: Vocab, cat: Catalogue, index: np.ndarray, device: torch.device,
-                   features: torch.Tensor | None = None) -> dict:
+                   features: torch.Tensor | None = None, train_captions: list[str] | None = None) -> dict:
     """Retrieval metrics on items ``index`` of ``cat``, both directions, both ground truths.
 
+    Args:
+        train_captions: the run's train titles; given, ``unseen_title`` scores (caption-level) only the
+            queries whose normalised title never occurs among them, against the same whole gallery.
+
     Returns:
-        ``{"item": {...}, "caption": {...}, "similarity": {...}, "gallery_size": n}``. Under ``item``, only
-        the item's own image/caption is correct; under ``caption``, every item with an identical caption is.
+        ``{"item": {...}, "caption": {...}, "similarity": {...}, "gallery_size": n}`` (and ``unseen_title``,
+        ``unseen_queries``). Under ``item``, only the item's own image/caption is correct; under
+        ``caption``, every item with an identical caption is.
     """
     img = embed_catalogue_images(model, cat, index, device, features)
-    txt = embed_texts(model, vocab, [cat.captions[int(i)] for i in index], device)
-    groups = caption_groups([cat.captions[int(i)] for i in index])
-    return {"item": retrieval_metrics(img, txt), "caption": retrieval_metrics(img, txt, groups),
-            "similarity": similarity_stats(img, txt), "gallery_size": int(len(index))}
+    captions = [cat.captions[int(i)] for i in index]
+    txt = embed_texts(model, vocab, captions, device)
+    groups = caption_groups(captions)
+    out = {"item": retrieval_metrics(img, txt), "caption": retrieval_metrics(img, txt, groups),
+           "similarity": similarity_stats(img, txt), "gallery_size": int(len(index))}
+    if train_captions is not None:
+        seen = {normalise_caption(c) for c in train_captions}
+        unseen = np.array([normalise_caption(c) not in seen for c in captions], dtype=bool)
+        out["unseen_queries"] = int(unseen.sum())
+        out["unseen_title"] = retrieval_metrics(img, txt, groups, queries=unseen) if unseen.any() else None
+    return out

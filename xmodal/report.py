@@ -16,28 +16,51 @@ COLUMNS = [("text_to_image", "R@1"), ("text_to_image", "R@5"), ("text_to_image",
            ("image_to_text", "R@10"), ("image_to_text", "median_rank")]
 
 
+def backbone_description(config: dict) -> str:
+    """What happened to the image backbone: where its weights came from and how it trained."""
+    mc = config.get("model_config", {})
+    source = mc.get("weights_source")
+    if not source:
+        start = "random init"
+    elif "distil" in source.lower():
+        start = source
+    elif "imagenet" in source.lower():
+        start = "ImageNet"
+    else:
+        start = source
+    freeze = (config.get("train") or {}).get("freeze_epochs") or 0
+    if mc.get("finetune"):
+        how = (f"{freeze} frozen epochs, then fine-tuned end to end" if freeze and source else
+               "fine-tuned end to end" if source else "trained end to end")
+    elif mc.get("tune_blocks"):
+        how = f"last {mc['tune_blocks']} stage(s) tuned"
+    else:
+        how = "frozen"
+    return f"{start}, {how}"
+
+
 def table(run_dirs: list[Path], gt: str = "caption") -> str:
     """The markdown table for ``run_dirs`` (runs without test.json are listed as unfinished)."""
-    head = ("| model | backbone weights | t2i R@1 | t2i R@5 | t2i R@10 | t2i medR | i2t R@1 | i2t R@5 | i2t R@10 "
-            "| i2t medR | test items | chosen on | train time |")
+    head = ("| model | backbone | t2i R@1 | t2i R@5 | t2i R@10 | t2i medR | i2t R@1 | i2t R@5 | i2t R@10 "
+            "| i2t medR | unseen-title t2i R@1 / R@10 (queries) | test items | split | chosen on | train time |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for d in run_dirs:
         config = read_json(d / "config.json") or {}
         test = read_json(d / "test.json")
         name = config.get("model", d.name)
-        weights = "ImageNet" if config.get("pretrained") else "random init"
-        if config.get("model_config", {}).get("finetune"):
-            weights += ", trained end to end"
-        else:
-            weights += ", frozen"
+        weights = backbone_description(config)
         if not test:
-            lines.append(f"| {name} | {weights} | unfinished |" + " |" * 10)
+            lines.append(f"| {name} | {weights} | unfinished |" + " |" * 12)
             continue
         m = test[gt]
         cells = [f"{m[f'{d_}/{k}']:.1f}" if k != "median_rank" else f"{m[f'{d_}/{k}']:.0f}" for d_, k in COLUMNS]
+        u = test.get("unseen_title")
+        unseen = (f"{u['text_to_image/R@1']:.1f} / {u['text_to_image/R@10']:.1f} ({test['unseen_queries']})"
+                  if u else "-")
+        split = test.get("split_source") or (config.get("split") or {}).get("source", "?")
         epoch = test.get("chosen_on", "").split("(")[-1].split(",")[0]
-        lines.append(f"| {name} | {weights} | " + " | ".join(cells) +
-                     f" | {test['gallery_size']} | val rsum, {epoch} | {test.get('train_seconds', 0) / 60:.1f} min |")
+        lines.append(f"| {name} | {weights} | " + " | ".join(cells) + f" | {unseen} | {test['gallery_size']} | "
+                     f"{split} | val rsum, {epoch} | {test.get('train_seconds', 0) / 60:.1f} min |")
     return "\n".join(lines)
 
 

@@ -26,8 +26,10 @@ import numpy as np
 import torch
 
 from . import distributed as dist
-from .data import Catalogue, CatalogueError, make_splits, open_catalogue, resolve_data
-from .models import create_model, rebuild_model
+from .data import Catalogue, CatalogueError, describe_split, make_splits, open_catalogue, resolve_data
+from .backbones import BACKBONES
+from .distill import DistillConfig, distilled_backbone, needs_distillation
+from .models import create_model, model_config, rebuild_model
 from .pipeline import caption_groups, catalogue_features, evaluate_split
 from .runs import (LOCK_FILE, MetricsLog, RunLock, RunLocked, atomic_write_json, new_run_id, read_best,
                    read_json, read_metrics, read_status, save_best, save_torch, write_status)
@@ -94,6 +96,14 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
+RUN_FILES = ("config.json", "vocab.json", "splits.json", "metrics.jsonl", "best.safetensors", "last.pt", "test.json")
+
+
+def holds_a_run(run_dir: Path) -> bool:
+    """True when ``run_dir`` has files of a run (a folder holding only a launcher's log and status is free)."""
+    return run_dir.is_dir() and any((run_dir / name).exists() for name in RUN_FILES)
+
+
 def plan_run(args: Args, check: bool = True) -> Plan:
     """Decide the run folder without writing anything (``check``: refuse an existing folder; DDP rank 0 only).
 
@@ -105,12 +115,12 @@ def plan_run(args: Args, check: bool = True) -> Plan:
         cfg = args.cfg
         cfg.run_id = cfg.run_id or new_run_id(cfg.model)
         run_dir = Path(cfg.out).expanduser() / cfg.run_id
-        if check and run_dir.exists() and not args.overwrite:
-            raise RunFolderError(f"run folder {run_dir} already exists; resume it with --resume {run_dir}, "
-                                 "pick another --run-id, or replace it with --overwrite")
         if run_dir.exists() and not run_dir.is_dir():
             raise RunFolderError(f"{run_dir} is a file, not a run folder; pick another --run-id")
-        return Plan(cfg, run_dir, overwrite=check and run_dir.exists())
+        if check and holds_a_run(run_dir) and not args.overwrite:
+            raise RunFolderError(f"run folder {run_dir} already exists; resume it with --resume {run_dir}, "
+                                 "pick another --run-id, or replace it with --overwrite")
+        return Plan(cfg, run_dir, overwrite=check and holds_a_run(run_dir))
     run_dir = Path(args.resume).expanduser()
     if not run_dir.is_dir():
         raise RunFolderError(f"--resume {run_dir}: no such run folder")
@@ -162,11 +172,8 @@ class Data:
 
 
 def _split_source(cat: Catalogue, cfg: TrainConfig) -> str:
-    try:
-        from .data import describe_split  # recorded exactly by the data layer where it can say
-        return describe_split(cat, fractions=cfg.split)
-    except ImportError:
-        return "csv split column" if cat.split_column else "seeded permutation"
+    """What made the split, as recorded (csv column, or the seeded title-grouped split)."""
+    return describe_split(cat, grouping="title", fractions=cfg.split)
 
 
 def open_data(plan: Plan) -> Data:
@@ -195,7 +202,7 @@ def open_data(plan: Plan) -> Data:
         vocab = Vocab.load(plan.run_dir / "vocab.json")
         source = plan.saved.get("split", {}).get("source", "recorded split")
     else:
-        splits = make_splits(cat, seed=cfg.split_seed, fractions=cfg.split)
+        splits = make_splits(cat, seed=cfg.split_seed, fractions=cfg.split, grouping="title")
         source = _split_source(cat, cfg)
         vocab = None
     sizes = {s: len(v) for s, v in splits.items()}
@@ -219,15 +226,15 @@ def claim_run_folder(plan: Plan) -> RunLock:
         RunFolderError: a new run's folder appeared meanwhile (another process took the id).
     """
     run_dir = plan.run_dir
-    if not plan.resuming and not plan.overwrite:
-        try:
-            run_dir.mkdir(parents=True)  # exclusive: two new runs with one id cannot both get here
-        except FileExistsError:
-            raise RunFolderError(f"run folder {run_dir} already exists; pick another --run-id") from None
+    if not plan.resuming:  # a folder made by a launcher (the dashboard: its log and status only) is fine
+        run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock.acquire(run_dir, command=" ".join(sys.argv))
+    if not plan.resuming and not plan.overwrite and holds_a_run(run_dir):  # another process got here first
+        lock.release()
+        raise RunFolderError(f"run folder {run_dir} already exists; pick another --run-id")
     if plan.overwrite:
         for child in run_dir.iterdir():
-            if child.name == LOCK_FILE:
+            if child.name in (LOCK_FILE, "train.log"):
                 continue
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     return lock
@@ -264,7 +271,26 @@ def build_model(plan: Plan, data: Data, ctx) -> torch.nn.Module:
             raise RunFolderError(f"{plan.run_dir}/last.pt does not fit the run's model "
                                  f"({str(err).splitlines()[0][:160]}); start a new run") from None
         return model
-    model = create_model(cfg.model, **model_overrides(cfg, data))
+    overrides = model_overrides(cfg, data)
+    backbone = model_config(cfg.model, **overrides).backbone
+    with torch.random.fork_rng(devices=[]):  # building a throwaway backbone must not shift the seed
+        distil = overrides.get("pretrained", True) and needs_distillation(backbone)
+    note = None
+    if distil:  # no pretrained weights here: a distilled start (cached) instead of a random network
+        if not ctx.is_main:
+            ctx.barrier()  # rank 0 distils first; the others then read its cache
+        size = tuple(cfg.image_size or BACKBONES[backbone].default_size)
+        with torch.random.fork_rng(devices=[]):
+            state, note = distilled_backbone(backbone, data.cat, data.splits["train"], resolve_device(cfg.device)
+                                             if ctx.world == 1 else ctx.device,
+                                             DistillConfig(size=size, seed=cfg.seed), progress=ctx.is_main)
+        if ctx.is_main:
+            ctx.barrier()
+    torch.manual_seed(cfg.seed + ctx.rank)  # the same initialisation whatever the caches held
+    model = create_model(cfg.model, **overrides) if note is None else \
+        create_model(cfg.model, **{**overrides, "weights_source": note})
+    if note is not None:
+        model.backbone.load_state_dict(state)
     if ctx.is_main:  # the same vectors on every rank come from the broadcast of the weights by DDP
         model.set_word_vectors(word_vectors(cfg.word_vectors, data.vocab, data.train_captions, cfg.word_dim,
                                             cfg.seed))
@@ -310,7 +336,7 @@ def write_run_files(plan: Plan, data: Data, model, ctx, device: torch.device) ->
         "model_config": mcfg.to_dict(), "pretrained": mcfg.weights_source is not None,
         "data": {"path": str(resolve_data(cfg.data)), "name": cfg.data, "fingerprint": cat.fingerprint,
                  "items": len(cat), "report": cat.report.to_dict()},
-        "split": {"seed": cfg.split_seed, "fractions": cfg.split,
+        "split": {"seed": cfg.split_seed, "fractions": cfg.split, "grouping": "title",
                   "sizes": {s: len(v) for s, v in data.splits.items()}, "source": data.split_source},
         "world_size": ctx.world, "device": str(device), "torch": torch.__version__})
 
@@ -378,6 +404,8 @@ def run_epochs(plan: Plan, data: Data, model, features, ctx, device: torch.devic
                          eta_s=(time.time() - t_start) / max(done, 1) * (total - done))
 
     loaders: dict = {}
+    if plan.checkpoint is None:  # setup (feature extraction, a cold or warm cache) never changes training
+        torch.manual_seed(cfg.seed + ctx.rank)
     for epoch in range(loop.start_epoch, epochs + 1):
         kind = "features" if epoch <= n_frozen else "pixels"
         model.set_backbone_trainable(pixels=kind == "pixels")
@@ -388,15 +416,18 @@ def run_epochs(plan: Plan, data: Data, model, features, ctx, device: torch.devic
                         progress=ctx.is_main)
         if ctx.is_main:
             end_of_epoch(plan, data, model, features, device, log, opt, sched, loop, epoch,
-                         loop.train_seconds + time.time() - t_start)
+                         lambda: loop.train_seconds + time.time() - t_start)
         ctx.barrier()
     loop.train_seconds += time.time() - t_start
     return loop
 
 
 def end_of_epoch(plan: Plan, data: Data, model, features, device, log: MetricsLog, opt, sched, loop: LoopState,
-                 epoch: int, train_seconds: float) -> None:
-    """Validate, log, keep the best weights (with their record, as one file) and the resume state."""
+                 epoch: int, train_seconds) -> None:
+    """Validate, log, keep the best weights (with their record, as one file) and the resume state.
+
+    ``train_seconds()`` is the run's training time so far (earlier sessions included).
+    """
     run_dir = plan.run_dir
     val = evaluate_split(model, data.vocab, data.cat, data.splits["val"], device, features)
     rsum = val["caption"]["rsum"]
@@ -409,7 +440,7 @@ def end_of_epoch(plan: Plan, data: Data, model, features, device, log: MetricsLo
         save_best(run_dir, model.state_dict(), {"epoch": epoch, "val_rsum": rsum, "val": val})
     save_torch(run_dir / "last.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                      "scheduler": sched.state_dict(), "epoch": epoch, "best_rsum": loop.best_rsum,
-                                     "rng": torch.get_rng_state(), "train_seconds": train_seconds})
+                                     "rng": torch.get_rng_state(), "train_seconds": train_seconds()})
     print(f"[xmodal] epoch {epoch}/{plan.cfg.epochs}: val rsum {rsum:.1f} (caption-level), "
           f"t2i R@1 {val['caption']['text_to_image/R@1']:.1f}, "
           f"pos/neg sim {val['similarity']['pos_sim']:.2f}/{val['similarity']['neg_sim']:.2f}", file=sys.stderr)
@@ -424,20 +455,24 @@ def finish(plan: Plan, data: Data, model, features, device: torch.device, loop: 
     write_status(run_dir, "running", phase="testing the best checkpoint")
     model.load_state_dict(load_file(run_dir / "best.safetensors"))
     best = read_best(run_dir) or {}
-    test = evaluate_split(model, data.vocab, data.cat, data.splits["test"], device, features)
+    test = evaluate_split(model, data.vocab, data.cat, data.splits["test"], device, features,
+                          train_captions=data.train_captions)
     atomic_write_json(run_dir / "test.json", {
         "split": "test", "split_source": data.split_source, "gallery_size": test["gallery_size"],
         "checkpoint": "best.safetensors",
         "chosen_on": f"validation caption-level rsum (epoch {best.get('epoch')}, rsum {best.get('val_rsum', 0):.1f})",
         "protocol": "1:1 gallery of the test split; item = only the item's own pair is correct; "
-                    "caption = items with identical captions are all correct",
+                    "caption = items with identical captions are all correct; unseen_title = caption-level, "
+                    "only the queries whose title never occurs in the train split, same gallery",
         **test, "train_seconds": loop.train_seconds})
     write_status(run_dir, "finished", epoch=epochs, epochs=epochs)
     c = test["caption"]
     print(f"[xmodal] test (caption-level, {test['gallery_size']} items): "
           f"t2i R@1/5/10 {c['text_to_image/R@1']:.1f}/{c['text_to_image/R@5']:.1f}/{c['text_to_image/R@10']:.1f}, "
           f"i2t R@1/5/10 {c['image_to_text/R@1']:.1f}/{c['image_to_text/R@5']:.1f}/{c['image_to_text/R@10']:.1f}"
-          f"\n[xmodal] run folder: {run_dir}", file=sys.stderr)
+          + (f"\n[xmodal] unseen titles ({test['unseen_queries']} queries): t2i R@1/10 "
+             f"{u['text_to_image/R@1']:.1f}/{u['text_to_image/R@10']:.1f}" if (u := test.get("unseen_title")) else "")
+          + f"\n[xmodal] run folder: {run_dir}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------------------
