@@ -56,7 +56,8 @@ def embed_pil(model: nn.Module, images: list[Image.Image], device: torch.device)
     """Image embeddings ``[N, D]`` of PIL images (uploads, single queries)."""
     model.eval()
     tf = image_transform(model.cfg.backbone, tuple(model.cfg.image_size))
-    pixels = torch.stack([tf(im.convert("RGB")) for im in images]).to(device)  # [N, 3, H, W]
+    from .data.images import to_rgb
+    pixels = torch.stack([tf(to_rgb(im)) for im in images]).to(device)  # [N, 3, H, W]
     return model.encode_image(pixels).float().cpu()
 
 

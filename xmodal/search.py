@@ -186,10 +186,14 @@ class Run:
         self.vocab.check_query(query)
         return embed_texts(self.model, self.vocab, [query], self.device)[0]  # [D]
 
-    def embed_image(self, image: Image.Image | str | os.PathLike) -> torch.Tensor:
-        if not isinstance(image, Image.Image):
-            with Image.open(image) as im:
-                image = im.convert("RGB")
+    def embed_image(self, image: Image.Image | str | os.PathLike | bytes) -> torch.Tensor:
+        """The joint-space vector ``[D]`` of a photo (a PIL image, a path or the file's bytes).
+
+        Raises:
+            ImageError: (a ``ValueError``) the file is missing, not an image, corrupt or too large.
+        """
+        from .data.images import open_rgb, to_rgb
+        image = to_rgb(image) if isinstance(image, Image.Image) else open_rgb(image)
         return embed_pil(self.model, [image], self.device)[0]  # [D]
 
     def search_text(self, query: str, k: int = 10) -> SearchResult:
