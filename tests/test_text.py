@@ -138,3 +138,41 @@ def test_same_seed_same_numbers(model, tiny_catalogue, tmp_path):
     assert wa.keys() == wb.keys()
     for name in wa:
         assert (wa[name] == wb[name]).all(), f"{model}: weights {name} differ"
+
+
+def test_long_descriptions_are_read_far_enough_and_truncation_is_stated(tiny_catalogue, tmp_path, capsys):
+    """H&M-style descriptions: a generic sentence first, the words that tell products apart later."""
+    import csv
+    import json
+    import shutil
+
+    from conftest import TINY_SIZE
+    from xmodal.text import MAX_LEN, auto_max_len
+    from xmodal.train import main
+    assert auto_max_len(["Peter England Men Stripes Yellow Polo T-Shirt"] * 10) == 32
+    filler = ("Soft everyday garment made from a cotton blend with a regular fit and a comfortable feel, "
+              "easy to care for, machine washable at forty degrees and designed to last for many seasons.")
+    cat = tmp_path / "long"
+    shutil.copytree(tiny_catalogue, cat)
+    with open(cat / "captions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, r in enumerate(rows):
+        r["caption"] = f"{filler} {r['caption']}." + (" Extra words" * 80 if i == 0 else "")
+    with open(cat / "captions.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    from xmodal.text import tokenize
+    longest_ordinary = max(len(tokenize(r["caption"])) for r in rows[1:])
+    assert 32 < longest_ordinary <= auto_max_len([r["caption"] for r in rows]) <= MAX_LEN
+    assert main(["--model", "siamese", "--data", str(cat), "--epochs", "1", "--batch-size", "16",
+                 "--out", str(tmp_path / "runs"), "--run-id", "long", *TINY_SIZE]) == 0
+    config = json.loads((tmp_path / "runs" / "long" / "config.json").read_text())
+    text = config["text"]
+    assert text["max_len"] >= longest_ordinary and text["longest"] > text["max_len"] and text["truncated"] >= 1
+    assert "truncated" in capsys.readouterr().err
+    from xmodal.text import Vocab
+    vocab = Vocab.load(tmp_path / "runs" / "long" / "vocab.json")
+    title_words = rows[5]["caption"][len(filler):].lower().split()
+    read = vocab.read(rows[5]["caption"])
+    assert title_words[-1].strip(".").split("-")[-1] in read  # the distinguishing words are read

@@ -24,7 +24,7 @@ from .gallery import Gallery
 from .models import rebuild_model
 from .pipeline import embed_catalogue_images, embed_pil, embed_texts
 from .runs import read_json
-from .text import UnknownQueryError, Vocab  # noqa: F401  (UnknownQueryError: raised by search_text)
+from .text import tokenize, UnknownQueryError, Vocab  # noqa: F401  (UnknownQueryError: raised by search_text)
 
 
 class RunError(ValueError):
@@ -48,12 +48,14 @@ class SearchResult(list):
     Attributes:
         query_words: the words the model read, in order.
         unknown_words: those it does not know (each once), read as ``<unk>``: they did not steer the search.
+        words_not_read: words after the first ``vocab.max_len`` of a long query, which the model ignores.
     """
 
     def __init__(self, hits: list[Hit] = (), query_words: list[str] = (), unknown_words: list[str] = ()):
         super().__init__(hits)
         self.query_words = list(query_words)
         self.unknown_words = list(unknown_words)
+        self.words_not_read = 0
 
 
 def load_model(run_dir: str | os.PathLike, device: torch.device | str = "cpu", weights: str = "best.safetensors"):
@@ -207,7 +209,9 @@ class Run:
         """
         words, unknown = self.vocab.check_query(query)
         hits = self._hits("images", embed_texts(self.model, self.vocab, [query], self.device)[0], k)
-        return SearchResult(hits, words, unknown)
+        result = SearchResult(hits, words, unknown)
+        result.words_not_read = max(0, len(tokenize(query)) - self.vocab.max_len)
+        return result
 
     def search_image(self, image: Image.Image | str | os.PathLike, k: int = 10) -> list[Hit]:
         """The ``k`` gallery captions that best describe ``image`` (a PIL image or a path)."""

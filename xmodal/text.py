@@ -44,10 +44,18 @@ class Vocab:
         self.max_len = max_len
 
     @classmethod
-    def build(cls, captions: list[str], min_count: int = 1, max_len: int = 32) -> "Vocab":
+    def build(cls, captions: list[str], min_count: int = 1, max_len: int | None = None) -> "Vocab":
+        """The vocabulary of ``captions`` (train titles); ``max_len`` None: ``auto_max_len(captions)``."""
         counts = Counter(w for c in captions for w in tokenize(c))
         words = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
-        return cls(words, max_len=max_len)
+        return cls(words, max_len=max_len or auto_max_len(captions))
+
+    def truncation(self, captions: list[str]) -> dict:
+        """How many of ``captions`` are longer than ``max_len`` words (only their first words are read)."""
+        lengths = np.array([len(tokenize(c)) for c in captions]) if captions else np.zeros(0)
+        cut = int((lengths > self.max_len).sum())
+        return {"max_len": self.max_len, "captions": len(captions), "truncated": cut,
+                "longest": int(lengths.max()) if len(lengths) else 0}
 
     def __len__(self) -> int:
         return len(self.itos)
@@ -105,6 +113,23 @@ class Vocab:
     def load(cls, path: str | Path) -> "Vocab":
         data = json.loads(Path(path).read_text())
         return cls(data["itos"], max_len=data["max_len"])
+
+
+MIN_LEN, MAX_LEN = 32, 128  # words read per caption: at least a title, at most a long description
+
+
+def auto_max_len(captions: list[str], quantile: float = 0.98) -> int:
+    """Words to read per caption: enough for ``quantile`` of ``captions``, between 32 and 128.
+
+    Titles (about 8 words) get 32; multi-sentence descriptions (H&M style, 40-100 words) are read up to
+    128 words, so the words that describe the product are not cut away; longer texts are truncated,
+    and the run says how many were (``Vocab.truncation``).
+    """
+    if not captions:
+        return MIN_LEN
+    lengths = np.array([len(tokenize(c)) for c in captions])
+    want = int(np.ceil(np.quantile(lengths, quantile)))
+    return int(min(MAX_LEN, max(MIN_LEN, want)))
 
 
 def stable_hash(text: str) -> int:

@@ -243,6 +243,15 @@ def claim_run_folder(plan: Plan) -> RunLock:
 # ----------------------------------------------------------------------------------------------------
 # Phase 4: build or restore the model (its real weights before any feature is extracted).
 
+def truncation_note(data: Data) -> str:
+    """How much of the train captions the model reads (stated, never silent)."""
+    t = data.vocab.truncation(data.train_captions)
+    if not t["truncated"]:
+        return f"every word read (at most {t['max_len']})"
+    return (f"the first {t['max_len']} words read; {t['truncated']} of {t['captions']} train captions are longer "
+            f"(up to {t['longest']} words) and truncated")
+
+
 def model_overrides(cfg: TrainConfig, data: Data) -> dict:
     """Model config values that come from the flags and the data."""
     values = dict(vocab_size=len(data.vocab), word_dim=cfg.word_dim, num_classes=int(data.groups.max()) + 1,
@@ -338,6 +347,7 @@ def write_run_files(plan: Plan, data: Data, model, ctx, device: torch.device) ->
                  "items": len(cat), "report": cat.report.to_dict()},
         "split": {"seed": cfg.split_seed, "fractions": cfg.split, "grouping": "title",
                   "sizes": {s: len(v) for s, v in data.splits.items()}, "source": data.split_source},
+        "text": data.vocab.truncation(data.train_captions),
         "world_size": ctx.world, "device": str(device), "torch": torch.__version__})
 
 
@@ -516,7 +526,7 @@ def _train_in_folder(plan: Plan, data: Data, ctx, device: torch.device, stop_req
             print(f"[xmodal] {plan.cfg.model}: backbone {mcfg.backbone} weights = "
                   f"{mcfg.weights_source or 'none: random initialisation, trained end to end'}; image size "
                   f"{mcfg.image_size}; {'fine-tuned' if mcfg.finetune else 'frozen (cached features)'}; "
-                  f"split: {data.split_source}"
+                  f"split: {data.split_source}; captions: {truncation_note(data)}"
                   + (f"; resuming after epoch {plan.checkpoint['epoch']}" if plan.checkpoint else
                      "; restarting from epoch 1 (no completed epoch was kept)" if plan.resuming else ""),
                   file=sys.stderr)
