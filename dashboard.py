@@ -12,11 +12,13 @@ import streamlit as st
 # None of these imports PyTorch (a test keeps it so): Home and the sidebar draw at once on a fresh server.
 # PyTorch then loads in the background (state.warm_pytorch); a page that needs a model before it is done
 # waits under a spinner.
-from xmodal.dashboard import analysis, jobs, sidebar, state, ui
-from xmodal.data import CatalogueError, make_splits
+from xmodal.dashboard import analysis, checks, jobs, sidebar, state, ui
+from xmodal.dashboard.escape import md
+from xmodal.data import make_splits
 from xmodal.runs import list_runs
 
-st.set_page_config(page_title="xmodal", page_icon=":material/checkroom:", layout="wide")
+# An emoji favicon is drawn by the browser from a data: URL; a :material/...: one is fetched from Google's servers.
+st.set_page_config(page_title="xmodal", page_icon="👗", layout="wide")
 SAMPLES = 12
 
 
@@ -50,12 +52,16 @@ def _quickstart(has_runs: bool) -> None:
 
 def _catalogue_section(spec: str) -> None:
     st.header("Catalogue", divider="gray")
+    if checks.folder_problem(spec):  # the sidebar says what is wrong, beside the folder box
+        st.info("No catalogue to show: the folder chosen in the sidebar cannot be used (see there).",
+                icon=":material/info:")
+        return
     try:
         cat = state.catalogue(spec)
-    except (CatalogueError, FileNotFoundError, OSError) as err:
-        st.error(f"The catalogue `{spec}` cannot be used: {err}", icon=":material/error:")
+        splits = make_splits(cat, seed=0)
+    except checks.LOAD_ERRORS as err:  # one line saying what is wrong and what to do, never a traceback
+        st.error(md(checks.load_problem(spec, err)), icon=":material/error:")
         return
-    splits = make_splits(cat, seed=0)
     report = cat.report
     c = st.columns(6)
     c[0].metric("Products", f"{len(cat):,}")
@@ -64,15 +70,17 @@ def _catalogue_section(spec: str) -> None:
     for col, name in zip(c[3:], ("train", "val", "test")):
         col.metric(f"{name} split", f"{len(splits[name]):,}")
     attrs = ", ".join(cat.attributes) or "none"
-    st.caption(f"`{spec}` → {cat.root} · fingerprint `{cat.fingerprint}` · attributes: {attrs} · split sizes "
-               "as training makes them with the default seed (or the csv's split column)")
+    st.caption(f"{md(spec)} → {md(cat.root)} · fingerprint {md(cat.fingerprint)} · attributes: {md(attrs)} · "
+               "split sizes as training makes them with the default seed (or the csv's split column)")
     pick = np.random.default_rng(0).choice(len(cat), min(SAMPLES, len(cat)), replace=False)
     ui.product_grid([str(cat.image_path(int(i))) for i in pick], [cat.captions[int(i)] for i in pick])
     if report.skipped:
         st.warning(f"The loader skipped {sum(report.skipped.values())} of {report.total_rows} rows:",
                    icon=":material/warning:")
-        st.dataframe([{"reason": r, "rows": n, "examples": "; ".join(report.examples.get(r, []))}
-                      for r, n in sorted(report.skipped.items())], hide_index=True)
+        advice = getattr(report, "advice", {})  # what to do about each reason, where the loader says
+        st.dataframe([{"reason": r, "rows": n, "examples": "; ".join(report.examples.get(r, [])),
+                       "what to do": advice.get(r, "")} for r, n in sorted(report.skipped.items())],
+                     hide_index=True)  # dataframe cells are plain text: the examples quote the csv
     else:
         st.success("Every row of captions.csv is usable.", icon=":material/check_circle:")
 
@@ -83,8 +91,7 @@ def _runs_section(runs: list) -> None:
         st.caption("No run folders yet in the checkpoints folder.")
         return
     table = analysis.runs_table(runs)
-    if not table["error"].any():
-        table = table.drop(columns="error")
+    table = table.drop(columns=[c for c in ("held by", "error") if not table[c].any()])
     fmt = {c: st.column_config.NumberColumn(format="%.1f", width="small") for c in table.columns
            if c.startswith(("test", "best"))}
     st.dataframe(table, hide_index=True, key="runs_table",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from xmodal.dashboard import analysis, plots, state, ui
-from xmodal.data import CatalogueError
+from xmodal.dashboard import analysis, checks, plots, state, ui
+from xmodal.dashboard.escape import md
 
 ui.page_guard("pages/compare.py")
 st.title("Compare")
@@ -41,12 +41,12 @@ ui.load_pytorch()  # ranking needs the models: the table and bars above draw bef
 from xmodal.search import RunError  # noqa: E402
 try:
     data = state.compare_ranks([r.path for r in group], gt)
-except (RunError, CatalogueError, FileNotFoundError) as err:
-    st.error(f"Cannot rank these runs' test queries: {err}", icon=":material/error:")
+except (RunError, *checks.LOAD_ERRORS) as err:
+    st.error(md(f"Cannot rank these runs' test queries: {err}"), icon=":material/error:")
     st.stop()
 n_queries = len(data["item_ids"])
 st.caption(f"{n_queries} test items shared by {len(group)} run(s) on "
-           f"{analysis.catalogue_label(group[0].config)}; ranks are {gt}-level.")
+           f"{md(analysis.catalogue_label(group[0].config))}; ranks are {gt}-level.")
 
 st.subheader("Metrics per slice")
 attrs = [a for a in analysis.SLICE_ATTRIBUTES if any(data["attributes"].get(a, []))]
@@ -85,4 +85,5 @@ table = pd.DataFrame({"photo": [state.thumbnail(data["images"][q]) for q in dis.
 st.dataframe(table, hide_index=True, row_height=70, height=40 + 70 * len(table), key="cmp_disagree", column_config={
     "photo": st.column_config.ImageColumn("photo", width="small"),
     "item": st.column_config.TextColumn("item", width="small"),
-    **{short[n]: st.column_config.NumberColumn(short[n], help=f"rank of the true match under {n}") for n in names}})
+    **{short[n]: st.column_config.NumberColumn(short[n], help=f"rank of the true match under {md(n)}")
+       for n in names}})

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from xmodal.dashboard import analysis, jobs, plots, projection, state, ui
-from xmodal.data import CatalogueError
+from xmodal.dashboard import analysis, checks, jobs, plots, projection, state, ui
+from xmodal.dashboard.escape import md
 
 ui.page_guard("pages/embeddings.py")
 st.title("Embeddings")
@@ -30,8 +30,8 @@ def _compute_inline() -> None:
     try:
         with st.spinner("Mapping the test split..."):
             projection.compute(run.path, method, run=state.run(run.path))
-    except (RunError, CatalogueError, ValueError, FileNotFoundError) as err:
-        st.error(f"Cannot map {run.run_id}: {err}", icon=":material/error:")
+    except (RunError, *checks.LOAD_ERRORS) as err:
+        st.error(md(f"Cannot map {run.run_id}: {err}"), icon=":material/error:")
         st.stop()
 
 
@@ -41,13 +41,13 @@ def _wait_for_map() -> None:
     if path.is_file():
         st.rerun(scope="app")
     if error := jobs.projection_error(run.path, method):
-        st.error(f"The projection failed: {error}. PCA (above) needs no subprocess.", icon=":material/error:")
+        st.error(f"The projection failed: {md(error)}. PCA (above) needs no subprocess.", icon=":material/error:")
         if st.button("Try again", key="emb_retry"):
             jobs.start_projection(run.path, method)
         return
     if not jobs.projection_running(run.path, method):
         jobs.start_projection(run.path, method)
-    st.info(f"Computing the {method.upper()} map of {run.run_id}'s test split in the background (the first UMAP "
+    st.info(f"Computing the {method.upper()} map of {md(run.run_id)}'s test split in the background (the first UMAP "
             "compiles numba code: ~20-60 s). It is cached in the run folder, so later visits are instant.",
             icon=":material/hourglass_top:")
 
@@ -68,8 +68,8 @@ c1, c2 = st.columns([2, 1])
 colour = c1.selectbox("Colour by", ["modality", *attrs], key="emb_colour")
 lines = c2.checkbox("Join each product's photo and title", value=True, key="emb_lines")
 groups = None if colour == "modality" else data["attributes"][colour]
-st.caption(f"{n} test products of {run.run_id}: circles are photos, crosses are titles "
-           f"({data['method'].upper()}, cosine). Drag a box or lasso (toolbar) to list the products inside it.")
+st.caption(f"{n} test products of {md(run.run_id)}: circles are photos, crosses are titles "
+           f"({md(data['method'].upper())}, cosine). Drag a box or lasso (toolbar) to list the products inside it.")
 fig = plots.projection_figure(data["xy"], captions, groups, lines=lines, method=data["method"])
 event = st.plotly_chart(fig, on_select="rerun", selection_mode=("box", "lasso"), key=f"emb_map_{run.run_id}")
 chosen = analysis.selected_items(event.selection.points if event else [], n)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from xmodal.dashboard import analysis, queries, state, ui
+from xmodal.dashboard import analysis, checks, queries, state, ui
+from xmodal.dashboard.escape import md
 from xmodal.dashboard.uploads import EXTENSIONS, UploadError, read_upload
-from xmodal.data import CatalogueError
 
 ui.page_guard("pages/search.py")
 st.title("Search")
@@ -16,7 +16,7 @@ if not runs:
     ui.no_runs_hint("the Search page")
     st.stop()
 ui.load_pytorch()  # a spinner the first time after the server starts; instant after that
-from xmodal.search import RunError  # noqa: E402
+from xmodal.search import RunError, UnknownQueryError  # noqa: E402
 
 c1, c2 = st.columns([3, 1])
 with c1:
@@ -25,8 +25,8 @@ k = c2.slider("Results per run", 1, 20, 8, key="search_k")
 try:
     loaded = {analysis.run_label(r): state.run(r.path) for r in chosen}
     models = {analysis.run_label(r): r.model for r in chosen}
-except (RunError, CatalogueError, OSError) as err:
-    st.error(f"Cannot load the run: {err}", icon=":material/error:")
+except (RunError, *checks.LOAD_ERRORS) as err:
+    st.error(md(f"Cannot load the run: {err}"), icon=":material/error:")
     st.stop()
 first = next(iter(loaded.values()))
 cat = first.catalogue
@@ -44,7 +44,8 @@ def show(results: dict[str, queries.QueryResult], grid: bool) -> None:
     for col, (label, res) in zip(cols, results.items()):
         with col:
             if len(results) > 1:
-                st.markdown(f"**{models[label]}**  \n<small>{label}</small>", unsafe_allow_html=True)
+                st.markdown(f"**{md(models[label])}**")
+                st.caption(md(label))
             if res.rank is not None:
                 st.metric("True match landed at rank", res.rank, help="caption-level: items with the identical "
                           "title count as the true match too")
@@ -74,9 +75,24 @@ with tab_text:
     else:
         pos = st.selectbox("Test product", test_pos, format_func=item_label, key="search_text_item")
         query, item_id = cat.captions[pos], cat.item_ids[pos]
-        st.image(str(cat.image_path(pos)), width=90, caption="the true match")
+        ui.photo(cat.image_path(pos), 90, caption="the true match")
     if query.strip():
-        show({label: queries.text_query(r, query, k, item_id) for label, r in loaded.items()}, grid=True)
+        answered, refused = {}, []
+        for label, r in loaded.items():
+            try:
+                answered[label] = queries.text_query(r, query, k, item_id)
+            except UnknownQueryError as err:
+                refused.append(err)
+        # The words come from the query and the vocabulary (catalogue text): escaped like any other.
+        if refused:
+            some = f"{len(refused)} of {len(loaded)} runs cannot read this query: " if answered else ""
+            st.warning(f"{some}{md(refused[0])}", icon=":material/help:")
+        unknown = list(dict.fromkeys(w for res in answered.values() for w in res.hits.unknown_words))
+        if unknown:
+            st.caption("Not in the model's vocabulary, so they did not steer the search: "
+                       + ", ".join(f"'{md(w)}'" for w in unknown))
+        if answered:
+            show(answered, grid=True)
 
 with tab_image:
     source = st.radio("Query", ["Upload a photo", "A catalogue product (test split)"], horizontal=True,
@@ -89,10 +105,13 @@ with tab_image:
             try:
                 image = read_upload(upload.getvalue(), upload.name)
             except UploadError as err:
-                st.error(str(err), icon=":material/error:")
+                st.error(md(err), icon=":material/error:")
     else:
         pos = st.selectbox("Test product", test_pos, format_func=item_label, key="search_image_item")
-        image, item_id = cat.open_image(pos), cat.item_ids[pos]
+        try:
+            image, item_id = cat.open_image(pos), cat.item_ids[pos]
+        except (OSError, ValueError) as err:  # the photo changed or went since the catalogue was checked
+            st.error(md(f"Cannot open the photo of {cat.item_ids[pos]}: {err}"), icon=":material/error:")
     if image is not None:
         st.image(image, width=140, caption="query")
         show({label: queries.image_query(r, image, k, item_id) for label, r in loaded.items()}, grid=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from xmodal.dashboard import analysis, plots, state, ui
+from xmodal.dashboard.escape import md
 from xmodal.runs import list_runs, read_status
 
 ui.page_guard("pages/training.py")
@@ -37,11 +38,12 @@ def curves() -> None:
         if status.get("state") == "failed":
             ui.show_failure(r.path, status)
         elif status.get("state") == "running":
-            st.caption(f"**{r.run_id}** is training: epoch {status.get('epoch', '?')}/{status.get('epochs', '?')}, "
-                       f"{status.get('phase', '')}; the charts refresh by themselves.")
+            st.caption(f"**{md(r.run_id)}** is training: epoch {md(status.get('epoch', '?'))}/"
+                       f"{md(status.get('epochs', '?'))}, {md(status.get('phase', ''))}; the charts refresh by "
+                       "themselves.")
         rows = state.metrics(r.path)
         if warning := analysis.detect_collapse(rows):
-            st.warning(f"**{r.run_id}** {warning}", icon=":material/warning:")
+            st.warning(f"**{md(r.run_id)}** {md(warning)}", icon=":material/warning:")
         metrics[analysis.run_label(r)] = rows
     if not any(metrics.values()):
         st.info("No metrics logged yet: the first steps appear after feature extraction.")

@@ -1,9 +1,14 @@
 """Every dashboard page opened with Streamlit's AppTest, with a small trained run and with an empty
-checkpoints folder: no exception, and the key elements are there."""
+checkpoints folder: no exception, and the key elements are there. Bad catalogue folders give one error
+line; catalogue and run-folder text reaches Markdown escaped; a run's lock holder is named."""
 from __future__ import annotations
 
+import csv
 import json
+import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +31,22 @@ def _app(catalogue: Path) -> AppTest:
 
 def _ok(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
+
+
+def _shown(value: str) -> str:
+    """What the browser shows for escaped Markdown: backslash escapes undone, invisible word joiners dropped."""
+    return re.sub(r"\\(.)", r"\1", value).replace("\u2060", "")
+
+
+def _markdown_values(at: AppTest) -> list[str]:
+    """The body of every element Streamlit renders as Markdown."""
+    return [e.value for kind in ("markdown", "caption", "error", "warning", "info", "success") for e in at.get(kind)]
+
+
+def _no_markup(at: AppTest) -> None:
+    """No Markdown element holds an unescaped ``<`` (raw HTML) or an image or link opener."""
+    for value in _markdown_values(at):
+        assert not re.search(r"(?<!\\)<|(?<!\\)!(?<!\\)\[|(?<!\\)\]\(", value), value
 
 
 @pytest.fixture
@@ -134,7 +155,7 @@ def test_search_page_text_and_catalogue_image(with_run, tiny_catalogue):
     at.text_input(key="search_query").input("red striped shirt").run()
     _ok(at)
     results = [m.value for m in at.markdown if m.value.startswith("**#")]
-    assert len(results) == 8 and all("score" in r for r in results[:8])
+    assert len(results) == 8 and sum(c.value.startswith("score ") for c in at.caption) == 8
     at.radio(key="search_image_src").set_value("A catalogue product (test split)").run()
     _ok(at)
     assert any(m.label == "True match landed at rank" for m in at.metric)
@@ -163,7 +184,7 @@ def test_training_form_refuses_a_folder_without_captions(empty, tiny_catalogue, 
     at = _app(tiny_catalogue)
     at.text_input(key="cat_folder").input(str(tmp_path)).run()
     _ok(at)
-    assert any("No captions.csv" in e.value for e in at.error)
+    assert any("no captions.csv" in _shown(e.value).lower() for e in at.error)
     at.get("form_submit_button")[0].click().run()
     _ok(at)
     assert any("Cannot train" in e.value for e in at.error)
@@ -218,3 +239,126 @@ def test_import_a_kaggle_folder_from_the_sidebar(empty, tiny_catalogue, tmp_path
     assert at.text_input(key="cat_folder").value == str(tmp_path / "imported")
     assert any("Imported 8 rows" in s.value for s in at.success)
     assert {m.label: m.value for m in at.metric}["Products"] == "8"
+
+
+# ---------------------------------------------------------------- bad catalogues: one error line, no traceback
+
+def _bad_folder(kind: str, root: Path, good: Path) -> Path:
+    """A catalogue folder that cannot be used, of the given kind."""
+    if kind == "missing":
+        return root / "no-such-folder"
+    if kind == "file":
+        (root / "captions.csv").write_text("image,caption\n")
+        return root / "captions.csv"
+    folder = root / kind
+    shutil.copytree(good / "images", folder / "images")
+    rows = {"empty csv": "", "missing columns": "image,title\nimages/demo_00000.jpg,Red Shirt\n",
+            "no usable row": "image,caption\nimages/none.jpg,Red Shirt\n,\n"}[kind]
+    (folder / "captions.csv").write_text(rows)
+    return folder
+
+
+@pytest.mark.parametrize("kind, says", [("missing", "does not exist"), ("file", "is a file, not a folder"),
+                                        ("empty csv", "captions.csv"), ("missing columns", "caption"),
+                                        ("no usable row", "no usable rows")])
+def test_a_bad_catalogue_folder_shows_one_error_line(empty, tiny_catalogue, tmp_path, kind, says):
+    folder = _bad_folder(kind, tmp_path, tiny_catalogue)
+    at = _app(folder)
+    _ok(at)
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1, errors
+    assert "\n" not in errors[0] and says in _shown(errors[0]), errors[0]
+    assert str(folder) in _shown(errors[0])  # names the folder
+    assert not at.metric  # no half-drawn catalogue section
+
+
+def test_importing_a_missing_folder_shows_one_error_line(empty, tiny_catalogue, tmp_path):
+    at = _app(tiny_catalogue)
+    at.radio(key="cat_source").set_value("import").run()
+    at.text_input(key="imp_src").input(str(tmp_path / "no-such-download")).run()
+    at.button(key="imp_go").click().run()
+    _ok(at)
+    errors = [_shown(e.value) for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith("Import failed: ") and "import again" in errors[0], errors
+
+
+# ---------------------------------------------------------------- catalogue and run text is shown as text
+
+HOSTILE = ['<script>window.__xss=1</script>', '<img src=x onerror="window.__xss=1">',
+           '<iframe srcdoc="<script>parent.__xss=1</script>">', '![x](http://203.0.113.5/pixel.png)',
+           '[click](javascript:window.__xss=1)', '<a href="http://203.0.113.5/">', '<svg onload=window.__xss=1>']
+
+
+@pytest.fixture
+def hostile_catalogue(tiny_catalogue, tmp_path) -> Path:
+    """The tiny catalogue with a hostile string after every caption, and one row whose image is missing."""
+    folder = tmp_path / "hostile"
+    shutil.copytree(tiny_catalogue, folder)
+    with open(folder / "captions.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for i, row in enumerate(rows):
+        row["caption"] = f"{row['caption']} {HOSTILE[i % len(HOSTILE)]}"
+    rows.append({**rows[0], "image": "images/<img src=x onerror=alert(1)>.jpg", "item_id": "missing-photo"})
+    with open(folder / "captions.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
+
+
+def test_home_shows_hostile_captions_as_text(empty, hostile_catalogue):
+    at = _app(hostile_catalogue)
+    _ok(at)
+    _no_markup(at)
+    grid = [_shown(c.value) for c in at.caption]
+    assert sum(any(h in c for h in HOSTILE) for c in grid) == 12  # every sampled product, caption literal
+    assert {m.label: m.value for m in at.metric}["Rows skipped"] == "1"
+
+
+def test_widgets_escape_catalogue_and_run_text(tmp_path, tiny_catalogue):
+    """Result cards, product grids and failure boxes, fed hostile captions, ids and run names."""
+    def script():
+        from pathlib import Path
+        from types import SimpleNamespace
+
+        import streamlit as st
+
+        from xmodal.dashboard import ui
+        bad, image = st.session_state["bad"], st.session_state["image"]
+        hit = SimpleNamespace(caption=bad, item_id=bad, score=0.5, image=Path(image))
+        ui.hit_card(hit, title="#1")
+        ui.hit_grid([hit, SimpleNamespace(caption=bad, item_id=bad, score=0.25, image=Path("http://203.0.113.5/x"))])
+        ui.product_grid([image], [bad])
+        ui.show_failure(Path(st.session_state["run"]), {"error": bad})
+
+    for bad in HOSTILE:
+        run = tmp_path / bad.replace("/", "_")
+        at = AppTest.from_function(script, default_timeout=TIMEOUT)
+        at.session_state["bad"], at.session_state["run"] = bad, str(run)
+        at.session_state["image"] = str(next((tiny_catalogue / "images").iterdir()))
+        at.run()
+        _ok(at)
+        _no_markup(at)
+        shown = [_shown(v) for v in _markdown_values(at)]
+        assert sum(bad in v for v in shown) >= 5, shown  # card, grid, product caption, failure (name and error)
+        assert any("photo missing" in c.value for c in at.caption)  # a URL is never handed to st.image
+        assert len(at.get("image")) == 3
+
+
+def test_a_running_run_shows_who_holds_its_lock(empty, tiny_catalogue, monkeypatch):
+    import xmodal.runs
+    run = empty / "cmpm-efficientnet-locked"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": "cmpm-efficientnet", "created": time.time(),
+                                                 "data": {"name": "demo"}, "train": {"epochs": 3}}))
+    (run / "status.json").write_text(json.dumps({
+        "state": "running", "pid": os.getpid(), "host": socket.gethostname(), "updated": time.time(),
+        "phase": "training", "epoch": 1, "epochs": 3, "step": 2, "steps_per_epoch": 4, "loss": 1.5, "eta_s": 30}))
+    holder = {"pid": 4242, "host": "trainer-box", "started": time.time() - 90, "command": "python -m xmodal.train"}
+    monkeypatch.setattr(xmodal.runs, "read_lock", lambda d: holder if Path(d).name == run.name else None,
+                        raising=False)
+    at = _app(tiny_catalogue)
+    _ok(at)
+    table = at.dataframe[0].value
+    assert table["held by"].iloc[0].startswith("4242@trainer-box since ") and "ago" in table["held by"].iloc[0]
+    assert any(_shown(c.value).startswith("lock held by 4242@trainer-box since") for c in at.sidebar.caption)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,11 +13,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
-from xmodal.dashboard import analysis, jobs, plots, projection, queries, state
+from xmodal.dashboard import analysis, checks, jobs, plots, projection, queries, state
+from xmodal.dashboard.escape import md
+from xmodal.dashboard.escape import plotly as plotly_text
 from xmodal.dashboard.uploads import UploadError, read_upload
 from xmodal.runs import list_runs, read_status
 
@@ -286,7 +290,8 @@ def test_log_progress_reads_the_last_progress_bar(tmp_path):
 
 # What Home, Training and the sidebar import; none may pull in PyTorch (4-8 s on a busy two-core machine).
 TORCH_FREE = ["xmodal", "xmodal.runs", "xmodal.data", "xmodal.paths", *(f"xmodal.dashboard.{m}" for m in (
-    "state", "analysis", "plots", "jobs", "sidebar", "ui", "queries", "uploads", "projection", "queue"))]
+    "state", "analysis", "plots", "jobs", "sidebar", "ui", "queries", "uploads", "projection", "queue", "escape",
+    "checks"))]
 
 
 def _python_ok(code: str) -> None:
@@ -339,3 +344,126 @@ def test_warm_pytorch_imports_search_in_the_background():
             "state._warming[0].join(300)\n"
             "assert state.pytorch_loaded() and 'torch' in sys.modules\n")
     _python_ok(code)
+
+
+# ---------------------------------------------------------------- catalogue text is text
+
+HOSTILE = ['<script>window.__xss=1</script>', '<img src=x onerror="window.__xss=1">',
+           '<iframe srcdoc="<script>parent.__xss=1</script>">', '![x](http://203.0.113.5/pixel.png)',
+           '[click](javascript:window.__xss=1)', '<a href="http://203.0.113.5/">', '<svg onload=window.__xss=1>',
+           'see www.example.com or a@b.co', '**bold** _it_ `code` # h1 > quote | a | :red[x] :smile: $x^2$ &amp;',
+           'line one\n# heading\n\n- item\r\n    code', '\\*not bold\\*']
+PUNCTUATION = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
+def _unescape(text: str) -> str:
+    """What a CommonMark renderer shows for backslash-escaped text (and the invisible word joiner dropped)."""
+    return re.sub(r"\\(.)", r"\1", text).replace("\u2060", "")
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_md_escapes_every_markdown_character(text):
+    out = md(text)
+    assert "\n" not in out and "\r" not in out  # one line: no headings, lists, quotes or code blocks
+    assert _unescape(out) == " ".join(text.split())  # it shows exactly the text
+    i = 0
+    while i < len(out):  # every punctuation character is escaped, so none can open markup
+        if out[i] == "\\":
+            assert out[i + 1] in PUNCTUATION
+            i += 2
+            continue
+        assert out[i] not in PUNCTUATION, (out, i)
+        i += 1
+    visible = out.replace("\\", "")  # what GitHub-flavoured Markdown scans for bare links after unescaping
+    assert not re.search(r"(?i)[a-z]://|\bwww\.|[-.\w+]@[-\w]", visible), visible
+
+
+def test_md_breaks_bare_links_and_keeps_plain_words():
+    assert md("Roadster Men Navy Blue Striped Shirt") == "Roadster Men Navy Blue Striped Shirt"
+    assert md("visit http://x.io or WWW.shop.in") == "visit http\u2060\\:\\/\\/x\\.io or WWW\u2060\\.shop\\.in"
+    assert md(42) == "42" and md(Path("a b/c")) == "a b\\/c"
+
+
+def test_plotly_text_escapes_the_html_plotly_reads():
+    assert plotly_text('<a href="http://x/">a & b</a>') == '&lt;a href="http://x/"&gt;a &amp; b&lt;/a&gt;'
+    assert plotly_text("&lt;b&gt;") == "&amp;lt;b&amp;gt;"  # an entity in the text shows as typed
+
+
+def _figure_strings(fig) -> list[str]:
+    """Every string Plotly would render as rich text: trace names, hover text, categories, titles."""
+    out = [a.text for a in fig.layout.annotations or []]
+    for t in fig.data:
+        out.append(t.name or "")
+        for attr in ("text", "x", "hovertext"):
+            values = getattr(t, attr, None)
+            if values is not None and not isinstance(values, (int, float)):
+                out.extend(v for v in np.asarray(values, dtype=object).ravel() if isinstance(v, str))
+    return out
+
+
+def test_figures_escape_run_names_captions_and_attribute_values():
+    bad = HOSTILE[1]
+    step = {"kind": "step", "epoch": 1, "step": 1, "loss": 1.0, bad: 0.5}
+    epoch = {"kind": "epoch", "epoch": 1, "pos_sim": 0.5, "neg_sim": 0.1, "val/text_to_image/R@1": 10.0}
+    metrics = {bad: [step, epoch]}
+    table = pd.DataFrame([{"run": bad, **{c: 1.0 for c in (f"{analysis.SHORT[d]} {m}" for d in analysis.DIRECTIONS
+                                                           for m in ("R@1", "R@5", "R@10", "median rank"))}}])
+    slices = pd.DataFrame([{"attribute": "colour", "value": bad, "n": 3, "direction": d, "R@1": 1.0, "R@5": 2.0,
+                            "R@10": 3.0, "median_rank": 4.0, "run": bad} for d in analysis.DIRECTIONS])
+    xy = np.zeros((4, 2), dtype=np.float32)
+    figures = [plots.loss_figure(metrics), plots.validation_figure(metrics), plots.similarity_figure(metrics),
+               plots.metric_bars(table), plots.slice_figure(slices),
+               plots.projection_figure(xy, [bad, bad], [bad, "x"])]
+    for fig in figures:
+        strings = _figure_strings(fig)
+        assert any("&lt;img" in s for s in strings), strings
+        assert not any("<" in s for s in strings), strings
+
+
+# ---------------------------------------------------------------- bad catalogue folders, run locks
+
+def test_folder_problem_says_what_is_wrong(tmp_path, tiny_catalogue):
+    assert checks.folder_problem("demo") is None and checks.folder_problem(str(tiny_catalogue)) is None
+    assert "does not exist" in checks.folder_problem(str(tmp_path / "nowhere"))
+    (tmp_path / "a-file").write_text("x")
+    assert "is a file, not a folder" in checks.folder_problem(str(tmp_path / "a-file"))
+    (tmp_path / "empty").mkdir()
+    assert "no captions.csv" in checks.folder_problem(str(tmp_path / "empty"))
+
+
+def test_load_problem_is_one_line_with_what_to_do():
+    line = checks.load_problem("/data/cat", ValueError("captions.csv lacks column(s) ['caption']\n  found x"))
+    assert "\n" not in line and line.startswith("The catalogue /data/cat cannot be used: captions.csv lacks")
+    assert line.endswith(checks.WHAT_TO_DO)
+    assert checks.load_problem("x", OSError()) == f"The catalogue x cannot be used: OSError. {checks.WHAT_TO_DO}"
+
+
+def test_lock_holder_names_the_live_holder(tmp_path, monkeypatch):
+    import xmodal.runs
+    monkeypatch.delattr(xmodal.runs, "read_lock", raising=False)
+    assert analysis.lock_holder(tmp_path) == ""  # a version of xmodal.runs without locks
+    started = time.time() - 65
+    locks = {"held": {"pid": 4242, "host": "box", "started": started, "command": "python -m xmodal.train"},
+             "no-time": {"pid": 7, "host": "box", "started": None}}
+    def read_lock(run_dir):
+        if run_dir.name == "broken":
+            raise ValueError("not JSON")
+        return locks.get(run_dir.name)
+    monkeypatch.setattr(xmodal.runs, "read_lock", read_lock, raising=False)
+    since = time.strftime("%H:%M:%S", time.localtime(started))
+    assert analysis.lock_holder(tmp_path / "held", now=started + 65) == f"4242@box since {since} (1m05s ago)"
+    assert analysis.lock_holder(tmp_path / "no-time") == "7@box"
+    assert analysis.lock_holder(tmp_path / "free") == "" and analysis.lock_holder(tmp_path / "broken") == ""
+
+
+def test_lock_holder_reads_a_live_run_lock(tmp_path):
+    import socket
+
+    import xmodal.runs
+    if not hasattr(xmodal.runs, "RunLock"):
+        pytest.skip("this xmodal.runs has no run-folder locks")
+    assert analysis.lock_holder(tmp_path) == ""  # never locked
+    with xmodal.runs.RunLock.acquire(tmp_path, "python -m xmodal.train"):
+        held = analysis.lock_holder(tmp_path)
+    assert held.startswith(f"{os.getpid()}@{socket.gethostname()} since ") and held.endswith(" ago)"), held
+    assert analysis.lock_holder(tmp_path) == ""  # released

@@ -404,3 +404,29 @@ def test_evaluate_without_an_item_id_column_survives_a_removed_row(tiny_catalogu
     gone = res["items"]["gone_since_training"]
     assert res["gallery_size"] == len(splits["test"]) - gone and gone in (0, 1)
     assert res["items"]["new_since_training"] == 0
+
+
+def test_foreign_lock_and_status_files_never_crash_readers(tmp_path):
+    from xmodal.runs import read_status
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "status.json").write_text('{"state": "running", "epoch": "three", "loss": NaN, "pid": "x"}')
+    status = read_status(run)
+    assert "epoch" not in status and "loss" not in status and status["state"] == "running"
+    (run / "status.json").write_text('["not", "an", "object"]')
+    assert read_status(run)["state"] == "unknown"
+    (run / "status.json").write_text('{"state": "exploded"}')
+    assert read_status(run)["state"] == "unknown"
+    (run / ".lock").write_text("[]")
+    assert read_lock(run) is None  # nobody holds it
+    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run / ".lock")], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"held"
+        assert read_lock(run) == {"pid": None, "host": None, "started": None, "command": ""}
+        with pytest.raises(Exception, match="in use by process"):
+            RunLock.acquire(run)
+    finally:
+        proc.kill()
+        proc.wait()

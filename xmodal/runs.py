@@ -171,7 +171,8 @@ class RunLock:
         else:
             os.close(fd)
             holder = read_lock(run_dir) or {}
-            since = time.strftime("%H:%M:%S", time.localtime(holder.get("started", time.time())))
+            started = holder.get("started")
+            since = time.strftime("%H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
             raise RunLocked(f"run folder {run_dir} is in use by process {holder.get('pid', '?')} on "
                             f"{holder.get('host', '?')} since {since}; wait for it to finish, or stop it "
                             "(Stop in the dashboard, or kill that process), then try again") from None
@@ -209,7 +210,9 @@ def read_lock(run_dir: Path) -> dict | None:
         except BlockingIOError:  # held by a live process
             try:
                 info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                info = {}
+            if not isinstance(info, dict):  # a lock file written by someone else: the holder is unnamed
                 info = {}
             return {"pid": info.get("pid"), "host": info.get("host"), "started": info.get("started"),
                     "command": info.get("command", "")}
@@ -251,9 +254,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+NUMERIC_STATUS = ("epoch", "epochs", "step", "steps_per_epoch", "loss", "eta_s", "updated", "pid")
+
+
 def read_status(run_dir: Path) -> dict:
-    """The run's status; a ``running`` run whose process is gone on this host reads as ``failed``."""
+    """The run's status; a ``running`` run whose process is gone on this host reads as ``failed``.
+
+    A damaged or foreign ``status.json`` (not an object, an unknown state, numbers that are not numbers)
+    is read as far as it makes sense: bad numeric fields are dropped, an unknown state is ``unknown``.
+    """
     status = read_json(Path(run_dir) / "status.json", default={"state": "unknown"})
+    if not isinstance(status, dict):
+        status = {"state": "unknown"}
+    status = {k: v for k, v in status.items()
+              if k not in NUMERIC_STATUS or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                             and v == v and abs(v) != float("inf"))}
+    if status.get("state") not in STATES:
+        status["state"] = "unknown"
     if status.get("state") == "running" and status.get("host") == socket.gethostname():
         pid = status.get("pid")
         if isinstance(pid, int) and not _pid_alive(pid):

@@ -10,6 +10,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from .. import runs as _runs
 from ..runs import RunInfo
 
 # PyTorch (through xmodal.metrics and xmodal.pipeline) is imported only inside the functions that rank, so
@@ -42,8 +43,34 @@ def backbone_label(config: dict) -> str:
     return f"{mcfg.get('backbone', '?')}: {source}, {mode}"
 
 
+def lock_holder(run_dir: Path, now: float | None = None) -> str:
+    """Who holds a run folder's lock, as ``pid@host since HH:MM:SS (3m05s ago)``; empty when nobody does.
+
+    Reads ``xmodal.runs.read_lock`` (None for a free folder or a dead or stale holder). The host and command
+    come from a file in the run folder: show the text escaped.
+    """
+    read_lock = getattr(_runs, "read_lock", None)  # absent in versions without run-folder locks
+    if read_lock is None:
+        return ""
+    try:
+        lock = read_lock(Path(run_dir))
+    except (OSError, ValueError, TypeError, AttributeError):  # an unreadable lock file: nobody can be named
+        return ""
+    if not isinstance(lock, dict):
+        return ""
+    started, since = lock.get("started"), ""
+    if isinstance(started, (int, float)) and not isinstance(started, bool):
+        try:
+            since = (f" since {time.strftime('%H:%M:%S', time.localtime(started))} "
+                     f"({format_eta(max(0.0, (now or time.time()) - started))} ago)")
+        except (ValueError, OverflowError, OSError):  # not a time
+            since = ""
+    return f"{lock.get('pid') or '?'}@{lock.get('host') or '?'}{since}"
+
+
 def runs_table(runs: Sequence[RunInfo], ground_truth: str = "caption") -> pd.DataFrame:
-    """One row per run: model, backbone weights, catalogue, status, epochs, best val rsum, test R@1/R@10.
+    """One row per run: model, backbone weights, catalogue, status, who holds its lock, epochs, best val rsum,
+    test R@1/R@10 and the error of a failed run.
 
     Args:
         runs: from ``xmodal.runs.list_runs``.
@@ -57,6 +84,7 @@ def runs_table(runs: Sequence[RunInfo], ground_truth: str = "caption") -> pd.Dat
             "run": r.run_id, "model": r.model, "backbone": backbone_label(r.config),
             "catalogue": catalogue_label(r.config),
             "status": st.get("state", "unknown"),
+            "held by": lock_holder(r.path),
             "epochs": f"{st.get('epoch', best.get('epoch', 0)) or 0}/{epochs or '?'}",
             "best val rsum": best.get("val_rsum"),
         }
@@ -66,7 +94,7 @@ def runs_table(runs: Sequence[RunInfo], ground_truth: str = "caption") -> pd.Dat
                 row[f"test {SHORT[d]} R@{k}"] = metrics.get(f"{d}/R@{k}")
         row["error"] = st.get("error") or ""
         rows.append(row)
-    cols = ["run", "model", "backbone", "catalogue", "status", "epochs", "best val rsum",
+    cols = ["run", "model", "backbone", "catalogue", "status", "held by", "epochs", "best val rsum",
             *[f"test {SHORT[d]} R@{k}" for d in DIRECTIONS for k in (1, 10)], "error"]
     return pd.DataFrame(rows, columns=cols)
 

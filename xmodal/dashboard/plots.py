@@ -1,4 +1,8 @@
-"""Plotly figure builders for the dashboard pages; each returns a ``plotly.graph_objects.Figure``."""
+"""Plotly figure builders for the dashboard pages; each returns a ``plotly.graph_objects.Figure``.
+
+Plotly reads a subset of HTML (``<a href>``, ``<b>``, ``<br>``) in trace names, hover text, tick labels and
+titles, so every run name, loss term, caption and attribute value goes through ``escape.plotly`` (``esc``).
+"""
 from __future__ import annotations
 
 import math
@@ -11,6 +15,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from .analysis import DIRECTIONS, KS, SHORT, loss_terms
+from .escape import plotly as esc
 
 PALETTE = qualitative.Plotly + qualitative.D3
 MODALITY_COLOURS = {"image": "#1f77b4", "caption": "#ff7f0e"}
@@ -54,7 +59,8 @@ def loss_figure(metrics: dict[str, list[dict]], smooth: int = 1) -> go.Figure:
     terms = loss_terms([r for rows in metrics.values() for r in rows]) or ["loss"]
     cols = 2 if len(terms) > 1 else 1
     nrows = math.ceil(len(terms) / cols)
-    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=terms, vertical_spacing=0.3 / nrows)
+    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=[esc(t) for t in terms],
+                        vertical_spacing=0.3 / nrows)
     colours = run_colours(list(metrics))
     for name, rows in metrics.items():
         steps = [r for r in rows if r.get("kind") == "step"]
@@ -66,8 +72,9 @@ def loss_figure(metrics: dict[str, list[dict]], smooth: int = 1) -> go.Figure:
             if not pts:
                 continue
             xs, ys = zip(*pts)
-            fig.add_trace(go.Scatter(x=xs, y=_smooth(np.array(ys, dtype=float), smooth), mode="lines", name=name,
-                                     legendgroup=name, showlegend=i == 0, line=dict(color=colours[name])),
+            fig.add_trace(go.Scatter(x=xs, y=_smooth(np.array(ys, dtype=float), smooth), mode="lines",
+                                     name=esc(name), legendgroup=name, showlegend=i == 0,
+                                     line=dict(color=colours[name])),
                           row=i // cols + 1, col=i % cols + 1)
     for c in range(1, cols + 1):  # label the lowest panel of each column only
         last = nrows if (nrows - 1) * cols + c <= len(terms) else nrows - 1
@@ -89,7 +96,7 @@ def validation_figure(metrics: dict[str, list[dict]], prefix: str = "val") -> go
         for di, d in enumerate(DIRECTIONS):
             keys = [f"{prefix}/{d}/R@{k}" for k in KS] + [f"{prefix}/{d}/median_rank"]
             for ci, key in enumerate(keys):
-                fig.add_trace(go.Scatter(x=x, y=[r.get(key) for r in epochs], mode="lines+markers", name=name,
+                fig.add_trace(go.Scatter(x=x, y=[r.get(key) for r in epochs], mode="lines+markers", name=esc(name),
                                          legendgroup=name, showlegend=di == 0 and ci == 0,
                                          line=dict(color=colours[name])), row=di + 1, col=ci + 1)
     fig.update_xaxes(dtick=1)
@@ -104,9 +111,9 @@ def similarity_figure(metrics: dict[str, list[dict]]) -> go.Figure:
     for name, rows in metrics.items():
         epochs = [r for r in rows if r.get("kind") == "epoch" and "pos_sim" in r]
         x = [r["epoch"] for r in epochs]
-        fig.add_trace(go.Scatter(x=x, y=[r["pos_sim"] for r in epochs], name=f"{name} positive",
+        fig.add_trace(go.Scatter(x=x, y=[r["pos_sim"] for r in epochs], name=f"{esc(name)} positive",
                                  mode="lines+markers", legendgroup=name, line=dict(color=colours[name])))
-        fig.add_trace(go.Scatter(x=x, y=[r["neg_sim"] for r in epochs], name=f"{name} negative",
+        fig.add_trace(go.Scatter(x=x, y=[r["neg_sim"] for r in epochs], name=f"{esc(name)} negative",
                                  mode="lines+markers", legendgroup=name, line=dict(color=colours[name], dash="dash")))
     fig.update_xaxes(title_text="epoch", dtick=1)
     fig.update_yaxes(title_text="cosine similarity")
@@ -122,9 +129,9 @@ def metric_bars(table: pd.DataFrame) -> go.Figure:
     colours = run_colours(list(table["run"])) if len(table) else {}
     for _, row in table.iterrows():
         name = row["run"]
-        fig.add_trace(go.Bar(x=recall_cols, y=[row[c] for c in recall_cols], name=name, legendgroup=name,
+        fig.add_trace(go.Bar(x=recall_cols, y=[row[c] for c in recall_cols], name=esc(name), legendgroup=name,
                              marker_color=colours[name]), row=1, col=1)
-        fig.add_trace(go.Bar(x=rank_cols, y=[row[c] for c in rank_cols], name=name, legendgroup=name,
+        fig.add_trace(go.Bar(x=rank_cols, y=[row[c] for c in rank_cols], name=esc(name), legendgroup=name,
                              showlegend=False, marker_color=colours[name]), row=1, col=2)
     fig.update_layout(barmode="group")
     return _layout(fig, 380)
@@ -143,8 +150,8 @@ def slice_figure(slices: pd.DataFrame, metric: str = "R@10") -> go.Figure:
     for name in runs:
         for di, d in enumerate(DIRECTIONS):
             part = slices[(slices["run"] == name) & (slices["direction"] == d)]
-            fig.add_trace(go.Bar(x=[f"{v} ({n})" for v, n in zip(part["value"], part["n"])], y=part[metric],
-                                 name=name, legendgroup=name, showlegend=di == 0, marker_color=colours[name]),
+            fig.add_trace(go.Bar(x=[f"{esc(v)} ({n})" for v, n in zip(part["value"], part["n"])], y=part[metric],
+                                 name=esc(name), legendgroup=name, showlegend=di == 0, marker_color=colours[name]),
                           row=1, col=di + 1)
     fig.update_layout(barmode="group")
     return _layout(fig, 360)
@@ -178,16 +185,16 @@ def projection_figure(xy: np.ndarray, captions: Sequence[str], groups: Sequence[
         for value in values:
             idx = np.flatnonzero(labels == value)
             colour = MODALITY_COLOURS[modality] if groups is None else colours[value]
-            name = modality if groups is None else str(value)  # by group: one legend entry for both symbols
+            name = modality if groups is None else esc(value)  # by group: one legend entry for both symbols
             fig.add_trace(go.Scatter(
                 x=pts[idx, 0], y=pts[idx, 1], mode="markers", name=name, legendgroup=str(value),
                 showlegend=groups is None or modality == "image",
-                customdata=idx.tolist(), text=[captions[i] for i in idx],
+                customdata=idx.tolist(), text=[esc(captions[i]) for i in idx],
                 hovertemplate=f"{modality}: %{{text}}<extra></extra>",
                 marker=dict(symbol=symbol, size=7 if modality == "image" else 6, color=colour,
                             opacity=0.85, line=dict(width=0))))
-    fig.update_xaxes(title_text=f"{method} 1", showticklabels=False)
-    fig.update_yaxes(title_text=f"{method} 2", showticklabels=False)
+    fig.update_xaxes(title_text=f"{esc(method)} 1", showticklabels=False)
+    fig.update_yaxes(title_text=f"{esc(method)} 2", showticklabels=False)
     fig.update_layout(dragmode="select")  # box by default; lasso is one click away in the toolbar
     return _layout(fig, 580)
 

@@ -8,7 +8,8 @@ import streamlit as st
 
 from ..data.importers import IMPORTERS
 from ..paths import cache_dir
-from . import analysis, jobs, state, ui
+from . import analysis, checks, jobs, state, ui
+from .escape import md
 
 SOURCES = ("demo", "folder", "import")
 EXAMPLE_FOLDER = "../shared/datasets/myntra"
@@ -34,9 +35,8 @@ def _catalogue_picker() -> str:
                                help="a folder holding captions.csv (columns image, caption) and its images")
         if folder.strip():
             spec = folder.strip()
-            if not (Path(spec).expanduser() / "captions.csv").is_file():
-                st.error(f"No captions.csv in `{spec}`. Give a catalogue folder, or use *import* for the "
-                         "Kaggle / research layouts.")
+            if problem := checks.folder_problem(spec):
+                st.error(md(problem), icon=":material/error:")
         else:
             st.caption(f"e.g. `{EXAMPLE_FOLDER}`; the demo is used until you give one")
     elif source == "import":
@@ -55,8 +55,9 @@ def _import_form() -> None:
         try:
             with st.spinner("Importing..."):
                 res = IMPORTERS[layout](src.strip(), out.strip() or None)
-        except (FileNotFoundError, ValueError, OSError) as err:
-            st.error(f"Import failed: {err}")
+        except checks.LOAD_ERRORS as err:
+            st.error(md(f"Import failed: {' '.join(str(err).split())}. Check the folder and the layout, then "
+                        "import again."), icon=":material/error:")
             return
         dropped = ", ".join(f"{n} {why}" for why, n in res.dropped.items()) or "none"
         st.session_state["_imported"] = str(res.out_dir)
@@ -79,18 +80,18 @@ def _training_form(spec: str) -> None:
                                help="train the CNN end to end (slow on CPU); otherwise its features are cached")
         start = st.form_submit_button("Start training", type="primary", width="stretch")
     if start:
-        if spec != "demo" and not (Path(spec).expanduser() / "captions.csv").is_file():
-            st.error(f"Cannot train: no captions.csv in `{spec}`.")
+        if problem := checks.folder_problem(spec):
+            st.error(md(f"Cannot train: {problem}"), icon=":material/error:")
             return
         job = jobs.TrainJob(model=model, data=spec, epochs=int(epochs), batch_size=int(batch), lr=float(lr),
                             finetune=bool(finetune), device=device)
         try:
             run_dir = jobs.start_training(job)
         except OSError as err:
-            st.error(f"Could not start training: {err}")
+            st.error(md(f"Could not start training: {err}"), icon=":material/error:")
             return
         st.session_state["_busy"] = True
-        st.toast(f"Started {run_dir.name}", icon=":material/rocket_launch:")
+        st.toast(f"Started {md(run_dir.name)}", icon=":material/rocket_launch:")
 
 
 def progress_panel(key: str = "sb") -> bool:
@@ -103,8 +104,8 @@ def progress_panel(key: str = "sb") -> bool:
     for path, q in queues:
         done = sum(j["state"] not in ("pending", "running") for j in q["jobs"])
         now = next((j["model"] for j in q["jobs"] if j["state"] == "running"), q.get("phase") or "starting")
-        st.progress(done / max(len(q["jobs"]), 1), text=f"Queue **{q['name']}**: {done}/{len(q['jobs'])} done, "
-                                                        f"now {now}")
+        st.progress(done / max(len(q["jobs"]), 1),
+                    text=f"Queue **{md(q.get('name', '?'))}**: {done}/{len(q['jobs'])} done, now {md(now)}")
         if st.button("Cancel queue", key=f"{key}-cq-{path.stem}", icon=":material/cancel:"):
             jobs.stop_queue(path)
             st.toast("Cancelling the queue: the current run stops after its step")
@@ -117,22 +118,24 @@ def progress_panel(key: str = "sb") -> bool:
             frac = ((epoch - 1) + step / steps) / epochs if epoch and steps and epochs else 0.0
             phase = status.get("phase", "")
             if phase == "training":
-                text = (f"**{name}**: epoch {epoch}/{epochs}, step {step}/{steps}, loss {status.get('loss', 0):.4g}, "
-                        f"{analysis.format_eta(status.get('eta_s'))} left")
+                text = (f"**{md(name)}**: epoch {epoch}/{epochs}, step {step}/{steps}, "
+                        f"loss {status.get('loss', 0):.4g}, {analysis.format_eta(status.get('eta_s'))} left")
             else:
-                text = f"**{name}**: {phase}"
+                text = f"**{md(name)}**: {md(phase)}"
                 if bar := jobs.log_progress(run_dir):  # e.g. the one-time feature extraction
-                    text, frac = f"{text}: {bar[1]:.0%}, {bar[2]} left", bar[1]
+                    text, frac = f"{text}: {bar[1]:.0%}, {md(bar[2])} left", bar[1]
             st.progress(min(max(frac, 0.0), 1.0), text=text)
+            if holder := analysis.lock_holder(run_dir):
+                st.caption(f"lock held by {md(holder)}")
             if st.button("Stop", key=f"{key}-stop-{name}", icon=":material/stop_circle:"):
                 jobs.stop_run(run_dir)
-                st.toast(f"Stopping {name} (it keeps its last completed epoch)")
+                st.toast(f"Stopping {md(name)} (it keeps its last completed epoch)")
         elif state_ == "failed":
             ui.show_failure(run_dir, status, compact=True)
         elif state_ == "stopped":
-            st.info(f"**{name}** stopped. {status.get('message', '')}", icon=":material/stop_circle:")
+            st.info(f"**{md(name)}** stopped. {md(status.get('message', ''))}", icon=":material/stop_circle:")
         elif state_ == "finished":
-            st.caption(f":material/check_circle: **{name}** finished")
+            st.caption(f":material/check_circle: **{md(name)}** finished")
     busy = bool(queues) or any(s.get("state") == "running" for _, s in runs)
     if not runs and not queues:
         st.caption("No runs in progress.")
@@ -152,7 +155,7 @@ def render() -> str:
     with st.sidebar:
         spec = _catalogue_picker()
         if note := st.session_state.pop("_import_note", None):
-            st.success(note)
+            st.success(md(note))
         with st.expander("Train a model", expanded=False, icon=":material/model_training:"):
             _training_form(spec)
         st.subheader("Runs in progress", divider="gray")

@@ -10,6 +10,7 @@ on import: Home and Training draw without it, and ``warm_pytorch`` loads it in t
 """
 from __future__ import annotations
 
+import csv
 import importlib
 import sys
 import threading
@@ -88,7 +89,7 @@ def _gallery_catalogue(run_dir: Path) -> Catalogue | None:
         return None
     try:
         cat = catalogue(spec)
-    except (CatalogueError, OSError):
+    except (CatalogueError, OSError, ValueError, csv.Error):
         return None
     return cat if cat.fingerprint == data.get("fingerprint") else None
 
@@ -190,9 +191,12 @@ def load_projection(path: Path) -> dict:
 
 
 @st.cache_data(show_spinner=False, max_entries=2000)
-def thumbnail(path: str, height: int = 64) -> str:
-    """A product photo as a small ``data:`` URI, for image columns in tables."""
-    return analysis.thumbnail_uri(path, height)
+def thumbnail(path: str, height: int = 64) -> str | None:
+    """A product photo as a small ``data:`` URI, for image columns in tables; None when it cannot be read."""
+    try:
+        return analysis.thumbnail_uri(path, height)
+    except (OSError, ValueError):  # a photo deleted since the catalogue was loaded, or one PIL cannot decode
+        return None
 
 
 def clear_runs() -> None:

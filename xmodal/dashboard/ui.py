@@ -1,13 +1,20 @@
-"""Small Streamlit widgets shared by the pages: run pickers, result cards, failure boxes."""
+"""Small Streamlit widgets shared by the pages: run pickers, result cards, failure boxes.
+
+Every string from a catalogue or a run folder goes through ``escape.md`` before Markdown, and photos are
+handed to Streamlit as bytes read from a local file, so that no caption, id or path becomes markup or
+makes the browser fetch anything (see ``xmodal.dashboard.escape``).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from ..runs import RunInfo, list_runs
 from . import analysis, jobs, state
+from .escape import md
 
 if TYPE_CHECKING:  # xmodal.search imports PyTorch: the pages that show hits have loaded it already
     from ..search import Hit
@@ -69,31 +76,51 @@ def run_picker(runs: Sequence[RunInfo], key: str, allow_all: bool = False, label
 
 def show_failure(run_dir: Path, status: dict, compact: bool = False) -> None:
     """A failed run's error and the end of its log (never a blank page)."""
-    st.error(f"**{Path(run_dir).name}** failed: {status.get('error') or 'the training process ended early'}",
-             icon=":material/error:")
+    error = status.get("error") or "the training process ended early"
+    st.error(f"**{md(Path(run_dir).name)}** failed: {md(error)}", icon=":material/error:")
     with st.expander("log", expanded=not compact):
-        st.code(jobs.failure_detail(run_dir), language="text")
+        st.code(jobs.failure_detail(run_dir), language="text")  # a code block is plain text
+
+
+def photo(path: str | Path, width: int, where: DeltaGenerator | None = None, caption: str | None = None
+          ) -> None:
+    """A product photo from a local file, handed to Streamlit as its bytes.
+
+    A path string that looks like a URL would reach the browser as one (and be fetched); bytes never do.
+    A missing, unreadable or undecodable file (changed since the catalogue was checked) shows a short note.
+    """
+    where = where if where is not None else st
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        where.caption("(photo missing)")
+        return
+    try:
+        where.image(data, width=width, caption=caption)
+    except (OSError, ValueError):  # PIL's UnidentifiedImageError is an OSError
+        where.caption("(photo unreadable)")
 
 
 def hit_card(hit: Hit, title: str | None = None, image_width: int = 90) -> None:
-    """One result: the product photo beside its caption and score."""
+    """One result: the product photo beside its caption, score and item id."""
     left, right = st.columns([1, 2], vertical_alignment="center")
-    left.image(str(hit.image), width=image_width)
-    right.markdown(f"{f'**{title}** ' if title else ''}{hit.caption}  \n"
-                   f"<small>score {hit.score:.3f} · {hit.item_id}</small>", unsafe_allow_html=True)
+    photo(hit.image, image_width, where=left)
+    right.markdown(f"{f'**{md(title)}** ' if title else ''}{md(hit.caption)}")
+    right.caption(f"score {hit.score:.3f} · {md(hit.item_id)}")
 
 
 def hit_grid(hits: Sequence[Hit], columns: int = 5, image_width: int = 120) -> None:
     """Results as a grid of photos with rank, caption and score underneath."""
     for start in range(0, len(hits), columns):
         for col, (i, hit) in zip(st.columns(columns), enumerate(hits[start:start + columns], start=start + 1)):
-            col.image(str(hit.image), width=image_width)
-            col.markdown(f"**#{i}** {hit.caption}  \n<small>score {hit.score:.3f}</small>", unsafe_allow_html=True)
+            photo(hit.image, image_width, where=col)
+            col.markdown(f"**#{i}** {md(hit.caption)}")
+            col.caption(f"score {hit.score:.3f}")
 
 
 def product_grid(images: Sequence[str], captions: Sequence[str], columns: int = 6, image_width: int = 110) -> None:
     """Catalogue products as a grid of photos with their captions."""
     for start in range(0, len(images), columns):
         for col, img, cap in zip(st.columns(columns), images[start:start + columns], captions[start:start + columns]):
-            col.image(str(img), width=image_width)
-            col.caption(cap)
+            photo(img, image_width, where=col)
+            col.caption(md(cap))
