@@ -112,3 +112,12 @@ def test_unseen_title_metrics_in_test_json(trained_run):
     from xmodal.report import table
     row = table([trained_run]).splitlines()[-1]
     assert "frozen" in row and "split" not in row.split("|")[1]
+
+
+def test_report_val_table_reads_the_chosen_checkpoint(trained_run, capsys):
+    from xmodal.report import main
+    from xmodal.runs import read_best
+    assert main(["--split", "val", str(trained_run)]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    best = read_best(trained_run)
+    assert f"{best['val']['caption']['rsum']:.1f}" in row and f"| {best['epoch']}/" in row

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .runs import read_json
+from .runs import read_best, read_json
 
 COLUMNS = [("text_to_image", "R@1"), ("text_to_image", "R@5"), ("text_to_image", "R@10"),
            ("text_to_image", "median_rank"), ("image_to_text", "R@1"), ("image_to_text", "R@5"),
@@ -37,6 +37,29 @@ def backbone_description(config: dict) -> str:
     else:
         how = "frozen"
     return f"{start}, {how}"
+
+
+def val_table(run_dirs: list[Path], gt: str = "caption") -> str:
+    """Validation metrics of each run's chosen checkpoint (for choosing recipes; test stays untouched)."""
+    head = ("| run | model | backbone | t2i R@1 | t2i R@5 | t2i R@10 | i2t R@1 | i2t R@5 | i2t R@10 | rsum "
+            "| val items | epoch | train time |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for d in run_dirs:
+        config = read_json(d / "config.json") or {}
+        best = read_best(d)
+        status = read_json(d / "status.json") or {}
+        if not best:
+            lines.append(f"| {d.name} | {config.get('model', '?')} | no checkpoint yet |" + " |" * 10)
+            continue
+        m = best["val"][gt]
+        cells = [f"{m[f'{k}']:.1f}" for k in ("text_to_image/R@1", "text_to_image/R@5", "text_to_image/R@10",
+                                                "image_to_text/R@1", "image_to_text/R@5", "image_to_text/R@10")]
+        test = read_json(d / "test.json") or {}
+        minutes = test.get("train_seconds", 0) / 60
+        lines.append(f"| {d.name} | {config.get('model', '?')} | {backbone_description(config)} | " + " | ".join(cells)
+                     + f" | {m['rsum']:.1f} | {best['val']['gallery_size']} | {best['epoch']}/"
+                     f"{status.get('epochs', '?')} | {minutes:.1f} min |")
+    return "\n".join(lines)
 
 
 def table(run_dirs: list[Path], gt: str = "caption") -> str:
@@ -68,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xmodal.report", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--gt", choices=["caption", "item"], default="caption")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="val: the chosen checkpoint's validation metrics (to compare recipes without touching test)")
     a = p.parse_args(argv)
-    print(table(a.runs, a.gt))
+    print(val_table(a.runs, a.gt) if a.split == "val" else table(a.runs, a.gt))
     return 0
 
 
