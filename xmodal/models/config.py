@@ -22,6 +22,7 @@ class ModelConfig:
     hidden_dim: int = 1024  # hidden width of the MLP branches (siamese)
     lstm_dim: int = 512  # BiLSTM hidden size per direction (cmpm, infonce)
     dropout: float = 0.2  # dropout before the projections
+    image_mlp: int = 0  # dual encoders: hidden width of a two-layer image head (0: one linear layer)
     word_dropout: float = 0.1  # training only: share of words replaced by <unk>, so <unk> means "a word I do not know"
     margin: float = 0.5  # contrastive margin on euclidean distance of unit vectors (siamese)
     corr_weight: float = 1.0  # lambda, weight of the correlation term (corrnet)

@@ -13,12 +13,30 @@ from .registry import register_model
 from .towers import BiLSTMText, CrossModalModel
 
 
+class ResidualMLP(nn.Module):
+    """``[B, F] -> [B, D]``: a linear map plus a two-layer GELU branch (dropout on the input)."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, dropout: float):
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.linear = nn.Linear(in_dim, out_dim)
+        self.branch = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                                    nn.Linear(hidden, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop(x)
+        return self.linear(x) + self.branch(x)  # [B, D]
+
+
 class DualEncoder(CrossModalModel):
     """Image features -> linear; words -> BiLSTM (max-pooled) -> linear. ``[B, D]`` each."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self.image_proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.feature_dim, cfg.embed_dim))
+        if cfg.image_mlp:  # frozen features adapted non-linearly, with a linear shortcut
+            self.image_proj = ResidualMLP(cfg.feature_dim, cfg.image_mlp, cfg.embed_dim, cfg.dropout)
+        else:
+            self.image_proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.feature_dim, cfg.embed_dim))
         self.text_encoder = BiLSTMText(cfg.word_dim, cfg.lstm_dim)
         self.text_proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(self.text_encoder.out_dim, cfg.embed_dim))
 
