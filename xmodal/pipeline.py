@@ -58,6 +58,10 @@ def embed_pil(model: nn.Module, images: list[Image.Image], device: torch.device)
     tf = image_transform(model.cfg.backbone, tuple(model.cfg.image_size))
     from .data.images import to_rgb
     pixels = torch.stack([tf(to_rgb(im)) for im in images]).to(device)  # [N, 3, H, W]
+    if model.image_input == "features" and device.type == "cpu":  # frozen backbone: the fastest runtime
+        from .runtime import backbone_features
+        feats = backbone_features(model.backbone, pixels, model.cfg.tune_blocks)  # [N, F] or maps
+        return model.encode_image(feats).float().cpu()
     return model.encode_image(pixels).float().cpu()
 
 

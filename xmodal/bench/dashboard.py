@@ -8,10 +8,8 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .bench import BenchConfig, Row
+from .common import BenchConfig, Row
 
 
 def dashboard_skip_reason(entry: Path) -> str | None:
@@ -33,7 +31,6 @@ def dashboard_skip_reason(entry: Path) -> str | None:
 
 def bench_dashboard(cfg: BenchConfig, work: Path) -> list[Row]:
     """Cold start (process launch to the home page drawn) and a page switch, in headless Chromium."""
-    from .bench import Row
     entry = Path(cfg.dashboard)
     reason = dashboard_skip_reason(entry)
     if reason:
@@ -75,7 +72,6 @@ def _settled(page, timeout_s: float = 120.0, quiet_s: float = 0.5) -> float:
 
 
 def _time_dashboard(entry: Path, work: Path) -> list[Row]:
-    from .bench import Row
     import subprocess
     import urllib.request
 
@@ -126,6 +122,3 @@ def _time_dashboard(entry: Path, work: Path) -> list[Row]:
                 f"{t_home:.1f} s", "<= 20 s", t_home <= 20),
             Row("5 dashboard", "page switch (Home -> 2nd page) settled", f"{t_switch:.2f} s", "budget 2 s",
                 f"{t_switch:.2f} s", "<= 2 s", t_switch <= 2)]
-
-
-# ----------------------------------------------------------------------------------------------- table

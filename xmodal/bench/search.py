@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .bench import BenchConfig, Row, _best, _ms, _text_model, product_like
+from .common import BenchConfig, Row, ms, product_like, text_model, timed
 
 
 def _latency(encode: Callable[[str], torch.Tensor], search: Callable[[torch.Tensor], object], texts: list[str],
@@ -35,10 +35,10 @@ def _latency(encode: Callable[[str], torch.Tensor], search: Callable[[torch.Tens
 
 def bench_search(cfg: BenchConfig, cat, work: Path) -> list[Row]:
     """Text-to-top-10 latency: exact vs one memory pass, faiss recall and latency, per gallery size."""
-    from .pipeline import embed_texts
-    from .text import Vocab
+    from ..pipeline import embed_texts
+    from ..text import Vocab
     vocab = Vocab.build(cat.captions)
-    model = _text_model(len(vocab), cfg.dim)
+    model = text_model(len(vocab), cfg.dim)
     cpu = torch.device("cpu")
     rng = np.random.default_rng(0)
 
@@ -47,8 +47,8 @@ def bench_search(cfg: BenchConfig, cat, work: Path) -> list[Row]:
 
     for text in cat.captions[:5]:
         encode(text)  # warm-up
-    enc = np.array([_best(lambda t=t: encode(t), 1) for t in rng.choice(cat.captions, 50)])
-    rows = [Row("3 search", "text encoding alone (one caption, BiLSTM)", f"p50 {_ms(np.median(enc))}",
+    enc = np.array([timed(lambda t=t: encode(t), 1) for t in rng.choice(cat.captions, 50)])
+    rows = [Row("3 search", "text encoding alone (one caption, BiLSTM)", f"p50 {ms(np.median(enc))}",
                 "-", "-", "-", None)]
     for n in sorted(cfg.sizes):
         texts = list(rng.choice(cat.captions, max(10, min(cfg.latency_queries, int(3e7 // n)))))
@@ -60,7 +60,7 @@ def bench_search(cfg: BenchConfig, cat, work: Path) -> list[Row]:
 def _search_rows(cfg: BenchConfig, n: int, encode: Callable[[str], torch.Tensor], texts: list[str], work: Path
                  ) -> list[Row]:
     """Exact search over ``n`` synthetic items against one memory pass; the faiss rows above the threshold."""
-    from .gallery import Gallery, GalleryConfig
+    from ..gallery import Gallery, GalleryConfig
     gallery, queries = product_like(n, cfg.dim, seed=n, queries=cfg.recall_queries)  # [n, D], [q, D]
     exact = Gallery.build(gallery, kind="exact")
     exact.search(encode(texts[0]), 10)
@@ -70,9 +70,9 @@ def _search_rows(cfg: BenchConfig, n: int, encode: Callable[[str], torch.Tensor]
     one_pass = float(np.median(passes))
     ratio = float(np.median(alone)) / one_pass
     rows = [Row("3 search", f"text->top-10, exact, {n:,} x {cfg.dim}",
-                f"p50 {_ms(np.median(total))} / p95 {_ms(np.percentile(total, 95))} "
-                f"(search p50 {_ms(np.median(alone))})",
-                f"one pass (sum) p50 {_ms(one_pass)} ({gallery.numel() * 4 / one_pass / 1e9:.1f} GB/s)",
+                f"p50 {ms(np.median(total))} / p95 {ms(np.percentile(total, 95))} "
+                f"(search p50 {ms(np.median(alone))})",
+                f"one pass (sum) p50 {ms(one_pass)} ({gallery.numel() * 4 / one_pass / 1e9:.1f} GB/s)",
                 f"{ratio:.2f}x", "<= 1.5x", ratio <= 1.5)]
     if n > GalleryConfig().faiss_above:
         rows += _bench_faiss(gallery, queries, cfg, work, encode, texts, float(np.median(alone)))
@@ -82,7 +82,7 @@ def _search_rows(cfg: BenchConfig, n: int, encode: Callable[[str], torch.Tensor]
 def _bench_faiss(gallery: torch.Tensor, queries: torch.Tensor, cfg: BenchConfig, work: Path,
                  encode: Callable[[str], torch.Tensor], texts: list[str], exact_p50: float) -> list[Row]:
     """Build (and reload) the faiss index of ``gallery``; its recall@10 and its query latency."""
-    from .gallery import Gallery, exact_topk, recall_at_k
+    from ..gallery import Gallery, exact_topk, recall_at_k
     n = len(gallery)
     path = work / f"faiss_{n}.npz"
     path.unlink(missing_ok=True)
@@ -108,10 +108,7 @@ def _bench_faiss(gallery: torch.Tensor, queries: torch.Tensor, cfg: BenchConfig,
     total, alone, _ = _latency(encode, lambda v: index.search(v, 10), texts)
     p50 = float(np.median(alone))
     rows.append(Row("3 search", f"text->top-10, faiss, {n:,} x {cfg.dim}",
-                    f"p50 {_ms(np.median(total))} / p95 {_ms(np.percentile(total, 95))} (search p50 {_ms(p50)})",
-                    f"exact search p50 {_ms(exact_p50)}", _ms(p50), "search p50 <= 10 ms", p50 <= 0.010))
+                    f"p50 {ms(np.median(total))} / p95 {ms(np.percentile(total, 95))} (search p50 {ms(p50)})",
+                    f"exact search p50 {ms(exact_p50)}", ms(p50), "search p50 <= 10 ms", p50 <= 0.010))
     path.unlink(missing_ok=True)
     return rows
-
-
-# ----------------------------------------------------------------------------------------------- 4

@@ -1,0 +1,297 @@
+"""xmodal.runtime: the frozen backbone in ONNX Runtime computes PyTorch's features, its graph is cached and
+healed, and PyTorch takes over whenever ONNX Runtime cannot (missing, forced off, failing export).
+
+Tolerance: ONNX Runtime's outputs differ from PyTorch's by at most ``runtime.TOLERANCE`` (1e-4) relative to
+the largest output magnitude, and pooled features by at most 1e-4 absolute; measured differences are about
+1e-6 relative. Images are 64x48 so that each export takes seconds.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xmodal import cachefile, runtime
+from xmodal.backbones import create_backbone, extract_features, image_transform, stem_module, weights_digest
+
+CPU = torch.device("cpu")
+SIZE = (64, 48)
+ABS_TOLERANCE = 1e-4  # pooled features, absolute
+needs_ort = pytest.mark.skipif(runtime.onnxruntime_version() is None or importlib.util.find_spec("onnxscript") is None,
+                               reason="onnxruntime or onnxscript not installed (requirements.txt)")
+CASES = [("efficientnet", 0), ("efficientnet", 2), ("mobilenet", 0)]  # the cut is the same code for both
+
+
+def backbone(name: str) -> torch.nn.Module:
+    """EfficientNet with its packaged ImageNet weights; MobileNet randomly initialised (no weights offline)."""
+    torch.manual_seed(0)
+    return create_backbone(name, pretrained=name == "efficientnet", quiet=True)[0].eval()
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory) -> dict:
+    """(backbone, cut) -> (model, exported graph bytes), each exported once for this file."""
+    return {"cache": tmp_path_factory.mktemp("onnx_cache")}
+
+
+@pytest.fixture(autouse=True)
+def shared_cache(graphs, monkeypatch) -> Path:
+    """The module's cache folder (graphs exported once are reused) and no session kept between tests."""
+    monkeypatch.setenv("XMODAL_CACHE", str(graphs["cache"]))
+    monkeypatch.delenv(runtime.ENV, raising=False)
+    runtime.clear_sessions()
+    yield graphs["cache"]
+    runtime.clear_sessions()
+
+
+def exported(graphs: dict, name: str, tail_blocks: int = 0) -> tuple[torch.nn.Module, bytes]:
+    """The backbone and its graph's bytes, exported on first use into the module's cache folder."""
+    if (name, tail_blocks) not in graphs:
+        model = backbone(name)
+        data = runtime.export_graph(model, SIZE, tail_blocks)
+        path = runtime.graph_path(runtime.graph_key(model, SIZE, tail_blocks))
+        assert path.parent.parent == graphs["cache"]
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        graphs[name, tail_blocks] = model, data
+    return graphs[name, tail_blocks]
+
+
+@pytest.fixture(scope="module")
+def photos(tiny_catalogue) -> list[Path]:
+    from xmodal.data import load_catalogue
+    cat = load_catalogue(tiny_catalogue)
+    return [cat.image_path(i) for i in range(6)]
+
+
+def extract(model, photos, name: str, tail_blocks: int = 0) -> np.ndarray:
+    return extract_features(model, photos, image_transform(name, SIZE), CPU, progress=False, tail_blocks=tail_blocks)
+
+
+def notices(caplog, words: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and words in r.getMessage()]
+
+
+def no_export(*args, **kwargs):
+    raise AssertionError("the cached graph should have been used")
+
+
+# ---------------------------------------------------------------- equivalence
+
+@needs_ort
+@pytest.mark.parametrize("name,tail_blocks", CASES)
+def test_onnxruntime_matches_pytorch(graphs, photos, monkeypatch, name, tail_blocks):
+    model, _ = exported(graphs, name, tail_blocks)
+    graph = runtime.load_graph(model, SIZE, tail_blocks)
+    assert graph is not None and runtime.probe_error(graph, model, SIZE, tail_blocks) <= runtime.TOLERANCE
+    monkeypatch.setenv(runtime.ENV, "torch")
+    ref = extract(model, photos, name, tail_blocks)
+    monkeypatch.setenv(runtime.ENV, "onnxruntime")
+    calls = []
+    monkeypatch.setattr(runtime.OrtBackbone, "__call__", lambda self, x, real=runtime.OrtBackbone.__call__:
+                        calls.append(len(x)) or real(self, x))
+    out = extract(model, photos, name, tail_blocks)
+    assert calls == [len(photos)]  # ONNX Runtime did run
+    assert out.shape == ref.shape and out.dtype == ref.dtype == (np.float16 if tail_blocks else np.float32)
+    pixels = torch.stack([image_transform(name, SIZE)(runtime_image(p)) for p in photos])  # [6, 3, H, W]
+    with torch.no_grad():
+        exact = (runtime._runnable(model, tail_blocks)(pixels)).numpy()  # PyTorch float32
+    assert runtime.relative_error(graph(pixels), exact) <= runtime.TOLERANCE
+    if tail_blocks:  # float16 maps: PyTorch's and ONNX Runtime's may round a value to neighbouring halves
+        np.testing.assert_allclose(out.astype(np.float32), ref.astype(np.float32), rtol=2 ** -10,
+                                   atol=runtime.TOLERANCE * float(np.abs(exact).max()))
+    else:
+        assert np.abs(out - ref).max() <= ABS_TOLERANCE
+        assert runtime.relative_error(out, ref) <= runtime.TOLERANCE
+
+
+def runtime_image(path: Path):
+    from xmodal.data.images import open_rgb
+    return open_rgb(path)
+
+
+@needs_ort
+def test_backbone_features_for_single_queries(graphs, photos):
+    model, _ = exported(graphs, "efficientnet")
+    x = image_transform("efficientnet", SIZE)(runtime_image(photos[0]))[None]  # [1, 3, H, W]
+    with torch.no_grad():
+        ref = model(x)
+    runtime.load_graph(model, SIZE)  # cached on disk: a single query uses it, never exports
+    feats = runtime.backbone_features(model, x)
+    assert feats.dtype == torch.float32 and feats.shape == ref.shape
+    assert runtime.relative_error(feats.numpy(), ref.numpy()) <= runtime.TOLERANCE
+
+
+# ---------------------------------------------------------------- when PyTorch runs instead
+
+def test_without_onnxruntime_pytorch_runs(graphs, photos, monkeypatch, caplog):
+    # with onnxruntime installed, a cached graph is there too: it must not be used once the import fails
+    model = exported(graphs, "efficientnet")[0] if runtime.onnxruntime_version() else backbone("efficientnet")
+    monkeypatch.setenv(runtime.ENV, "torch")
+    ref = extract(model, photos, "efficientnet")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    monkeypatch.delenv(runtime.ENV)
+    assert runtime.onnxruntime_version() is None
+    assert runtime.select_runtime(model, CPU, SIZE, images=10 ** 6) is None
+    np.testing.assert_array_equal(extract(model, photos, "efficientnet"), ref)
+    monkeypatch.setenv(runtime.ENV, "onnxruntime")  # asked for, not there: said, and PyTorch runs
+    with caplog.at_level(logging.WARNING):
+        np.testing.assert_array_equal(extract(model, photos, "efficientnet"), ref)
+    assert notices(caplog, "onnxruntime does not import")
+
+
+@needs_ort
+def test_env_forces_pytorch(graphs, photos, monkeypatch):
+    model, _ = exported(graphs, "efficientnet")
+    assert runtime.load_graph(model, SIZE) is not None  # a graph is there to be used...
+    monkeypatch.setenv(runtime.ENV, "torch")
+    assert runtime.select_runtime(model, CPU, SIZE, images=10 ** 6) is None  # ...and is not
+    monkeypatch.setattr(runtime.OrtBackbone, "__call__", no_export)
+    out = extract(model, photos, "efficientnet")
+    with torch.no_grad():
+        pixels = torch.stack([image_transform("efficientnet", SIZE)(runtime_image(p)) for p in photos])
+        np.testing.assert_array_equal(out, model(pixels).numpy())
+
+
+def test_bad_env_value(monkeypatch):
+    monkeypatch.setenv(runtime.ENV, "tensorrt")
+    with pytest.raises(ValueError, match="auto, torch, onnxruntime"):
+        runtime.requested_runtime()
+    monkeypatch.setenv(runtime.ENV, "ORT")
+    assert runtime.requested_runtime() == "onnxruntime"
+
+
+@needs_ort
+def test_gpu_and_non_float32_stay_on_pytorch(graphs):
+    model, _ = exported(graphs, "efficientnet")
+    assert runtime.select_runtime(model, torch.device("cuda"), SIZE, images=10 ** 6) is None
+    half = backbone("mobilenet").to(torch.bfloat16)
+    assert runtime.select_runtime(half, CPU, SIZE, images=10 ** 6) is None
+
+
+@needs_ort
+def test_export_failure_falls_back(photos, monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path))
+    model = backbone("mobilenet")
+    monkeypatch.setenv(runtime.ENV, "torch")
+    ref = extract(model, photos, "mobilenet")
+    monkeypatch.setenv(runtime.ENV, "onnxruntime")
+
+    tries = []
+
+    def broken(*a, **k):
+        tries.append(1)
+        raise RuntimeError("unsupported operator aten::frobnicate")
+    monkeypatch.setattr(runtime, "export_graph", broken)
+    with caplog.at_level(logging.WARNING):
+        np.testing.assert_array_equal(extract(model, photos, "mobilenet"), ref)
+    assert notices(caplog, "cannot run mobilenet in ONNX Runtime (RuntimeError: unsupported operator")
+    assert not list(tmp_path.glob("onnx/*"))
+    np.testing.assert_array_equal(extract(model, photos, "mobilenet"), ref)
+    assert len(tries) == 1  # not tried again in this process: a failed export costs its seconds once
+
+
+# ---------------------------------------------------------------- the graph cache
+
+@needs_ort
+def test_auto_exports_only_jobs_that_repay_it(graphs, monkeypatch, tmp_path):
+    model, good = exported(graphs, "mobilenet")
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path))
+    assert runtime.select_runtime(model, CPU, SIZE, images=60) is None  # small job, no graph: PyTorch
+    assert not (tmp_path / "onnx").exists()
+    monkeypatch.setattr(runtime, "export_graph", lambda *a, **k: good)
+    big = runtime.EXPORT_MIN_PIXELS // (SIZE[0] * SIZE[1]) + 1
+    assert runtime.select_runtime(model, CPU, SIZE, images=big) is not None  # a big one exports
+    runtime.clear_sessions()
+    monkeypatch.setattr(runtime, "export_graph", no_export)
+    assert runtime.select_runtime(model, CPU, SIZE, images=1) is not None  # cached: any job uses it
+
+
+@needs_ort
+def test_cached_graph_is_reused_and_keyed(graphs, monkeypatch):
+    model, _ = exported(graphs, "mobilenet")
+    first = runtime.load_graph(model, SIZE)
+    path = first.path
+    assert path.parent.name == "onnx" and path.name.startswith("mobilenet_64x48_") and path.suffix == ".onnx"
+    assert runtime.load_graph(model, SIZE) is first  # kept in this process
+    runtime.clear_sessions()
+    monkeypatch.setattr(runtime, "export_graph", no_export)
+    again = runtime.load_graph(model, SIZE)  # read back from disk, checked, not exported
+    assert again is not first and again.path == path
+    # the key: other weights, another size, another cut each have their own graph
+    other = backbone("mobilenet")
+    with torch.no_grad():
+        other.conv_stem.weight.mul_(2)  # in place: the remembered digest must notice
+    assert runtime.graph_key(other, SIZE)["weights"] == weights_digest(other)
+    assert len({runtime.graph_path(runtime.graph_key(m, s, k)) for m, s, k in
+                [(model, SIZE, 0), (other, SIZE, 0), (model, (96, 72), 0), (model, SIZE, 2)]}) == 4
+    assert runtime.graph_key(model, SIZE, 2)["weights"] == weights_digest(stem_module(model, 2))
+
+
+DAMAGE = ["truncate", "garble", "garbage", "empty", "other_key", "other_weights"]
+
+
+def other_weights(graph: bytes) -> bytes:
+    """``graph`` with its largest weight tensor scaled by 1.5 (its metadata, key included, unchanged)."""
+    import onnx
+    from onnx import numpy_helper
+    proto = onnx.load_from_string(graph)
+    init = max(proto.graph.initializer, key=lambda t: np.prod(t.dims))
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5, init.name))
+    return proto.SerializeToString()
+
+
+@needs_ort
+@pytest.mark.parametrize("how", DAMAGE)
+def test_damaged_graph_is_rebuilt(graphs, monkeypatch, tmp_path, caplog, how):
+    model, good = exported(graphs, "efficientnet")
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path))
+    path = runtime.graph_path(runtime.graph_key(model, SIZE))
+    path.parent.mkdir(parents=True)
+    data = bytearray(good)
+    if how == "truncate":
+        data = data[: len(data) // 2]
+    elif how == "garble":  # flipped bytes: unreadable, or other weights that the probe against PyTorch catches
+        mid = len(data) // 2
+        data[mid:mid + 16] = bytes(b ^ 0xFF for b in data[mid:mid + 16])
+    elif how == "garbage":
+        data = bytearray(b"not an onnx graph")
+    elif how == "empty":
+        data = bytearray()
+    elif how == "other_key":  # a sound graph of another cut filed under this key
+        data = bytearray(exported(graphs, "efficientnet", 2)[1])
+    else:  # this key's graph with one weight tensor changed: only the probe against PyTorch can tell
+        data = bytearray(other_weights(good))
+    path.write_bytes(bytes(data))
+    monkeypatch.setattr(runtime, "export_graph", lambda *a, **k: good)  # the rebuild, without a 5 s export
+    with caplog.at_level(logging.WARNING):
+        graph = runtime.load_graph(model, SIZE)
+    assert graph is not None and runtime.probe_error(graph, model, SIZE) <= runtime.TOLERANCE
+    assert len(notices(caplog, f"{path.name} is damaged")) == 1
+    assert path.read_bytes() == good  # healed on disk
+    caplog.clear()
+    runtime.clear_sessions()
+    with caplog.at_level(logging.WARNING):
+        assert runtime.load_graph(model, SIZE) is not None
+    assert not notices(caplog, "damaged")
+
+
+@needs_ort
+def test_graph_disk_full(graphs, monkeypatch, tmp_path, caplog):
+    model, good = exported(graphs, "mobilenet")
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path))
+    monkeypatch.setattr(runtime, "export_graph", lambda *a, **k: good)
+
+    def enospc(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(cachefile.os, "fsync", enospc)
+    with caplog.at_level(logging.WARNING):
+        graph = runtime.load_graph(model, SIZE)
+    assert graph is not None  # runs from memory all the same
+    assert not graph.path.exists() and not list(graph.path.parent.glob("*.tmp"))
+    assert notices(caplog, "could not write")

@@ -1,0 +1,98 @@
+"""Runs the bench's sections and prints the table: ``python -m xmodal.bench --help``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .common import QUICK, SECTIONS, BenchConfig, Row, format_table
+
+
+def _sections(cfg: BenchConfig, cat, work: Path) -> dict[str, Callable[[], list[Row]]]:
+    """Each section's runner, imported when it runs."""
+    def features():
+        from .features import bench_features
+        return bench_features(cfg, cat, work)
+
+    def training():
+        from .training import bench_training
+        return bench_training(cfg, cat)
+
+    def search():
+        from .search import bench_search
+        return bench_search(cfg, cat, work)
+
+    def umap():
+        from .maps import bench_umap
+        return bench_umap(cfg, cat)
+
+    def dashboard():
+        from .dashboard import bench_dashboard
+        return bench_dashboard(cfg, work)
+    return {"features": features, "training": training, "search": search, "umap": umap, "dashboard": dashboard}
+
+
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> list[Row]:
+    """Run the asked-for sections and return their rows."""
+    from ..data import open_catalogue
+    unknown = set(cfg.sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown bench sections {sorted(unknown)}; choose from {SECTIONS}")
+    cat = open_catalogue(cfg.data)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="xmodal-bench-") as tmp:
+        work = Path(cfg.work_dir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        steps = _sections(cfg, cat, work)
+        for name in SECTIONS:
+            if name in cfg.sections:
+                t = time.perf_counter()
+                log(f"[bench] {name}...")
+                rows += steps[name]()
+                log(f"[bench] {name} done in {time.perf_counter() - t:.0f} s")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .. import bench
+    from ..runtime import ENV, RUNTIMES, onnxruntime_version, requested_runtime
+    p = argparse.ArgumentParser(prog="python -m xmodal.bench", description=bench.__doc__.split("\n\n")[1])
+    p.add_argument("--quick", action="store_true", help="small sizes, no 1M gallery (about 2-4 minutes)")
+    p.add_argument("--sizes", type=int, nargs="+", help="gallery sizes (default 10000 100000 1000000)")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--data", default="demo", help="catalogue folder for JPEGs and captions (default: demo)")
+    p.add_argument("--dashboard", default="dashboard.py", help="Streamlit entry point to time")
+    p.add_argument("--threads", type=int, help="torch, faiss and ONNX Runtime threads (default: torch's, one per core)")
+    p.add_argument("--runtime", choices=RUNTIMES, help=f"the backbone runtime of xmodal's extraction (sets {ENV})")
+    p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    a = p.parse_args(argv)
+    cfg = BenchConfig(**(QUICK if a.quick else {}))
+    cfg.sections, cfg.data, cfg.dashboard = tuple(a.sections), a.data, a.dashboard
+    if a.sizes:
+        cfg.sizes = tuple(a.sizes)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if a.runtime:
+        os.environ[ENV] = a.runtime
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    import faiss
+    load, threads = os.getloadavg()[0], torch.get_num_threads()
+    t = time.perf_counter()
+    rows = run_bench(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(f"xmodal bench{' --quick' if a.quick else ''}: {os.cpu_count()} CPU cores, torch {torch.__version__} "
+          f"({threads} threads), onnxruntime {onnxruntime_version() or 'not installed'} "
+          f"({ENV}={requested_runtime()}), faiss {faiss.__version__}, "
+          f"load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, "
+          f"{time.perf_counter() - t:.0f} s in all")
+    print(format_table(rows))
+    if a.json:
+        Path(a.json).write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    return 0

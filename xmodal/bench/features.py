@@ -1,0 +1,173 @@
+"""Section 1 of ``python -m xmodal.bench``: the frozen backbone on JPEGs.
+
+- Feature extraction through ``xmodal.backbones.extract_features`` (a DataLoader decoding JPEG files while
+  the backbone runs, in the runtime ``xmodal.runtime`` picks) against the bare forwards over the same images
+  decoded beforehand: PyTorch eager, PyTorch ``channels_last`` and ONNX Runtime. The limit is the fastest of
+  them (the best runtime's bare forward); PyTorch's stands beside it.
+- The ONNX export that ONNX Runtime needs (once per backbone, weights and input size), and how many images
+  of extraction repay it.
+- Image query latency: a photo file to its top-10 titles through ``xmodal.load_run(...).search_image`` on a
+  tiny trained run, decoding and preprocessing included, against the same photo's decode + preprocessing
+  plus the best runtime's bare forward of one image, timed right after each query.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .common import BenchConfig, Row, compare_many, ms
+
+SECTION = "1 features"
+
+
+def _backbone(cat, n: int):
+    """The packaged ImageNet EfficientNet-Lite0, its input size, transform and ``n`` of the catalogue's JPEGs."""
+    from ..backbones import BACKBONES, create_backbone, image_transform
+    model, source = create_backbone("efficientnet")
+    spec = BACKBONES["efficientnet"]
+    size = spec.default_size if source else spec.scratch_size
+    return model.eval(), size, image_transform("efficientnet", size), [cat.image_path(i % len(cat)) for i in range(n)]
+
+
+def _graph(model, size: tuple[int, int]):
+    """The backbone's ONNX Runtime session, the seconds its export took, and why there is none (or None).
+
+    The export is always timed; a graph the cache lacks is stored there so ``extract_features`` finds it.
+    """
+    from .. import runtime
+    from ..cachefile import write_cache
+    if runtime.onnxruntime_version() is None:
+        return None, None, "onnxruntime not installed"
+    try:
+        t = time.perf_counter()
+        data = runtime.export_graph(model, size)
+        export_s = time.perf_counter() - t
+    except Exception as err:  # shown in the table; extraction falls back to PyTorch
+        return None, None, f"export failed: {type(err).__name__}: {str(err).splitlines()[0][:80] if str(err) else ''}"
+    path = runtime.graph_path(runtime.graph_key(model, size))
+    if not path.is_file():
+        write_cache(path, lambda f: f.write(data))
+    graph = runtime.load_graph(model, size)
+    return graph, export_s, None if graph is not None else "the graph does not match PyTorch (see the log)"
+
+
+def bare_forwards(model, graph, pixels: torch.Tensor, batch: int = 64) -> dict[str, Callable[[], object]]:
+    """Bare forwards over pre-decoded ``pixels`` ``[N, 3, H, W]``, by runtime: torch, channels_last, onnxruntime."""
+    batches = [pixels[s:s + batch] for s in range(0, len(pixels), batch)]
+    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def eager():
+        for x in batches:
+            model(x)
+
+    @torch.no_grad()
+    def cl():
+        for x in batches:
+            channels_last(x.contiguous(memory_format=torch.channels_last))
+
+    fns = {"torch": eager, "torch channels_last": cl}
+    if graph is not None:
+        arrays = [x.numpy() for x in batches]
+        fns["onnxruntime"] = lambda: [graph(x) for x in arrays]
+    return fns
+
+
+def bench_features(cfg: BenchConfig, cat, work: Path) -> list[Row]:
+    """Extraction against the bare forwards of every runtime, the export, and image query latency."""
+    from .. import runtime
+    from ..backbones import BACKBONES, extract_features, loader_workers
+    from ..data.images import open_rgb
+    model, size, tf, paths = _backbone(cat, cfg.feature_images)
+    pixels = torch.stack([tf(open_rgb(p)) for p in paths])  # [N, 3, H, W], decoded before the clock starts
+    graph, export_s, why = _graph(model, size)
+    cpu = torch.device("cpu")
+    used = "onnxruntime" if runtime.select_runtime(model, cpu, size, 0, len(paths)) is not None else "torch"
+    threads = graph.threads if used == "onnxruntime" else torch.get_num_threads()
+    fns = bare_forwards(model, graph, pixels)
+    fns["xmodal"] = lambda: extract_features(model, paths, tf, cpu, batch_size=64, progress=False)
+    for fn in fns.values():
+        fn()  # warm-up: first calls, allocators, the loader's first fork
+    times = compare_many(fns, cfg.reps)
+    n, real = len(paths), times.pop("xmodal")
+    best = min(times, key=times.get)
+    ratio = real / times[best]
+    others = ", ".join(f"{name} {n / t:.1f}" for name, t in times.items() if name != best)
+    rows = [Row(SECTION, f"image features: {BACKBONES['efficientnet'].timm_name} {size[0]}x{size[1]}, {n} JPEGs, "
+                f"{loader_workers()} loader worker(s), {used} ({threads} thread{'s' if threads > 1 else ''})",
+                f"{n / real:.1f} img/s (extract_features)",
+                f"bare {best} {n / times[best]:.1f} img/s (best); bare {others} img/s", f"{ratio:.2f}x", "<= 1.10x",
+                ratio <= 1.10)]
+    rows.append(_export_row(export_s, why, times, n, size))
+    rows.append(image_query_row(cfg, cat, work, model, graph, tf))
+    return rows
+
+
+def _export_row(export_s: float | None, why: str | None, times: dict[str, float], n: int, size: tuple[int, int]
+                ) -> Row:
+    """The export's seconds, and after how many images the faster forward has repaid them."""
+    measure = "ONNX export of the backbone (once per backbone, weights, size; cached on disk)"
+    if why is not None:
+        shown = f"{export_s:.1f} s, " if export_s is not None else ""
+        return Row(SECTION, measure, f"{shown}skipped ({why})", "-", "-", "-", None)
+    saved = min(t for name, t in times.items() if name != "onnxruntime") / n - times["onnxruntime"] / n  # s/img
+    repaid = f"repaid after {export_s / saved:,.0f} images at {size[0]}x{size[1]}" if saved > 0 else \
+        "never repaid: PyTorch is faster here"
+    return Row(SECTION, measure, f"{export_s:.1f} s", repaid, f"{export_s:.1f} s", "-", None)
+
+
+def tiny_run(cfg: BenchConfig, work: Path) -> Path:
+    """A cmpm-efficientnet run trained for one epoch on a tiny demo catalogue (at the backbone's default size)."""
+    from ..data import generate_demo
+    from ..train import main as train
+    data = generate_demo(work / "query_catalogue", n=cfg.query_run_items, seed=3)
+    args = ["--model", "cmpm-efficientnet", "--data", str(data), "--epochs", "1", "--batch-size", "16",
+            "--out", str(work / "runs"), "--run-id", "image-query", "--overwrite"]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = train(args)
+    if code != 0:
+        raise RuntimeError(f"training the tiny run failed (python -m xmodal.train {' '.join(args)}: exit {code})")
+    return work / "runs" / "image-query"
+
+
+def image_query_row(cfg: BenchConfig, cat, work: Path, model, graph, tf) -> Row:
+    """``search_image`` on photo files against decode + preprocessing + the best bare forward of one image."""
+    from .. import load_run
+    from ..data.images import open_rgb
+    measure = f"image -> top-10 titles: search_image(photo file), tiny run ({cfg.query_run_items} items)"
+    try:
+        run = load_run(tiny_run(cfg, work))
+    except Exception as err:  # a broken training path must not sink the rest of the table
+        return Row(SECTION, measure, f"failed ({type(err).__name__}: {str(err)[:80]})", "-", "-", "-", False)
+    photos = [cat.image_path(i % len(cat)) for i in range(max(1, cfg.image_queries))]
+    run.search_image(photos[0])  # warm-up: the gallery's embeddings and index
+    total, decode, forward = [], [], {"torch": [], "onnxruntime": []}
+    for photo in photos:
+        t0 = time.perf_counter()
+        run.search_image(photo)
+        t1 = time.perf_counter()
+        x = tf(open_rgb(photo))[None]  # [1, 3, H, W]
+        t2 = time.perf_counter()
+        with torch.no_grad():
+            model(x)
+        t3 = time.perf_counter()
+        total.append(t1 - t0)
+        decode.append(t2 - t1)
+        forward["torch"].append(t3 - t2)
+        if graph is not None:
+            graph(x)
+            forward["onnxruntime"].append(time.perf_counter() - t3)
+    p50 = {name: float(np.median(v)) for name, v in forward.items() if v}
+    best = min(p50, key=p50.get)
+    limit = float(np.median(decode)) + p50[best]
+    ratio = float(np.median(total)) / limit
+    return Row(SECTION, measure, f"p50 {ms(np.median(total))} / p95 {ms(np.percentile(total, 95))}",
+               f"decode+preprocess p50 {ms(np.median(decode))} + bare {best} p50 {ms(p50[best])} (torch "
+               f"{ms(p50['torch'])})", f"{ratio:.2f}x", "<= 1.25x", ratio <= 1.25)

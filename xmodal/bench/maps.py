@@ -1,0 +1,50 @@
+"""Section 4 of ``python -m xmodal.bench``: a UMAP map of 10k points (the dashboard's ``project``) and
+embedding a 10k-item gallery (captions through the text tower, images from cached features).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .common import BenchConfig, Row, product_like, text_model
+
+
+def bench_umap(cfg: BenchConfig, cat) -> list[Row]:
+    """The dashboard's UMAP of ``umap_points`` points, and embedding a gallery of ``embed_items``."""
+    from ..pipeline import embed_features, embed_texts
+    from ..text import Vocab
+    rows = []
+    points, _ = product_like(cfg.umap_points, cfg.dim, seed=1)
+    try:
+        from ..dashboard.projection import project
+        how = "xmodal.dashboard.projection.project"
+    except ImportError:  # the dashboard package is optional here: same settings, straight from umap
+        how = "umap-learn"
+
+        def project(x, method="umap"):
+            import umap
+            return umap.UMAP(n_components=2, n_neighbors=15, min_dist=0.1, metric="cosine", random_state=0,
+                             n_jobs=1).fit_transform(x), "umap"
+    t = time.perf_counter()
+    _, used = project(points.numpy(), "umap")
+    umap_s = time.perf_counter() - t
+    rows.append(Row("4 maps", f"UMAP of {cfg.umap_points:,} points ({how}, {used}; first call, numba compiles)",
+                    f"{umap_s:.1f} s", "budget 60 s (10k points)", f"{umap_s:.1f} s", "<= 60 s", umap_s <= 60))
+    vocab = Vocab.build(cat.captions)
+    model = text_model(len(vocab), cfg.dim)
+    texts = [cat.captions[i % len(cat)] for i in range(cfg.embed_items)]
+    cpu = torch.device("cpu")
+    t = time.perf_counter()
+    embed_texts(model, vocab, texts, cpu)
+    text_s = time.perf_counter() - t
+    feats = torch.randn(cfg.embed_items, model.cfg.feature_dim)  # stands in for the feature cache
+    t = time.perf_counter()
+    embed_features(model, feats, cpu)
+    image_s = time.perf_counter() - t
+    n = cfg.embed_items
+    rows.append(Row("4 maps", f"embed {n:,} gallery captions (cmpm BiLSTM)", f"{text_s:.1f} s ({n / text_s:,.0f}/s)",
+                    "-", "-", "-", None))
+    rows.append(Row("4 maps", f"embed {n:,} gallery images from cached features", f"{image_s:.2f} s "
+                    f"({n / image_s:,.0f}/s)", "-", "-", "-", None))
+    return rows

@@ -1,0 +1,72 @@
+"""Section 2 of ``python -m xmodal.bench``: one training step of every registered model through
+``make_loader`` + ``train_one_epoch`` against a bare forward + loss + backward + AdamW step over the same
+batches, already in memory.
+"""
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import torch
+
+from .common import BenchConfig, Row, compare, ms
+
+
+def bench_training(cfg: BenchConfig, cat) -> list[Row]:
+    """train_one_epoch over make_loader vs a bare forward+loss+backward+AdamW loop, per model."""
+    from ..models import list_models
+    from ..pipeline import caption_groups
+    from ..text import Vocab
+    index = np.arange(cfg.train_batch * cfg.train_steps) % len(cat)
+    vocab = Vocab.build(cat.captions)
+    tokens = vocab.encode(cat.captions)[torch.as_tensor(index)]  # [n, L]
+    labels = torch.as_tensor(caption_groups([cat.captions[i] for i in index]))
+    rows = []
+    for name in cfg.models or list_models():
+        rows.append(_train_row(cfg, cat, name, len(vocab), index, tokens, labels))
+        gc.collect()
+    return rows
+
+
+def _train_row(cfg: BenchConfig, cat, name: str, vocab_size: int, index: np.ndarray, tokens: torch.Tensor,
+               labels: torch.Tensor) -> Row:
+    """One model's training step, the real loop against the bare one."""
+    from ..distributed import DistContext
+    from ..models import create_model
+    from ..training import PairDataset, make_loader, make_optimizer, train_one_epoch
+    cpu, ctx, b, n = torch.device("cpu"), DistContext(), cfg.train_batch, len(index)
+    torch.manual_seed(0)
+    model = create_model(name, vocab_size=vocab_size, word_dim=100, num_classes=int(labels.max()) + 1)
+    if model.image_input == "features":  # random rows stand in for the on-disk feature cache
+        images = torch.randn(n, model.cfg.feature_dim)
+        data, warm = PairDataset(images, tokens, labels), PairDataset(images[:b], tokens[:b], labels[:b])
+    else:
+        data = PairDataset.from_images(cat, index, model.cfg, tokens, labels)
+        warm = PairDataset.from_images(cat, index[:b], model.cfg, tokens[:b], labels[:b])
+        images = torch.stack([data.images[i] for i in range(n)])  # decoded once, for the bare loop
+    opt, sched = make_optimizer(model, 1e-3, 0.1, 1e-4, total_steps=100 * cfg.train_steps, warmup_frac=0.05)
+
+    def real(ds=data):
+        train_one_epoch(model, model.loss, make_loader(ds, b, ctx, 0, cpu), opt, sched, cpu, 1,
+                        lambda *a: None, ctx, progress=False)
+
+    batches = []
+    for s in range(0, n, b):
+        tok = tokens[s:s + b]
+        length = int((tok != 0).sum(1).max().clamp_min(1))
+        batches.append((images[s:s + b], tok[:, :length], labels[s:s + b]))  # trimmed as the loop does
+
+    def bare():
+        model.train()
+        for x, tok, lab in batches:
+            loss = sum(model.loss(model(x, tok), lab).values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    real(warm)  # warm-up: first LSTM/backbone calls, allocator
+    t_bare, t_real = compare(bare, real, cfg.reps)
+    ratio, steps = t_real / t_bare, cfg.train_steps
+    return Row("2 training", f"train step: {name} ({model.image_input}), batch {b}",
+               f"{ms(t_real / steps)}/step (train_one_epoch)", f"{ms(t_bare / steps)}/step (bare fwd+loss+bwd+AdamW)",
+               f"{ratio:.2f}x", "<= 1.20x", ratio <= 1.20)

@@ -1,0 +1,332 @@
+"""The fastest CPU runtime for a frozen backbone: its ONNX graph in ONNX Runtime, PyTorch as the fallback.
+
+Feature extraction (``xmodal.backbones.extract_features``: the feature cache, evaluation on a new catalogue)
+runs the frozen backbone forward only, so on CPU it can run the backbone's exported ONNX graph instead of
+PyTorch: 1.5-1.9x the throughput on two idle cores, 3.5-7x on busy ones (docs/performance.md). The graph
+computes the same function: each one is checked against PyTorch on a probe batch whenever it is loaded, to
+``TOLERANCE``, so features cached from either runtime mean the same thing (the feature cache key says
+nothing about the runtime, on purpose).
+
+- **The graph** is exported with ``torch.onnx.export`` (the torch.export-based exporter; a dynamic batch
+  axis, the image size fixed) and cached as ``$XMODAL_CACHE/onnx/<backbone>_<H>x<W>[_cut<k>]_<key>.onnx``,
+  keyed like the feature cache: backbone, ``weights_digest`` of the part that runs, input size and stage
+  cut. With a cut (``tail_blocks`` > 0) the graph is ``stem_forward``: the feature map before the last
+  stages. A graph that is damaged (truncated, garbled, another key's) is exported again with a warning.
+- **Export costs seconds** (4-9 s for EfficientNet-Lite0 on two cores, 20-25 s when they are busy), so
+  ``auto`` exports only for jobs big enough to repay it (``EXPORT_MIN_PIXELS``); a graph already on disk
+  is used for any job.
+- **When**: on CPU, when ``onnxruntime`` (and, to export, ``onnxscript``) imports, with float32 weights.
+  ``XMODAL_RUNTIME=torch`` forces PyTorch, ``XMODAL_RUNTIME=onnxruntime`` exports whatever the job's
+  size. Training and GPUs stay on PyTorch. Any failure to export, load or match falls back to PyTorch with
+  a warning: the runtime only ever costs speed, never a result.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import threading
+import time
+import warnings
+import weakref
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .backbones import BACKBONES, stem_forward, stem_module, weights_digest
+from .cachefile import warn_rebuild, write_cache
+from .paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+ENV = "XMODAL_RUNTIME"
+RUNTIMES = ("auto", "torch", "onnxruntime")
+GRAPH_VERSION = 1  # bump when the export (exporter, opset, graph layout) changes meaning
+OPSET = 20  # ONNX opset of the exported graphs
+TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| on the probe, relative to max |PyTorch| (measured: ~1e-6)
+EXPORT_MIN_PIXELS = 512 * 224 * 168  # auto exports a graph for jobs of at least ~512 images at 224x168
+PROBE_SEED = 20240611  # the probe batch: 2 images of N(0, 1) pixels (normalised images' scale)
+_SESSIONS: OrderedDict[tuple[str, int], OrtBackbone] = OrderedDict()  # graph path, threads -> loaded graph
+_KEEP_SESSIONS = 4
+_FAILED: set[str] = set()  # graph paths whose export failed in this process: not tried again
+_LOCK = threading.RLock()  # one loader at a time: two threads never export the same graph at once
+
+
+def requested_runtime() -> str:
+    """``$XMODAL_RUNTIME`` (``auto``, the default; ``torch``; ``onnxruntime``).
+
+    Raises:
+        ValueError: another value, naming the choices.
+    """
+    choice = os.environ.get(ENV, "").strip().lower() or "auto"
+    if choice in ("ort", "onnx"):
+        choice = "onnxruntime"
+    if choice not in RUNTIMES:
+        raise ValueError(f"{ENV}={os.environ[ENV]!r} is not a runtime; choose one of {', '.join(RUNTIMES)} "
+                         f"(or unset it)")
+    return choice
+
+
+def onnxruntime_version() -> str | None:
+    """The installed ``onnxruntime``'s version, or None when it does not import."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime.__version__
+
+
+class _Cut(nn.Module):
+    """``stem_forward`` as a module: pixels -> the map before the last ``tail_blocks`` stages."""
+
+    def __init__(self, model: nn.Module, tail_blocks: int):
+        super().__init__()
+        self.model, self.tail_blocks = model, tail_blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return stem_forward(self.model, x, self.tail_blocks)  # [B, C, h, w]
+
+
+def _runnable(model: nn.Module, tail_blocks: int) -> nn.Module:
+    """The module whose output ``extract_features`` returns (the whole backbone, or ``stem_forward``)."""
+    return _Cut(model, tail_blocks) if tail_blocks else model
+
+
+@contextlib.contextmanager
+def _eval(model: nn.Module):
+    """``model`` in eval mode for the block, then back in the mode it was in."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+def backbone_name(model: nn.Module) -> str:
+    """xmodal's name of a timm backbone (``efficientnet``), else its timm architecture or class name."""
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
+    return next((name for name, spec in BACKBONES.items() if spec.timm_name == arch), arch)
+
+
+_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> {cut: (tensor versions, digest)}
+
+
+def _digest(model: nn.Module, tail_blocks: int) -> str:
+    """``weights_digest(stem_module(model, tail_blocks))``, remembered while no tensor of ``model`` changes.
+
+    A tensor's storage address and version counter (bumped by every in-place change: ``copy_``,
+    ``load_state_dict``, an optimiser step) stand for its bytes, so a single query does not hash 13 MB of
+    weights (~20 ms) each time, and a changed weight is never missed.
+    """
+    state = tuple((t.data_ptr(), t._version) for t in model.state_dict(keep_vars=True).values())
+    memo = _DIGESTS.setdefault(model, {})
+    hit = memo.get(tail_blocks)
+    if hit is None or hit[0] != state:
+        memo[tail_blocks] = hit = (state, weights_digest(stem_module(model, tail_blocks)))
+    return hit[1]
+
+
+def graph_key(model: nn.Module, size: tuple[int, int], tail_blocks: int = 0) -> dict:
+    """What a cached graph is keyed on: backbone, weights of the part that runs, input size, stage cut."""
+    return {"version": GRAPH_VERSION, "opset": OPSET, "backbone": backbone_name(model),
+            "weights": _digest(model, tail_blocks), "size": [int(v) for v in size], "tail_blocks": int(tail_blocks)}
+
+
+def graph_path(key: dict) -> Path:
+    """Where the graph of ``key`` is cached: ``$XMODAL_CACHE/onnx/<backbone>_<H>x<W>[_cut<k>]_<hash>.onnx``."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    h, w = key["size"]
+    cut = f"_cut{key['tail_blocks']}" if key["tail_blocks"] else ""
+    return cache_dir() / "onnx" / f"{key['backbone']}_{h}x{w}{cut}_{digest}.onnx"
+
+
+def export_graph(model: nn.Module, size: tuple[int, int], tail_blocks: int = 0, key: dict | None = None) -> bytes:
+    """The ONNX graph (serialised ``ModelProto``) of the frozen ``model`` on ``[B, 3, *size]`` pixels.
+
+    The batch axis is dynamic; the output is ``features`` ``[B, F]``, or ``[B, C, h, w]`` with a cut. The
+    key is stored in the graph's metadata (``xmodal_key``) so that a file under another key is caught.
+    """
+    example = torch.zeros(2, 3, *size)  # two: a batch of one would fix the batch axis at 1
+    batch = torch.export.Dim("batch")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet("onnxscript", "onnx_ir"), \
+            torch.no_grad(), _eval(model):
+        warnings.simplefilter("ignore")  # the exporter's notes on its passes; failures still raise
+        program = torch.onnx.export(_runnable(model, tail_blocks), (example,), dynamo=True, input_names=["pixels"],
+                                    output_names=["features"], dynamic_shapes=({0: batch},), opset_version=OPSET,
+                                    verbose=False)
+    proto = program.model_proto
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "xmodal_key", json.dumps(key or graph_key(model, size, tail_blocks), sort_keys=True)
+    return proto.SerializeToString()
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str):
+    """Silence the INFO chatter of the exporter's graph passes (warnings and errors still show)."""
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in loggers]
+    for logger, _ in saved:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
+
+
+class OrtBackbone:
+    """A frozen backbone's graph in an ONNX Runtime session: pixels ``[B, 3, H, W]`` -> float32 outputs."""
+
+    def __init__(self, graph: bytes, path: Path, threads: int):
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        # No spin-waiting between parallel sections: on a shared machine, and beside the DataLoader's decoding
+        # workers, spinning threads burnt ~20% more CPU for the same work (docs/performance.md)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+        self.path, self.threads = path, threads
+        self.key = self.session.get_modelmeta().custom_metadata_map.get("xmodal_key")
+
+    def __call__(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Outputs ``[B, F]`` (or maps ``[B, C, h, w]``), float32, of pixels ``[B, 3, H, W]``."""
+        if isinstance(pixels, torch.Tensor):
+            pixels = pixels.detach().cpu().numpy()
+        return self.session.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+
+
+def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
+    """max |out - ref| / max |ref|: the error relative to the outputs' scale (inf if shapes or values are off)."""
+    if out.shape != ref.shape:
+        return float("inf")
+    err = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+    if not np.isfinite(err).all():
+        return float("inf")
+    return float(err.max(initial=0.0)) / max(float(np.abs(ref).max(initial=0.0)), 1e-12)
+
+
+def probe_error(graph: OrtBackbone, model: nn.Module, size: tuple[int, int], tail_blocks: int = 0) -> float:
+    """``relative_error`` of ``graph`` against PyTorch on the probe batch (compared with ``TOLERANCE``)."""
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(PROBE_SEED))  # [2, 3, H, W]
+    with torch.no_grad(), _eval(model):
+        ref = _runnable(model, tail_blocks)(x).float().numpy()
+    return relative_error(graph(x), ref)
+
+
+def _checked(data: bytes, key: dict, path: Path, model: nn.Module, threads: int) -> OrtBackbone:
+    """The session of graph ``data``, after checking its key and its outputs against PyTorch; raises if bad."""
+    size, cut = tuple(key["size"]), key["tail_blocks"]
+    graph = OrtBackbone(data, path, threads)
+    if graph.key != json.dumps(key, sort_keys=True):
+        raise ValueError(f"it is the graph of another key ({(graph.key or 'none')[:80]}...)")
+    err = probe_error(graph, model, size, cut)
+    if not err <= TOLERANCE:
+        raise ValueError(f"its outputs differ from PyTorch's by {err:.2g} (tolerance {TOLERANCE:g})")
+    return graph
+
+
+def default_threads() -> int:
+    """ONNX Runtime's intra-op threads: torch's (one per core unless ``--threads``/``OMP_NUM_THREADS`` say)."""
+    return max(1, torch.get_num_threads())
+
+
+def load_graph(model: nn.Module, size: tuple[int, int], tail_blocks: int = 0, export: bool = True,
+               threads: int | None = None) -> OrtBackbone | None:
+    """The checked ONNX Runtime session of ``model``'s graph for ``size`` inputs, from the disk cache.
+
+    Args:
+        export: export the graph when it is not cached (or is damaged); else return None then.
+        threads: intra-op threads (default: ``default_threads()``).
+
+    Returns:
+        The session, or None when there is none to be had (not cached and ``export`` False, the export
+        failed, or its outputs do not match PyTorch's); failures are logged, never raised.
+    """
+    with _LOCK:
+        return _load_graph(model, size, tail_blocks, export, threads or default_threads())
+
+
+def _load_graph(model: nn.Module, size: tuple[int, int], tail_blocks: int, export: bool, threads: int
+                ) -> OrtBackbone | None:
+    key = graph_key(model, size, tail_blocks)
+    path = graph_path(key)
+    memo = (str(path), threads)
+    if memo in _SESSIONS:
+        _SESSIONS.move_to_end(memo)
+        return _SESSIONS[memo]
+    graph = None
+    if path.is_file():
+        try:
+            graph = _checked(path.read_bytes(), key, path, model, threads)
+        except Exception as err:  # truncated, garbled, another key's, or not matching: exported again
+            warn_rebuild(path, err)
+    if graph is None:
+        if not export or str(path) in _FAILED:
+            return None
+        try:
+            t = time.perf_counter()
+            data = export_graph(model, size, tail_blocks, key)
+            seconds = time.perf_counter() - t
+            graph = _checked(data, key, path, model, threads)
+        except Exception as err:  # an exporter or runtime that cannot take this model: PyTorch it is
+            _FAILED.add(str(path))
+            log.warning("cannot run %s in ONNX Runtime (%s: %s); using PyTorch", key["backbone"],
+                        type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
+            return None
+        log.info("exported %s (%dx%d%s) to ONNX in %.1f s: %s", key["backbone"], *size,
+                 f", cut {tail_blocks}" if tail_blocks else "", seconds, path)
+        write_cache(path, lambda f: f.write(data))
+    _SESSIONS[memo] = graph
+    while len(_SESSIONS) > _KEEP_SESSIONS:
+        _SESSIONS.popitem(last=False)
+    return graph
+
+
+def clear_sessions() -> None:
+    """Forget the sessions loaded, and the exports failed, in this process (the next call reads, and checks,
+    the disk cache)."""
+    _SESSIONS.clear()
+    _FAILED.clear()
+
+
+def select_runtime(model: nn.Module, device: torch.device, size: tuple[int, int], tail_blocks: int = 0,
+                   images: int = 0) -> OrtBackbone | None:
+    """The ONNX Runtime session to run ``model`` with, or None for PyTorch.
+
+    ONNX Runtime on CPU when it imports and the weights are float32, unless ``XMODAL_RUNTIME=torch``. A
+    graph not yet cached is exported when ``XMODAL_RUNTIME=onnxruntime`` or the job (``images`` of ``size``)
+    has at least ``EXPORT_MIN_PIXELS`` pixels; smaller jobs use PyTorch rather than wait for an export.
+    """
+    choice = requested_runtime()
+    if choice == "torch" or device.type != "cpu":
+        return None
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        return None
+    if onnxruntime_version() is None:
+        if choice == "onnxruntime":
+            log.warning("%s=onnxruntime but onnxruntime does not import; using PyTorch "
+                        "(pip install onnxruntime onnxscript)", ENV)
+        return None
+    export = choice == "onnxruntime" or images * size[0] * size[1] >= EXPORT_MIN_PIXELS
+    return load_graph(model, size, tail_blocks, export=export)
+
+
+def backbone_features(model: nn.Module, pixels: torch.Tensor, tail_blocks: int = 0) -> torch.Tensor:
+    """Frozen-backbone outputs of ``pixels`` ``[B, 3, H, W]`` (CPU): pooled features ``[B, F]``, or with
+    ``tail_blocks`` the maps ``[B, C, h, w]``, both float32, through ``select_runtime``'s choice.
+
+    For single queries (uploads, ``search_image``): a graph is used when cached, not exported for them.
+    """
+    graph = select_runtime(model, pixels.device, tuple(pixels.shape[-2:]), tail_blocks, len(pixels))
+    if graph is not None:
+        return torch.from_numpy(graph(pixels))
+    with torch.no_grad(), _eval(model):
+        return _runnable(model, tail_blocks)(pixels).float()
