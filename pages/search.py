@@ -1,11 +1,12 @@
 """Search page: a text query gives the top-k products; an image (uploaded, or a catalogue product) gives
 the top-k captions and their products; one run or all runs side by side; for a catalogue item, where its
-true match landed and what ranked above it."""
+true match landed and what ranked above it; why any result matched (words and regions); a photo changed by
+words ("in red"), beside photo only and words only; and "more like this / less like this" rounds."""
 from __future__ import annotations
 
 import streamlit as st
 
-from xmodal.dashboard import analysis, checks, queries, state, ui
+from xmodal.dashboard import analysis, checks, explain_view, queries, state, ui
 from xmodal.dashboard.escape import md
 from xmodal.dashboard.uploads import EXTENSIONS, UploadError, read_upload
 
@@ -16,6 +17,7 @@ if not runs:
     ui.no_runs_hint("the Search page")
     st.stop()
 ui.load_pytorch()  # a spinner the first time after the server starts; instant after that
+from xmodal.compose import DEFAULT_WEIGHT  # noqa: E402
 from xmodal.search import RunError, UnknownQueryError  # noqa: E402
 
 c1, c2 = st.columns([3, 1])
@@ -25,6 +27,7 @@ k = c2.slider("Results per run", 1, 20, 8, key="search_k")
 try:
     loaded = {analysis.run_label(r): state.run(r.path) for r in chosen}
     models = {analysis.run_label(r): r.model for r in chosen}
+    paths = {analysis.run_label(r): r.path for r in chosen}
 except (RunError, *checks.LOAD_ERRORS) as err:
     st.error(md(f"Cannot load the run: {err}"), icon=":material/error:")
     st.stop()
@@ -38,10 +41,12 @@ def item_label(i: int) -> str:
     return f"{cat.item_ids[i]} · {cat.captions[i]}"
 
 
-def show(results: dict[str, queries.QueryResult], grid: bool) -> None:
-    """Each run's top-k (a grid for one run, columns side by side for several) and the true match's rank."""
+def show(results: dict[str, queries.QueryResult], grid: bool, tab: str, text: str | None = None,
+         image=None) -> None:
+    """Each run's top-k (a grid for one run, columns side by side for several), the true match's rank, and
+    "why did it match?" for any result (``text``: the query of text -> products; ``image``: of image -> captions)."""
     cols = st.columns(len(results)) if len(results) > 1 else [st.container()]
-    for col, (label, res) in zip(cols, results.items()):
+    for n, (col, (label, res)) in enumerate(zip(cols, results.items())):
         with col:
             if len(results) > 1:
                 st.markdown(f"**{md(models[label])}**")
@@ -62,9 +67,12 @@ def show(results: dict[str, queries.QueryResult], grid: bool) -> None:
                         ui.hit_card(hit, title=f"#{i}")
                     if res.rank - 1 > len(res.above):
                         st.caption(f"... and {res.rank - 1 - len(res.above)} more")
+            candidates = explain_view.hit_candidates(res.hits, res.true_hit, res.above if res.rank else ())
+            explain_view.why_it_matched(paths[label], candidates, key=f"search_why_{tab}_{n}", text=text, image=image,
+                                        stacked=len(results) > 1)
 
 
-tab_text, tab_image = st.tabs(["Text → products", "Image → captions"])
+tab_text, tab_image, tab_compose = st.tabs(["Text → products", "Image → captions", "Photo + words"])
 with tab_text:
     source = st.radio("Query", ["Type a query", "A catalogue title (test split)"], horizontal=True,
                       key="search_text_src")
@@ -92,7 +100,7 @@ with tab_text:
             st.caption("Not in the model's vocabulary, so they did not steer the search: "
                        + ", ".join(f"'{md(w)}'" for w in unknown))
         if answered:
-            show(answered, grid=True)
+            show(answered, grid=True, tab="text", text=query)
 
 with tab_image:
     source = st.radio("Query", ["Upload a photo", "A catalogue product (test split)"], horizontal=True,
@@ -114,4 +122,49 @@ with tab_image:
             st.error(md(f"Cannot open the photo of {cat.item_ids[pos]}: {err}"), icon=":material/error:")
     if image is not None:
         st.image(image, width=140, caption="query")
-        show({label: queries.image_query(r, image, k, item_id) for label, r in loaded.items()}, grid=False)
+        show({label: queries.image_query(r, image, k, item_id) for label, r in loaded.items()}, grid=False,
+             tab="image", image=image)
+
+with tab_compose:
+    st.caption("A photo changed by words: the product in another colour, pattern or cut. Its results sit beside "
+               "the photo's alone and the words' alone; below, mark results to get more or fewer like them.")
+    source = st.radio("Photo", ["A catalogue product (test split)", "Upload a photo"], horizontal=True,
+                      key="search_compose_src")
+    photo, photo_key = None, None
+    if source == "Upload a photo":
+        upload = st.file_uploader("Product photo (JPEG, PNG, WebP; at most 10 MB)", type=EXTENSIONS,
+                                  key="search_compose_upload")
+        if upload is not None:
+            try:
+                photo = read_upload(upload.getvalue(), upload.name)
+                photo_key = explain_view.image_key(photo)
+            except UploadError as err:
+                st.error(md(err), icon=":material/error:")
+    else:
+        pos = st.selectbox("Test product", test_pos, format_func=item_label, key="search_compose_item")
+        photo, photo_key = pos, f"item:{cat.item_ids[pos]}"  # an item index: left out of its own results
+        ui.photo(cat.image_path(pos), 90, caption="the photo")
+    c1, c2 = st.columns([2, 1])
+    words = c1.text_input("Change it with words", key="search_compose_text",
+                          placeholder="e.g. red, with stripes, for women")
+    weight = c2.slider("Weight of the words", 0.0, 1.0, DEFAULT_WEIGHT, 0.05, key="search_compose_weight",
+                       help="0: the photo alone; 1: the words alone. Each part is scaled to the spread of its own "
+                            "scores first, so 0.5 gives both the same pull.")
+    if photo is None or not words.strip():
+        st.info("Pick or upload a photo and type a few words to change it.", icon=":material/info:")
+    else:
+        label = next(iter(loaded))
+        if len(loaded) > 1:
+            label = st.selectbox("Run", list(loaded), key="search_compose_run")
+        run = loaded[label]
+        try:
+            unknown = run.vocab.check_query(words)[1]
+            if unknown:
+                st.caption("Not in the model's vocabulary, so they did not steer the search: "
+                           + ", ".join(f"'{md(w)}'" for w in unknown))
+            explain_view.side_by_side(run, photo, words, weight, k)
+            st.subheader("More like this, less like this")
+            explain_view.feedback(run, f"{paths[label]}|{photo_key}|{words}|{weight}|{k}",
+                                  lambda: run.search(image=photo, text=words, weight=weight, k=k), k)
+        except UnknownQueryError as err:
+            st.warning(md(err), icon=":material/help:")

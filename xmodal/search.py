@@ -127,14 +127,17 @@ class Run:
     def _cached(self, kind: str, compute) -> torch.Tensor:
         """Embeddings ``[N, D]`` from the run folder's cache, checked (readable, sha256 of the data, shape,
         dtype, finite values); computed by ``compute()`` and saved when missing or damaged."""
-        from safetensors import safe_open
-        from safetensors.torch import save
+        import json
+
+        from safetensors.torch import load, save
         path = self._cache_path(kind)
         if path.is_file():
             try:
-                with safe_open(path, framework="pt") as f:
-                    digest = (f.metadata() or {}).get("sha256")
-                    emb = f.get_tensor("embeds")
+                # read into memory (never mmap'd: a file truncated or rewritten under a mapping is a SIGBUS)
+                data = path.read_bytes()
+                n = int.from_bytes(data[:8], "little")
+                digest = (json.loads(data[8:8 + n]).get("__metadata__") or {}).get("sha256")
+                emb = load(data)["embeds"]
                 if digest != hashlib.sha256(memoryview(emb.numpy()).cast("B")).hexdigest():
                     raise ValueError("its data does not match its sha256")
                 check_array("the cached embeddings", emb.numpy(), (len(self.catalogue), self.model.cfg.embed_dim),
@@ -216,6 +219,18 @@ class Run:
     def search_image(self, image: Image.Image | str | os.PathLike, k: int = 10) -> list[Hit]:
         """The ``k`` gallery captions that best describe ``image`` (a PIL image or a path)."""
         return self._hits("texts", self.embed_image(image), k)
+
+    def search(self, image=None, text: str | None = None, weight: float | None = None, k: int = 10):
+        """Products for a photo, words, or a photo changed by words ("in red"): see ``xmodal.compose.search``.
+        An item index as ``image`` uses that product's photo and leaves it out of the results."""
+        from .compose import search
+        return search(self, image=image, text=text, weight=weight, k=k)
+
+    def refine(self, query, good=(), bad=(), k: int = 10):
+        """Re-rank a ``search`` result (or a query vector) towards the ``good`` and away from the ``bad``
+        gallery indices (Rocchio): see ``xmodal.compose.refine``."""
+        from .compose import refine
+        return refine(self, query, good=good, bad=bad, k=k)
 
 
 def load_run(run_dir: str | os.PathLike, data: str | None = None, device: str = "cpu",
