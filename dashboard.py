@@ -12,7 +12,7 @@ import streamlit as st
 # None of these imports PyTorch (a test keeps it so): Home and the sidebar draw at once on a fresh server.
 # PyTorch then loads in the background (state.warm_pytorch); a page that needs a model before it is done
 # waits under a spinner.
-from xmodal.dashboard import analysis, checks, jobs, sidebar, state, ui
+from xmodal.dashboard import analysis, catalogues, checks, jobs, manage, pickers, runmeta, sidebar, state, ui
 from xmodal.dashboard.escape import md
 from xmodal.data import make_splits
 from xmodal.runs import list_runs
@@ -85,22 +85,55 @@ def _catalogue_section(spec: str) -> None:
         st.success("Every row of captions.csv is usable.", icon=":material/check_circle:")
 
 
-def _runs_section(runs: list) -> None:
-    st.header("Runs", divider="gray")
-    if not runs:
-        st.caption("No run folders yet in the checkpoints folder.")
-        return
+# The runs table: what matters first (recall), the rest after it; short labels, so it fits a laptop screen.
+RUN_COLUMNS = ["run", "model", "status", "test t2i R@1", "test t2i R@10", "test i2t R@1", "test i2t R@10",
+               "health", "best val rsum", "epochs", "tags", "backbone", "held by", "error"]
+
+
+HEALTH_HELP = "ok, or why Compare leaves a run out unasked: collapsed (the Training alarm, or recall near chance), ..."
+
+
+def _runs_table(runs: list, key: str) -> None:
     table = analysis.runs_table(runs)
-    table = table.drop(columns=[c for c in ("held by", "error") if not table[c].any()])
-    fmt = {c: st.column_config.NumberColumn(format="%.1f", width="small") for c in table.columns
-           if c.startswith(("test", "best"))}
-    st.dataframe(table, hide_index=True, key="runs_table",
-                 column_config={**fmt, "run": st.column_config.TextColumn(width="medium")})
-    st.caption("Test recall (%) is caption-level (items with identical titles all count) on each run's test "
-               "split, from the weights with the best validation rsum. Details: **Compare**.")
+    table["health"] = [pickers.health_of(r) or "ok" for r in runs]  # collapsed runs say so beside their numbers
+    table["tags"] = [", ".join(runmeta.read_meta(r.path)["tags"]) for r in runs]
+    shown = [c for c in RUN_COLUMNS if c in table and (c not in ("held by", "error", "tags") or table[c].any())]
+    recall = {c: st.column_config.NumberColumn(c.replace("test ", ""), format="%.1f", width=60,
+                                               help=f"{c} (%), caption-level") for c in shown if c.startswith("test")}
+    st.dataframe(table, hide_index=True, key=f"runs_table_{key}", column_order=shown,
+                 column_config={**recall, "run": st.column_config.TextColumn(width="medium", pinned=True),
+                                "best val rsum": st.column_config.NumberColumn("val rsum", format="%.1f", width=70),
+                                "epochs": st.column_config.TextColumn(width=60),
+                                "health": st.column_config.TextColumn(width="small", help=HEALTH_HELP),
+                                "status": st.column_config.TextColumn(width=80)})
     for r in runs:
         if r.status.get("state") == "failed":
             ui.show_failure(r.path, r.status, compact=True)
+
+
+def _runs_section(runs: list, pending: list) -> None:
+    st.header("Runs", divider="gray")
+    if pending:
+        st.caption("Launched, not training yet (the first run on a catalogue extracts its image features once):")
+        ui.pending_panel(pending)
+    if not runs:
+        if not pending:
+            st.caption("No run folders yet in the checkpoints folder.")
+        return
+    hidden = [r for r in runs if runmeta.read_meta(r.path)["hidden"]]
+    show_hidden = bool(hidden) and st.toggle(f"Show {len(hidden)} hidden run(s)", key="home_hidden")
+    shown = [r for r in runs if show_hidden or r not in hidden]
+    groups = list(catalogues.group_runs(shown).items())
+    if groups:  # the sidebar's catalogue first, as every page's picker does
+        groups.insert(0, groups.pop(pickers.sidebar_match(dict(groups))))
+    for key, group in groups:
+        st.markdown(f"**{md(catalogues.describe(group))}**")
+        _runs_table(group, key)
+    st.caption("Recall (%) is caption-level (items with identical titles all count) on the test split of each "
+               "run's own catalogue, from the weights with the best validation rsum. Runs of different catalogues "
+               "are never compared: each has its own table. Details: **Compare**.")
+    with st.expander("Manage a run: notes, tags, hide, resume, delete", icon=":material/edit_note:"):
+        manage.run_manager(runs)
 
 
 def home() -> None:
@@ -111,7 +144,7 @@ def home() -> None:
                "space and **Search** answers live queries.")
     runs = list_runs()
     _quickstart(has_runs=any(r.best for r in runs))
-    _runs_section(runs)  # first: it needs no catalogue loading, so it paints at once
+    _runs_section(runs, catalogues.pending_runs())  # first: it needs no catalogue loading, so it paints at once
     _catalogue_section(state.current_catalogue())
 
 
@@ -125,6 +158,10 @@ page = st.navigation([
 st.session_state["_app_ready"] = True
 if wanted := st.session_state.pop("_wanted_page", None):  # a page opened by URL before the app was set up
     st.switch_page(wanted)
-sidebar.render()
-page.run()
+st.session_state[sidebar.FULL_RUN] = True
+try:
+    sidebar.render()
+    page.run()
+finally:  # also when the page stops early (st.stop) or reruns
+    st.session_state[sidebar.FULL_RUN] = False
 state.warm_pytorch()  # the page has drawn: load PyTorch in the background for the pages that need a model

@@ -1,11 +1,12 @@
-"""Compare page: every finished run side by side (table and grouped bars of R@1/5/10 and median rank,
-both directions), metrics per catalogue slice, and the test queries on which the models disagree most."""
+"""Compare page: the chosen runs of one catalogue side by side (table and grouped bars of R@1/5/10 and median
+rank, both directions), metrics per slice with their uncertainty, and the test queries on which two chosen
+runs disagree most, with their config differences."""
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from xmodal.dashboard import analysis, checks, plots, state, ui
+from xmodal.dashboard import analysis, catalogues, embeds, pickers, plots, runmeta, slices, state, ui
 from xmodal.dashboard.escape import md
 
 ui.page_guard("pages/compare.py")
@@ -15,75 +16,123 @@ if not runs:
     ui.no_runs_hint("the Compare page")
     st.stop()
 
-gt = st.radio("Ground truth", ["caption", "item"], horizontal=True, key="cmp_gt",
+cat, group = pickers.catalogue_picker(runs)
+metrics_of = lambda r: state.metrics(r.path)  # noqa: E731
+c1, c2 = st.columns([4, 1])
+with c1:
+    chosen = pickers.runs_picker(cat, group, key="cmp_runs", label="Runs to compare",
+                                 default=catalogues.default_runs(group, metrics_of),
+                                 help="Collapsed or failed runs (⚠) are offered but not chosen unasked")
+gt = c2.radio("Ground truth", ["caption", "item"], horizontal=True, key="cmp_gt", bind="query-params",
               help="caption: items with identical titles all count as correct; item: only the item's own pair")
-table = analysis.test_metrics_table(runs, gt)
-fmt = {c: st.column_config.NumberColumn(format="%.1f") for c in table.columns if "R@" in c or c == "rsum"}
-st.dataframe(table, hide_index=True, column_config=fmt, key="cmp_table")
-st.caption("Test split of each run's catalogue, weights chosen on validation rsum. Recall in %; median rank is "
-           "1-based (1 = the true match is usually first).")
+if not chosen:
+    st.info("Pick the runs to compare above (every run of this catalogue is unfit by default: see the ⚠ notes).")
+    st.stop()
+if all(analysis.recall_table_coincides(r.test) for r in chosen):
+    st.caption("On this catalogue's test split no two items share a title, so caption- and item-level numbers are "
+               "the same.")
+table = analysis.test_metrics_table(chosen, gt).drop(columns=["catalogue"])
+recall = {c: st.column_config.NumberColumn(c, format="%.1f", width=62) for c in table.columns if "R@" in c}
+ranks = {c: st.column_config.NumberColumn(c.replace("median rank", "med. rank"), format="%d", width=70,
+                                          help="median rank of the true match (1 = usually first)")
+         for c in table.columns if "median" in c}
+st.dataframe(table, hide_index=True, key="cmp_table", column_order=[c for c in table.columns if c != "model"],
+             column_config={
+                 **recall, **ranks, "rsum": st.column_config.NumberColumn(format="%.1f", width=62),
+                 "gallery": st.column_config.NumberColumn(width=62),
+                 "run": st.column_config.TextColumn(pinned=True, width="medium")})
+st.caption(f"Test split of {md(catalogues.describe(group))}, weights chosen on validation rsum. Recall in %; median "
+           "rank is 1-based (1 = the true match is usually first).")
 st.plotly_chart(plots.metric_bars(table), key="cmp_bars")
 
 st.header("Slices and disagreements", divider="gray")
-by_catalogue: dict[str, list] = {}
-for r in runs:
-    by_catalogue.setdefault((r.config.get("data") or {}).get("fingerprint", "?"), []).append(r)
-keys = list(by_catalogue)
-if len(keys) > 1:
-    key = st.selectbox("Runs trained on", keys, key="cmp_cat", format_func=lambda k: (
-        f"{analysis.catalogue_label(by_catalogue[k][0].config)} ({len(by_catalogue[k])} runs, {k})"))
-else:
-    key = keys[0]
-group = by_catalogue[key]
-labels = {str(r.path): analysis.run_label(r) for r in group}
-models = {analysis.run_label(r): r.model for r in group}
-ui.load_pytorch()  # ranking needs the models: the table and bars above draw before PyTorch loads
-from xmodal.search import RunError  # noqa: E402
-try:
-    data = state.compare_ranks([r.path for r in group], gt)
-except (RunError, *checks.LOAD_ERRORS) as err:
-    st.error(md(f"Cannot rank these runs' test queries: {err}"), icon=":material/error:")
+dirs = [r.path for r in chosen]
+
+
+@st.fragment(run_every=2)
+def _wait_for_embeddings() -> None:
+    if ui.background_work("Embedding the chosen runs' catalogue (photos and titles)", dirs, embeds.TASK,
+                          lambda: state.embeddings_ready(dirs), lambda: embeds.start(dirs), "cmp_embeds"):
+        st.rerun(scope="app")
+
+
+if not state.embeddings_ready(dirs):
+    _wait_for_embeddings()
     st.stop()
-n_queries = len(data["item_ids"])
-st.caption(f"{n_queries} test items shared by {len(group)} run(s) on "
-           f"{md(analysis.catalogue_label(group[0].config))}; ranks are {gt}-level.")
+data = state.compare_ranks(dirs, gt)
+labels = {str(r.path): analysis.run_label(r) for r in chosen}
+st.caption(f"{len(data['item_ids'])} test items shared by {len(chosen)} run(s); ranks are {gt}-level.")
 
 st.subheader("Metrics per slice")
-attrs = [a for a in analysis.SLICE_ATTRIBUTES if any(data["attributes"].get(a, []))]
+attrs = slices.slice_attributes(data["attributes"])
 if not attrs:
-    st.info("This catalogue has no category, colour or gender columns to slice by.")
+    st.info("This catalogue has no attribute columns to slice by.")
 else:
     c1, c2 = st.columns(2)
-    attr = c1.selectbox("Slice by", attrs, key="cmp_attr")
-    metric = c2.selectbox("Metric", ["R@1", "R@5", "R@10", "median_rank"], index=2, key="cmp_metric")
-    parts = [analysis.slice_metrics(data["ranks"][d], {attr: data["attributes"][attr]}).assign(run=labels[d])
+    attr = c1.selectbox("Slice by", attrs, key="cmp_attr", bind="query-params")
+    metric = c2.selectbox("Metric", ["R@1", "R@5", "R@10", "median_rank"], index=2, key="cmp_metric",
+                          bind="query-params")
+    parts = [slices.slice_metrics(data["ranks"][d], {attr: data["attributes"][attr]}).assign(run=labels[d])
              for d in labels if data["ranks"].get(d)]
-    slices = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    st.plotly_chart(plots.slice_figure(slices, metric), key="cmp_slices")
-    with st.expander("slice table"):
-        st.dataframe(slices, hide_index=True, key="cmp_slice_table")
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    st.plotly_chart(plots.slice_figure(table, metric), key="cmp_slices")
+    small = sorted({v for v, s in zip(table.get("value", []), table.get("small", [])) if s})
+    st.caption(f"Bars show the 95% interval (Wilson for recall, bootstrap for the median rank). Slices of fewer "
+               f"than {slices.MIN_N} test queries (*, pale) come last and are not ranked"
+               + (f": {md(', '.join(small))}." if small else "."))
+    with st.expander("Slice table, and a slice on the map"):
+        st.dataframe(table, hide_index=True, key="cmp_slice_table", column_config={
+            "small": st.column_config.CheckboxColumn(help=f"fewer than {slices.MIN_N} queries")})
+        values = list(dict.fromkeys(table["value"])) if len(table) else []
+        if values:
+            c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+            value = c1.selectbox("Slice", values, key="cmp_slice_value")
+            items = [x for x, v in zip(data["item_ids"], data["attributes"][attr]) if v == value]
+            with c2:
+                pickers.locate_link(chosen[0], items, f"{attr} = {value}")
 
-st.subheader("Where the models disagree most")
-direction = st.radio("Queries", list(analysis.DIRECTIONS), horizontal=True, key="cmp_dir",
+st.subheader("Where two runs disagree most")
+if len(chosen) < 2:
+    st.info("Choose at least two runs above to see where they disagree.")
+    st.stop()
+pair = sorted(chosen, key=catalogues.rsum, reverse=True)[:2]
+c1, c2, c3 = st.columns([2, 2, 1])
+with c1:
+    run_a = pickers.run_select(cat, chosen, key="cmp_a", label="Run A", default=pair[0])
+with c2:
+    run_b = pickers.run_select(cat, [r for r in chosen if r.run_id != run_a.run_id] or chosen, key="cmp_b",
+                               label="Run B", default=pair[1])
+direction = c3.radio("Queries", list(analysis.DIRECTIONS), key="cmp_dir", bind="query-params",
                      format_func=lambda d: {"text_to_image": "text → image", "image_to_text": "image → text"}[d])
-if len(group) < 2:
-    st.info("Needs at least two finished runs on the same catalogue.")
-    st.stop()
-top = st.slider("Queries shown", 3, 30, 8, key="cmp_top")
-dis = analysis.disagreements({labels[d]: data["ranks"][d][direction] for d in labels if data["ranks"].get(d)}, top)
+with st.expander("Config differences between A and B"):
+    diff = runmeta.config_diff(run_a.config, run_b.config)
+    if diff:
+        st.dataframe(pd.DataFrame(diff).rename(columns={"a": "A", "b": "B"}), hide_index=True, key="cmp_diff")
+    else:
+        st.caption("Same settings (they differ only in run id and time).")
+top = st.slider("Queries shown", 3, 30, 8, key="cmp_top", bind="query-params")
+dis = analysis.disagreements({"A": data["ranks"][str(run_a.path)][direction],
+                              "B": data["ranks"][str(run_b.path)][direction]}, top)
 if dis.empty:
-    st.info("The models put every true match at the same rank.")
+    st.info("The two runs put every true match at the same rank.")
     st.stop()
-st.caption("Rank of the true match under each model (1 = first); queries sorted by the spread between the best "
-           "and the worst model (on a log scale).")
-names = [c for c in dis.columns if c != "spread"]
-short = {n: models[n] if list(models.values()).count(models[n]) == 1 else n for n in names}
-table = pd.DataFrame({"photo": [state.thumbnail(data["images"][q]) for q in dis.index],
-                      "title": [data["captions"][q] for q in dis.index],
-                      "item": [data["item_ids"][q] for q in dis.index],
-                      **{short[n]: dis[n].astype(int).tolist() for n in names}})
-st.dataframe(table, hide_index=True, row_height=70, height=40 + 70 * len(table), key="cmp_disagree", column_config={
-    "photo": st.column_config.ImageColumn("photo", width="small"),
-    "item": st.column_config.TextColumn("item", width="small"),
-    **{short[n]: st.column_config.NumberColumn(short[n], help=f"rank of the true match under {md(n)}")
-       for n in names}})
+st.caption(f"Rank of the true match (1 = first) under A = {md(analysis.run_label(run_a))} and B = "
+           f"{md(analysis.run_label(run_b))}, sorted by how far apart they are (on a log scale). Select a row to "
+           "locate it on the map.")
+rows = pd.DataFrame({"photo": [state.thumbnail(data["images"][q]) for q in dis.index],
+                     "title": [data["captions"][q] for q in dis.index],
+                     "item": [data["item_ids"][q] for q in dis.index],
+                     "A": dis["A"].astype(int).tolist(), "B": dis["B"].astype(int).tolist()})
+event = st.dataframe(rows, hide_index=True, row_height=70, height=40 + 70 * len(rows), key="cmp_disagree",
+                     on_select="rerun", selection_mode="single-row", column_config={
+                         "photo": st.column_config.ImageColumn("photo", width="small"),
+                         "item": st.column_config.TextColumn("item", width="small"),
+                         "A": st.column_config.NumberColumn("rank A", width="small"),
+                         "B": st.column_config.NumberColumn("rank B", width="small")})
+picked = event.selection.rows if event else []
+if picked:
+    item = rows["item"].iloc[picked[0]]
+    pickers.locate_link(run_a, [item], f"item {item}")
+from xmodal.dashboard.explain_view import disagreement_why  # noqa: E402
+disagreement_why({str(r.path): f"{ab}: {analysis.run_label(r)}" for ab, r in (("A", run_a), ("B", run_b))},
+                 data, list(dis.index), direction)

@@ -1,11 +1,13 @@
-"""Embeddings page: a 2-D map (UMAP) of one run's joint space on its test split, photos and titles in one
-map with a line joining each product's two points; box or lasso selection shows the chosen products;
-and the modality gap (paired vs random distances)."""
+"""Embeddings page: a 2-D map (UMAP or PCA) of one run's joint space, its test split or its whole catalogue,
+photos and titles in one WebGL map; colour by modality, split, an attribute or the rank of each item's true
+match; filter by facets and rank ranges; click a point for its photo and nearest neighbours; box or lasso
+to list, save or export products; items located from other pages ringed; and the modality gap."""
 from __future__ import annotations
 
 import streamlit as st
 
-from xmodal.dashboard import analysis, checks, jobs, plots, projection, state, ui
+from xmodal.dashboard import (analysis, catalogues, colours, mapplot, mapui, mapview, pickers, plots,
+                              projection, slices, state, ui)
 from xmodal.dashboard.escape import md
 
 ui.page_guard("pages/embeddings.py")
@@ -15,77 +17,106 @@ if not runs:
     ui.no_runs_hint("the Embeddings page")
     st.stop()
 
-c1, c2 = st.columns([2, 1])
+cat, group = pickers.catalogue_picker(runs)
+best = catalogues.default_runs(group, lambda r: state.metrics(r.path), limit=1)
+c1, c2, c3 = st.columns([3, 2, 1])
 with c1:
-    run = ui.run_picker(runs, key="emb_run")[0]
-method = c2.radio("Map", ["umap", "pca"], horizontal=True, key="emb_method",
-                  help="UMAP keeps neighbourhoods (first use compiles numba, ~20 s); PCA is instant but linear")
-path = projection.projection_path(run.path, method)
+    run = pickers.run_select(cat, group, key="emb_run", default=best[0] if best else None)
+scope = c2.radio("Points", list(projection.SCOPES), horizontal=True, key="emb_scope", bind="query-params",
+                 format_func={"test": "test split", "all": "whole catalogue"}.get,
+                 help="the whole catalogue marks each item's split (train / val / test) in its hover and filters")
+method = c3.radio("Map", list(projection.METHODS), horizontal=True, key="emb_method", bind="query-params",
+                  help="UMAP keeps neighbourhoods; PCA is instant but linear")
+with st.expander("UMAP settings", icon=":material/tune:"):
+    u1, u2 = st.columns(2)
+    neighbours = u1.slider("Neighbours", 2, 100, 15, key="emb_nn", bind="query-params", disabled=method != "umap",
+                           help="how many neighbours each point looks at: larger keeps more of the global layout")
+    min_dist = u2.slider("Minimum distance", 0.0, 0.99, 0.1, step=0.05, key="emb_md", bind="query-params",
+                         disabled=method != "umap", help="how tightly points may pack: small makes tight clumps")
+    st.caption("Each setting's map is computed once in the background and cached in the run folder.")
+settings = projection.MapSettings(method, scope, neighbours, min_dist)
+path = projection.projection_path(run.path, settings)
+INLINE_ITEMS = 3000  # a PCA map of at most this many items is computed in the page (a second at most)
 
 
-def _compute_inline() -> None:
-    """Small test splits (PCA, or too few points for UMAP) are mapped here and now."""
-    ui.load_pytorch()  # only here: a map cached in the run folder is drawn without PyTorch
-    from xmodal.search import RunError
-    try:
-        with st.spinner("Mapping the test split..."):
-            projection.compute(run.path, method, run=state.run(run.path))
-    except (RunError, *checks.LOAD_ERRORS) as err:
-        st.error(md(f"Cannot map {run.run_id}: {err}"), icon=":material/error:")
-        st.stop()
+def _inline_ok() -> bool:
+    """A PCA map (or one too small for UMAP) of a few items, from embeddings on disk: quick enough here."""
+    emb = state.embeddings(run.path)
+    if emb is None:
+        return False
+    n = len(projection.mapped_positions(emb["split"], scope))
+    return n <= INLINE_ITEMS and (method == "pca" or 2 * n < projection.UMAP_MIN_POINTS)
 
 
 @st.fragment(run_every=2)
 def _wait_for_map() -> None:
-    """Polls the projection subprocess; reruns the page once the map is on disk."""
-    if path.is_file():
+    what = f"Computing the {method.upper()} map of the {'whole catalogue' if scope == 'all' else 'test split'}"
+    if ui.background_work(what, [run.path], projection.task_name(settings), path.is_file,
+                          lambda: projection.start([run.path], settings), "emb_map_job"):
         st.rerun(scope="app")
-    if error := jobs.projection_error(run.path, method):
-        st.error(f"The projection failed: {md(error)}. PCA (above) needs no subprocess.", icon=":material/error:")
-        if st.button("Try again", key="emb_retry"):
-            jobs.start_projection(run.path, method)
-        return
-    if not jobs.projection_running(run.path, method):
-        jobs.start_projection(run.path, method)
-    st.info(f"Computing the {method.upper()} map of {md(run.run_id)}'s test split in the background (the first UMAP "
-            "compiles numba code: ~20-60 s). It is cached in the run folder, so later visits are instant.",
-            icon=":material/hourglass_top:")
 
 
 if not path.is_file():
-    n_test = len(state.test_split_ids(run.path))
-    if method == "pca" or 2 * n_test < projection.UMAP_MIN_POINTS:
-        _compute_inline()
+    if _inline_ok():
+        with st.spinner("Mapping..."):
+            projection.compute(run.path, settings)
     else:
         _wait_for_map()
         st.stop()
 
-data = state.load_projection(path)
-captions = data["captions"]
-n = len(captions)
-attrs = [a for a in analysis.SLICE_ATTRIBUTES if any(data["attributes"].get(a, []))]
+try:
+    data = state.load_projection(path)
+except FileNotFoundError:  # its embeddings file went (damaged, or deleted): compute both again
+    path.unlink(missing_ok=True)
+    st.rerun()
+n = len(data["captions"])
+attrs = slices.slice_attributes(data["attributes"])
 c1, c2 = st.columns([2, 1])
-colour = c1.selectbox("Colour by", ["modality", *attrs], key="emb_colour")
-lines = c2.checkbox("Join each product's photo and title", value=True, key="emb_lines")
-groups = None if colour == "modality" else data["attributes"][colour]
-st.caption(f"{n} test products of {md(run.run_id)}: circles are photos, crosses are titles "
-           f"({md(data['method'].upper())}, cosine). Drag a box or lasso (toolbar) to list the products inside it.")
-fig = plots.projection_figure(data["xy"], captions, groups, lines=lines, method=data["method"])
-event = st.plotly_chart(fig, on_select="rerun", selection_mode=("box", "lasso"), key=f"emb_map_{run.run_id}")
-chosen = analysis.selected_items(event.selection.points if event else [], n)
-if chosen:
-    st.subheader(f"{len(chosen)} selected product(s)")
-    shown = chosen[:36]
-    ui.product_grid([data["images"][i] for i in shown], [captions[i] for i in shown])
-    if len(chosen) > len(shown):
-        st.caption(f"... and {len(chosen) - len(shown)} more")
+options = ["modality", *(["split"] if scope == "all" else []), "rank: title → photo", "rank: photo → title", *attrs]
+colour_by = c1.selectbox("Colour by", options, key="emb_colour", bind="query-params")
+lines = c2.checkbox("Join each product's photo and title", value=n <= 2000, key="emb_lines",
+                    disabled=n > mapplot.MAX_LINES, help=f"up to {mapplot.MAX_LINES:,} products")
+flt = mapui.filters(data, attrs, scope)
+keep = flt.mask(data)
+
+focus_ids, focus_label = pickers.focus_from_url()
+ring = mapview.positions_of(data["item_ids"], focus_ids)
+if focus_ids:
+    f1, f2 = st.columns([4, 1], vertical_alignment="center")
+    f1.info(f"Located {len(ring)} of {len(focus_ids)} item(s) ({md(focus_label or 'from a link')}): ringed in black."
+            + ("" if ring else " None of them is on this map (another split or run?)."), icon=":material/location_on:")
+    if f2.button("Clear", key="emb_focus_clear"):
+        pickers.clear_focus()
+        st.rerun()
+ring = ring + mapui.saved_slices(run.path, data["item_ids"], data["captions"])
+
+colouring, ranks = None, None
+if colour_by.startswith("rank"):
+    ranks = data["rank_t2i" if "title → photo" in colour_by else "rank_i2t"]
+elif colour_by == "split":
+    colouring = colours.colouring(data["split"], "split")
+elif colour_by != "modality":
+    colouring = colours.colouring(data["attributes"][colour_by], colour_by)
+kept = f"; the filter keeps {int(keep.sum()):,}" if flt.active() else ""
+st.caption(f"{n:,} products of {md(run.run_id)} ({md(catalogues.describe(group))}): circles are photos, crosses are "
+           f"titles ({md(data['method'].upper())}, cosine){kept}. Click a point for its photo and nearest "
+           "neighbours; pick Box or Lasso Select in the toolbar and drag to list products.")
+fig = mapplot.map_figure(data["xy"], data["captions"], colouring=colouring, ranks=ranks, keep=keep, highlight=ring,
+                         lines=lines and n <= mapplot.MAX_LINES, method=data["method"], hover=n <= 50_000)
+event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"),
+                        key=f"emb_map_{projection.task_name(settings)}_{run.run_id}")
+sel = event.selection if event else None
+clicked, chosen = mapui.clicked_item(sel.points if sel else [], sel.box if sel else [], sel.lasso if sel else [], n)
+if clicked is not None:
+    mapui.point_details(data, clicked)
+elif chosen:
+    mapui.selection(run.path, data, chosen)
+    from xmodal.dashboard.export_view import selection_download  # noqa: E402
+    selection_download(run.run_id, data, chosen)
 
 st.header("Modality gap", divider="gray")
 gap = analysis.modality_gap(data["image_embeds"], data["text_embeds"])
-c = st.columns(3)
-c[0].metric("Paired distance (mean)", f"{gap['paired'].mean():.3f}")
-c[1].metric("Random-pair distance (mean)", f"{gap['random'].mean():.3f}")
-c[2].metric("Centroid gap", f"{gap['centroid_gap']:.3f}")
+mapui.gap_metrics(gap)
 st.plotly_chart(plots.gap_figure(gap), key="emb_gap")
 st.caption("Distance between each product's photo and title embeddings, against photos paired with random "
            "titles. A good joint space puts pairs much closer than random; the centroid gap is the distance "

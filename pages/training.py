@@ -1,29 +1,51 @@
 """Training page: live loss curves (every term), validation R@K and median rank per epoch, positive vs
-negative similarity, several runs overlaid, and a warning when a run collapses."""
+negative similarity, the runs of one catalogue overlaid, and a warning when a run collapses."""
 from __future__ import annotations
 
 import streamlit as st
 
-from xmodal.dashboard import analysis, plots, state, ui
+from xmodal.dashboard import analysis, catalogues, pickers, plots, state, ui
 from xmodal.dashboard.escape import md
-from xmodal.runs import list_runs, read_status
+from xmodal.runs import read_status
 
 ui.page_guard("pages/training.py")
 st.title("Training")
-runs = list_runs()
+runs = ui.visible_runs()
+pending = catalogues.pending_runs()
+if pending:
+    st.caption("Launched, not training yet: curves appear here after the first steps.")
+    ui.pending_panel(pending)
 if not runs:
-    ui.no_runs_hint("the Training page")
+    if not pending:
+        ui.no_runs_hint("the Training page")
     st.stop()
 
-labels = {analysis.run_label(r): r for r in runs}
-default = [analysis.run_label(r) for r in runs if r.status.get("state") == "running"] or list(labels)[:3]
-chosen = st.multiselect("Runs to overlay", list(labels), default=default, key="train_runs")
-c1, c2 = st.columns(2)
-smooth = c1.slider("Smooth the loss over steps", 1, 50, 5, key="train_smooth")
+cat, group = pickers.catalogue_picker(runs)
+running = [r for r in group if r.status.get("state") == "running"]
+default = running or catalogues.default_runs(group, lambda r: state.metrics(r.path), limit=3) or group[:3]
+c0, c1, c2 = st.columns([3, 1, 1])
+with c0:
+    selected = pickers.runs_picker(cat, group, key="train_runs", label="Runs to overlay", default=default)
+smooth = c1.slider("Smooth the loss over steps", 1, 50, 5, key="train_smooth", bind="query-params")
 level = c2.radio("Validation ground truth", ["caption", "item"], horizontal=True, key="train_gt",
+                 bind="query-params",
                  help="caption: items with identical titles all count as correct; item: only the item's own pair")
-selected = [labels[c] for c in chosen]
 live = any(r.status.get("state") == "running" for r in selected)
+
+
+def _state_line(r) -> None:
+    """What a chosen run is doing now, in words."""
+    status = read_status(r.path)
+    if status.get("state") == "failed":
+        ui.show_failure(r.path, status)
+    elif status.get("state") == "running":
+        if status.get("phase") == "training":
+            st.caption(f"**{md(r.run_id)}** is training: epoch {md(status.get('epoch', '?'))}/"
+                       f"{md(status.get('epochs', '?'))}, step {md(status.get('step', '?'))}/"
+                       f"{md(status.get('steps_per_epoch', '?'))}; the charts refresh by themselves.")
+        else:
+            st.caption(f"**{md(r.run_id)}**: {md(status.get('phase') or 'starting')}; its curves appear after the "
+                       "first steps.")
 
 
 @st.fragment(run_every=3 if live else None)
@@ -34,27 +56,29 @@ def curves() -> None:
         return
     metrics = {}
     for r in selected:
-        status = read_status(r.path)
-        if status.get("state") == "failed":
-            ui.show_failure(r.path, status)
-        elif status.get("state") == "running":
-            st.caption(f"**{md(r.run_id)}** is training: epoch {md(status.get('epoch', '?'))}/"
-                       f"{md(status.get('epochs', '?'))}, {md(status.get('phase', ''))}; the charts refresh by "
-                       "themselves.")
+        _state_line(r)
         rows = state.metrics(r.path)
         if warning := analysis.detect_collapse(rows):
             st.warning(f"**{md(r.run_id)}** {md(warning)}", icon=":material/warning:")
         metrics[analysis.run_label(r)] = rows
-    if not any(metrics.values()):
-        st.info("No metrics logged yet: the first steps appear after feature extraction.")
+    if not any(any(x.get("kind") == "step" for x in rows) for rows in metrics.values()):
+        st.info("No training step logged yet: the loss appears after the first steps.", icon=":material/hourglass_top:")
         return
     st.subheader("Loss (every term)")
     st.plotly_chart(plots.loss_figure(metrics, smooth), key="loss_fig")
+    with_epochs = {n: rows for n, rows in metrics.items() if any(x.get("kind") == "epoch" for x in rows)}
+    if not with_epochs:
+        st.info("Validation recall and the similarity of matching pairs appear when the first epoch ends.",
+                icon=":material/hourglass_top:")
+        return
     st.subheader(f"Validation retrieval per epoch ({level}-level)")
-    st.plotly_chart(plots.validation_figure(metrics, "val" if level == "caption" else "val_item"), key="val_fig")
+    if all(analysis.metrics_coincide(rows) for rows in with_epochs.values()):
+        st.caption("On this catalogue's validation split no two items share a title, so caption- and item-level "
+                   "recall are the same numbers.")
+    st.plotly_chart(plots.validation_figure(with_epochs, "val" if level == "caption" else "val_item"), key="val_fig")
     st.subheader("Positive vs negative cosine similarity (validation)")
     st.caption("Matching pairs should pull away from random pairs; when the two lines meet, the model has collapsed.")
-    st.plotly_chart(plots.similarity_figure(metrics), key="sim_fig")
+    st.plotly_chart(plots.similarity_figure(with_epochs), key="sim_fig")
 
 
 curves()

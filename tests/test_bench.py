@@ -60,11 +60,13 @@ def test_tiny_run_has_every_row(tiny_catalogue, tmp_path, capsys):
     cfg = BenchConfig(sizes=(500, 2000), data=str(tiny_catalogue), feature_images=8, image_queries=3,
                       query_run_items=30, train_batch=8, train_steps=1, models=("siamese", "cmpm-mobilenet"),
                       latency_queries=5, recall_queries=20, umap_points=200, embed_items=100, reps=1,
-                      sections=SECTIONS, dashboard=str(tmp_path / "absent.py"), work_dir=str(tmp_path / "work"))
+                      map_points=2000, map_browser=False, sections=SECTIONS, dashboard=str(tmp_path / "absent.py"),
+                      work_dir=str(tmp_path / "work"))
     rows = run_bench(cfg)
     measures = [r.measure for r in rows]
     assert [r.section for r in rows] == ["1 features"] * 3 + ["2 training"] * 2 + ["3 search"] * 3 + \
-        ["4 maps"] * 3 + ["5 dashboard"]
+        ["4 maps"] * 3 + ["5 dashboard"] + ["6 explore"] * 3
+    assert measures[-1].startswith("explain one pair") and rows[-1].met is not None
     assert measures[0].startswith("image features") and measures[1].startswith("ONNX export")
     assert measures[2].startswith("image -> top-10 titles: search_image")
     assert "bare onnxruntime" in rows[0].reference and "bare torch" in rows[0].reference  # three figures
@@ -107,7 +109,7 @@ def test_features_rows_without_onnxruntime():
 
 def test_sections_do_not_import_each_other():
     """One module per section; shared helpers only in common.py (no import cycle between sections)."""
-    sections = {"features", "training", "search", "maps", "dashboard"}
+    sections = {"features", "training", "search", "maps", "dashboard", "explore"}
     for path in BENCH.glob("*.py"):
         tree = ast.parse(path.read_text())
         siblings = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}

@@ -111,7 +111,7 @@ def _browser(profile: Path):
 
 @pytest.fixture(scope="module")
 def server(request, tmp_path_factory):
-    """A dashboard server on a free localhost port, serving a trained run."""
+    """A dashboard server on a free localhost port, serving trained runs (by default eight on two catalogues)."""
     pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package only)")
     _chromium()
     ckpt = os.environ.get("XMODAL_BROWSER_CHECKPOINTS")
@@ -119,11 +119,11 @@ def server(request, tmp_path_factory):
     env = dict(os.environ)
     if ckpt:  # real runs: serve them with their own cache (the demo catalogue, features, ...)
         env["XMODAL_CACHE"] = os.environ.get("XMODAL_BROWSER_CACHE", str(Path.home() / ".cache" / "xmodal"))
-    else:
-        run = request.getfixturevalue("trained_run")
-        data = str(request.getfixturevalue("tiny_catalogue"))
-        ckpt = tmp_path_factory.mktemp("browser_ckpt")
-        (Path(ckpt) / run.name).symlink_to(run, target_is_directory=True)
+    else:  # eight runs on two catalogues (tests/dashboard_runs.py), their catalogue embeddings made
+        from dashboard_runs import two_catalogues
+        tiny = request.getfixturevalue("tiny_catalogue")
+        ckpt = two_catalogues(request.getfixturevalue("trained_run"), tiny, tmp_path_factory)["root"]
+        data = str(tiny)
     with _serve(Path(ckpt), data, tmp_path_factory.mktemp("browser_log"), env) as url:
         yield url
 
@@ -141,8 +141,9 @@ def _idle(page) -> None:
 
 def _shot(page, folder: Path, name: str) -> None:
     """Screenshot the whole page: wait for the charts to draw, then grow the viewport to the content."""
-    page.wait_for_function("""() => [...document.querySelectorAll('[data-testid="stPlotlyChart"]')]
-        .every(c => c.querySelector('.main-svg'))""", timeout=60_000)
+    page.wait_for_function("""() => !document.querySelector('[data-testid="stMain"] [data-testid="stSkeleton"]') &&
+        [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].every(c => c.querySelector('.main-svg'))""",
+                           timeout=120_000)  # lazily loaded charts: their placeholder skeletons are gone
     page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=60_000)
     size = page.viewport_size
     height = page.evaluate("""() => Math.max(...[...document.querySelectorAll(
@@ -175,6 +176,8 @@ def _select_on_map(page) -> None:
     for attempt in range(4):  # the chart may still be redrawing after the colour change: try again
         page.wait_for_timeout(1000)
         try:
+            chart.hover()
+            chart.locator('.modebar-btn[data-title="Box Select"]').click(timeout=10_000)  # drag pans by default
             box = chart.locator(".nsewdrag").first.bounding_box(timeout=10_000)
         except Exception:
             box = None
@@ -191,6 +194,40 @@ def _select_on_map(page) -> None:
             if attempt == 3:
                 raise
     _idle(page)
+
+
+# The screen position of the first photo point of the map (Plotly's own axis conversion), for a real click.
+POINT_XY = """() => {
+  const gd = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
+  const trace = gd._fullData.find(t => t.mode === 'markers' && t.customdata && t.customdata.length &&
+                                      String(t.hovertemplate || '').startsWith('photo'));  // arrays decoded
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
+  return {x: box.left + xa._offset + xa.l2p(trace.x[0]), y: box.top + ya._offset + ya.l2p(trace.y[0]),
+          item: Number(trace.customdata[0])};
+}"""
+
+
+def _click_map_point(page) -> int:
+    """Click a photo point on the Embeddings map; wait for the clicked product's panel; returns its position."""
+    chart = page.locator('[data-testid="stPlotlyChart"]').first
+    chart.scroll_into_view_if_needed()
+    page.wait_for_function("""() => {
+        const gd = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
+        return gd && gd.data && gd._fullLayout && gd._fullLayout.xaxis; }""", timeout=120_000)  # plotly.js loaded
+    for attempt in range(4):  # the chart may still be laying out: try again
+        page.wait_for_timeout(1000)
+        point = page.evaluate(POINT_XY)
+        page.mouse.move(point["x"], point["y"])
+        page.wait_for_timeout(300)
+        page.mouse.click(point["x"], point["y"])
+        try:
+            page.get_by_text("The clicked product").wait_for(timeout=20_000)
+            break
+        except Exception:
+            if attempt == 3:
+                raise
+    _idle(page)
+    return point["item"]
 
 
 def _open_home(page, url: str, timings: dict, prefix: str) -> None:
@@ -358,8 +395,8 @@ def test_hostile_catalogue_stays_text(hostile_server, tmp_path):
                 _idle(page)
                 _select_on_map(page)  # coloured by master_category: a legend entry is an <a href> in text
                 legend = page.evaluate("() => [...document.querySelectorAll('.legendtext')].map(e => e.textContent)")
-                assert sum(e.startswith(HOSTILE_ATTRIBUTE) and e.endswith("</a>") for e in legend) >= 2, legend
-                assert f"products of {HOSTILE_RUN}:" in _text(page) and PIXEL in _text(page)  # caption, selection
+                assert sum(e.startswith(HOSTILE_ATTRIBUTE) and "</a> (" in e for e in legend) >= 2, legend
+                assert f"products of {HOSTILE_RUN} (" in _text(page) and PIXEL in _text(page)  # caption, selection
             seen += _text(page)
             watch.assert_clean(page, name)
 
@@ -373,7 +410,7 @@ def test_hostile_catalogue_stays_text(hostile_server, tmp_path):
         assert results.count(PIXEL) >= 8, results[-2000:]  # the 8 hits' captions
         watch.assert_clean(page, "Search: text")
         page.get_by_role("tab", name="Image → captions").click()
-        page.get_by_text("A catalogue product (test split)").click()
+        page.get_by_role("radiogroup", name="Query").get_by_text("A catalogue product (test split)").click()
         page.get_by_text("True match landed at rank").first.wait_for()  # only this tab's query is an item
         _idle(page)
         results = _text(page)
@@ -426,6 +463,56 @@ def test_every_page_in_chromium(server, page, shots):
     assert max(switches) < 10, timings  # generous on a shared CI machine; the report quotes the real numbers
 
 
+def _mapped(page) -> int:
+    """How many products the Embeddings map shows, from its caption ("1,234 products of <run> ...")."""
+    import re
+    found = re.search(r"([\d,]+) products of ", _text(page))
+    assert found, "no map caption"
+    return int(found.group(1).replace(",", ""))
+
+
+def test_map_click_shows_photo_and_neighbours(server, page, shots):
+    """A click on a map point shows the product's photo and title and its nearest photos and titles, with
+    its own pair marked; the whole catalogue (PCA) maps every item with its split."""
+    if not page.url.startswith(server):  # run on its own
+        page.goto(server)
+        page.get_by_test_id("stDataFrame").first.wait_for()
+        _idle(page)
+    _visit(page, "Embeddings", "Embeddings", "Modality gap")
+    test_items = _mapped(page)
+    _click_map_point(page)
+    page.get_by_text("Photos nearest its title").wait_for()
+    page.get_by_text("Titles nearest its photo").wait_for()
+    panel = _text(page)
+    assert "rank " in panel and ("✓ its own photo" in panel or "Its own photo is at rank" in panel)
+    shown = min(8, test_items)  # neighbours per modality
+    assert page.locator('[data-testid="stImage"]').count() >= 1 + 2 * shown  # it, its photos, the titles' photos
+    _shot(page, shots, "map_point")
+    page.get_by_test_id("stRadio").filter(has_text="Map").get_by_text("pca", exact=True).click()
+    _idle(page)
+    page.get_by_test_id("stRadio").filter(has_text="Points").get_by_text("whole catalogue", exact=True).click()
+    _idle(page)
+    page.get_by_text("Modality gap", exact=True).first.wait_for(timeout=240_000)
+    _idle(page)
+    whole, deadline = _mapped(page), time.time() + 240
+    while whole <= test_items and time.time() < deadline:  # the whole-catalogue map is made in the background
+        page.wait_for_timeout(2000)
+        _idle(page)
+        whole = _mapped(page)
+    assert whole > test_items  # every item of the catalogue, not the test split only
+    assert "emb_scope=whole" in page.url and "emb_method=pca" in page.url  # in the URL, to reload or share
+    page.goto(page.url)  # a reload keeps the view
+    page.get_by_text("Modality gap", exact=True).first.wait_for(timeout=240_000)
+    _idle(page)
+    assert _mapped(page) == whole
+    page.get_by_test_id("stSelectbox").filter(has_text="Colour by").click()
+    page.get_by_role("option", name="colour", exact=True).click()  # named colours in their own colour
+    _idle(page)
+    legend = page.evaluate("() => [...document.querySelectorAll('.legendtext')].map(e => e.textContent)")
+    assert any(e.startswith("Navy Blue (") for e in legend), legend
+    _shot(page, shots, "map_whole")
+
+
 def test_train_and_stop_from_the_sidebar(server, page):
     """The sidebar form starts a real training subprocess; its progress shows live; Stop ends it cleanly."""
     if os.environ.get("XMODAL_BROWSER_CHECKPOINTS"):
@@ -455,3 +542,56 @@ def test_train_and_stop_from_the_sidebar(server, page):
     assert "loss" in progress.inner_text() and "left" in progress.inner_text()
     sidebar.get_by_role("button", name="Stop").first.click()
     sidebar.get_by_text("stopped", exact=False).first.wait_for(timeout=60_000)
+
+
+def _pick_option(page, label: str, option: int = 1) -> None:
+    """Open the first selectbox labelled ``label`` and pick its ``option``-th entry."""
+    select = page.get_by_test_id("stSelectbox").filter(has_text=label).first
+    for _ in range(4):  # a rerun can close the dropdown right after it opens: open it again
+        _idle(page)
+        select.click()
+        try:
+            page.get_by_role("option").nth(option).click(timeout=10_000)
+            return
+        except Exception:  # playwright's TimeoutError
+            page.keyboard.press("Escape")
+    pytest.fail(f"the {label!r} dropdown never opened")
+
+
+def test_explain_compose_and_refine_in_chromium(server, page, shots):
+    """Search: why a hit matched (its words highlighted, a heatmap over its photo), a photo changed by words
+    beside the photo alone and the words alone, and a round of "more like this / less like this"."""
+    if not page.url.startswith(server):  # run on its own
+        page.goto(server)
+        page.get_by_test_id("stDataFrame").first.wait_for()
+        _idle(page)
+    _visit(page, "Search", "Search", "Text → products")
+    box = page.get_by_label("Describe a product")
+    box.fill(QUERY)
+    box.press("Enter")
+    page.get_by_text("#1", exact=False).first.wait_for()
+    _pick_option(page, "Why did it match?")
+    page.get_by_text("largest word effects", exact=False).first.wait_for(timeout=120_000)
+    _idle(page)
+    assert page.get_by_text("regions", exact=True).count() >= 1  # the heatmap's caption
+    _shot(page, shots, "search_explain")
+
+    page.get_by_role("tab", name="Photo + words").click()
+    words = page.get_by_label("Change it with words")
+    words.fill("red")
+    words.press("Enter")
+    page.get_by_text("Photo + words (words 50%)").first.wait_for(timeout=120_000)
+    _idle(page)
+    for head in ("Photo only", "Words only", "Round 1:"):
+        assert page.get_by_text(head, exact=False).count() >= 1, head
+    _shot(page, shots, "search_compose")
+    page.get_by_text("more like this", exact=True).nth(1).click()
+    _idle(page)
+    page.get_by_text("less like this", exact=True).nth(0).click()
+    _idle(page)
+    page.get_by_role("button", name="Refine", exact=False).click()
+    page.get_by_text("Round 2: 1 marked more like this, 1 less like this").wait_for(timeout=120_000)
+    _idle(page)
+    _shot(page, shots, "search_refine")
+    assert all((shots / f"{n}.png").stat().st_size > 10_000 for n in ("search_explain", "search_compose",
+                                                                      "search_refine"))

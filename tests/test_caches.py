@@ -182,8 +182,9 @@ def test_feature_cache_disk_full(cat, cache, caplog, disk_full):
 
 @pytest.fixture
 def run_copy(trained_run, tmp_path) -> Path:
-    """The tiny trained run, copied: these tests damage its files."""
-    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+    """The tiny trained run, copied without the caches other tests left in it: these tests damage its files."""
+    return Path(shutil.copytree(trained_run, tmp_path / "run",
+                                ignore=shutil.ignore_patterns("gallery_*", "projection_*", "embeds_*", ".lock")))
 
 
 def _write_embeds(path: Path, embeds: torch.Tensor) -> None:

@@ -1,5 +1,6 @@
-"""The logic behind the dashboard as plain functions: runs table, ranks, slices, disagreements, selections,
-collapse, modality gap, uploads, jobs, projections and live queries."""
+"""The logic behind the dashboard as plain functions: runs table, ranks, slices with intervals, disagreements,
+selections, collapse, modality gap, uploads, jobs, background tasks, catalogue embeddings, maps (settings,
+colours, filters, neighbours), catalogue grouping, run management and live queries."""
 from __future__ import annotations
 
 import io
@@ -18,7 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from xmodal.dashboard import analysis, checks, jobs, plots, projection, queries, state
+from xmodal.dashboard import (analysis, catalogues, checks, colours, embeds, jobs, mapplot, mapview, plots, projection,
+                              queries, runmeta, slices, state, tasks)
 from xmodal.dashboard.escape import md
 from xmodal.dashboard.escape import plotly as plotly_text
 from xmodal.dashboard.uploads import UploadError, read_upload
@@ -48,6 +50,15 @@ def test_runs_table_reads_a_finished_run(trained_run):
         "text_to_image/median_rank"]
 
 
+def test_status_text_says_what_a_running_run_does():
+    assert analysis.status_text({"state": "finished"}) == "finished"
+    assert analysis.status_text({"state": "running", "phase": "training", "epoch": 2, "epochs": 8}) == \
+        "running: epoch 2/8"
+    assert analysis.status_text({"state": "running", "phase": "extracting image features"}) == \
+        "running: extracting image features"
+    assert analysis.status_text({}) == "unknown"
+
+
 def test_query_ranks_match_brute_force():
     rng = np.random.default_rng(0)
     img, txt = _unit(rng.normal(size=(30, 8))), _unit(rng.normal(size=(30, 8)))
@@ -56,6 +67,25 @@ def test_query_ranks_match_brute_force():
     for q in range(30):
         assert ranks["text_to_image"][q] == 1 + np.sum(sim[q] >= sim[q, q]) - 1
         assert ranks["image_to_text"][q] == 1 + np.sum(sim[:, q] >= sim[q, q]) - 1
+
+
+def test_query_ranks_equal_the_metrics_helper_with_groups_ties_and_blocks():
+    from xmodal.metrics import first_match_ranks, relevance
+    rng = np.random.default_rng(1)
+    img = _unit(rng.normal(size=(50, 6))).astype(np.float32)
+    txt = _unit(rng.normal(size=(50, 6))).astype(np.float32)
+    txt[10] = txt[11]  # identical titles: a tie item-level, one group caption-level
+    groups = np.arange(50)
+    groups[11] = 10
+    for g in (None, groups):
+        ours = analysis.query_ranks(img, txt, g)
+        gg = np.arange(50) if g is None else g
+        sim = torch.from_numpy(txt) @ torch.from_numpy(img).t()
+        assert ours["text_to_image"].tolist() == first_match_ranks(sim, relevance(gg, gg)).tolist()
+        assert ours["image_to_text"].tolist() == first_match_ranks(sim.t(), relevance(gg, gg)).tolist()
+    seen = []
+    analysis.query_ranks(img, txt, progress=seen.append)
+    assert seen[-1] == 100  # both directions counted
 
 
 def test_query_ranks_caption_groups_count_as_correct():
@@ -73,13 +103,77 @@ def test_split_positions_keeps_catalogue_order_and_drops_unknown_ids():
 
 def test_slice_metrics_by_hand():
     ranks = {"text_to_image": np.array([1, 2, 10, 1]), "image_to_text": np.array([1, 1, 1, 30])}
-    df = analysis.slice_metrics(ranks, {"gender": ["Men", "Men", "Women", "Women"], "colour": ["", "", "", ""]})
+    df = slices.slice_metrics(ranks, {"gender": ["Men", "Men", "Women", "Women"], "colour": ["", "", "", ""]},
+                              min_n=1)
     assert set(df["attribute"]) == {"gender"}  # empty values are not a slice
     men = df[(df["value"] == "Men") & (df["direction"] == "text_to_image")].iloc[0]
     assert (men["n"], men["R@1"], men["R@5"], men["median_rank"]) == (2, 50.0, 100.0, 1.0)
+    assert (men["R@1 lo"], men["R@1 hi"]) == tuple(round(x, 1) for x in slices.wilson(1, 2))
     women = df[(df["value"] == "Women") & (df["direction"] == "image_to_text")].iloc[0]
     assert (women["R@1"], women["R@10"]) == (50.0, 50.0)
-    assert analysis.slice_metrics(ranks, {"gender": ["Men", "Men", "Women", "Women"]}, min_count=3).empty
+    assert df["small"].sum() == 0 and slices.slice_metrics(ranks, {"gender": ["Men"] * 4})["small"].all()
+
+
+def test_wilson_interval_matches_known_values():
+    lo, hi = slices.wilson(0, 10)
+    assert lo == 0 and hi == pytest.approx(27.75, abs=0.01)  # the "rule of three" neighbourhood
+    lo, hi = slices.wilson(10, 10)
+    assert hi == pytest.approx(100) and lo == pytest.approx(72.25, abs=0.01)
+    lo, hi = slices.wilson(50, 100)
+    assert (lo, hi) == (pytest.approx(40.38, abs=0.01), pytest.approx(59.62, abs=0.01))
+    assert slices.wilson(0, 0) == (0.0, 100.0)
+    narrow, wide = slices.wilson(500, 1000), slices.wilson(5, 10)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+
+
+def test_small_slices_are_flagged_and_not_ranked():
+    rng = np.random.default_rng(0)
+    values = ["big"] * 40 + ["tiny"] * 3 + ["mid"] * 20
+    ranks = {d: rng.integers(1, 30, len(values)) for d in analysis.DIRECTIONS}
+    ranks["text_to_image"][43:] = 1  # "mid" is perfect
+    ranks["text_to_image"][40:43] = 1  # "tiny" too, but on 3 queries
+    df = slices.slice_metrics(ranks, {"type": values})
+    t2i = df[df["direction"] == "text_to_image"]
+    assert t2i["value"].tolist() == ["mid", "big", "tiny"]  # ranked by R@10, the small one last whatever its score
+    assert t2i.set_index("value")["small"].to_dict() == {"mid": False, "big": False, "tiny": True}
+    tiny = t2i.set_index("value").loc["tiny"]
+    assert tiny["R@1"] == 100.0 and tiny["R@1 lo"] < 50  # perfect on 3 queries is a wide interval
+    assert all(float(x) == round(float(x), 1) for x in df["R@10"])  # rounded
+    lo, hi = slices.bootstrap_median(np.array([1, 1, 2, 3, 50]))
+    assert 1 <= lo <= hi <= 50
+
+
+def test_slice_attributes_offer_pattern_and_brand_and_skip_ids():
+    n = 300
+    attrs = {"brand": ["A", "B"] * (n // 2), "pattern": ["Solid", "Striped", "Dotted"] * (n // 3),
+             "colour": ["Blue"] * n, "sku": [str(i) for i in range(n)], "zzz": ["x", "y", ""] * (n // 3),
+             "gender": ["Men", "Women"] * (n // 2)}
+    assert slices.slice_attributes(attrs) == ["pattern", "brand", "gender", "zzz"]  # known first; no constant, no ids
+
+
+def test_saved_slices_round_trip_with_untrusted_names(tmp_path):
+    bad = "<img src=x onerror=alert(1)>\n**name**"
+    name = slices.save_slice(tmp_path, bad, ["a", "b", "a"])
+    assert name == "<img src=x onerror=alert(1)> **name**"  # one line, kept as text (escaped where shown)
+    assert slices.load_slices(tmp_path) == {name: ["a", "b"]}
+    assert slices.save_slice(tmp_path, name, ["c"]) == name and slices.load_slices(tmp_path)[name] == ["c"]
+    with pytest.raises(ValueError, match="name"):
+        slices.save_slice(tmp_path, "  \t ", ["a"])
+    with pytest.raises(ValueError, match="empty"):
+        slices.save_slice(tmp_path, "x", [])
+    assert slices.delete_slice(tmp_path, name) and not slices.delete_slice(tmp_path, name)
+    (tmp_path / slices.SLICES_FILE).write_text('["not", "a", "dict"]')
+    assert slices.load_slices(tmp_path) == {}
+    (tmp_path / slices.SLICES_FILE).write_text('{"ok": ["1", 2, null, {"x": 1}], "bad": "no"}')
+    assert slices.load_slices(tmp_path) == {"ok": ["1", "2"]}
+
+
+def test_export_csv_keeps_text_as_text():
+    import csv
+    data = slices.export_csv(["1", "=HYPERLINK(1)"], ["Red, \"quoted\" shirt", "+cmd"], {"colour": ["-x", "Blue"]})
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8"))))
+    assert rows == [["item_id", "title", "colour"], ["1", 'Red, "quoted" shirt', "'-x"],
+                    ["'=HYPERLINK(1)", "'+cmd", "Blue"]]
 
 
 def test_disagreements_rank_by_log_spread():
@@ -103,13 +197,22 @@ def test_selected_items_from_plotly_points():
     assert analysis.selected_items(None) == []
 
 
-def test_projection_figure_markers_carry_item_positions():
+def test_map_figure_markers_carry_item_positions():
     xy = np.arange(12, dtype=np.float32).reshape(6, 2)
-    fig = plots.projection_figure(xy, ["a", "b", "c"], groups=["x", "y", "x"])
-    custom = [p for t in fig.data if t.mode == "markers" for p in t.customdata]
-    assert sorted(custom) == [0, 0, 1, 1, 2, 2]  # each item once as a photo, once as a title
+    fig = mapplot.map_figure(xy, ["a", "b", "c"], colouring=colours.colouring(["x", "y", "x"]), lines=True)
+    markers = [t for t in fig.data if t.mode == "markers"]
+    assert all(t.type == "scattergl" for t in fig.data)  # WebGL
+    assert sorted(int(p) for t in markers for p in t.customdata) == [0, 0, 1, 1, 2, 2]  # photo and title each
     lines = [t for t in fig.data if t.mode == "lines"][0]
     assert np.isnan(np.asarray(lines.x, dtype=float)).sum() == 3  # three separate segments
+    filtered = mapplot.map_figure(xy, ["a", "b", "c"], keep=np.array([True, False, True]), highlight=[1])
+    names = [t.name for t in filtered.data]
+    assert "filtered out (1)" in names and "located (1)" in names
+    kept = [int(p) for t in filtered.data if t.name in ("photos", "titles") for p in t.customdata]
+    assert sorted(kept) == [0, 0, 2, 2]
+    by_rank = mapplot.map_figure(xy, ["a", "b", "c"], ranks=np.array([1, 5, 300]))
+    assert by_rank.data[0].marker.colorbar.title.text == "rank of true match"
+    assert list(by_rank.data[0].marker.color) == pytest.approx(np.log10([1, 5, 300]).tolist())
 
 
 def test_detect_collapse():
@@ -233,6 +336,7 @@ def test_queue_trains_in_turn_and_stop_is_clean(tiny_catalogue, tmp_path):
     assert read_status(second)["state"] == "stopped"
     assert [j["state"] for j in jobs.read_queue(queue)["jobs"]] == ["finished", "stopped"]
     assert projection.projection_path(first, "umap").is_file()  # prepared for the Embeddings page
+    assert embeds.ready(first) and tasks.read(first, embeds.TASK)["state"] == "finished"  # and for Compare
     assert not projection.projection_path(second, "umap") or not projection.projection_path(second).is_file()
 
 
@@ -246,8 +350,19 @@ def test_projection_is_cached_per_run_and_weights(trained_run, tmp_path):
     data = projection.load(path)
     n = len(json.loads((run_dir / "splits.json").read_text())["test"])
     assert data["xy"].shape == (2 * n, 2) and len(data["captions"]) == n and data["method"] == "pca"
-    assert set(data["attributes"]) >= {"gender", "colour", "master_category"}
+    assert set(data["attributes"]) >= {"gender", "colour", "master_category", "pattern", "brand"}
+    assert set(data["split"]) == {"test"} and len(data["rank_t2i"]) == n
     assert projection.projection_path(run_dir, "umap") != path
+    wide = projection.MapSettings("pca", "all")
+    whole = projection.load(projection.compute(run_dir, wide))
+    splits = json.loads((run_dir / "splits.json").read_text())
+    assert len(whole["captions"]) == 60 and {s: whole["split"].count(s) for s in ("train", "val", "test")} == {
+        s: len(splits[s]) for s in ("train", "val", "test")}  # the whole catalogue, each item's split marked
+    ranks = analysis.query_ranks(whole["image_embeds"], whole["text_embeds"],
+                                 analysis.ground_truth_groups(whole["captions"], "caption"))
+    assert whole["rank_t2i"].tolist() == ranks["text_to_image"].tolist()
+    umap_a, umap_b = projection.MapSettings(n_neighbors=15), projection.MapSettings(n_neighbors=30)
+    assert len({projection.projection_path(run_dir, s) for s in (umap_a, umap_b, wide, "pca")}) == 4  # keyed on all
     os.utime(run_dir / "best.safetensors", ns=(1, 1))  # new weights: a new key
     assert projection.projection_path(run_dir, "pca") != path
 
@@ -291,7 +406,8 @@ def test_log_progress_reads_the_last_progress_bar(tmp_path):
 # What Home, Training and the sidebar import; none may pull in PyTorch (4-8 s on a busy two-core machine).
 TORCH_FREE = ["xmodal", "xmodal.runs", "xmodal.data", "xmodal.paths", *(f"xmodal.dashboard.{m}" for m in (
     "state", "analysis", "plots", "jobs", "sidebar", "ui", "queries", "uploads", "projection", "queue", "escape",
-    "checks"))]
+    "checks", "catalogues", "colours", "embeds", "manage", "mapplot", "mapui", "mapview", "pickers", "runmeta",
+    "slices", "tasks"))]
 
 
 def _python_ok(code: str) -> None:
@@ -408,12 +524,13 @@ def test_figures_escape_run_names_captions_and_attribute_values():
     metrics = {bad: [step, epoch]}
     table = pd.DataFrame([{"run": bad, **{c: 1.0 for c in (f"{analysis.SHORT[d]} {m}" for d in analysis.DIRECTIONS
                                                            for m in ("R@1", "R@5", "R@10", "median rank"))}}])
-    slices = pd.DataFrame([{"attribute": "colour", "value": bad, "n": 3, "direction": d, "R@1": 1.0, "R@5": 2.0,
-                            "R@10": 3.0, "median_rank": 4.0, "run": bad} for d in analysis.DIRECTIONS])
+    slice_rows = pd.DataFrame([{"attribute": "colour", "value": bad, "n": 3, "small": True, "direction": d, "R@1": 1.0,
+                                "R@1 lo": 0.0, "R@1 hi": 5.0, "R@5": 2.0, "R@10": 3.0, "median_rank": 4.0, "run": bad}
+                               for d in analysis.DIRECTIONS])
     xy = np.zeros((4, 2), dtype=np.float32)
     figures = [plots.loss_figure(metrics), plots.validation_figure(metrics), plots.similarity_figure(metrics),
-               plots.metric_bars(table), plots.slice_figure(slices),
-               plots.projection_figure(xy, [bad, bad], [bad, "x"])]
+               plots.metric_bars(table), plots.slice_figure(slice_rows),
+               mapplot.map_figure(xy, [bad, bad], colouring=colours.colouring([bad, "x"]), highlight=[0], gl=False)]
     for fig in figures:
         strings = _figure_strings(fig)
         assert any("&lt;img" in s for s in strings), strings
@@ -467,3 +584,309 @@ def test_lock_holder_reads_a_live_run_lock(tmp_path):
         held = analysis.lock_holder(tmp_path)
     assert held.startswith(f"{os.getpid()}@{socket.gethostname()} since ") and held.endswith(" ago)"), held
     assert analysis.lock_holder(tmp_path) == ""  # released
+
+
+# ---------------------------------------------------------------- map colours, filters, neighbours
+
+def test_colour_names_are_drawn_in_their_own_colour():
+    c = colours.colouring(["Blue", "White", "Navy Blue", "Off-White", "Dark Teal", "Unobtainium"] * 2, "colour")
+    assert c.colours["Blue"] == colours.FASHION["blue"] and c.colours["Navy Blue"] == colours.FASHION["navy blue"]
+    assert c.colours["Off-White"] == colours.FASHION["off white"] and c.colours["Dark Teal"] == colours.FASHION["teal"]
+    assert c.colours["Unobtainium"] in colours.PALETTE  # an unknown name: a palette colour
+    assert c.outlined == {"White", "Off-White"}  # light colours get an outline on the white plot
+    r, g, b = (int(c.colours["Blue"][i:i + 2], 16) for i in (1, 3, 5))
+    assert b > r and b > g
+    same = colours.colouring(["Blue", "White"], "gender")  # not a colour column: palette colours
+    assert same.colours["Blue"] in colours.PALETTE
+
+
+def test_attribute_palette_never_repeats_and_groups_the_rest():
+    values = [f"v{i:02d}" for i in range(40) for _ in range(40 - i)]  # 40 values, v00 most frequent
+    c = colours.colouring(values, "brand", top_n=24)
+    own = {k: v for k, v in c.colours.items() if k != colours.OTHER}
+    assert len(own) == 24 and len(set(own.values())) == 24  # distinct colours
+    assert set(own) == {f"v{i:02d}" for i in range(24)}  # the most frequent values
+    assert c.colours[colours.OTHER] == colours.OTHER_COLOUR and c.labels.count(colours.OTHER) == sum(
+        40 - i for i in range(24, 40))
+    assert colours.colouring(["", "a"]).labels == ["(none)", "a"]
+
+
+def _map_data():
+    rng = np.random.default_rng(0)
+    img, txt = _unit(rng.normal(size=(6, 4))), _unit(rng.normal(size=(6, 4)))
+    return {"captions": list("abcdef"), "item_ids": [f"id{i}" for i in range(6)],
+            "split": ["train", "test", "test", "val", "test", ""], "image_embeds": img, "text_embeds": txt,
+            "attributes": {"colour": ["Blue", "Red", "Blue", "", "Red", "Blue"]},
+            "rank_t2i": np.array([1, 3, 7, 12, 120, 1]), "rank_i2t": np.array([2, 1, 1, 1, 1, 60])}
+
+
+def test_map_filters_and_counts():
+    data = _map_data()
+    assert mapview.facet_counts(data["attributes"]["colour"]) == {"Blue": 3, "Red": 2, "(none)": 1}
+    assert mapview.rank_bin_counts(data["rank_t2i"]) == {"1": 2, "2-5": 1, "6-10": 1, "11-50": 1, "51-100": 0,
+                                                         "over 100": 1}
+    flt = mapview.MapFilter(facets={"colour": ["Blue", "(none)"]})
+    assert flt.mask(data).tolist() == [True, False, True, True, False, True] and flt.active()
+    flt = mapview.MapFilter(splits=["test"], rank_range=("2-5", "6-10"))
+    assert flt.mask(data).tolist() == [False, True, True, False, False, False]
+    flt = mapview.MapFilter(direction="image_to_text", rank_range=("over 100", "51-100"))
+    assert flt.mask(data).tolist() == [False, False, False, False, False, True]
+    assert not mapview.MapFilter().active() and mapview.MapFilter().mask(data).all()
+    assert mapview.positions_of(data["item_ids"], ["id4", "nope", "id1", "id4"]) == [4, 1]
+
+
+def test_neighbours_match_brute_force_and_mark_the_true_pair():
+    data = _map_data()
+    img, txt = data["image_embeds"], data["text_embeds"]
+    nb = mapview.neighbours(img, txt, 2, k=3)
+    assert [p for p, _ in nb.photos] == np.argsort(-(img @ txt[2]))[:3].tolist()
+    assert [p for p, _ in nb.titles] == np.argsort(-(txt @ img[2]))[:3].tolist()
+    assert nb.photo_rank == 1 + int(np.sum(img @ txt[2] > img[2] @ txt[2]))
+    same = mapview.neighbours(img, img, 4, k=6)  # a perfect joint space: its own pair first
+    assert same.photos[0][0] == 4 and same.photo_rank == 1 and same.title_rank == 1
+
+
+# ---------------------------------------------------------------- catalogues, health, run management
+
+def _info(path: Path, fp: str = "f" * 16, name: str = "demo", state_: str = "finished", test: dict | None = None,
+          created: float = 0.0):
+    from xmodal.runs import RunInfo
+    config = {"model": "siamese", "created": created, "data": {"name": name, "path": f"/data/{name}",
+                                                               "fingerprint": fp, "items": 2000}}
+    return RunInfo(path, config, {"state": state_}, test, None)
+
+
+def test_runs_are_grouped_by_catalogue(tmp_path):
+    runs = [_info(tmp_path / "a", "1" * 16), _info(tmp_path / "b", "2" * 16, name="/x/myntra"),
+            _info(tmp_path / "c", "1" * 16), _info(tmp_path / "d", "3" * 16)]  # demo regenerated: another print
+    groups = catalogues.group_runs(runs)
+    assert list(groups) == ["demo-1111111111", "myntra-2222222222", "demo-3333333333"]
+    assert [r.path.name for r in groups["demo-1111111111"]] == ["a", "c"]
+    assert catalogues.describe(groups["demo-1111111111"]) == "demo · 2,000 products · 2 runs · fingerprint 1111111111"
+    assert catalogues.catalogue_id({}).key == "?-unknown"
+
+
+def test_health_flags_failed_training_collapsed_and_chance_runs(tmp_path):
+    good = {"item": {"text_to_image/R@10": 40.0, "image_to_text/R@10": 35.0}, "gallery_size": 200,
+            "caption": {"rsum": 200.0}}
+    chance = {"item": {"text_to_image/R@10": 6.0, "image_to_text/R@10": 9.0}, "gallery_size": 200,
+              "caption": {"rsum": 20.0}}
+    flat = [{"kind": "step", "epoch": 1, "step": i, "loss": 5.0} for i in range(20)]
+    assert catalogues.health(_info(tmp_path, test=good)) is None
+    assert catalogues.health(_info(tmp_path, state_="failed", test=good)) == "failed"
+    assert catalogues.health(_info(tmp_path, state_="running")) == "training"
+    assert catalogues.health(_info(tmp_path)) == "no test metrics yet"
+    assert "near chance" in catalogues.health(_info(tmp_path, test=chance))
+    collapsed = flat + [{"kind": "epoch", "epoch": 1, "pos_sim": 0.9, "neg_sim": 0.9}]
+    assert catalogues.health(_info(tmp_path, test=good), collapsed).startswith("collapsed: flat loss")
+    apart = flat + [{"kind": "epoch", "epoch": 1, "pos_sim": 0.6, "neg_sim": 0.1}]
+    runs = [_info(tmp_path / "x", test=chance), _info(tmp_path / "y", test=good),
+            _info(tmp_path / "z", test={**good, "caption": {"rsum": 300.0}})]
+    picked = catalogues.default_runs(runs, lambda r: apart)
+    assert [r.path.name for r in picked] == ["z", "y"]  # healthy only, best rsum first
+    assert catalogues.default_runs(runs, lambda r: collapsed) == []
+
+
+def test_pending_runs_show_their_model_and_phase(tmp_path):
+    young = tmp_path / "siamese-young"
+    young.mkdir()
+    jobs.write_launch(young, jobs.TrainJob(model="siamese", data="demo"))
+    (young / "status.json").write_text(json.dumps({"state": "running", "phase": "extracting image features",
+                                                   "pid": os.getpid(), "host": __import__("socket").gethostname()}))
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "status.json").write_text(json.dumps({"state": "finished"}))
+    (done / "config.json").write_text("{}")
+    (pending,) = catalogues.pending_runs(tmp_path)
+    assert (pending.run_id, pending.model, pending.data) == ("siamese-young", "siamese", "demo")
+    assert pending.status["phase"] == "extracting image features"
+    before = catalogues.runs_signature(tmp_path)
+    (young / "config.json").write_text("{}")
+    assert catalogues.runs_signature(tmp_path) != before  # the sidebar's poll reruns the page
+
+
+def test_notes_and_tags_are_stored_atomically_and_bounded(tmp_path):
+    assert runmeta.read_meta(tmp_path) == {"notes": "", "tags": [], "hidden": False}
+    meta = runmeta.write_meta(tmp_path, notes="lr 1e-3\nbaseline <b>", tags=" best , <script>, best,, x\x00y ")
+    assert meta == {"notes": "lr 1e-3\nbaseline <b>", "tags": ["best", "<script>", "xy"], "hidden": False}
+    assert runmeta.write_meta(tmp_path, hidden=True)["tags"] == ["best", "<script>", "xy"]
+    assert runmeta.read_meta(tmp_path)["hidden"] and not list(tmp_path.glob(".*.tmp"))
+    with pytest.raises(ValueError, match="characters"):
+        runmeta.write_meta(tmp_path, notes="x" * (runmeta.MAX_NOTES + 1))
+    assert len(runmeta.clean_tags([f"t{i}" for i in range(50)])) == runmeta.MAX_TAGS
+    (tmp_path / runmeta.META_FILE).write_text('{"notes": 5, "tags": "x", "hidden": "yes"}')
+    assert runmeta.read_meta(tmp_path) == {"notes": "", "tags": [], "hidden": False}
+
+
+def test_config_diff_lists_what_differs():
+    a = {"run_id": "a", "created": 1, "model": "siamese", "train": {"lr": 0.001, "epochs": 8, "out": "x"},
+         "data": {"fingerprint": "1", "report": {"rows": 3}}}
+    b = {"run_id": "b", "created": 2, "model": "corrnet", "train": {"lr": 0.001, "epochs": 12, "out": "y",
+                                                                    "finetune": True}, "data": {"fingerprint": "1"}}
+    assert runmeta.config_diff(a, b) == [{"setting": "model", "a": "siamese", "b": "corrnet"},
+                                         {"setting": "train.epochs", "a": "8", "b": "12"},
+                                         {"setting": "train.finetune", "a": "—", "b": "True"}]
+    assert runmeta.config_diff(a, a) == []
+
+
+def test_delete_refuses_a_locked_running_or_foreign_folder(tmp_path):
+    from xmodal.runs import RunLock
+    root = tmp_path / "ckpt"
+    run = root / "r1"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    with RunLock.acquire(run, "python -m xmodal.train"):
+        assert "holds its lock" in runmeta.delete_problem(run, root)
+        with pytest.raises(ValueError, match="not deleted"):
+            runmeta.delete_run(run, root)
+    assert run.is_dir()
+    (run / "status.json").write_text(json.dumps({"state": "running", "pid": os.getpid(),
+                                                 "host": __import__("socket").gethostname()}))
+    assert "running" in runmeta.delete_problem(run, root)
+    (run / "status.json").write_text(json.dumps({"state": "stopped"}))
+    assert "not a folder of the checkpoints" in runmeta.delete_problem(run, tmp_path)
+    (root / "not-a-run").mkdir()
+    assert "not a run folder" in runmeta.delete_problem(root / "not-a-run", root)
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "config.json").write_text("{}")
+    (root / "link").symlink_to(target, target_is_directory=True)
+    runmeta.delete_run(root / "link", root)
+    assert target.is_dir() and not (root / "link").exists()  # a link: only the link goes
+    runmeta.delete_run(run, root)
+    assert not run.exists()
+
+
+def test_resume_launches_the_trainer_for_a_stopped_run(tmp_path, monkeypatch):
+    run = tmp_path / "r"
+    run.mkdir()
+    assert "only a stopped or failed" in jobs.can_resume(run, {"state": "finished"})
+    assert "no config.json" in jobs.can_resume(run, {"state": "stopped"})
+    (run / "config.json").write_text("{}")
+    (run / "status.json").write_text(json.dumps({"state": "stopped"}))
+    launched = []
+
+    class Proc:
+        pid = 12345
+    monkeypatch.setattr(jobs, "spawn", lambda cmd, log: launched.append((cmd, log)) or Proc())
+    jobs.resume_training(run)
+    ((cmd, log),) = launched
+    assert cmd[1:] == ["-m", "xmodal.train", "--resume", str(run.resolve())] and log.name == jobs.LOG_NAME
+    assert json.loads((run / "status.json").read_text())["phase"] == "resuming"
+    with pytest.raises(ValueError, match="cannot be resumed"):
+        jobs.resume_training(tmp_path / "nowhere")
+
+
+def test_caption_and_item_level_coincide_when_no_titles_are_shared():
+    assert analysis.titles_coincide(["Red Shirt", "Blue Shirt"])
+    assert not analysis.titles_coincide(["Red Shirt", "red  shirt"])
+    same = {"caption": {"text_to_image/R@1": 10.0, "rsum": 1}, "item": {"text_to_image/R@1": 10.0, "rsum": 1}}
+    assert analysis.recall_table_coincides(same)
+    assert not analysis.recall_table_coincides({**same, "item": {"text_to_image/R@1": 9.0}})
+    rows = [{"kind": "epoch", "val/text_to_image/R@1": 5.0, "val_item/text_to_image/R@1": 5.0}]
+    assert analysis.metrics_coincide(rows)
+    assert not analysis.metrics_coincide([{**rows[0], "val_item/text_to_image/R@1": 4.0}])
+    assert not analysis.metrics_coincide([])
+
+
+# ---------------------------------------------------------------- background tasks and catalogue embeddings
+
+def test_task_progress_and_a_dead_child(tmp_path):
+    progress = tasks.Progress(tmp_path, "job", every_s=0)
+    progress.phase("embedding", total=100)
+    progress.advance(25)
+    rec = tasks.read(tmp_path, "job")
+    assert rec["state"] == "running" and rec["done"] == 25 and rec["eta_s"] is not None
+    line, frac = tasks.describe(rec)
+    assert line.startswith("embedding: 25/100, ") and line.endswith(" left") and frac == 0.25
+    progress.finish()
+    assert tasks.describe(tasks.read(tmp_path, "job")) == ("done", 1.0)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tasks.mark_queued(tmp_path, "other", dead.pid)
+    assert tasks.read(tmp_path, "other")["state"] == "failed" and not tasks.active(tmp_path, "other")
+    progress = tasks.Progress(tmp_path, "bar")
+    progress.phase("reading the image features")
+    tasks.task_file(tmp_path, "bar").with_suffix(".log").write_text(
+        "image features:  50%|#####     | 16/32 [00:10<00:10,  1.6batch/s]")
+    line, frac = tasks.describe(tasks.read(tmp_path, "bar"))  # the phase's own progress bar, from the log
+    assert frac == 0.5 and "00:10 left" in line
+
+
+def test_task_start_runs_once_per_folder(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    proc = tasks.start([a, b], "sleep", ["-c", "import time; time.sleep(30)"])
+    try:
+        assert proc is not None and tasks.read(a, "sleep")["state"] == tasks.read(b, "sleep")["state"] == "queued"
+        assert tasks.start([a, b], "sleep", ["-c", "pass"]) is None  # already under way: nothing new
+    finally:
+        proc.kill()
+        proc.wait()
+    assert tasks.read(a, "sleep")["state"] == "failed"  # the child died without finishing
+
+
+def test_catalogue_embeddings_file(trained_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    for p in run_dir.glob("embeds_*.npz"):
+        p.unlink()
+    assert not embeds.ready(run_dir)
+    path = embeds.compute(run_dir)
+    assert embeds.ready(run_dir) and path == embeds.embeds_path(run_dir)
+    data = embeds.load(path)
+    splits = json.loads((run_dir / "splits.json").read_text())
+    assert data["image"].shape[0] == data["text"].shape[0] == len(data["item_ids"]) == 60
+    assert {s: data["split"].count(s) for s in ("train", "val", "test")} == {s: len(splits[s]) for s in splits}
+    assert set(data["attributes"]) >= {"pattern", "brand", "colour"}
+    from xmodal import load_run
+    run = load_run(run_dir)
+    np.testing.assert_allclose(data["image"], run.image_embeds.numpy(), atol=1e-6)
+    path.write_bytes(path.read_bytes()[:100])  # damaged: removed, so the page starts the job again
+    with pytest.raises(FileNotFoundError, match="computed again"):
+        embeds.load(path)
+    assert not embeds.ready(run_dir)
+    os.utime(run_dir / "best.safetensors", ns=(1, 1))
+    assert embeds.embeds_path(run_dir) != path  # new weights: a new key
+
+
+def test_embeds_main_reports_through_its_task_file(trained_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    assert embeds.main([str(run_dir)]) == 0
+    assert tasks.read(run_dir, embeds.TASK)["state"] == "finished" and embeds.ready(run_dir)
+    assert embeds.main([str(tmp_path / "nothing")]) == 1
+    assert "best.safetensors" in tasks.read(tmp_path / "nothing", embeds.TASK)["error"]
+
+
+def test_fine_tuned_runs_are_embedded_in_counted_chunks(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import xmodal.pipeline as pipeline
+    calls = []
+    monkeypatch.setattr(pipeline, "embed_catalogue_images",
+                        lambda model, cat, idx, device: calls.append(len(idx)) or torch.ones(len(idx), 4))
+    run = SimpleNamespace(model=SimpleNamespace(image_input="pixels"), catalogue=[0] * 1100, device="cpu")
+    progress = tasks.Progress(tmp_path, "embed", every_s=0)
+    out = embeds._image_embeds(run, progress)
+    assert out.shape == (1100, 4) and calls == [512, 512, 76]
+    rec = tasks.read(tmp_path, "embed")
+    assert (rec["done"], rec["total"]) == (1100, 1100) and rec["phase"].startswith("embedding the photos")
+
+
+def test_map_settings_are_checked():
+    assert projection.MapSettings().key() == "umap|test|15|0.100"
+    assert projection.MapSettings("pca", "all", 99, 0.5).key() == "pca|all"  # UMAP's knobs do not change PCA
+    for bad in ({"method": "tsne"}, {"scope": "train"}, {"n_neighbors": 1}, {"min_dist": 1.5}):
+        with pytest.raises(ValueError):
+            projection.MapSettings(**bad)
+    assert projection.task_name("pca") == projection.task_name(projection.MapSettings("pca"))
+
+
+def test_bench_map_measures_a_synthetic_map():
+    from xmodal.dashboard import bench_map
+    out = bench_map.measure(4000, browser=False)
+    assert out["points"] == 4000 and out["traces"] >= 2 * 16  # photos and titles of each of 16 colours
+    assert out["build_s"] > 0 and out["json_mb"] > 0 and "first_draw_s" not in out
+    data = bench_map.synthetic(10)
+    assert data["xy"].shape == (10, 2) and len(data["captions"]) == 5

@@ -37,7 +37,12 @@ def _sections(cfg: BenchConfig, cat, work: Path) -> dict[str, Callable[[], list[
     def dashboard():
         from .dashboard import bench_dashboard
         return bench_dashboard(cfg, work)
-    return {"features": features, "training": training, "search": search, "umap": umap, "dashboard": dashboard}
+
+    def explore():
+        from .explore import bench_explore
+        return bench_explore(cfg, work)
+    return {"features": features, "training": training, "search": search, "umap": umap, "dashboard": dashboard,
+            "explore": explore}
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> list[Row]:

@@ -1,14 +1,17 @@
 """What every section of the bench shares: its config, a table row, interleaved timing and synthetic data."""
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-SECTIONS = ("features", "training", "search", "umap", "dashboard")
+SECTIONS = ("features", "training", "search", "umap", "dashboard", "explore")
 
 
 @dataclass
@@ -27,6 +30,8 @@ class BenchConfig:
     latency_queries: int = 100  # text queries timed per gallery (fewer on the largest galleries)
     recall_queries: int = 200  # queries for recall@10 of the faiss index against exact search
     umap_points: int = 10_000  # points in the UMAP map
+    map_points: int = 100_000  # points in the Embeddings map timed in the browser (section 6)
+    map_browser: bool = True  # time the map's first draw and recolouring in headless Chromium
     embed_items: int = 10_000  # gallery items embedded (texts through the model, images from features)
     reps: int = 4  # interleaved repetitions (rotating order) of each timed comparison; the best of each is kept
     sections: tuple[str, ...] = SECTIONS  # which parts to run
@@ -124,3 +129,17 @@ def format_table(rows: list[Row]) -> str:
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
+
+
+def tiny_run(cfg: BenchConfig, work: Path) -> Path:
+    """A cmpm-efficientnet run trained for one epoch on a tiny demo catalogue (at the backbone's default size)."""
+    from ..data import generate_demo
+    from ..train import main as train
+    data = generate_demo(work / "query_catalogue", n=cfg.query_run_items, seed=3)
+    args = ["--model", "cmpm-efficientnet", "--data", str(data), "--epochs", "1", "--batch-size", "16",
+            "--out", str(work / "runs"), "--run-id", "image-query", "--overwrite"]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = train(args)
+    if code != 0:
+        raise RuntimeError(f"training the tiny run failed (python -m xmodal.train {' '.join(args)}: exit {code})")
+    return work / "runs" / "image-query"

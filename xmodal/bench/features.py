@@ -12,9 +12,7 @@
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import time
 from pathlib import Path
 from typing import Callable
@@ -22,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .common import BenchConfig, Row, compare_many, ms
+from .common import BenchConfig, Row, compare_many, ms, tiny_run
 
 SECTION = "1 features"
 
@@ -121,20 +119,6 @@ def _export_row(export_s: float | None, why: str | None, times: dict[str, float]
     repaid = f"repaid after {export_s / saved:,.0f} images at {size[0]}x{size[1]}" if saved > 0 else \
         "never repaid: PyTorch is faster here"
     return Row(SECTION, measure, f"{export_s:.1f} s", repaid, f"{export_s:.1f} s", "-", None)
-
-
-def tiny_run(cfg: BenchConfig, work: Path) -> Path:
-    """A cmpm-efficientnet run trained for one epoch on a tiny demo catalogue (at the backbone's default size)."""
-    from ..data import generate_demo
-    from ..train import main as train
-    data = generate_demo(work / "query_catalogue", n=cfg.query_run_items, seed=3)
-    args = ["--model", "cmpm-efficientnet", "--data", str(data), "--epochs", "1", "--batch-size", "16",
-            "--out", str(work / "runs"), "--run-id", "image-query", "--overwrite"]
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        code = train(args)
-    if code != 0:
-        raise RuntimeError(f"training the tiny run failed (python -m xmodal.train {' '.join(args)}: exit {code})")
-    return work / "runs" / "image-query"
 
 
 def image_query_row(cfg: BenchConfig, cat, work: Path, model, graph, tf) -> Row:

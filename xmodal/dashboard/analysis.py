@@ -1,11 +1,12 @@
-"""Pure functions behind the dashboard: tables of runs, per-query ranks, slices, disagreements,
+"""Pure functions behind the dashboard: tables of runs, per-query ranks (NumPy, in blocks), disagreements,
 plot selections, collapse detection and the modality gap. No Streamlit here; everything is testable.
+Metrics per slice are in ``slices``.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -13,13 +14,11 @@ import pandas as pd
 from .. import runs as _runs
 from ..runs import RunInfo
 
-# PyTorch (through xmodal.metrics and xmodal.pipeline) is imported only inside the functions that rank, so
-# the pages that only read run folders (Home, Training) draw without it.
+# No PyTorch here: ranks follow xmodal.metrics' rule in NumPy (a test keeps them equal), so no page that
+# ranks or reads run folders waits for PyTorch to load.
 KS = (1, 5, 10)  # recall cut-offs: xmodal.metrics.KS, repeated here so that reading it needs no torch (tested)
 DIRECTIONS = ("text_to_image", "image_to_text")
 SHORT = {"text_to_image": "t2i", "image_to_text": "i2t"}
-# Catalogue columns worth slicing metrics by, in display order (the demo has master_category, colour, gender).
-SLICE_ATTRIBUTES = ("master_category", "sub_category", "article_type", "colour", "gender")
 STEP_KEYS = {"kind", "epoch", "step", "global_step", "lr", "time"}
 
 
@@ -68,6 +67,17 @@ def lock_holder(run_dir: Path, now: float | None = None) -> str:
     return f"{lock.get('pid') or '?'}@{lock.get('host') or '?'}{since}"
 
 
+def status_text(status: dict) -> str:
+    """A run's state in words: ``finished``, or for a running run what it is doing (``running: epoch 2/8``,
+    ``running: extracting image features``)."""
+    state = str(status.get("state", "unknown"))
+    if state != "running":
+        return state
+    if status.get("phase") == "training" and status.get("epoch"):
+        return f"running: epoch {status['epoch']}/{status.get('epochs') or '?'}"
+    return f"running: {status['phase']}" if status.get("phase") else state
+
+
 def runs_table(runs: Sequence[RunInfo], ground_truth: str = "caption") -> pd.DataFrame:
     """One row per run: model, backbone weights, catalogue, status, who holds its lock, epochs, best val rsum,
     test R@1/R@10 and the error of a failed run.
@@ -83,7 +93,7 @@ def runs_table(runs: Sequence[RunInfo], ground_truth: str = "caption") -> pd.Dat
         row: dict[str, Any] = {
             "run": r.run_id, "model": r.model, "backbone": backbone_label(r.config),
             "catalogue": catalogue_label(r.config),
-            "status": st.get("state", "unknown"),
+            "status": status_text(st),
             "held by": lock_holder(r.path),
             "epochs": f"{st.get('epoch', best.get('epoch', 0)) or 0}/{epochs or '?'}",
             "best val rsum": best.get("val_rsum"),
@@ -123,60 +133,72 @@ def split_positions(item_ids: Sequence[str], wanted: Iterable[str]) -> np.ndarra
     return np.array([i for i, x in enumerate(item_ids) if x in wanted], dtype=np.int64)
 
 
-def query_ranks(image_embeds: Any, text_embeds: Any, groups: Sequence | None = None) -> dict[str, np.ndarray]:
+def query_ranks(image_embeds: Any, text_embeds: Any, groups: Sequence | None = None,
+                progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
     """1-based rank of the true match of every query, both directions, over one 1:1 gallery.
+
+    The rule of ``xmodal.metrics.first_match_ranks`` (1 + the wrong entries scoring at least as high as the
+    best correct one: ties count against the model), in NumPy and in blocks of rows, so a page or a
+    background process ranks 100k items without PyTorch and without an ``[N, N]`` matrix in memory.
 
     Args:
         image_embeds: ``[N, D]``; row i is item i's image.
         text_embeds: ``[N, D]``; row i is item i's caption.
         groups: per-item group id (caption-level ground truth); None = only the item's own pair counts.
+        progress: called with the number of queries ranked so far (both directions: up to 2N).
 
     Returns:
         ``{"text_to_image": ranks [N], "image_to_text": ranks [N]}``.
     """
-    import torch
-
-    from ..metrics import first_match_ranks, relevance
-    img = torch.as_tensor(np.asarray(image_embeds), dtype=torch.float32)
-    txt = torch.as_tensor(np.asarray(text_embeds), dtype=torch.float32)
-    groups = np.arange(len(img)) if groups is None else np.asarray(groups)
-    rel = relevance(groups, groups)  # [N, N]
-    sim = txt @ img.t()  # [N texts, N images]
-    return {"text_to_image": first_match_ranks(sim, rel), "image_to_text": first_match_ranks(sim.t(), rel)}
+    img = np.ascontiguousarray(image_embeds, dtype=np.float32)
+    txt = np.ascontiguousarray(text_embeds, dtype=np.float32)
+    n = len(img)
+    groups = np.arange(n) if groups is None else np.asarray(groups)
+    block = int(max(1, min(1024, (1 << 25) // max(n, 1))))  # about 128 MB of scores at a time
+    out: dict[str, np.ndarray] = {}
+    for di, (d, queries, gallery) in enumerate((("text_to_image", txt, img), ("image_to_text", img, txt))):
+        ranks = np.empty(n, dtype=np.int64)
+        for s in range(0, n, block):
+            sim = queries[s:s + block] @ gallery.T  # [b, N]
+            rel = groups[s:s + block, None] == groups[None, :]  # [b, N]
+            best = np.where(rel, sim, -np.inf).max(1, keepdims=True)  # [b, 1]
+            ranks[s:s + block] = ((sim >= best) & ~rel).sum(1) + 1
+            if progress:
+                progress(di * n + min(s + block, n))
+        out[d] = ranks
+    return out
 
 
 def ground_truth_groups(captions: Sequence[str], ground_truth: str) -> np.ndarray | None:
-    """Group ids for ``query_ranks``: caption groups for ``caption``, None for ``item``."""
-    from ..pipeline import caption_groups
-    return caption_groups(list(captions)) if ground_truth == "caption" else None
+    """Group ids for ``query_ranks``: items with the same normalised title share one under ``caption``
+    (as ``xmodal.pipeline.caption_groups``), None under ``item``."""
+    if ground_truth != "caption":
+        return None
+    from ..data import normalise_caption
+    ids: dict[str, int] = {}
+    return np.array([ids.setdefault(normalise_caption(c), len(ids)) for c in captions], dtype=np.int64)
 
 
-def slice_metrics(ranks: dict[str, np.ndarray], attributes: dict[str, Sequence[str]],
-                  min_count: int = 1) -> pd.DataFrame:
-    """R@1/5/10 and median rank per value of each attribute, per direction.
+def titles_coincide(captions: Sequence[str]) -> bool:
+    """True when no two of ``captions`` share a normalised title: caption- and item-level ranks are then equal."""
+    groups = ground_truth_groups(captions, "caption")
+    return groups is None or len(set(groups.tolist())) == len(groups)
 
-    Args:
-        ranks: ``query_ranks`` output over N queries.
-        attributes: column -> N values (e.g. ``{"colour": [...], "gender": [...]}``); empty values are skipped.
-        min_count: drop slices with fewer queries.
 
-    Returns:
-        Rows ``attribute, value, n, direction, R@1, R@5, R@10, median_rank``.
-    """
-    from ..metrics import rank_metrics
-    rows = []
-    for attr, values in attributes.items():
-        values = np.asarray(values, dtype=object)
-        for value in sorted({v for v in values if v}):
-            mask = values == value
-            if mask.sum() < min_count:
-                continue
-            for d in DIRECTIONS:
-                m = rank_metrics(ranks[d][mask], d)
-                rows.append({"attribute": attr, "value": value, "n": int(mask.sum()), "direction": d,
-                             **{f"R@{k}": m[f"{d}/R@{k}"] for k in KS}, "median_rank": m[f"{d}/median_rank"]})
-    return pd.DataFrame(rows, columns=["attribute", "value", "n", "direction", *[f"R@{k}" for k in KS],
-                                       "median_rank"])
+def recall_table_coincides(test: dict | None) -> bool:
+    """True when a run's test.json has the same caption- and item-level numbers (no shared test titles)."""
+    test = test or {}
+    cap, item = test.get("caption") or {}, test.get("item") or {}
+    keys = [k for k in cap if "/R@" in k or k.endswith("median_rank")]
+    return bool(keys) and all(cap.get(k) == item.get(k) for k in keys)
+
+
+def metrics_coincide(rows: Sequence[dict], prefix: str = "val") -> bool:
+    """True when every logged epoch has equal caption- (``val/``) and item-level (``val_item/``) recall."""
+    epochs = [r for r in rows if r.get("kind") == "epoch"]
+    pairs = [(v, r.get(f"{prefix}_item/{k[len(prefix) + 1:]}")) for r in epochs for k, v in r.items()
+             if k.startswith(f"{prefix}/") and "/R@" in k]
+    return bool(pairs) and all(a == b for a, b in pairs)
 
 
 def disagreements(ranks_by_run: dict[str, np.ndarray], top: int = 10) -> pd.DataFrame:

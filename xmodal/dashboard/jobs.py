@@ -29,8 +29,9 @@ from ..runs import atomic_write_json, read_json, read_status, write_status
 MODELS = ("siamese", "corrnet", "cmpm-mobilenet", "cmpm-efficientnet", "infonce-efficientnet")
 QUEUE_DIR = ".queues"
 LOG_NAME = "train.log"
+LAUNCH_NAME = "launch.json"
 # The "train all five on the demo" quick path: small epoch counts so all five fit in ~10 min on 2 CPU cores.
-DEMO_EPOCHS = {"siamese": 8, "corrnet": 8, "cmpm-mobilenet": 3, "cmpm-efficientnet": 8, "infonce-efficientnet": 8}
+DEMO_EPOCHS = {"siamese": 8, "corrnet": 8, "cmpm-mobilenet": 8, "cmpm-efficientnet": 8, "infonce-efficientnet": 8}
 _CHILDREN: list[subprocess.Popen] = []  # launched by this server process; polled so none is left a zombie
 
 
@@ -87,7 +88,8 @@ def reap() -> None:
     _CHILDREN[:] = [p for p in _CHILDREN if p.poll() is None]
 
 
-def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen:
+def spawn(cmd: list[str], log_path: Path) -> subprocess.Popen:
+    """Start ``cmd`` detached (its own session: it outlives the server), output appended to ``log_path``."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -102,10 +104,51 @@ def start_training(job: TrainJob, root: Path | None = None) -> Path:
     job.run_id = job.run_id or unique_run_id(job.model)
     run_dir = root / job.run_id
     run_dir.mkdir(parents=True, exist_ok=False)
-    proc = _spawn(job.command(root), run_dir / LOG_NAME)
+    write_launch(run_dir, job)
+    proc = spawn(job.command(root), run_dir / LOG_NAME)
     if not (run_dir / "status.json").exists():  # visible before the child has imported torch; it overwrites this
         write_status(run_dir, "running", pid=proc.pid, phase="starting", model=job.model)
     return run_dir
+
+
+def write_launch(run_dir: Path, job: TrainJob) -> None:
+    """``launch.json``: what was asked for, so a run too young for a config.json still shows its model and
+    catalogue (the trainer writes config.json only after the one-time feature extraction)."""
+    atomic_write_json(Path(run_dir) / LAUNCH_NAME, {**vars(job), "launched": time.time()})
+
+
+def read_launch(run_dir: Path) -> dict:
+    """A run folder's ``launch.json`` (``{}`` when absent or not an object)."""
+    rec = read_json(Path(run_dir) / LAUNCH_NAME, default={})
+    return rec if isinstance(rec, dict) else {}
+
+
+def can_resume(run_dir: Path, status: dict | None = None) -> str | None:
+    """Why ``run_dir`` cannot be resumed now, or None when it can (stopped or failed, with a config, unlocked)."""
+    from ..runs import read_lock
+    run_dir = Path(run_dir)
+    status = read_status(run_dir) if status is None else status
+    if status.get("state") not in ("stopped", "failed"):
+        return f"it is {status.get('state', 'unknown')}; only a stopped or failed run can be resumed"
+    if not (run_dir / "config.json").is_file():
+        return "it has no config.json (it stopped before training began): start a new run instead"
+    if read_lock(run_dir):
+        return "another process holds its lock"
+    return None
+
+
+def resume_training(run_dir: Path) -> subprocess.Popen:
+    """Launch ``python -m xmodal.train --resume RUN_DIR`` detached, as the sidebar launches training.
+
+    Raises:
+        ValueError: the run cannot be resumed (``can_resume`` says why).
+    """
+    run_dir = Path(run_dir).resolve()
+    if why := can_resume(run_dir):
+        raise ValueError(f"{run_dir.name} cannot be resumed: {why}")
+    proc = spawn([sys.executable, "-m", "xmodal.train", "--resume", str(run_dir)], run_dir / LOG_NAME)
+    write_status(run_dir, "running", pid=proc.pid, phase="resuming")
+    return proc
 
 
 def stop_run(run_dir: Path) -> bool:
@@ -152,12 +195,12 @@ def recent_runs(root: Path | None = None, within_s: float = 1800.0) -> list[tupl
 _TQDM = re.compile(r"([A-Za-z][\w ]*?):\s+(\d+)%\|[^|]*\|\s*(\d+)/(\d+)\s*\[([\d:]+)<([\d:?]+)")
 
 
-def log_progress(run_dir: Path, tail_bytes: int = 4096) -> tuple[str, float, str] | None:
-    """(what, fraction done, time left) of the last progress bar in a run's train.log, if any.
+def log_progress(run_dir: Path, tail_bytes: int = 4096, log: Path | None = None) -> tuple[str, float, str] | None:
+    """(what, fraction done, time left) of the last progress bar in a run's train.log (or ``log``), if any.
 
     Shows progress in phases that status.json only names, such as the one-time feature extraction.
     """
-    path = Path(run_dir) / LOG_NAME
+    path = Path(log) if log else Path(run_dir) / LOG_NAME
     try:
         with open(path, "rb") as f:
             f.seek(max(0, path.stat().st_size - tail_bytes))
@@ -199,7 +242,7 @@ def start_queue(jobs: list[TrainJob], root: Path | None = None, name: str = "que
     atomic_write_json(path, {"id": qid, "name": name, "root": str(root), "created": time.time(), "state": "running",
                              "host": socket.gethostname(), "pid": None, "prepare": prepare,
                              "jobs": [{**vars(j), "state": "pending"} for j in jobs]})
-    proc = _spawn([sys.executable, "-m", "xmodal.dashboard.queue", str(path)], qdir / f"{qid}.log")
+    proc = spawn([sys.executable, "-m", "xmodal.dashboard.queue", str(path)], qdir / f"{qid}.log")
     queue = read_json(path)
     if queue.get("pid") is None:  # the runner records itself too; write it here so a stop works at once
         queue["pid"] = proc.pid
@@ -241,32 +284,3 @@ def stop_queue(path: Path) -> bool:
     if queue.get("state") != "running":
         return False
     return _terminate(pid)
-
-
-def start_projection(run_dir: Path, method: str = "umap") -> bool:
-    """Compute a run's projection in a detached subprocess unless one is already at it; True if started."""
-    run_dir = Path(run_dir)
-    if projection_running(run_dir, method):
-        return False
-    (run_dir / f"projection_{method}.error").unlink(missing_ok=True)
-    proc = _spawn([sys.executable, "-m", "xmodal.dashboard.projection", str(run_dir), "--method", method],
-                  run_dir / f"projection_{method}.log")
-    (run_dir / f"projection_{method}.pid").write_text(str(proc.pid))
-    return True
-
-
-def projection_running(run_dir: Path, method: str = "umap") -> bool:
-    """Whether a projection subprocess for this run and method is alive."""
-    reap()
-    try:
-        pid = int((Path(run_dir) / f"projection_{method}.pid").read_text())
-        os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
-        return False
-    return True
-
-
-def projection_error(run_dir: Path, method: str = "umap") -> str | None:
-    """The last projection subprocess's error, if it failed."""
-    path = Path(run_dir) / f"projection_{method}.error"
-    return path.read_text() if path.is_file() else None

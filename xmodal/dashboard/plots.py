@@ -2,6 +2,7 @@
 
 Plotly reads a subset of HTML (``<a href>``, ``<b>``, ``<br>``) in trace names, hover text, tick labels and
 titles, so every run name, loss term, caption and attribute value goes through ``escape.plotly`` (``esc``).
+The Embeddings map has its own module, ``mapplot``.
 """
 from __future__ import annotations
 
@@ -138,65 +139,32 @@ def metric_bars(table: pd.DataFrame) -> go.Figure:
 
 
 def slice_figure(slices: pd.DataFrame, metric: str = "R@10") -> go.Figure:
-    """Grouped bars of ``metric`` per slice value (x), one bar per run, one panel per direction.
+    """Bars of ``metric`` per slice value (x), one bar per run, one panel per direction, each with its 95%
+    interval; slices too small to rank (``small``) come last, pale, marked ``*``.
 
     Args:
-        slices: ``analysis.slice_metrics`` rows of one attribute with a ``run`` column added.
+        slices: ``slices.slice_metrics`` rows of one attribute with a ``run`` column added.
+        metric: ``R@1``, ``R@5``, ``R@10`` (Wilson intervals) or ``median_rank`` (bootstrap intervals).
     """
-    fig = make_subplots(rows=1, cols=2, subplot_titles=[f"{SHORT[d]} {metric}" for d in DIRECTIONS],
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[f"{SHORT[d]} {esc(metric)}" for d in DIRECTIONS],
                         shared_yaxes=True)
     runs = list(dict.fromkeys(slices["run"])) if len(slices) else []
     colours = run_colours(runs)
+    lo, hi = (f"{metric} lo", f"{metric} hi") if metric.startswith("R@") else ("median lo", "median hi")
     for name in runs:
         for di, d in enumerate(DIRECTIONS):
             part = slices[(slices["run"] == name) & (slices["direction"] == d)]
-            fig.add_trace(go.Bar(x=[f"{esc(v)} ({n})" for v, n in zip(part["value"], part["n"])], y=part[metric],
-                                 name=esc(name), legendgroup=name, showlegend=di == 0, marker_color=colours[name]),
-                          row=1, col=di + 1)
+            small = part["small"].astype(bool).to_numpy() if "small" in part else np.zeros(len(part), dtype=bool)
+            x = [f"{esc(v)} (n={n}){' *' if s else ''}" for v, n, s in zip(part["value"], part["n"], small)]
+            error = None
+            if lo in part and hi in part:
+                error = dict(type="data", symmetric=False, array=(part[hi] - part[metric]).to_numpy(),
+                             arrayminus=(part[metric] - part[lo]).to_numpy(), thickness=1, width=3)
+            fig.add_trace(go.Bar(x=x, y=part[metric], name=esc(name), legendgroup=name, showlegend=di == 0,
+                                 marker=dict(color=colours[name], opacity=np.where(small, 0.35, 1.0).tolist()),
+                                 error_y=error), row=1, col=di + 1)
     fig.update_layout(barmode="group")
-    return _layout(fig, 360)
-
-
-def projection_figure(xy: np.ndarray, captions: Sequence[str], groups: Sequence[str] | None = None,
-                      lines: bool = True, method: str = "umap") -> go.Figure:
-    """Image points (circles) and caption points (crosses) of n items in one map.
-
-    Args:
-        xy: ``[2n, 2]``: the n image points, then the n caption points of the same items.
-        captions: the n items' captions (hover text).
-        groups: a label per item to colour by; None colours by modality.
-        lines: join each item's two points.
-        method: named in the axis titles.
-
-    Every marker's ``customdata`` is its item's position (0..n-1) so a selection maps back to items.
-    """
-    n = len(captions)
-    img, txt = xy[:n], xy[n:]
-    fig = go.Figure()
-    if lines and n:
-        seg = np.full((3 * n, 2), np.nan)
-        seg[0::3], seg[1::3] = img, txt
-        fig.add_trace(go.Scatter(x=seg[:, 0], y=seg[:, 1], mode="lines", hoverinfo="skip", showlegend=True,
-                                   name="pair", line=dict(color="rgba(120,120,120,0.25)", width=1)))
-    labels = np.array(list(groups) if groups is not None else ["modality"] * n, dtype=object)
-    values = list(dict.fromkeys(labels))
-    colours = run_colours(values)
-    for modality, pts, symbol in (("image", img, "circle"), ("caption", txt, "x")):
-        for value in values:
-            idx = np.flatnonzero(labels == value)
-            colour = MODALITY_COLOURS[modality] if groups is None else colours[value]
-            name = modality if groups is None else esc(value)  # by group: one legend entry for both symbols
-            fig.add_trace(go.Scatter(
-                x=pts[idx, 0], y=pts[idx, 1], mode="markers", name=name, legendgroup=str(value),
-                showlegend=groups is None or modality == "image",
-                customdata=idx.tolist(), text=[esc(captions[i]) for i in idx],
-                hovertemplate=f"{modality}: %{{text}}<extra></extra>",
-                marker=dict(symbol=symbol, size=7 if modality == "image" else 6, color=colour,
-                            opacity=0.85, line=dict(width=0))))
-    fig.update_xaxes(title_text=f"{esc(method)} 1", showticklabels=False)
-    fig.update_yaxes(title_text=f"{esc(method)} 2", showticklabels=False)
-    fig.update_layout(dragmode="select")  # box by default; lasso is one click away in the toolbar
-    return _layout(fig, 580)
+    return _layout(fig, 380)
 
 
 def gap_figure(gap: dict) -> go.Figure:

@@ -1,40 +1,86 @@
-"""A 2-D map of a run's joint space on its test split, cached in the run folder.
+"""A 2-D map of a run's joint space (its test split, or its whole catalogue), cached in the run folder.
 
-``python -m xmodal.dashboard.projection RUN_DIR [RUN_DIR ...] [--method umap|pca]`` computes it in a
-subprocess (UMAP's first import compiles numba code for a while); the Embeddings page starts that and
-polls for the file. The file, ``projection_<key>.npz``, holds ``xy`` ``[2n, 2]`` (the n image points,
-then the n caption points of the same items), the items' catalogue positions ``index`` ``[n]``, the
-embeddings used, and the items' captions, image paths and attributes, so later visits only read it.
-The key covers the weights, the catalogue and the method, so retraining or another catalogue never
-shows a stale map. The file is written atomically; ``load`` checks it (each member's CRC-32, shapes,
-finite values) and computes a damaged one again, with a warning.
+``python -m xmodal.dashboard.projection RUN_DIR [RUN_DIR ...] [--method umap|pca] [--scope test|all]
+[--neighbors 15] [--min-dist 0.1]`` computes it in a background process (UMAP's first import compiles numba
+code for a while; a whole catalogue takes minutes), reporting its phase and time left through
+``xmodal.dashboard.tasks``; the Embeddings page starts it and polls. It first makes the run's catalogue
+embeddings (``xmodal.dashboard.embeds``) if they are missing.
+
+The file, ``projection_<key>.npz``, holds ``xy`` ``[2n, 2]`` (the n photo points, then the n title points
+of the same items), the items' catalogue positions ``index`` ``[n]``, the method used, and each item's rank
+of its true match among the mapped items in both directions (caption-level: identical titles count), so
+the map can be coloured and filtered by how the model does. ``load`` adds the items' embeddings, titles,
+photos, splits and attributes from the embeddings file. The key covers the weights, the catalogue and every
+setting (``MapSettings``), so another setting or retraining never shows a stale map. The file is written
+atomically; ``load`` checks it (each member's CRC-32, shapes, finite values) and computes a damaged one again,
+with a warning.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..cachefile import atomic_write, check_array, warn_rebuild
+from ..runs import atomic_write_json, read_json
+from . import embeds, tasks
 
 UMAP_MIN_POINTS = 50  # below this UMAP's graph is too thin to mean much: PCA instead
-MAX_ITEMS = 3000  # test items mapped at most (a seeded sample beyond that)
+MAX_ITEMS = 200_000  # items mapped at most (a seeded sample beyond that): 400k points
+METHODS = ("umap", "pca")
+SCOPES = ("test", "all")
+INDEX_FILE = "maps.json"  # file name -> settings of each map computed here (to recompute a damaged one)
 
 
-def projection_path(run_dir: Path, method: str = "umap") -> Path | None:
-    """Where the run's projection by ``method`` is cached (None: the run has no weights yet)."""
-    run_dir = Path(run_dir)
-    weights = run_dir / "best.safetensors"
-    config = run_dir / "config.json"
-    if not weights.is_file() or not config.is_file():
+@dataclass(frozen=True)
+class MapSettings:
+    """What a map shows and how it is drawn."""
+
+    method: str = "umap"  # umap (keeps neighbourhoods) or pca (instant, linear)
+    scope: str = "test"  # test: the run's test split; all: the whole catalogue (train/val/test marked)
+    n_neighbors: int = 15  # UMAP: neighbours each point looks at (larger: more global structure), 2..200
+    min_dist: float = 0.1  # UMAP: how tightly points may pack (0: tight clumps, 0.99: evenly spread)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown map method {self.method!r}; choose one of {METHODS}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"unknown map scope {self.scope!r}; choose one of {SCOPES}")
+        if not 2 <= int(self.n_neighbors) <= 200:
+            raise ValueError(f"n_neighbors {self.n_neighbors} is outside 2..200")
+        if not 0.0 <= float(self.min_dist) <= 0.99:
+            raise ValueError(f"min_dist {self.min_dist} is outside 0..0.99")
+
+    def key(self) -> str:
+        umap = f"|{int(self.n_neighbors)}|{float(self.min_dist):.3f}" if self.method == "umap" else ""
+        return f"{self.method}|{self.scope}{umap}"
+
+
+def _settings(settings: MapSettings | str) -> MapSettings:
+    return MapSettings(method=settings) if isinstance(settings, str) else settings
+
+
+def task_name(settings: MapSettings | str) -> str:
+    """The background task's name for a map with these settings."""
+    return "map-" + hashlib.sha256(_settings(settings).key().encode()).hexdigest()[:10]
+
+
+def projection_path(run_dir: Path, settings: MapSettings | str = "umap") -> Path | None:
+    """Where the run's map with ``settings`` (or just a method) is cached; None: no best weights yet."""
+    source = embeds.embeds_path(Path(run_dir))
+    if source is None:
         return None
-    fingerprint = (json.loads(config.read_text()).get("data") or {}).get("fingerprint", "")
-    key = hashlib.sha256(f"{weights.stat().st_mtime_ns}|{fingerprint}|{method}|{MAX_ITEMS}".encode())
-    return run_dir / f"projection_{key.hexdigest()[:12]}.npz"
+    key = hashlib.sha256(f"{source.stem}|{_settings(settings).key()}|{MAX_ITEMS}".encode())
+    return Path(run_dir) / f"projection_{key.hexdigest()[:12]}.npz"
+
+
+def umap_seconds(points: int) -> float:
+    """A rough guess of UMAP's time on two busy cores, numba compilation included (for the time left)."""
+    return 25.0 + 0.004 * points
 
 
 def project(points: np.ndarray, method: str = "umap", seed: int = 0, n_neighbors: int = 15,
@@ -59,37 +105,54 @@ def project(points: np.ndarray, method: str = "umap", seed: int = 0, n_neighbors
     return xy.astype(np.float32), "pca"
 
 
-def test_positions(run_dir: Path, item_ids: list[str], max_items: int = MAX_ITEMS, seed: int = 0) -> np.ndarray:
-    """Catalogue positions of the run's test items (from splits.json), a seeded sample if there are many."""
-    from .analysis import split_positions
-    splits = json.loads((Path(run_dir) / "splits.json").read_text())
-    index = split_positions(item_ids, splits.get("test", []))
+def mapped_positions(split: list[str], scope: str, max_items: int = MAX_ITEMS, seed: int = 0) -> np.ndarray:
+    """Catalogue positions a map of ``scope`` shows (from the per-item split labels), a seeded sample beyond
+    ``max_items``."""
+    labels = np.asarray(split)
+    index = np.flatnonzero(labels == "test") if scope == "test" else np.arange(len(labels))
     if len(index) > max_items:
         index = np.sort(np.random.default_rng(seed).choice(index, max_items, replace=False))
-    return index
+    return index.astype(np.int64)
 
 
-def compute(run_dir: Path, method: str = "umap", run=None) -> Path:
-    """Compute and cache the projection of ``run_dir`` (``run``: an already loaded ``xmodal.Run``)."""
-    run_dir = Path(run_dir)
-    path = projection_path(run_dir, method)
+def _remember(run_dir: Path, path: Path, settings: MapSettings) -> None:
+    index = read_json(run_dir / INDEX_FILE, default={}) or {}
+    index = {k: v for k, v in index.items() if (run_dir / k).is_file() or k == path.name}
+    index[path.name] = asdict(settings)
+    atomic_write_json(run_dir / INDEX_FILE, index)
+
+
+def compute(run_dir: Path, settings: MapSettings | str = "umap", run=None,
+            progress: tasks.Progress | None = None) -> Path:
+    """Compute and cache the map of ``run_dir`` (``run``: an already loaded ``xmodal.Run``, used when the
+    run's catalogue embeddings must be made first)."""
+    from .analysis import ground_truth_groups, query_ranks
+    run_dir, settings = Path(run_dir), _settings(settings)
+    path = projection_path(run_dir, settings)
     if path is None:
         raise FileNotFoundError(f"{run_dir} has no best.safetensors yet: nothing to project")
-    if run is None:
-        from ..search import load_run
-        run = load_run(run_dir)
-    index = test_positions(run_dir, run.catalogue.item_ids)
+    source = embeds.embeds_path(run_dir)
+    if not source.is_file():
+        embeds.compute(run_dir, run=run, progress=progress)
+    emb = embeds.load(source)
+    index = mapped_positions(emb["split"], settings.scope)
     if len(index) == 0:
         raise ValueError(f"none of {run_dir.name}'s test items are in its catalogue")
-    img = run.image_embeds.numpy()[index]  # [n, D]
-    txt = run.text_embeds.numpy()[index]  # [n, D]
-    xy, used = project(np.concatenate([img, txt]), method)
-    cat = run.catalogue
-    extra = {f"attr_{k}": np.array([v[i] for i in index], dtype=str) for k, v in cat.attributes.items()}
+    img, txt = emb["image"][index], emb["text"][index]  # [n, D] each
+    n_points = 2 * len(index)
+    if progress:
+        guess = umap_seconds(n_points) if settings.method == "umap" and n_points >= UMAP_MIN_POINTS else None
+        progress.phase(f"{settings.method.upper()} of {n_points:,} points", eta_s=guess)
+    xy, used = project(np.concatenate([img, txt]), settings.method, n_neighbors=settings.n_neighbors,
+                       min_dist=settings.min_dist)
+    if progress:
+        progress.phase("ranking each item's true match", total=len(index))
+    groups = ground_truth_groups([emb["captions"][i] for i in index], "caption")
+    ranks = query_ranks(img, txt, groups, progress=progress.advance if progress else None)
     with atomic_write(path) as f:
-        np.savez(f, xy=xy, index=index, image_embeds=img, text_embeds=txt, method=np.array(used),
-                 captions=np.array([cat.captions[i] for i in index], dtype=str),
-                 images=np.array([str(cat.image_path(i)) for i in index], dtype=str), **extra)
+        np.savez(f, xy=xy, index=index, method=np.array(used), rank_t2i=ranks["text_to_image"].astype(np.int64),
+                 rank_i2t=ranks["image_to_text"].astype(np.int64))
+    _remember(run_dir, path, settings)
     return path
 
 
@@ -97,42 +160,43 @@ def _read(path: Path) -> dict:
     """A projection file's arrays, checked; raises if the file is damaged."""
     with np.load(path, allow_pickle=False) as data:
         out = {k: data[k] for k in data.files}  # reading each member checks its CRC-32
-    missing = {"xy", "index", "image_embeds", "text_embeds", "method", "captions", "images"} - set(out)
+    missing = {"xy", "index", "method", "rank_t2i", "rank_i2t"} - set(out)
     if missing:
         raise ValueError(f"it lacks {sorted(missing)}")
     n = len(out["index"])
     check_array("index", out["index"], (n,), ("int32", "int64"))
     check_array("xy", out["xy"], (2 * n, 2), ("float32",))
-    dim = out["image_embeds"].shape[-1]
-    for k in ("image_embeds", "text_embeds"):
-        check_array(k, out[k], (n, dim), ("float32",))
-    for k in ("captions", "images", *(k for k in out if k.startswith("attr_"))):
-        check_array(k, out[k], (n,), finite=False)
-    if str(out["method"]) not in ("umap", "pca"):
+    for k in ("rank_t2i", "rank_i2t"):
+        check_array(k, out[k], (n,), ("int32", "int64"))
+    if str(out["method"]) not in METHODS:
         raise ValueError(f"unknown method {str(out['method'])!r}")
     return out
 
 
-def _requested_method(path: Path) -> str:
-    """The method whose ``projection_path`` is ``path`` (the key is all the file name says).
+def _requested(path: Path) -> MapSettings:
+    """The settings whose ``projection_path`` is ``path`` (from the run's map index, or the defaults).
 
     Raises:
         FileNotFoundError: ``path`` maps earlier weights; being damaged as well, it is removed.
     """
-    for method in ("umap", "pca"):
-        if projection_path(path.parent, method) == path:
-            return method
+    known = read_json(path.parent / INDEX_FILE, default={}) or {}
+    candidates = [MapSettings(**known[path.name])] if isinstance(known.get(path.name), dict) else []
+    candidates += [MapSettings(method=m, scope=s) for m in METHODS for s in SCOPES]
+    for settings in candidates:
+        if projection_path(path.parent, settings) == path:
+            return settings
     path.unlink(missing_ok=True)
     raise FileNotFoundError(f"{path} was damaged and mapped earlier weights of {path.parent.name}, so it was "
-                            "removed; compute the current map with projection.compute(run_dir, method)")
+                            "removed; compute the current map with projection.compute(run_dir, settings)")
 
 
 def load(path: Path) -> dict:
-    """A projection file: arrays ``xy``, ``index``, ``image_embeds``, ``text_embeds``; lists ``captions``,
-    ``images``; ``attributes`` (column -> values); ``method`` (the one actually used).
+    """A map: ``xy``, ``index``, ``method``, ``rank_t2i``/``rank_i2t`` ``[n]``, and for its n items from the
+    embeddings file: ``image_embeds``/``text_embeds`` ``[n, D]``, lists ``captions``, ``images``,
+    ``item_ids``, ``split`` and ``attributes`` (column -> n values).
 
     A damaged file (unreadable, truncated, failing a CRC-32, wrong shapes, non-finite values) is computed
-    again in this process (``compute``: it loads the run), with a warning.
+    again in this process (``compute``), with a warning.
     """
     path = Path(path)
     try:
@@ -141,29 +205,53 @@ def load(path: Path) -> dict:
         if not path.is_file():
             raise
         warn_rebuild(path, err)
-        out = _read(compute(path.parent, _requested_method(path)))
-    attributes = {k[5:]: out.pop(k).tolist() for k in list(out) if k.startswith("attr_")}
-    return {**out, "method": str(out["method"]), "captions": out["captions"].tolist(),
-            "images": out["images"].tolist(), "attributes": attributes}
+        out = _read(compute(path.parent, _requested(path)))
+    source = embeds.embeds_path(path.parent)
+    emb = embeds.load(source)
+    index = out["index"]
+    pick = index.tolist()
+    return {"xy": out["xy"], "index": index, "method": str(out["method"]),
+            "rank_t2i": out["rank_t2i"], "rank_i2t": out["rank_i2t"],
+            "image_embeds": emb["image"][index], "text_embeds": emb["text"][index],
+            "captions": [emb["captions"][i] for i in pick], "images": [emb["images"][i] for i in pick],
+            "item_ids": [emb["item_ids"][i] for i in pick], "split": [emb["split"][i] for i in pick],
+            "attributes": {k: [v[i] for i in pick] for k, v in emb["attributes"].items()}}
+
+
+def start(run_dirs: list[Path], settings: MapSettings) -> bool:
+    """Compute the runs' maps in one background process (UMAP compiles once); False when each is on disk or
+    already being computed."""
+    todo = [Path(d) for d in run_dirs if not (projection_path(d, settings) or Path("/nonexistent")).is_file()]
+    argv = ["-m", "xmodal.dashboard.projection", *map(str, todo), "--method", settings.method, "--scope",
+            settings.scope, "--neighbors", str(int(settings.n_neighbors)), "--min-dist", repr(float(settings.min_dist))]
+    return bool(todo) and tasks.start(todo, task_name(settings), argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xmodal.dashboard.projection", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one or more run folders (one process "
                    "for several saves compiling UMAP's numba code again)")
-    p.add_argument("--method", choices=["umap", "pca"], default="umap")
+    p.add_argument("--method", choices=METHODS, default="umap")
+    p.add_argument("--scope", choices=SCOPES, default="test")
+    p.add_argument("--neighbors", type=int, default=15)
+    p.add_argument("--min-dist", type=float, default=0.1)
     a = p.parse_args(argv)
+    try:
+        settings = MapSettings(a.method, a.scope, a.neighbors, a.min_dist)
+    except ValueError as err:
+        p.error(str(err))
     failed = 0
     for run_dir in map(Path, a.run_dirs):
-        err_path = run_dir / f"projection_{a.method}.error"
+        progress = tasks.Progress(run_dir, task_name(settings))
         try:
-            path = compute(run_dir, a.method)
-        except Exception as err:  # reported to the page through the error file
-            err_path.write_text(f"{type(err).__name__}: {err}")
+            done = projection_path(run_dir, settings)
+            path = done if done is not None and done.is_file() else compute(run_dir, settings, progress=progress)
+        except Exception as err:  # reported to the page through the task file
+            progress.fail(err)
             print(f"error: {run_dir}: {err}", file=sys.stderr)
             failed += 1
             continue
-        err_path.unlink(missing_ok=True)
+        progress.finish(path=str(path))
         print(path)
     return 1 if failed else 0
 

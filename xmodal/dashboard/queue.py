@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from ..runs import atomic_write_json, read_json, read_status, write_status
-from .jobs import LOG_NAME, QUEUE_DIR, TrainJob
+from . import tasks
+from .jobs import LOG_NAME, TrainJob
 
 FIELDS = ("model", "data", "epochs", "batch_size", "lr", "finetune", "device", "run_id")
 
@@ -79,20 +80,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _prepare(path: Path, queue: dict, root: Path, cancelled: list, child: list) -> None:
-    """Embed each finished run's gallery and map its test split (one process: numba compiles once), so the
-    Compare, Embeddings and Search pages open fast afterwards."""
+    """Embed each finished run's catalogue, then map its test split (one process each for all the runs:
+    PyTorch loads once, numba compiles once), so the Compare, Embeddings and Search pages open fast. The
+    pages see these as their own background tasks (``xmodal.dashboard.tasks``) and wait for them."""
+    from . import embeds, projection
     runs = [root / j["run_id"] for j in queue["jobs"] if j["state"] == "finished"]
-    if cancelled or not runs:
-        return
-    queue["phase"] = "preparing the embedding maps"
-    atomic_write_json(path, queue)
-    with open(root / QUEUE_DIR / f"{queue['id']}.prepare.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "xmodal.dashboard.projection", *map(str, runs)],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    for run_dir in runs:  # the Embeddings page waits for this process rather than starting its own
-        (run_dir / "projection_umap.pid").write_text(str(proc.pid))
-    child[:] = [proc]
-    proc.wait()
+    settings = projection.MapSettings()
+    for phase, name, argv in (
+            ("embedding the galleries", embeds.TASK, ["-m", "xmodal.dashboard.embeds", *map(str, runs)]),
+            ("preparing the embedding maps", projection.task_name(settings),
+             ["-m", "xmodal.dashboard.projection", *map(str, runs), "--method", settings.method])):
+        if cancelled or not runs:
+            return
+        queue["phase"] = phase
+        atomic_write_json(path, queue)
+        proc = tasks.start(runs, name, argv)
+        if proc is None:  # a page started the same work meanwhile: it finishes it
+            continue
+        child[:] = [proc]
+        proc.wait()
     queue.pop("phase", None)
 
 

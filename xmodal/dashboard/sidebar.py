@@ -8,7 +8,7 @@ import streamlit as st
 
 from ..data.importers import IMPORTERS
 from ..paths import cache_dir
-from . import analysis, checks, jobs, state, ui
+from . import analysis, catalogues, checks, jobs, state, ui
 from .escape import md
 
 SOURCES = ("demo", "folder", "import")
@@ -142,11 +142,21 @@ def progress_panel(key: str = "sb") -> bool:
     return busy
 
 
+FULL_RUN = "_full_run"  # True while dashboard.py runs the whole app (set there), False between runs
+
+
 def _live_progress() -> None:
     busy = progress_panel()
     was_busy = st.session_state.get("_busy", False)
     st.session_state["_busy"] = busy
-    if was_busy and not busy:  # something just ended: refresh the page's tables
+    signature = catalogues.runs_signature()
+    seen = st.session_state.get("_runs_signature")
+    st.session_state["_runs_signature"] = signature
+    # A run appeared, finished, failed, got new best weights or test metrics (also between two runs of a
+    # queue, when "busy" never drops): rerun the page so that it shows it, without the user navigating.
+    # Only on the fragment's own timer: in a full run the page reads the runs anyway, and a rerun from here
+    # would throw away the click that started it.
+    if not st.session_state.get(FULL_RUN) and ((was_busy and not busy) or (seen is not None and seen != signature)):
         st.rerun(scope="app")
 
 

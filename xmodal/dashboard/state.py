@@ -1,12 +1,14 @@
 """The dashboard's cached loaders, all in one place.
 
-``st.cache_resource`` holds shared objects (catalogues, loaded runs with their models); ``st.cache_data``
-holds arrays and tables (test embeddings, ranks, projections, metrics). Every loader is keyed by a
+``st.cache_resource`` holds shared objects (catalogues, loaded runs with their models) and the large read-only
+arrays of catalogue embeddings and maps (100k items: no copy per rerun); ``st.cache_data`` holds tables
+(ranks, metrics, splits). Every loader is keyed by a
 stamp (a file's modification time) as well as its path, so a retrained run or an edited catalogue is
 reloaded rather than served stale.
 
-PyTorch loads on the first call that needs a model (``run``, ``test_embeddings``, ``compare_ranks``), not
-on import: Home and Training draw without it, and ``warm_pytorch`` loads it in the background meanwhile.
+PyTorch loads on the first call that needs a model (``run``: the Search page), not on import. Compare and
+Embeddings read what background processes computed (``embeds``, ``projection``) with NumPy alone, so no page
+waits for a gallery to be embedded; ``warm_pytorch`` loads PyTorch in the background for Search meanwhile.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import streamlit as st
 
 from ..data import Catalogue, CatalogueError, open_catalogue, resolve_data
 from ..runs import read_json, read_metrics
-from . import analysis, jobs, projection
+from . import analysis, embeds, jobs, projection
 
 if TYPE_CHECKING:
     from ..search import Run
@@ -133,61 +135,73 @@ def test_split_ids(run_dir: str | Path, split: str = "test") -> list[str]:
     return _split_ids(str(run_dir), _mtime(Path(run_dir) / "splits.json"), split)
 
 
-@st.cache_data(show_spinner="Embedding the test split...", max_entries=32)
-def _test_embeddings(run_dir: str, stamp: int) -> dict:
-    r = run(run_dir)
-    splits = read_json(Path(run_dir) / "splits.json", default={}) or {}
-    index = analysis.split_positions(r.catalogue.item_ids, splits.get("test", []))
-    cat = r.catalogue
-    return {"index": index, "image": r.image_embeds.numpy()[index], "text": r.text_embeds.numpy()[index],
-            "item_ids": [cat.item_ids[i] for i in index], "captions": [cat.captions[i] for i in index],
-            "images": [str(cat.image_path(i)) for i in index],
-            "attributes": {k: [v[i] for i in index] for k, v in cat.attributes.items()}}
+# The catalogue embeddings and maps are held with cache_resource, not cache_data: a whole catalogue is
+# 100k items, and cache_data would copy (unpickle) those arrays on every rerun. Callers never modify them.
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _embeddings(path: str, stamp: int) -> dict:
+    return embeds.load(Path(path))
 
 
-def test_embeddings(run_dir: str | Path) -> dict:
-    """A run's test-split embeddings ``image``/``text`` ``[n, D]`` with the items' ids, captions, attributes."""
-    return _test_embeddings(str(run_dir), _mtime(Path(run_dir) / "best.safetensors"))
+def embeddings(run_dir: str | Path) -> dict | None:
+    """A run's whole-catalogue embeddings (``embeds.load``), or None until its background job has made them.
+    A damaged file is removed (``ready`` turns False) and None returned: the page starts the job again."""
+    path = embeds.embeds_path(Path(run_dir))
+    if path is None or not path.is_file():
+        return None
+    try:
+        return _embeddings(str(path), _mtime(path))
+    except FileNotFoundError:
+        return None
+
+
+def embeddings_ready(run_dirs: list[Path]) -> bool:
+    """Whether every run's catalogue embeddings are on disk (a stat per run; nothing is read)."""
+    return all(embeds.ready(d) for d in run_dirs)
 
 
 @st.cache_data(show_spinner="Ranking every test query under each run...", max_entries=16)
 def _compare_ranks(run_dirs: tuple[str, ...], stamps: tuple[int, ...], ground_truth: str) -> dict:
-    """Per-query ranks of each run over the test items all of them share.
+    """Per-query ranks of each run over the test items all of them share, from their embeddings files.
 
     Returns:
         ``{"item_ids", "captions", "images", "attributes", "ranks": {run dir: {direction: ranks [Q]}}}``.
     """
-    embeds = {d: test_embeddings(d) for d in run_dirs}
-    common = set.intersection(*(set(e["item_ids"]) for e in embeds.values())) if embeds else set()
-    first = embeds[run_dirs[0]] if run_dirs else None
-    keep = [i for i, x in enumerate(first["item_ids"]) if x in common] if first else []
-    ids = [first["item_ids"][i] for i in keep] if first else []
-    captions = [first["captions"][i] for i in keep] if first else []
+    embs = {d: embeddings(d) for d in run_dirs}
+    if not embs or any(e is None for e in embs.values()):
+        return {"item_ids": [], "captions": [], "images": [], "attributes": {}, "ranks": {}}
+    tests = {d: {x for x, s in zip(e["item_ids"], e["split"]) if s == "test"} for d, e in embs.items()}
+    common = set.intersection(*tests.values())
+    first = embs[run_dirs[0]]
+    keep = [i for i, x in enumerate(first["item_ids"]) if x in common]
+    ids = [first["item_ids"][i] for i in keep]
+    captions = [first["captions"][i] for i in keep]
     groups = analysis.ground_truth_groups(captions, ground_truth)
     ranks = {}
-    for d, e in embeds.items():
+    for d, e in embs.items():
         pos = {x: i for i, x in enumerate(e["item_ids"])}
         sel = np.array([pos[x] for x in ids], dtype=np.int64)
         ranks[d] = analysis.query_ranks(e["image"][sel], e["text"][sel], groups) if len(sel) else {}
-    return {"item_ids": ids, "captions": captions, "images": [first["images"][i] for i in keep] if first else [],
-            "attributes": {k: [v[i] for i in keep] for k, v in first["attributes"].items()} if first else {},
-            "ranks": ranks}
+    return {"item_ids": ids, "captions": captions, "images": [first["images"][i] for i in keep],
+            "attributes": {k: [v[i] for i in keep] for k, v in first["attributes"].items()}, "ranks": ranks}
 
 
 def compare_ranks(run_dirs: list[Path], ground_truth: str) -> dict:
-    """Per-query ranks of each run over their shared test items (see ``_compare_ranks``), cached."""
+    """Per-query ranks of each run over their shared test items (see ``_compare_ranks``), cached; empty until
+    every run's embeddings are on disk (``embeds.start`` makes them in the background)."""
     dirs = tuple(str(d) for d in run_dirs)
-    return _compare_ranks(dirs, tuple(_mtime(Path(d) / "best.safetensors") for d in dirs), ground_truth)
+    stamps = tuple(_mtime(embeds.embeds_path(Path(d)) or Path("/nonexistent")) for d in dirs)
+    return _compare_ranks(dirs, stamps, ground_truth)
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def _projection(path: str, stamp: int) -> dict:
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _projection(path: str, stamp: int, source_stamp: int) -> dict:
     return projection.load(Path(path))
 
 
 def load_projection(path: Path) -> dict:
-    """A cached projection file's arrays."""
-    return _projection(str(path), _mtime(path))
+    """A cached map (``projection.load``: the map and its items' embeddings, titles, photos, attributes)."""
+    source = embeds.embeds_path(Path(path).parent)
+    return _projection(str(path), _mtime(path), _mtime(source) if source else 0)
 
 
 @st.cache_data(show_spinner=False, max_entries=2000)
@@ -202,5 +216,6 @@ def thumbnail(path: str, height: int = 64) -> str | None:
 def clear_runs() -> None:
     """Forget loaded runs (after one is deleted or retrained in place)."""
     _run.clear()
-    _test_embeddings.clear()
+    _embeddings.clear()
     _compare_ranks.clear()
+    _projection.clear()

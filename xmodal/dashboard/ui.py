@@ -13,7 +13,7 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from ..runs import RunInfo, list_runs
-from . import analysis, jobs, state
+from . import analysis, catalogues, jobs, pickers, runmeta, state
 from .escape import md
 
 if TYPE_CHECKING:  # xmodal.search imports PyTorch: the pages that show hits have loaded it already
@@ -48,14 +48,19 @@ def load_pytorch() -> None:
         import xmodal.search  # noqa: F401
 
 
+def visible_runs() -> list[RunInfo]:
+    """Every run folder with a config, newest first, less those hidden on Home (``runmeta``)."""
+    return [r for r in list_runs() if not runmeta.read_meta(r.path)["hidden"]]
+
+
 def runs_with_weights() -> list[RunInfo]:
-    """Runs that have best weights (finished, or running past their first epoch), newest first."""
-    return [r for r in list_runs() if (r.path / "best.safetensors").is_file()]
+    """Visible runs that have best weights (finished, or running past their first epoch), newest first."""
+    return [r for r in visible_runs() if (r.path / "best.safetensors").is_file()]
 
 
 def finished_runs() -> list[RunInfo]:
-    """Runs with test metrics, newest first."""
-    return [r for r in list_runs() if r.test]
+    """Visible runs with test metrics, newest first."""
+    return [r for r in visible_runs() if r.test]
 
 
 def no_runs_hint(what: str = "this page") -> None:
@@ -65,7 +70,13 @@ def no_runs_hint(what: str = "this page") -> None:
 
 
 def run_picker(runs: Sequence[RunInfo], key: str, allow_all: bool = False, label: str = "Run") -> list[RunInfo]:
-    """A selectbox over ``runs`` (optionally with "all runs side by side"); returns the chosen runs."""
+    """A selectbox over ``runs`` (optionally with "all runs side by side"); returns the chosen runs.
+
+    When the runs were trained on more than one catalogue, a catalogue is picked first (``pickers``) and only
+    its runs are offered, so "all runs side by side" never puts one catalogue's query to another's models.
+    """
+    if len({catalogues.catalogue_id(r.config).key for r in runs}) > 1:
+        runs = pickers.catalogue_picker(runs)[1]
     labels = [analysis.run_label(r) for r in runs]
     options = ([ALL_RUNS] if allow_all and len(runs) > 1 else []) + labels
     choice = st.selectbox(label, options, key=key)
@@ -124,3 +135,51 @@ def product_grid(images: Sequence[str], captions: Sequence[str], columns: int = 
         for col, img, cap in zip(st.columns(columns), images[start:start + columns], captions[start:start + columns]):
             photo(img, image_width, where=col)
             col.caption(md(cap))
+
+
+def pending_panel(pending: Sequence[catalogues.PendingRun]) -> None:
+    """Runs launched but too young for a config (importing PyTorch, extracting features): each with its
+    phase and, where its log has a progress bar, how far it is and the time left."""
+    for p in pending:
+        phase = p.status.get("phase") or "starting"
+        text = f"**{md(p.run_id)}** ({md(p.model)} on {md(p.data)}): {md(phase)}"
+        frac = 0.0
+        if bar := jobs.log_progress(p.path):
+            text, frac = f"{text}: {bar[1]:.0%}, {md(bar[2])} left", bar[1]
+        st.progress(min(max(frac, 0.0), 1.0), text=text)
+
+
+def background_work(what: str, folders: Sequence[Path], task: str, ready, start, key: str) -> bool:
+    """Wait for heavy work done by a background process, with its progress and time left, page usable.
+
+    Starts the work (``start()``) unless it is running or done; draws one progress line per run folder
+    (``tasks.describe``); on failure shows the error and a *Try again* button; once ``ready()`` is True the
+    page reruns and fills in. Call it inside an ``st.fragment(run_every=...)``.
+
+    Returns:
+        Whether the work is done.
+    """
+    from . import tasks
+    if ready():
+        return True
+    records = {Path(f): tasks.read(f, task) for f in folders}
+    failed = {f: r for f, r in records.items() if r.get("state") == "failed"}
+    if failed:
+        for f, r in failed.items():
+            st.error(f"{md(what)} failed for **{md(f.name)}**: {md(r.get('error') or 'unknown error')}",
+                     icon=":material/error:")
+        if st.button("Try again", key=f"{key}_retry", icon=":material/refresh:"):
+            for f in failed:
+                tasks.task_file(f, task).unlink(missing_ok=True)
+            start()
+            st.rerun(scope="fragment")
+        return False
+    if not any(r.get("state") in ("queued", "running") for r in records.values()):
+        start()
+        records = {Path(f): tasks.read(f, task) for f in folders}
+    st.info(f"{md(what)} in a background process; this part of the page fills in by itself when it is done, "
+            "and the rest of the page stays usable.", icon=":material/hourglass_top:")
+    for f, rec in records.items():
+        line, frac = tasks.describe(rec)
+        st.progress(min(max(frac or 0.0, 0.0), 1.0), text=f"**{md(f.name)}**: {md(line)}")
+    return False

@@ -1,0 +1,150 @@
+"""The Embeddings page's panels: map filters with counts, a clicked point's photo and nearest neighbours in
+both modalities, a box/lasso selection (paged, saved as a named slice, exported as CSV), and saved slices.
+
+The logic is in ``mapview`` and ``slices``; this module draws. Titles, ids, attribute values and slice
+names are catalogue or user text: Markdown gets them through ``escape.md``, widgets and cells show them as
+plain text, photos go through ``ui.photo`` (bytes).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import streamlit as st
+
+from . import mapview, slices, ui
+from .escape import md
+
+PAGE_SIZE = 24  # products per page of a selection
+NEIGHBOURS = 8
+
+
+def filters(data: dict, attrs: Sequence[str], scope: str) -> mapview.MapFilter:
+    """Facet, split and rank-range filters, each option with its item count; returns the filter chosen."""
+    flt = mapview.MapFilter()
+    with st.expander("Filter the map (attributes, split, rank of the true match)", icon=":material/filter_alt:"):
+        cols = st.columns(3)
+        for i, attr in enumerate(attrs):
+            counts = mapview.facet_counts(data["attributes"][attr])
+            flt.facets[attr] = cols[i % 3].multiselect(
+                attr, list(counts), key=f"emb_f_{attr}", format_func=lambda v, c=counts: f"{v} ({c[v]:,})",
+                placeholder="any")
+        if scope == "all":
+            counts = mapview.facet_counts(data["split"])
+            flt.splits = cols[len(attrs) % 3].multiselect("split", list(counts), key="emb_f_split", placeholder="any",
+                                                          format_func=lambda v: f"{v} ({counts[v]:,})")
+        c1, c2 = st.columns([1, 3])
+        flt.direction = c1.radio("Rank of the true match, for", list(mapview.DIRECTION_OF), key="emb_f_dir",
+                                 format_func=lambda d: {"text_to_image": "title → photo",
+                                                        "image_to_text": "photo → title"}[d])
+        counts = mapview.rank_bin_counts(data[mapview.DIRECTION_OF[flt.direction]])
+        first, last = c2.select_slider("Rank range", list(mapview.RANK_LABELS), key="emb_f_rank",
+                                       value=(mapview.RANK_LABELS[0], mapview.RANK_LABELS[-1]),
+                                       format_func=lambda b: f"{b} ({counts[b]:,})")
+        if (first, last) != (mapview.RANK_LABELS[0], mapview.RANK_LABELS[-1]):
+            flt.rank_range = (first, last)
+        st.caption("Ranks are caption-level among the items on this map (identical titles count as the match). "
+                   "Counts are items; each item is two points (photo and title).")
+    return flt
+
+
+def _photo_card(where, path: str, caption: str, note: str, width: int = 110) -> None:
+    ui.photo(path, width, where=where)
+    where.caption(f"{note} · {md(caption)}")
+
+
+def point_details(data: dict, item: int, k: int = NEIGHBOURS) -> None:
+    """A clicked item: photo, title, split and attributes, ranks, and its nearest photos and titles."""
+    nb = mapview.neighbours(data["image_embeds"], data["text_embeds"], item, k)
+    st.subheader("The clicked product", divider="gray")
+    left, right = st.columns([1, 3])
+    ui.photo(data["images"][item], 180, where=left)
+    right.markdown(f"**{md(data['captions'][item])}**")
+    attrs = ", ".join(f"{a}: {v[item]}" for a, v in data["attributes"].items() if v[item])
+    right.caption(f"item {md(data['item_ids'][item])} · split {md(data['split'][item] or '?')} · {md(attrs)}")
+    c = right.columns(2)
+    c[0].metric("Its photo, for its title", f"rank {nb.photo_rank}",
+                help="among the photos on this map, item-level (ties count against the model)")
+    c[1].metric("Its title, for its photo", f"rank {nb.title_rank}",
+                help="among the titles on this map, item-level (ties count against the model)")
+    st.markdown("**Photos nearest its title** (title → photo); ✓ marks its own photo")
+    cols = st.columns(len(nb.photos))
+    for col, (pos, score) in zip(cols, nb.photos):
+        mark = "✓ its own photo · " if pos == item else ""
+        _photo_card(col, data["images"][pos], data["captions"][pos], f"{mark}{score:.3f}", width=100)
+    if nb.photo_rank > k:
+        st.caption(f"Its own photo is at rank {nb.photo_rank}.")
+    st.markdown("**Titles nearest its photo** (photo → title); ✓ marks its own title")
+    for rank, (pos, score) in enumerate(nb.titles, start=1):
+        mark = " ✓ its own title" if pos == item else ""
+        line = st.columns([1, 8], vertical_alignment="center")
+        ui.photo(data["images"][pos], 48, where=line[0])
+        line[1].markdown(f"**#{rank}** {score:.3f}{mark} · {md(data['captions'][pos])}")
+    if nb.title_rank > k:
+        st.caption(f"Its own title is at rank {nb.title_rank}.")
+
+
+def selection(run_dir: Path, data: dict, chosen: Sequence[int]) -> None:
+    """The products inside a box or lasso, paged; save them as a named slice or export them as CSV."""
+    st.subheader(f"{len(chosen):,} selected product(s)", divider="gray")
+    pages = max(1, -(-len(chosen) // PAGE_SIZE))
+    page = st.pagination(pages, key="emb_sel_page") if pages > 1 else 1
+    shown = list(chosen[(page - 1) * PAGE_SIZE: page * PAGE_SIZE])
+    ui.product_grid([data["images"][i] for i in shown], [data["captions"][i] for i in shown])
+    if pages > 1:
+        st.caption(f"Page {page} of {pages}: products {(page - 1) * PAGE_SIZE + 1}-"
+                   f"{(page - 1) * PAGE_SIZE + len(shown)} of {len(chosen):,}")
+    ids = [data["item_ids"][i] for i in chosen]
+    c1, c2, c3 = st.columns([2, 1, 1], vertical_alignment="bottom")
+    name = c1.text_input("Save the selection as a slice named", key="emb_slice_name", max_chars=slices.MAX_NAME)
+    if c2.button("Save slice", key="emb_slice_save", icon=":material/bookmark_add:", disabled=not name.strip()):
+        try:
+            saved = slices.save_slice(run_dir, name, ids)
+        except (ValueError, OSError) as err:
+            st.error(md(f"Not saved: {err}"), icon=":material/error:")
+        else:
+            st.toast(f"Saved the slice {md(saved)} ({len(ids):,} items)", icon=":material/bookmark:")
+    extra = {"split": [data["split"][i] for i in chosen],
+             **{a: [v[i] for i in chosen] for a, v in data["attributes"].items()}}
+    c3.download_button("Export CSV", slices.export_csv(ids, [data["captions"][i] for i in chosen], extra),
+                       file_name="selection.csv", mime="text/csv", key="emb_slice_csv", icon=":material/download:")
+
+
+def saved_slices(run_dir: Path, item_ids: Sequence[str], captions: Sequence[str]) -> list[int]:
+    """The run's saved slices: pick one to ring on the map (returned as map positions), export or delete it."""
+    saved = slices.load_slices(run_dir)
+    if not saved:
+        return []
+    with st.expander(f"Saved slices ({len(saved)})", icon=":material/bookmarks:"):
+        names = list(saved)
+        name = st.selectbox("Ring a saved slice on the map", [None, *names], key="emb_saved",
+                            format_func=lambda n: "(none)" if n is None else f"{n} ({len(saved[n]):,} items)")
+        if name is None:
+            return []
+        positions = mapview.positions_of(item_ids, saved[name])
+        st.caption(f"{len(positions):,} of its {len(saved[name]):,} items are on this map.")
+        c1, c2 = st.columns(2)
+        title = dict(zip(item_ids, captions))
+        c1.download_button("Export CSV", slices.export_csv(saved[name], [title.get(x, "") for x in saved[name]]),
+                           file_name="slice.csv", mime="text/csv", key="emb_saved_csv", icon=":material/download:")
+        if c2.button("Delete this slice", key="emb_saved_delete", icon=":material/delete:"):
+            slices.delete_slice(run_dir, name)
+            st.rerun()
+        return positions
+
+
+def clicked_item(points: Sequence[dict], box: Sequence, lasso: Sequence, n: int) -> tuple[int | None, list[int]]:
+    """(the item a click chose, the items a box or lasso chose) from a plotly selection event."""
+    from .analysis import selected_items
+    items = selected_items(points, n)
+    if box or lasso:
+        return None, items
+    return (items[0] if items else None), []
+
+
+def gap_metrics(gap: dict) -> None:
+    c = st.columns(3)
+    c[0].metric("Paired distance (mean)", f"{np.mean(gap['paired']):.3f}")
+    c[1].metric("Random-pair distance (mean)", f"{np.mean(gap['random']):.3f}")
+    c[2].metric("Centroid gap", f"{gap['centroid_gap']:.3f}")
