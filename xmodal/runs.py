@@ -244,7 +244,8 @@ def write_status(run_dir: Path, state: str, **fields: Any) -> None:
                                                        **fields})
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -273,7 +274,7 @@ def read_status(run_dir: Path) -> dict:
         status["state"] = "unknown"
     if status.get("state") == "running" and status.get("host") == socket.gethostname():
         pid = status.get("pid")
-        if isinstance(pid, int) and not _pid_alive(pid):
+        if isinstance(pid, int) and not pid_alive(pid):
             status = {**status, "state": "failed", "error": status.get("error") or "the training process died"}
     return status
 

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..runs import atomic_write_json, read_json
+from ..runs import atomic_write_json, pid_alive, read_json
 from .jobs import log_progress, reap, spawn
 
 TASK_DIR = ".tasks"
@@ -32,13 +32,7 @@ def _alive(pid: object) -> bool:
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
     reap()
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def read(folder: Path, name: str) -> dict:
