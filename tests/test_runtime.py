@@ -93,7 +93,7 @@ def test_onnxruntime_matches_pytorch(graphs, photos, monkeypatch, name, tail_blo
     ref = extract(model, photos, name, tail_blocks)
     monkeypatch.setenv(runtime.ENV, "onnxruntime")
     calls = []
-    monkeypatch.setattr(runtime.OrtBackbone, "__call__", lambda self, x, real=runtime.OrtBackbone.__call__:
+    monkeypatch.setattr(runtime.OrtBackbone, "raw", lambda self, x, real=runtime.OrtBackbone.raw:
                         calls.append(len(x)) or real(self, x))
     out = extract(model, photos, name, tail_blocks)
     assert calls == [len(photos)]  # ONNX Runtime did run
@@ -125,6 +125,10 @@ def test_backbone_features_for_single_queries(graphs, photos):
     feats = runtime.backbone_features(model, x)
     assert feats.dtype == torch.float32 and feats.shape == ref.shape
     assert runtime.relative_error(feats.numpy(), ref.numpy()) <= runtime.TOLERANCE
+    tf = image_transform("efficientnet", SIZE)
+    raw = tf.to_uint8(runtime_image(photos[0]))[None]  # [1, 3, H, W] uint8: the graph normalises it itself
+    direct = runtime.backbone_features(model, raw, transform=tf)
+    assert runtime.relative_error(direct.numpy(), ref.numpy()) <= runtime.TOLERANCE
 
 
 # ---------------------------------------------------------------- when PyTorch runs instead
@@ -151,7 +155,7 @@ def test_env_forces_pytorch(graphs, photos, monkeypatch):
     assert runtime.load_graph(model, SIZE) is not None  # a graph is there to be used...
     monkeypatch.setenv(runtime.ENV, "torch")
     assert runtime.select_runtime(model, CPU, SIZE, images=10 ** 6) is None  # ...and is not
-    monkeypatch.setattr(runtime.OrtBackbone, "__call__", no_export)
+    monkeypatch.setattr(runtime.OrtBackbone, "raw", no_export)
     out = extract(model, photos, "efficientnet")
     with torch.no_grad():
         pixels = torch.stack([image_transform("efficientnet", SIZE)(runtime_image(p)) for p in photos])
@@ -295,3 +299,47 @@ def test_graph_disk_full(graphs, monkeypatch, tmp_path, caplog):
     assert graph is not None  # runs from memory all the same
     assert not graph.path.exists() and not list(graph.path.parent.glob("*.tmp"))
     assert notices(caplog, "could not write")
+
+
+# ---------------------------------------------------------------- preprocessing split, decoding thread
+
+@pytest.mark.parametrize("name", ["efficientnet", "mobilenet"])
+def test_transform_halves_equal_torchvision_pipeline(photos, name):
+    """uint8 pixels then ``normalise`` is bit-for-bit ToTensor + Normalize: cached features keep their meaning."""
+    from torchvision import transforms
+
+    from xmodal.backbones import normalisation
+    mean, std = normalisation(name)
+    reference = transforms.Compose([transforms.Resize(SIZE, antialias=True), transforms.ToTensor(),
+                                    transforms.Normalize(mean, std)])
+    tf = image_transform(name, SIZE)
+    for path in photos:
+        image = runtime_image(path)
+        raw = tf.to_uint8(image)
+        assert raw.dtype == torch.uint8 and raw.shape == (3, *SIZE)
+        assert torch.equal(tf(image), reference(image))
+        assert torch.equal(tf.normalise(raw[None])[0], reference(image))
+
+
+def test_decoded_batches_in_order_bounded_and_failing_loudly(tmp_path):
+    from xmodal.backbones import decoded_batches
+    seen = []
+
+    def decode(i):
+        seen.append(i)
+        return torch.full((2,), i)
+
+    batches = decoded_batches(list(range(10)), decode, batch_size=3, threads=2, ahead=2)
+    first = next(batches)
+    assert first.tolist() == [[0, 0], [1, 1], [2, 2]]
+    assert max(seen) < 9  # at most `ahead` batches decoded in front of the consumer
+    rest = list(batches)
+    assert [b[:, 0].tolist() for b in rest] == [[3, 4, 5], [6, 7, 8], [9]]
+
+    def broken(i):
+        if i == 4:
+            raise ValueError("damaged photo 4")
+        return torch.zeros(1)
+
+    with pytest.raises(ValueError, match="damaged photo 4"):
+        list(decoded_batches(list(range(8)), broken, batch_size=2, threads=1))

@@ -11,6 +11,7 @@ be read back as ImageNet ones.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -200,21 +201,53 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=None)
 def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) from the backbone's own timm config."""
     cfg = timm.get_pretrained_cfg(BACKBONES[name].timm_name)
     return tuple(cfg.mean), tuple(cfg.std)
 
 
-def image_transform(name: str, size: tuple[int, int], train: bool = False) -> transforms.Compose:
-    """PIL image -> normalised tensor ``[3, H, W]`` for backbone ``name``."""
-    mean, std = normalisation(name)
-    ops: list = [transforms.Resize(size, antialias=True)]
-    if train:
-        ops = [transforms.RandomResizedCrop(size, scale=(0.75, 1.0), ratio=(size[1] / size[0] * 0.9,
-                                            size[1] / size[0] * 1.1), antialias=True),
-               transforms.RandomHorizontalFlip()]
-    return transforms.Compose([*ops, transforms.ToTensor(), transforms.Normalize(mean, std)])
+class ImageTransform:
+    """PIL image -> normalised float tensor ``[3, H, W]`` for a backbone, in two halves.
+
+    ``to_uint8`` resizes (for training: random resized crop and flip) and returns uint8 pixels ``[3, H, W]``;
+    ``normalise`` turns uint8 pixels (any leading batch axes) into the backbone's normalised floats with
+    exactly the arithmetic of torchvision's ``ToTensor`` + ``Normalize``, so ``transform(image)`` is
+    bit-for-bit what that pipeline gives. Split so that loaders ship uint8 pixels to the main process (a
+    quarter of the bytes) and the frozen backbone's ONNX graph normalises inside itself.
+    """
+
+    def __init__(self, name: str, size: tuple[int, int], train: bool = False):
+        mean, std = normalisation(name)
+        self.mean_std = (mean, std)
+        self._mean = torch.tensor(mean).view(3, 1, 1)
+        self._std = torch.tensor(std).view(3, 1, 1)
+        ops: list = [transforms.Resize(size, antialias=True)]
+        if train:
+            ops = [transforms.RandomResizedCrop(size, scale=(0.75, 1.0), ratio=(size[1] / size[0] * 0.9,
+                                                size[1] / size[0] * 1.1), antialias=True),
+                   transforms.RandomHorizontalFlip()]
+        self.to_uint8 = transforms.Compose([*ops, transforms.PILToTensor()])
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels ``[..., 3, H, W]`` -> normalised float32 (``ToTensor`` then ``Normalize``)."""
+        return pixels.float().div(255).sub(self._mean.to(pixels.device)).div(self._std.to(pixels.device))
+
+    def __call__(self, image) -> torch.Tensor:
+        return self.normalise(self.to_uint8(image))
+
+
+def image_transform(name: str, size: tuple[int, int], train: bool = False) -> ImageTransform:
+    """PIL image -> normalised tensor ``[3, H, W]`` for backbone ``name`` (see ``ImageTransform``).
+
+    Remembered per arguments (a transform holds no state; its random ops draw from torch's generator)."""
+    return _image_transform(name, tuple(int(v) for v in size), bool(train))
+
+
+@functools.lru_cache(maxsize=32)
+def _image_transform(name: str, size: tuple[int, int], train: bool) -> ImageTransform:
+    return ImageTransform(name, size, train)
 
 
 class ImageFiles(Dataset):
@@ -237,6 +270,36 @@ def loader_workers() -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
+def decoded_batches(paths: list[Path], decode, batch_size: int, threads: int, ahead: int = 2):
+    """Batches ``torch.stack([decode(path) ...])`` of ``paths`` in order, decoded by ``threads`` threads at most
+    ``ahead`` batches in front of the consumer.
+
+    Threads, not DataLoader processes: Pillow decodes and resizes with the GIL released, and ONNX Runtime
+    and PyTorch run with it released too, so a thread overlaps decoding with the forward just as well,
+    without a fork. (A forked worker made the parent's first batches pay a copy-on-write fault on every
+    page it touched: 0.6-2 s on a 0.3 s batch, measured.)
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import islice
+
+    def load(start: int) -> torch.Tensor:
+        return torch.stack([decode(path) for path in paths[start:start + batch_size]])
+
+    starts = iter(range(0, len(paths), batch_size))
+    pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="xmodal-decode")
+    try:
+        pending = deque(pool.submit(load, s) for s in islice(starts, max(1, ahead)))
+        while pending:
+            batch = pending.popleft().result()
+            nxt = next(starts, None)
+            if nxt is not None:
+                pending.append(pool.submit(load, nxt))
+            yield batch
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 @torch.no_grad()
 def extract_features(model: nn.Module, paths: list[Path], transform, device: torch.device,
                      batch_size: int = 64, progress: bool = True, tail_blocks: int = 0) -> np.ndarray:
@@ -246,26 +309,37 @@ def extract_features(model: nn.Module, paths: list[Path], transform, device: tor
     (float16), for models that tune those stages on cached maps.
 
     On CPU the backbone runs in the fastest runtime available (``xmodal.runtime.select_runtime``: its ONNX
-    graph in ONNX Runtime, equal to PyTorch's outputs within ``xmodal.runtime.TOLERANCE``), while the
-    DataLoader's workers decode and preprocess the next batches.
+    graph in ONNX Runtime, equal to PyTorch's outputs within ``xmodal.runtime.TOLERANCE``), while a decoding
+    thread (``decoded_batches``) prepares the next batches as uint8 pixels that the graph normalises inside
+    itself. On a GPU a DataLoader's worker processes decode, into pinned memory.
     """
     from tqdm import tqdm
 
+    from .data.images import open_rgb
     from .runtime import select_runtime
     model = model.to(device).eval()
-    loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size, num_workers=loader_workers(),
-                        pin_memory=device.type == "cuda",
-                        generator=torch.Generator())  # its own: never draws from (and shifts) the global RNG
+    split = isinstance(transform, ImageTransform)  # uint8 pixels are shipped; normalised here or in the graph
+    decode = transform.to_uint8 if split else transform
+    if device.type == "cpu":
+        batches = decoded_batches(paths, lambda path: decode(open_rgb(path)), batch_size, loader_workers())
+    else:
+        batches = DataLoader(ImageFiles(paths, decode), batch_size=batch_size, num_workers=loader_workers(),
+                             pin_memory=True, generator=torch.Generator())  # its own: leaves the global RNG alone
     out, graph = [], None
-    for i, batch in enumerate(tqdm(loader, desc="image features", unit="batch", disable=not progress, leave=False)):
-        if i == 0:  # the input size is the first batch's: the workers decode on while a graph loads
+    for i, batch in enumerate(tqdm(batches, desc="image features", unit="batch", disable=not progress, leave=False,
+                                   total=-(-len(paths) // batch_size))):
+        if i == 0:  # the input size is the first batch's: decoding goes on while a graph loads
             graph = select_runtime(model, device, tuple(batch.shape[-2:]), tail_blocks, len(paths))
-        if graph is not None:
-            y = torch.from_numpy(graph(batch.numpy()))  # [B, F] float32, or [B, C, h, w] with a cut
+        if graph is not None:  # [B, F] float32, or [B, C, h, w] with a cut
+            raw = split and graph.mean_std == transform.mean_std  # the graph normalises as the transform does
+            y = torch.from_numpy(graph.raw(batch.numpy()) if raw else
+                                 graph((transform.normalise(batch) if split else batch).numpy()))
             out.append(y.half() if tail_blocks else y)
             continue
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             x = batch.to(device, non_blocking=True)
+            if split:
+                x = transform.normalise(x)
             if tail_blocks:
                 out.append(stem_forward(model, x, tail_blocks).half().cpu())  # [B, C, h, w]
             else:

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbones import BACKBONES, stem_forward, stem_module, weights_digest
+from .backbones import BACKBONES, normalisation, stem_forward, stem_module, weights_digest
 from .cachefile import warn_rebuild, write_cache
 from .paths import cache_dir
 
@@ -47,11 +47,11 @@ log = logging.getLogger(__name__)
 
 ENV = "XMODAL_RUNTIME"
 RUNTIMES = ("auto", "torch", "onnxruntime")
-GRAPH_VERSION = 1  # bump when the export (exporter, opset, graph layout) changes meaning
+GRAPH_VERSION = 2  # bump when the export (exporter, opset, graph layout) changes meaning
 OPSET = 20  # ONNX opset of the exported graphs
 TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| on the probe, relative to max |PyTorch| (measured: ~1e-6)
 EXPORT_MIN_PIXELS = 512 * 224 * 168  # auto exports a graph for jobs of at least ~512 images at 224x168
-PROBE_SEED = 20240611  # the probe batch: 2 images of N(0, 1) pixels (normalised images' scale)
+PROBE_SEED = 20240611  # the probe batch: 2 images of uniform random raw pixels (0-255)
 _SESSIONS: OrderedDict[tuple[str, int], OrtBackbone] = OrderedDict()  # graph path, threads -> loaded graph
 _KEEP_SESSIONS = 4
 _FAILED: set[str] = set()  # graph paths whose export failed in this process: not tried again
@@ -98,6 +98,31 @@ def _runnable(model: nn.Module, tail_blocks: int) -> nn.Module:
     return _Cut(model, tail_blocks) if tail_blocks else model
 
 
+class _FromRaw(nn.Module):
+    """Raw pixels (0-255, float) -> ``ToTensor`` + ``Normalize``'s arithmetic -> ``inner``: the exported graph.
+
+    The graph normalises inside itself, so extraction feeds it the loader's uint8 pixels as they are.
+    """
+
+    def __init__(self, inner: nn.Module, mean_std: tuple):
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("mean", torch.tensor(mean_std[0]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(mean_std[1]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.div(255).sub(self.mean).div(self.std))
+
+
+def mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalisation (mean, std) of ``model``'s inputs: its xmodal backbone's, else ImageNet's."""
+    name = backbone_name(model)
+    if name in BACKBONES:
+        return normalisation(name)
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
+
+
 @contextlib.contextmanager
 def _eval(model: nn.Module):
     """``model`` in eval mode for the block, then back in the mode it was in."""
@@ -116,6 +141,20 @@ def backbone_name(model: nn.Module) -> str:
 
 
 _DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> {cut: (tensor versions, digest)}
+_TENSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> its state_dict's tensors
+
+
+def _tensors(model: nn.Module) -> list[torch.Tensor]:
+    """``model``'s parameters and buffers, listed once per module (walking ~300 submodules costs ~1 ms a query).
+
+    Changes made in place (``copy_``, ``load_state_dict``, optimiser steps) are seen through the tensors'
+    version counters; a tensor replaced by assignment after the first call is not (nothing in xmodal does that
+    to a backbone it runs).
+    """
+    found = _TENSORS.get(model)
+    if found is None:
+        found = _TENSORS[model] = list(model.state_dict(keep_vars=True).values())
+    return found
 
 
 def _digest(model: nn.Module, tail_blocks: int) -> str:
@@ -125,7 +164,7 @@ def _digest(model: nn.Module, tail_blocks: int) -> str:
     ``load_state_dict``, an optimiser step) stand for its bytes, so a single query does not hash 13 MB of
     weights (~20 ms) each time, and a changed weight is never missed.
     """
-    state = tuple((t.data_ptr(), t._version) for t in model.state_dict(keep_vars=True).values())
+    state = tuple((t.data_ptr(), t._version) for t in _tensors(model))
     memo = _DIGESTS.setdefault(model, {})
     hit = memo.get(tail_blocks)
     if hit is None or hit[0] != state:
@@ -135,8 +174,10 @@ def _digest(model: nn.Module, tail_blocks: int) -> str:
 
 def graph_key(model: nn.Module, size: tuple[int, int], tail_blocks: int = 0) -> dict:
     """What a cached graph is keyed on: backbone, weights of the part that runs, input size, stage cut."""
+    mean, std = mean_std(model)
     return {"version": GRAPH_VERSION, "opset": OPSET, "backbone": backbone_name(model),
-            "weights": _digest(model, tail_blocks), "size": [int(v) for v in size], "tail_blocks": int(tail_blocks)}
+            "weights": _digest(model, tail_blocks), "size": [int(v) for v in size], "tail_blocks": int(tail_blocks),
+            "input": {"pixels": "raw 0-255", "mean": list(mean), "std": list(std)}}
 
 
 def graph_path(key: dict) -> Path:
@@ -148,22 +189,25 @@ def graph_path(key: dict) -> Path:
 
 
 def export_graph(model: nn.Module, size: tuple[int, int], tail_blocks: int = 0, key: dict | None = None) -> bytes:
-    """The ONNX graph (serialised ``ModelProto``) of the frozen ``model`` on ``[B, 3, *size]`` pixels.
+    """The ONNX graph (serialised ``ModelProto``) of the frozen ``model`` on raw ``[B, 3, *size]`` pixels.
 
+    The graph's input is raw pixels (0-255, float32), normalised inside the graph (``_FromRaw``).
     The batch axis is dynamic; the output is ``features`` ``[B, F]``, or ``[B, C, h, w]`` with a cut. The
     key is stored in the graph's metadata (``xmodal_key``) so that a file under another key is caught.
     """
     example = torch.zeros(2, 3, *size)  # two: a batch of one would fix the batch axis at 1
+    key = key or graph_key(model, size, tail_blocks)
+    module = _FromRaw(_runnable(model, tail_blocks), (tuple(key["input"]["mean"]), tuple(key["input"]["std"])))
     batch = torch.export.Dim("batch")
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet("onnxscript", "onnx_ir"), \
             torch.no_grad(), _eval(model):
         warnings.simplefilter("ignore")  # the exporter's notes on its passes; failures still raise
-        program = torch.onnx.export(_runnable(model, tail_blocks), (example,), dynamo=True, input_names=["pixels"],
+        program = torch.onnx.export(module, (example,), dynamo=True, input_names=["pixels"],
                                     output_names=["features"], dynamic_shapes=({0: batch},), opset_version=OPSET,
                                     verbose=False)
     proto = program.model_proto
     entry = proto.metadata_props.add()
-    entry.key, entry.value = "xmodal_key", json.dumps(key or graph_key(model, size, tail_blocks), sort_keys=True)
+    entry.key, entry.value = "xmodal_key", json.dumps(key, sort_keys=True)
     return proto.SerializeToString()
 
 
@@ -181,7 +225,11 @@ def _quiet(*loggers: str):
 
 
 class OrtBackbone:
-    """A frozen backbone's graph in an ONNX Runtime session: pixels ``[B, 3, H, W]`` -> float32 outputs."""
+    """A frozen backbone's graph in an ONNX Runtime session: pixels ``[B, 3, H, W]`` -> float32 outputs.
+
+    ``raw`` takes raw pixels (uint8 or 0-255 floats: the loader's), ``__call__`` normalised ones (a
+    transform's output), converted back to raw with the graph's own ``mean_std``.
+    """
 
     def __init__(self, graph: bytes, path: Path, threads: int):
         import onnxruntime as ort
@@ -195,12 +243,26 @@ class OrtBackbone:
         self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
         self.path, self.threads = path, threads
         self.key = self.session.get_modelmeta().custom_metadata_map.get("xmodal_key")
+        try:
+            spec = json.loads(self.key or "{}")["input"]
+            self.mean_std = (tuple(spec["mean"]), tuple(spec["std"]))
+        except (ValueError, KeyError, TypeError):
+            self.mean_std = None  # a graph of another layout: its key check fails on load
+        scale = np.asarray(self.mean_std or ((0.0,) * 3, (1 / 255,) * 3), dtype=np.float32) * 255  # [2, 3]
+        self._to_raw = scale[1].reshape(1, 3, 1, 1), scale[0].reshape(1, 3, 1, 1)
 
-    def __call__(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Outputs ``[B, F]`` (or maps ``[B, C, h, w]``), float32, of pixels ``[B, 3, H, W]``."""
+    def raw(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Outputs ``[B, F]`` (or maps ``[B, C, h, w]``), float32, of raw pixels ``[B, 3, H, W]`` (0-255)."""
         if isinstance(pixels, torch.Tensor):
             pixels = pixels.detach().cpu().numpy()
         return self.session.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+
+    def __call__(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Outputs ``[B, F]`` (or maps ``[B, C, h, w]``), float32, of normalised pixels ``[B, 3, H, W]``."""
+        if isinstance(pixels, torch.Tensor):
+            pixels = pixels.detach().cpu().numpy()
+        std, mean = self._to_raw
+        return self.raw(pixels.astype(np.float32) * std + mean)
 
 
 def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
@@ -214,11 +276,13 @@ def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
 
 
 def probe_error(graph: OrtBackbone, model: nn.Module, size: tuple[int, int], tail_blocks: int = 0) -> float:
-    """``relative_error`` of ``graph`` against PyTorch on the probe batch (compared with ``TOLERANCE``)."""
-    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(PROBE_SEED))  # [2, 3, H, W]
+    """``relative_error`` of ``graph`` against PyTorch on the probe batch (compared with ``TOLERANCE``):
+    raw pixels in, against ``ToTensor`` + ``Normalize``'s arithmetic and the PyTorch module."""
+    x = torch.randint(0, 256, (2, 3, *size), generator=torch.Generator().manual_seed(PROBE_SEED))  # [2, 3, H, W]
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in mean_std(model))
     with torch.no_grad(), _eval(model):
-        ref = _runnable(model, tail_blocks)(x).float().numpy()
-    return relative_error(graph(x), ref)
+        ref = _runnable(model, tail_blocks)(x.float().div(255).sub(mean).div(std)).float().numpy()
+    return relative_error(graph.raw(x.to(torch.uint8)), ref)
 
 
 def _checked(data: bytes, key: dict, path: Path, model: nn.Module, threads: int) -> OrtBackbone:
@@ -308,7 +372,7 @@ def select_runtime(model: nn.Module, device: torch.device, size: tuple[int, int]
     choice = requested_runtime()
     if choice == "torch" or device.type != "cpu":
         return None
-    if any(p.dtype != torch.float32 for p in model.parameters()):
+    if any(t.dtype != torch.float32 for t in _tensors(model) if t.is_floating_point()):
         return None
     if onnxruntime_version() is None:
         if choice == "onnxruntime":
@@ -319,13 +383,19 @@ def select_runtime(model: nn.Module, device: torch.device, size: tuple[int, int]
     return load_graph(model, size, tail_blocks, export=export)
 
 
-def backbone_features(model: nn.Module, pixels: torch.Tensor, tail_blocks: int = 0) -> torch.Tensor:
+def backbone_features(model: nn.Module, pixels: torch.Tensor, tail_blocks: int = 0, transform=None) -> torch.Tensor:
     """Frozen-backbone outputs of ``pixels`` ``[B, 3, H, W]`` (CPU): pooled features ``[B, F]``, or with
     ``tail_blocks`` the maps ``[B, C, h, w]``, both float32, through ``select_runtime``'s choice.
 
-    For single queries (uploads, ``search_image``): a graph is used when cached, not exported for them.
+    ``pixels`` are normalised, or, with ``transform`` (a ``backbones.ImageTransform``), its uint8
+    ``to_uint8`` output, which a graph takes as it is. For single queries (uploads, ``search_image``): a
+    graph is used when cached, not exported for them.
     """
     graph = select_runtime(model, pixels.device, tuple(pixels.shape[-2:]), tail_blocks, len(pixels))
+    if graph is not None and transform is not None and graph.mean_std == transform.mean_std:
+        return torch.from_numpy(graph.raw(pixels))
+    if transform is not None:
+        pixels = transform.normalise(pixels)
     if graph is not None:
         return torch.from_numpy(graph(pixels))
     with torch.no_grad(), _eval(model):

@@ -21,7 +21,7 @@ class BenchConfig:
     sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)  # gallery sizes for query latency
     dim: int = 512  # embedding size of the synthetic galleries (the models' default)
     data: str = "demo"  # catalogue for JPEGs and captions ("demo": built in, made on first use)
-    feature_images: int = 192  # JPEGs pushed through feature extraction
+    feature_images: int = 512  # JPEGs pushed through feature extraction (a few batches: steady state, not start-up)
     image_queries: int = 40  # photo files timed through search_image (image -> top-10 titles)
     query_run_items: int = 60  # items of the tiny catalogue the image-query run is trained on
     train_batch: int = 64  # batch size of the training-step comparison

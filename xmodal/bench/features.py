@@ -1,6 +1,6 @@
 """Section 1 of ``python -m xmodal.bench``: the frozen backbone on JPEGs.
 
-- Feature extraction through ``xmodal.backbones.extract_features`` (a DataLoader decoding JPEG files while
+- Feature extraction through ``xmodal.backbones.extract_features`` (a thread decoding JPEG files while
   the backbone runs, in the runtime ``xmodal.runtime`` picks) against the bare forwards over the same images
   decoded beforehand: PyTorch eager, PyTorch ``channels_last`` and ONNX Runtime. The limit is the fastest of
   them (the best runtime's bare forward); PyTorch's stands beside it.
@@ -56,8 +56,10 @@ def _graph(model, size: tuple[int, int]):
     return graph, export_s, None if graph is not None else "the graph does not match PyTorch (see the log)"
 
 
-def bare_forwards(model, graph, pixels: torch.Tensor, batch: int = 64) -> dict[str, Callable[[], object]]:
-    """Bare forwards over pre-decoded ``pixels`` ``[N, 3, H, W]``, by runtime: torch, channels_last, onnxruntime."""
+def bare_forwards(model, graph, pixels: torch.Tensor, raw: torch.Tensor, batch: int = 64
+                  ) -> dict[str, Callable[[], object]]:
+    """Bare forwards over pre-decoded pixels ``[N, 3, H, W]``, by runtime: torch and channels_last on the
+    normalised ``pixels``, onnxruntime on ``raw`` uint8 pixels (its graph normalises inside itself)."""
     batches = [pixels[s:s + batch] for s in range(0, len(pixels), batch)]
     channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
 
@@ -73,8 +75,8 @@ def bare_forwards(model, graph, pixels: torch.Tensor, batch: int = 64) -> dict[s
 
     fns = {"torch": eager, "torch channels_last": cl}
     if graph is not None:
-        arrays = [x.numpy() for x in batches]
-        fns["onnxruntime"] = lambda: [graph(x) for x in arrays]
+        arrays = [raw[s:s + batch].numpy() for s in range(0, len(raw), batch)]  # uint8, as the loader gives
+        fns["onnxruntime"] = lambda: [graph.raw(x) for x in arrays]
     return fns
 
 
@@ -84,12 +86,13 @@ def bench_features(cfg: BenchConfig, cat, work: Path) -> list[Row]:
     from ..backbones import BACKBONES, extract_features, loader_workers
     from ..data.images import open_rgb
     model, size, tf, paths = _backbone(cat, cfg.feature_images)
-    pixels = torch.stack([tf(open_rgb(p)) for p in paths])  # [N, 3, H, W], decoded before the clock starts
+    raw = torch.stack([tf.to_uint8(open_rgb(p)) for p in paths])  # [N, 3, H, W] uint8, decoded before the clock
+    pixels = tf.normalise(raw)  # [N, 3, H, W] normalised
     graph, export_s, why = _graph(model, size)
     cpu = torch.device("cpu")
     used = "onnxruntime" if runtime.select_runtime(model, cpu, size, 0, len(paths)) is not None else "torch"
     threads = graph.threads if used == "onnxruntime" else torch.get_num_threads()
-    fns = bare_forwards(model, graph, pixels)
+    fns = bare_forwards(model, graph, pixels, raw)
     fns["xmodal"] = lambda: extract_features(model, paths, tf, cpu, batch_size=64, progress=False)
     for fn in fns.values():
         fn()  # warm-up: first calls, allocators, the loader's first fork
@@ -99,7 +102,7 @@ def bench_features(cfg: BenchConfig, cat, work: Path) -> list[Row]:
     ratio = real / times[best]
     others = ", ".join(f"{name} {n / t:.1f}" for name, t in times.items() if name != best)
     rows = [Row(SECTION, f"image features: {BACKBONES['efficientnet'].timm_name} {size[0]}x{size[1]}, {n} JPEGs, "
-                f"{loader_workers()} loader worker(s), {used} ({threads} thread{'s' if threads > 1 else ''})",
+                f"{max(1, loader_workers())} decoding thread(s), {used} ({threads} thread{'s' if threads > 1 else ''})",
                 f"{n / real:.1f} img/s (extract_features)",
                 f"bare {best} {n / times[best]:.1f} img/s (best); bare {others} img/s", f"{ratio:.2f}x", "<= 1.10x",
                 ratio <= 1.10)]
@@ -137,16 +140,16 @@ def image_query_row(cfg: BenchConfig, cat, work: Path, model, graph, tf) -> Row:
         t0 = time.perf_counter()
         run.search_image(photo)
         t1 = time.perf_counter()
-        x = tf(open_rgb(photo))[None]  # [1, 3, H, W]
+        x = tf.to_uint8(open_rgb(photo))[None]  # [1, 3, H, W] uint8
         t2 = time.perf_counter()
         with torch.no_grad():
-            model(x)
+            model(tf.normalise(x))
         t3 = time.perf_counter()
         total.append(t1 - t0)
         decode.append(t2 - t1)
         forward["torch"].append(t3 - t2)
         if graph is not None:
-            graph(x)
+            graph.raw(x)
             forward["onnxruntime"].append(time.perf_counter() - t3)
     p50 = {name: float(np.median(v)) for name, v in forward.items() if v}
     best = min(p50, key=p50.get)
