@@ -176,3 +176,28 @@ def test_finetune_after_frozen_epochs(tiny_catalogue, tmp_path):
 def torch_allclose(a, b) -> bool:
     import torch
     return bool(torch.allclose(a, b.detach()))
+
+
+def test_precision_choice_is_applied_and_recorded(tiny_catalogue, tmp_path, monkeypatch, capsys):
+    import torch
+
+    from xmodal import training
+    from xmodal.train_args import TrainConfig, parse_args
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(training, "cpu_has_amx", lambda: False)
+    assert not training.use_bf16("auto", cpu) and training.use_bf16("auto", cuda)
+    monkeypatch.setattr(training, "cpu_has_amx", lambda: True)  # bf16 in hardware: auto takes it
+    assert training.use_bf16("auto", cpu) and training.use_bf16("bf16", cpu) and not training.use_bf16("fp32", cpu)
+    seen = []
+    real = training.train_one_epoch
+    monkeypatch.setattr("xmodal.train.train_one_epoch", lambda *a, **k: seen.append(k["amp"]) or real(*a, **k))
+    argv = ["--model", "infonce-efficientnet", "--data", str(tiny_catalogue), "--epochs", "1", "--batch-size", "16",
+            "--out", str(tmp_path), "--run-id", "p", "--precision", "bf16", *TINY_SIZE]
+    assert train_cli(argv) == 0 and seen == [True]
+    config = read_json(tmp_path / "p" / "config.json")
+    assert config["train"]["precision"] == "bf16" and config["arithmetic"] == "bf16 autocast"
+    assert "training arithmetic: bf16 autocast (bf16)" in capsys.readouterr().err
+    legacy = {k: v for k, v in config["train"].items() if k != "precision"}  # a run from before the flag
+    assert TrainConfig.from_saved(legacy).precision == "fp32"
+    with pytest.raises(SystemExit):
+        parse_args(["--precision", "fp16"])

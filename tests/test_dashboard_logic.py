@@ -203,6 +203,8 @@ def test_map_figure_markers_carry_item_positions():
     markers = [t for t in fig.data if t.mode == "markers"]
     assert all(t.type == "scattergl" for t in fig.data)  # WebGL
     assert sorted(int(p) for t in markers for p in t.customdata) == [0, 0, 1, 1, 2, 2]  # photo and title each
+    for t in markers:  # a clicked point grows above its neighbours, which fade, in the browser itself
+        assert t.selected.marker.size > t.marker.size and t.unselected.marker.opacity < t.marker.opacity
     lines = [t for t in fig.data if t.mode == "lines"][0]
     assert np.isnan(np.asarray(lines.x, dtype=float)).sum() == 3  # three separate segments
     filtered = mapplot.map_figure(xy, ["a", "b", "c"], keep=np.array([True, False, True]), highlight=[1])

@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -24,10 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-from .backbones import (BACKBONES, ImageFiles, cached_features, create_backbone, image_transform, loader_workers,
-                        weights_digest)
+from .backbones import BACKBONES, cached_features, create_backbone, decoded_batches, image_transform, weights_digest
 from .cachefile import warn_rebuild, write_cache
 from .paths import cache_dir
 
@@ -43,8 +40,16 @@ class DistillConfig:
     batch_size: int = 64  # images per step
     lr: float = 2e-3  # AdamW peak learning rate (linear warmup, cosine decay)
     weight_decay: float = 1e-4  # AdamW weight decay
-    size: tuple[int, int] = (224, 168)  # (height, width) of student and teacher inputs
+    size: tuple[int, int] = (224, 168)  # (height, width) of the teacher's inputs (its shared feature cache)
     seed: int = 0  # initialisation and batch order
+    student_scale: float = 5 / 7  # the student trains at this share of ``size`` (224x168 -> 160x120): half the
+    # pixels, about half the time; it is then used at ``size``, like FixRes (Touvron et al., NeurIPS 2019):
+    # random-crop training at a lower resolution matches objects' apparent size at the higher test resolution
+
+    @property
+    def student_size(self) -> tuple[int, int]:
+        """(height, width) of the student's training inputs."""
+        return tuple(max(32, round(v * self.student_scale)) for v in self.size)
 
 
 def describe(student: str, epochs: int) -> str:
@@ -61,24 +66,11 @@ def needs_distillation(backbone: str) -> bool:
     return source is None
 
 
-class _Pairs(Dataset):
-    """(augmented image, teacher feature row) pairs."""
-
-    def __init__(self, images: ImageFiles, targets: torch.Tensor):
-        self.images, self.targets = images, targets
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int):
-        return self.images[i], self.targets[i]
-
-
 def _cache_path(student: str, cat, train_index: np.ndarray, teacher_digest: str, cfg: DistillConfig) -> Path:
     key = hashlib.sha256(json.dumps({
         "student": student, "teacher": teacher_digest, "catalogue": cat.fingerprint,
         "train": hashlib.sha256(",".join(cat.images[int(i)] for i in train_index).encode()).hexdigest(),
-        "recipe": asdict(cfg), "version": 1}, sort_keys=True, default=list).encode()).hexdigest()[:20]
+        "recipe": asdict(cfg), "version": 2}, sort_keys=True, default=list).encode()).hexdigest()[:20]
     return cache_dir() / "distilled" / f"{student}_from_{TEACHER}_{key}.safetensors"
 
 
@@ -133,16 +125,16 @@ def _distill(student: str, paths: list[Path], targets: torch.Tensor, device: tor
     head = nn.Linear(dim, target.shape[1])
     model.to(device).train()
     head.to(device)
-    data = _Pairs(ImageFiles(paths, image_transform(student, cfg.size, train=True)), target)
-    workers = loader_workers()
-    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=len(data) > cfg.batch_size,
-                        num_workers=workers, persistent_workers=workers > 0,
-                        generator=torch.Generator().manual_seed(cfg.seed))
-    if workers and device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))  # decoding gets cores of its own
+    tf = image_transform(student, cfg.student_size, train=True)
+    from .data.images import open_rgb
+    order_rng = torch.Generator().manual_seed(cfg.seed)
+    per_epoch = len(paths) - len(paths) % cfg.batch_size if len(paths) > cfg.batch_size else len(paths)  # drop_last
+    steps = -(-per_epoch // cfg.batch_size)
+    channels_last = torch.channels_last  # depthwise convolutions train ~25% faster this way on CPU (measured)
+    model.to(memory_format=channels_last)
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = max(1, cfg.epochs * len(loader))
+    total = max(1, cfg.epochs * steps)
     warmup = max(1, total // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warmup if s < warmup else
                                               0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
@@ -150,10 +142,15 @@ def _distill(student: str, paths: list[Path], targets: torch.Tensor, device: tor
     history = []
     for epoch in range(1, cfg.epochs + 1):
         losses = []
-        bar = tqdm(loader, desc=f"distilling {student} ({epoch}/{cfg.epochs})", unit="batch", disable=not progress,
-                   leave=False)
-        for images, y in bar:
-            images, y = images.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        order = torch.randperm(len(paths), generator=order_rng)[:per_epoch]
+        # one decoding thread (random crop and flip, uint8), no worker process: torch keeps every core
+        batches = decoded_batches([int(i) for i in order], lambda i: tf.to_uint8(open_rgb(paths[i])), cfg.batch_size,
+                                  threads=1)
+        bar = tqdm(zip(batches, order.split(cfg.batch_size)), total=steps, unit="batch", disable=not progress,
+                   desc=f"distilling {student} ({epoch}/{cfg.epochs})", leave=False)
+        for pixels, index in bar:
+            images = tf.normalise(pixels.to(device, non_blocking=True)).contiguous(memory_format=channels_last)
+            y = target[index].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 pred = head(model(images))
             loss = nn.functional.mse_loss(pred.float(), y)
@@ -170,4 +167,5 @@ def _distill(student: str, paths: list[Path], targets: torch.Tensor, device: tor
             print(f"[xmodal] distilling {student} from {TEACHER}: epoch {epoch}/{cfg.epochs}, mse "
                   f"{np.mean(losses):.3f} (1.0 = predicting the mean), {time.time() - t0:.0f} s", file=sys.stderr)
     model.eval()
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, history
+    return {k: v.detach().cpu().contiguous(memory_format=torch.contiguous_format)
+            for k, v in model.state_dict().items()}, history

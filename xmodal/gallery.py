@@ -233,11 +233,14 @@ class Gallery:
         gallery = cls(x, "faiss", cfg, index)
         nprobe, recall = gallery._calibrate(calib, rng)
         index.nprobe = nprobe
+        calibrate_s = time.perf_counter() - t0 - build_s
         gallery.info = {"kind": "faiss", "key": key, "n": n, "dim": d, "nlist": nlist, "nprobe": nprobe,
                         "calibration_recall@10": recall, "train_s": round(train_s, 2),
-                        "build_s": round(build_s, 2), "from_cache": False}
+                        "build_s": round(build_s, 2), "calibrate_s": round(calibrate_s, 2), "from_cache": False}
         if cache is not None:
+            t = time.perf_counter()
             gallery._save(cache)
+            gallery.info["save_s"] = round(time.perf_counter() - t, 2)
         return gallery
 
     def _calibrate(self, calib, rng: np.random.Generator) -> tuple[int, float]:

@@ -35,7 +35,7 @@ from .runs import (LOCK_FILE, MetricsLog, RunLock, RunLocked, atomic_write_json,
                    read_json, read_metrics, read_status, save_best, save_torch, write_status)
 from .text import Vocab, word_vectors
 from .train_args import ArgError, Args, TrainConfig, parse_args
-from .training import PairDataset, make_loader, make_optimizer, reseed, train_one_epoch
+from .training import PairDataset, make_loader, make_optimizer, reseed, train_one_epoch, use_bf16
 from .training import steps_per_epoch as epoch_steps
 
 __all__ = ["TrainConfig", "main"]
@@ -348,7 +348,8 @@ def write_run_files(plan: Plan, data: Data, model, ctx, device: torch.device) ->
         "split": {"seed": cfg.split_seed, "fractions": cfg.split, "grouping": "title",
                   "sizes": {s: len(v) for s, v in data.splits.items()}, "source": data.split_source},
         "text": data.vocab.truncation(data.train_captions),
-        "world_size": ctx.world, "device": str(device), "torch": torch.__version__})
+        "world_size": ctx.world, "device": str(device), "torch": torch.__version__,
+        "arithmetic": "bf16 autocast" if use_bf16(cfg.precision, device) else "fp32"})
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -423,7 +424,7 @@ def run_epochs(plan: Plan, data: Data, model, features, ctx, device: torch.devic
             loaders[kind] = make_loader(dataset[kind], cfg.batch_size // ctx.world, ctx, seed=cfg.seed, device=device)
         reseed(loaders[kind], cfg.seed, epoch)
         train_one_epoch(ddp_model, model.loss, loaders[kind], opt, sched, device, epoch, on_step, ctx,
-                        progress=ctx.is_main)
+                        progress=ctx.is_main, amp=use_bf16(cfg.precision, device))
         if ctx.is_main:
             end_of_epoch(plan, data, model, features, device, log, opt, sched, loop, epoch,
                          lambda: loop.train_seconds + time.time() - t_start)
@@ -526,7 +527,8 @@ def _train_in_folder(plan: Plan, data: Data, ctx, device: torch.device, stop_req
             print(f"[xmodal] {plan.cfg.model}: backbone {mcfg.backbone} weights = "
                   f"{mcfg.weights_source or 'none: random initialisation, trained end to end'}; image size "
                   f"{mcfg.image_size}; {'fine-tuned' if mcfg.finetune else 'frozen (cached features)'}; "
-                  f"split: {data.split_source}; captions: {truncation_note(data)}"
+                  f"split: {data.split_source}; captions: {truncation_note(data)}; training arithmetic: "
+                  f"{'bf16 autocast' if use_bf16(plan.cfg.precision, device) else 'fp32'} ({plan.cfg.precision})"
                   + (f"; resuming after epoch {plan.checkpoint['epoch']}" if plan.checkpoint else
                      "; restarting from epoch 1 (no completed epoch was kept)" if plan.resuming else ""),
                   file=sys.stderr)

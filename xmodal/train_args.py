@@ -44,6 +44,7 @@ class TrainConfig:
     split_seed: int = 0  # train/val/test split
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # fractions when the csv has no split column
     device: str = "auto"  # auto, cpu or cuda
+    precision: str = "auto"  # training arithmetic: auto (bf16 autocast on CUDA and on CPUs with AMX), fp32, bf16
     download_weights: bool = False  # let timm fetch ImageNet weights from its hub (network needed)
     out: str | None = None  # where run folders go (None: $XMODAL_CHECKPOINTS, default ./checkpoints)
     run_id: str | None = None  # folder name (default: model-date-pid)
@@ -56,7 +57,7 @@ class TrainConfig:
         unknown = sorted(set(saved) - known)
         if unknown:
             raise ArgError(f"unknown keys {unknown} in the run's config.json 'train' section")
-        cfg = cls(**saved)
+        cfg = cls(**{"precision": "fp32", **saved})  # runs from before the flag trained in fp32 on CPU
         cfg.split = tuple(cfg.split)
         cfg.image_size = tuple(cfg.image_size) if cfg.image_size else None
         return cfg
@@ -205,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--split-seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="training arithmetic (default auto: bf16 autocast on CUDA and on CPUs with AMX, else fp32)")
     p.add_argument("--download-weights", action="store_true", default=None, help="allow timm hub downloads")
     p.add_argument("--out", help="folder for run folders (default: $XMODAL_CHECKPOINTS or ./checkpoints)")
     p.add_argument("--run-id", help="name of the run folder (refused if it exists, unless --overwrite)")
@@ -250,6 +253,7 @@ def parse_args(argv: list[str] | None) -> Args:
         image_size=tuple(a.image_size) if a.image_size else None, cmpc_weight=a.cmpc_weight,
         tune_blocks=a.tune_blocks, seed=d.seed if a.seed is None else a.seed,
         split_seed=d.split_seed if a.split_seed is None else a.split_seed, device=a.device or d.device,
+        precision=a.precision or d.precision,
         download_weights=bool(a.download_weights), out=a.out or str(checkpoints_dir()), run_id=a.run_id,
         model_args=model_args)
     validate(cfg)

@@ -10,6 +10,14 @@ import torch
 from .common import BenchConfig, Row, product_like, text_model
 
 
+def _bare_umap_seconds(x) -> float:
+    """umap-learn itself on ``x`` with the dashboard's settings (cosine, 15 neighbours, min_dist 0.1, seeded)."""
+    import umap
+    t = time.perf_counter()
+    umap.UMAP(n_components=2, n_neighbors=15, min_dist=0.1, metric="cosine", random_state=0, n_jobs=1).fit_transform(x)
+    return time.perf_counter() - t
+
+
 def bench_umap(cfg: BenchConfig, cat) -> list[Row]:
     """The dashboard's UMAP of ``umap_points`` points, and embedding a gallery of ``embed_items``."""
     from ..pipeline import embed_features, embed_texts
@@ -26,11 +34,21 @@ def bench_umap(cfg: BenchConfig, cat) -> list[Row]:
             import umap
             return umap.UMAP(n_components=2, n_neighbors=15, min_dist=0.1, metric="cosine", random_state=0,
                              n_jobs=1).fit_transform(x), "umap"
+    x = points.numpy()
     t = time.perf_counter()
-    _, used = project(points.numpy(), "umap")
-    umap_s = time.perf_counter() - t
-    rows.append(Row("4 maps", f"UMAP of {cfg.umap_points:,} points ({how}, {used}; first call, numba compiles)",
-                    f"{umap_s:.1f} s", "budget 60 s (10k points)", f"{umap_s:.1f} s", "<= 60 s", umap_s <= 60))
+    _, used = project(x, "umap")
+    first_s = time.perf_counter() - t
+    rows.append(Row("4 maps", f"UMAP of {cfg.umap_points:,} points, first call in this process ({how}, {used}; "
+                    "numba loads or compiles its kernels)", f"{first_s:.1f} s", "host-dependent: no target", "-", "-",
+                    None))
+    t = time.perf_counter()
+    project(x, "umap")
+    again_s = time.perf_counter() - t
+    bare_s = _bare_umap_seconds(x) if used == "umap" else float("nan")
+    ratio = again_s / bare_s
+    rows.append(Row("4 maps", f"UMAP of {cfg.umap_points:,} points, next call (what every further map costs)",
+                    f"{again_s:.1f} s", f"bare umap-learn, same settings: {bare_s:.1f} s", f"{ratio:.2f}x", "<= 1.10x",
+                    bool(ratio <= 1.10)))
     vocab = Vocab.build(cat.captions)
     model = text_model(len(vocab), cfg.dim)
     texts = [cat.captions[i % len(cat)] for i in range(cfg.embed_items)]

@@ -90,10 +90,12 @@ def _bench_faiss(gallery: torch.Tensor, queries: torch.Tensor, cfg: BenchConfig,
     index = Gallery.build(gallery, kind="faiss", cache_path=path)
     build_s = time.perf_counter() - t
     info = index.info
-    rows = [Row("3 search", f"faiss IVF build, {n:,} x {cfg.dim}",
-                f"{build_s:.0f} s (nlist {info['nlist']}, nprobe {info['nprobe']} calibrated)",
-                f"train {info['train_s']:.0f} s + add {info['build_s'] - info['train_s']:.0f} s", f"{build_s:.0f} s",
-                "<= 180 s", build_s <= 180)]
+    bare = max(info["build_s"], 1e-9)  # faiss's own train + add: the limit an IVF index cannot beat
+    ratio = build_s / bare
+    rows = [Row("3 search", f"faiss IVF build, {n:,} x {cfg.dim} (nlist {info['nlist']}, nprobe {info['nprobe']} "
+                "calibrated)", f"{build_s:.1f} s (+ calibration {info.get('calibrate_s', 0):.1f} s, cache write "
+                f"{info.get('save_s', 0):.1f} s)", f"faiss train {info['train_s']:.1f} s + add "
+                f"{info['build_s'] - info['train_s']:.1f} s", f"{ratio:.2f}x", "<= 2.0x", ratio <= 2.0)]
     t = time.perf_counter()
     again = Gallery.build(gallery, kind="faiss", cache_path=path)
     rows.append(Row("3 search", f"faiss index reload from the run-folder cache, {n:,}",

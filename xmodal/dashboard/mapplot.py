@@ -4,7 +4,8 @@
 Points are coloured by modality, by an attribute (``colours.Colouring``: named colours in their own colour,
 other values in a palette that never repeats), or by the rank of each item's true match (green at rank 1,
 red far down, on a log scale). Items a filter leaves out stay as faint grey context; items another page
-asked to locate get a black ring. Every marker's ``customdata`` is its item's position (0..n-1), so a click
+asked to locate get a black ring; a clicked or selected point grows while the others fade. Every
+marker's ``customdata`` is its item's position (0..n-1), so a click
 or a box/lasso selection maps back to items. Hover text and legend names are escaped (``escape.plotly``).
 """
 from __future__ import annotations
@@ -72,7 +73,9 @@ def map_figure(xy: np.ndarray, captions: Sequence[str], *, colouring: Colouring 
             hovertemplate=f"{modality}: %{{text}}<extra></extra>" if hover else f"{modality} %{{customdata}}"
                           "<extra></extra>",
             marker=dict(symbol=SYMBOLS[modality], size=size if modality == "photo" else size - 1, opacity=0.85,
-                        **marker)))
+                        **marker),
+            # a clicked (or box/lasso-selected) point grows and the rest fade, in the browser, before any rerun
+            selected=dict(marker=dict(size=size + 9, opacity=1.0)), unselected=dict(marker=dict(opacity=0.3))))
 
     for modality in ("photo", "title"):
         if ranks is not None:
