@@ -88,7 +88,8 @@ if focus_ids:
     if f2.button("Clear", key="emb_focus_clear"):
         pickers.clear_focus()
         st.rerun()
-ring = ring + mapui.saved_slices(run.path, data["item_ids"], data["captions"])
+slice_dir = slices.slices_folder(run.path, catalogues.catalogue_id(run.config).fingerprint)  # the catalogue's
+ring = ring + mapui.saved_slices(run.path, data["item_ids"], data["captions"], folder=slice_dir)
 
 colouring, ranks = None, None
 if colour_by.startswith("rank"):
@@ -110,7 +111,7 @@ clicked, chosen = mapui.clicked_item(sel.points if sel else [], sel.box if sel e
 if clicked is not None:
     mapui.point_details(data, clicked)
 elif chosen:
-    mapui.selection(run.path, data, chosen)
+    mapui.selection(slice_dir, data, chosen)
     from xmodal.dashboard.export_view import selection_download  # noqa: E402
     selection_download(run.run_id, data, chosen)
 

@@ -892,3 +892,17 @@ def test_bench_map_measures_a_synthetic_map():
     assert out["build_s"] > 0 and out["json_mb"] > 0 and "first_draw_s" not in out
     data = bench_map.synthetic(10)
     assert data["xy"].shape == (10, 2) and len(data["captions"]) == 5
+
+
+def test_slices_belong_to_the_catalogue_not_the_run(tmp_path):
+    from xmodal.runs import list_runs
+    runs = tmp_path / "runs"
+    a, b, other = runs / "run-a", runs / "run-b", runs / "run-c"
+    shared = slices.slices_folder(a, "1a2B3c")
+    assert shared == slices.slices_folder(b, "1a2B3c") != slices.slices_folder(other, "ffff")
+    assert slices.slices_folder(a, "../../etc/<x>") == runs / slices.SHARED_DIR / "ec"  # only hex survives
+    assert slices.slices_folder(a, "") == a  # no fingerprint: the run keeps its own
+    slices.save_slice(shared, "blue tops", ["i1", "i2"])  # saved from run a's map...
+    assert slices.load_slices(slices.slices_folder(b, "1a2B3c")) == {"blue tops": ["i1", "i2"]}  # ...seen from b
+    assert slices.load_slices(slices.slices_folder(other, "ffff")) == {}
+    assert list_runs(runs) == []  # the shared folder is not taken for a run

@@ -85,8 +85,9 @@ def point_details(data: dict, item: int, k: int = NEIGHBOURS) -> None:
         st.caption(f"Its own title is at rank {nb.title_rank}.")
 
 
-def selection(run_dir: Path, data: dict, chosen: Sequence[int]) -> None:
-    """The products inside a box or lasso, paged; save them as a named slice or export them as CSV."""
+def selection(folder: Path, data: dict, chosen: Sequence[int]) -> None:
+    """The products inside a box or lasso, paged; save them as a named slice of the catalogue (in ``folder``,
+    see ``slices.slices_folder``) or export them as CSV."""
     st.subheader(f"{len(chosen):,} selected product(s)", divider="gray")
     pages = max(1, -(-len(chosen) // PAGE_SIZE))
     page = st.pagination(pages, key="emb_sel_page") if pages > 1 else 1
@@ -100,7 +101,7 @@ def selection(run_dir: Path, data: dict, chosen: Sequence[int]) -> None:
     name = c1.text_input("Save the selection as a slice named", key="emb_slice_name", max_chars=slices.MAX_NAME)
     if c2.button("Save slice", key="emb_slice_save", icon=":material/bookmark_add:", disabled=not name.strip()):
         try:
-            saved = slices.save_slice(run_dir, name, ids)
+            saved = slices.save_slice(folder, name, ids)
         except (ValueError, OSError) as err:
             st.error(md(f"Not saved: {err}"), icon=":material/error:")
         else:
@@ -111,9 +112,13 @@ def selection(run_dir: Path, data: dict, chosen: Sequence[int]) -> None:
                        file_name="selection.csv", mime="text/csv", key="emb_slice_csv", icon=":material/download:")
 
 
-def saved_slices(run_dir: Path, item_ids: Sequence[str], captions: Sequence[str]) -> list[int]:
-    """The run's saved slices: pick one to ring on the map (returned as map positions), export or delete it."""
-    saved = slices.load_slices(run_dir)
+def saved_slices(run_dir: Path, item_ids: Sequence[str], captions: Sequence[str], folder: Path | None = None
+                 ) -> list[int]:
+    """The catalogue's saved slices (``folder``, see ``slices.slices_folder``; and any an older version kept in
+    ``run_dir``): pick one to ring on the map (returned as map positions), export or delete it."""
+    folder = folder or run_dir
+    legacy = slices.load_slices(run_dir) if Path(folder) != Path(run_dir) else {}
+    saved = {**legacy, **slices.load_slices(folder)}
     if not saved:
         return []
     with st.expander(f"Saved slices ({len(saved)})", icon=":material/bookmarks:"):
@@ -129,7 +134,9 @@ def saved_slices(run_dir: Path, item_ids: Sequence[str], captions: Sequence[str]
         c1.download_button("Export CSV", slices.export_csv(saved[name], [title.get(x, "") for x in saved[name]]),
                            file_name="slice.csv", mime="text/csv", key="emb_saved_csv", icon=":material/download:")
         if c2.button("Delete this slice", key="emb_saved_delete", icon=":material/delete:"):
-            slices.delete_slice(run_dir, name)
+            slices.delete_slice(folder, name)
+            if name in legacy:
+                slices.delete_slice(run_dir, name)
             st.rerun()
         return positions
 

@@ -5,8 +5,10 @@ items chosen on the map. Its recall is a proportion over few queries, so each R@
 95% interval and the median rank with a bootstrap interval; a slice of fewer than ``MIN_N`` queries is
 flagged ``small`` and never ranked beside the others as if its number meant much.
 
-Saved slices live in the run folder as ``slices.json`` (``{name: [item ids]}``), written atomically. Their
-names are typed by users and their ids come from a catalogue: both are data, shown as text.
+Saved slices belong to the catalogue, not to one run: every run of the same catalogue (same content
+fingerprint) under one runs folder sees them, from ``<runs>/.slices/<fingerprint>/slices.json``
+(``{name: [item ids]}``, written atomically; ``slices_folder``). Slices saved in a run folder by earlier
+versions are still shown. Names are typed by users and ids come from a catalogue: both are data, shown as text.
 """
 from __future__ import annotations
 
@@ -129,8 +131,19 @@ def clean_name(name: str) -> str:
     return text
 
 
+SHARED_DIR = ".slices"  # under the runs folder; list_runs skips it (no config.json)
+
+
+def slices_folder(run_dir: Path, fingerprint: str) -> Path:
+    """Where the slices of a run's catalogue live: ``<runs>/.slices/<fingerprint>/``, shared by every run of
+    that catalogue; the run folder itself when its config names no fingerprint."""
+    fp = re.sub(r"[^0-9a-fA-F]", "", str(fingerprint or ""))[:64]
+    return Path(run_dir).parent / SHARED_DIR / fp if fp else Path(run_dir)
+
+
 def load_slices(run_dir: Path) -> dict[str, list[str]]:
-    """The run's saved slices, name -> item ids; a damaged or foreign file reads as far as it makes sense."""
+    """The slices saved in ``run_dir`` (a ``slices_folder``), name -> item ids; a damaged or foreign file
+    reads as far as it makes sense."""
     raw = read_json(Path(run_dir) / SLICES_FILE, default={})
     if not isinstance(raw, dict):
         return {}
@@ -155,6 +168,7 @@ def save_slice(run_dir: Path, name: str, item_ids: Sequence[str]) -> str:
     if name not in current and len(current) >= MAX_SLICES:
         raise ValueError(f"{len(current)} slices are saved already (the limit); delete some first")
     current[name] = ids
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(run_dir) / SLICES_FILE, current)
     return name
 
