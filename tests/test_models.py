@@ -158,3 +158,33 @@ def test_configs_saved_before_word_dropout_still_load():
     del saved["word_dropout"]
     assert ModelConfig.from_dict(saved).word_dropout == ModelConfig.word_dropout
     assert rebuild_model("siamese", saved).cfg.word_dropout == ModelConfig.word_dropout
+
+
+def test_bilstm_equals_the_packed_sequence_path():
+    """The two-call BiLSTM (fused kernels) computes what pack_padded_sequence would, outputs and gradients."""
+    import torch
+    from torch import nn
+
+    from xmodal.models.towers import BiLSTMText
+    torch.manual_seed(0)
+    tower = BiLSTMText(12, 16)
+    tokens = torch.zeros(5, 7, dtype=torch.long)
+    for row, n in enumerate([7, 1, 3, 5, 2]):
+        tokens[row, :n] = torch.randint(1, 50, (n,))
+    words = torch.randn(5, 7, 12, requires_grad=True)
+
+    def packed(x):
+        lengths = (tokens != 0).sum(1).clamp_min(1)
+        seq = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = nn.utils.rnn.pad_packed_sequence(tower.lstm(seq)[0], batch_first=True,
+                                                  padding_value=float("-inf"), total_length=7)
+        return out.max(1).values
+
+    ref = packed(words)
+    (g_ref,) = torch.autograd.grad(ref.sum(), words)
+    out = tower(words, tokens)
+    (g_out,) = torch.autograd.grad(out.sum(), words)
+    assert out.shape == (5, 32)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_out, g_ref, atol=1e-5, rtol=1e-5)
+    assert torch.all(g_out[1, 1:] == 0) and torch.all(g_out[4, 2:] == 0)  # padding never reaches the output

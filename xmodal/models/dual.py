@@ -94,6 +94,7 @@ def cmpm_efficientnet(cfg: ModelConfig) -> CMPM:
     return CMPM(cfg)
 
 
-@register_model("infonce-efficientnet", backbone="efficientnet", embed_dim=512)
+# image_mlp=1024: the residual two-layer image head won on Myntra validation (docs/quality.md, rows 13-15)
+@register_model("infonce-efficientnet", backbone="efficientnet", embed_dim=512, image_mlp=1024)
 def infonce_efficientnet(cfg: ModelConfig) -> InfoNCE:
     return InfoNCE(cfg)
