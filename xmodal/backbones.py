@@ -238,16 +238,12 @@ class ImageTransform:
         return self.normalise(self.to_uint8(image))
 
 
+_cached_transform = functools.lru_cache(maxsize=32)(ImageTransform)  # stateless: random ops use torch's RNG
+
+
 def image_transform(name: str, size: tuple[int, int], train: bool = False) -> ImageTransform:
-    """PIL image -> normalised tensor ``[3, H, W]`` for backbone ``name`` (see ``ImageTransform``).
-
-    Remembered per arguments (a transform holds no state; its random ops draw from torch's generator)."""
-    return _image_transform(name, tuple(int(v) for v in size), bool(train))
-
-
-@functools.lru_cache(maxsize=32)
-def _image_transform(name: str, size: tuple[int, int], train: bool) -> ImageTransform:
-    return ImageTransform(name, size, train)
+    """PIL image -> normalised tensor ``[3, H, W]`` for backbone ``name`` (see ``ImageTransform``), remembered."""
+    return _cached_transform(name, tuple(int(v) for v in size), bool(train))
 
 
 class ImageFiles(Dataset):

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import CatalogueError, load_catalogue, make_splits
+from .data import load_catalogue, make_splits
 from .runs import read_json
 from .pipeline import evaluate_split
-from .search import RunError, load_model, run_catalogue_path
+from .search import RUN_INPUT_ERRORS, RunError, load_model, run_catalogue_path, run_error_line
 
 DIRECTIONS = ("text_to_image", "image_to_text")
 
@@ -120,14 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         if a.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
         res = evaluate_run(a.run, a.data, a.split, a.device)
-    except (RunError, CatalogueError, ValueError, OSError, KeyError, TypeError) as err:
-        # a damaged or foreign run folder (config keys, types) is the user's input, not a bug
+    except RUN_INPUT_ERRORS as err:
         if debug:
             traceback.print_exc()
-        detail = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
-        if isinstance(err, (KeyError, TypeError)):
-            detail = f"{a.run} does not look like a complete xmodal run folder ({type(err).__name__}: {detail})"
-        print(f"error: {detail}", file=sys.stderr)
+        print(f"error: {run_error_line(err, a.run)}", file=sys.stderr)
         return 2
     print(json.dumps(res, indent=1) if a.json else format_table(res))
     return 0

@@ -236,21 +236,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--debug", action="store_true", help="show Python tracebacks (also XMODAL_DEBUG=1)")
     a = p.parse_args(argv)
     debug = a.debug or os.environ.get("XMODAL_DEBUG", "") not in ("", "0")
-    from .data import CatalogueError
-    from .search import RunError, load_run
+    from .search import RUN_INPUT_ERRORS, RunError, load_run, run_error_line
     try:
         if not Path(a.run).is_dir():
             raise RunError(f"{a.run} is not a folder: give a run folder (checkpoints/<run-id>)")
         run = load_run(a.run, data=a.data)
         out = Path(a.out) if a.out else Path(a.run) / "export"
         path = write_parquet(run, out) if a.format == "parquet" else write_projector(run, out)
-    except (RunError, CatalogueError, ValueError, OSError, KeyError, TypeError) as err:
+    except RUN_INPUT_ERRORS as err:
         if debug:
             traceback.print_exc()
-        detail = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
-        if isinstance(err, (KeyError, TypeError)):
-            detail = f"{a.run} does not look like a complete xmodal run folder ({type(err).__name__}: {detail})"
-        print(f"error: {detail}", file=sys.stderr)
+        print(f"error: {run_error_line(err, a.run)}", file=sys.stderr)
         return 2
     print(f"wrote {len(run.catalogue)} items of {run.name} ({run.dir.name}) to {path}")
     return 0

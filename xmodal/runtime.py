@@ -99,10 +99,8 @@ def _runnable(model: nn.Module, tail_blocks: int) -> nn.Module:
 
 
 class _FromRaw(nn.Module):
-    """Raw pixels (0-255, float) -> ``ToTensor`` + ``Normalize``'s arithmetic -> ``inner``: the exported graph.
-
-    The graph normalises inside itself, so extraction feeds it the loader's uint8 pixels as they are.
-    """
+    """Raw pixels (0-255) -> ``ToTensor`` + ``Normalize``'s arithmetic -> ``inner``: what is exported, so that
+    extraction feeds the graph the loader's uint8 pixels as they are."""
 
     def __init__(self, inner: nn.Module, mean_std: tuple):
         super().__init__()

@@ -31,6 +31,19 @@ class RunError(ValueError):
     """A run folder that cannot be loaded (missing files, bad weights)."""
 
 
+# What a CLI given a run folder reports as the user's input error (one line, exit 2), not as a bug: a damaged
+# or foreign run folder shows as missing config keys or values of the wrong type.
+RUN_INPUT_ERRORS = (RunError, CatalogueError, ValueError, OSError, KeyError, TypeError)
+
+
+def run_error_line(err: BaseException, run: object) -> str:
+    """``err`` (one of ``RUN_INPUT_ERRORS``) as one line naming the problem, for ``error: ...`` on stderr."""
+    detail = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    if isinstance(err, (KeyError, TypeError)):
+        detail = f"{run} does not look like a complete xmodal run folder ({type(err).__name__}: {detail})"
+    return detail
+
+
 @dataclass
 class Hit:
     """One search result."""

@@ -150,19 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xmodal.dashboard.embeds", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     a = p.parse_args(argv)
-    failed = 0
-    for run_dir in map(Path, a.run_dirs):
-        progress = tasks.Progress(run_dir, TASK)
-        try:
-            path = embeds_path(run_dir) if ready(run_dir) else compute(run_dir, progress=progress)
-        except Exception as err:  # reported to the page through the task file
-            progress.fail(err)
-            print(f"error: {run_dir}: {err}", file=sys.stderr)
-            failed += 1
-            continue
-        progress.finish(path=str(path))
-        print(path)
-    return 1 if failed else 0
+    return tasks.run_each(a.run_dirs, TASK, lambda run_dir, progress: embeds_path(run_dir) if ready(run_dir) else
+                          compute(run_dir, progress=progress))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,17 @@ def _point_size(n: int) -> float:
     return float(np.clip(9 - 1.2 * np.log10(max(n, 1)), 3, 8))
 
 
+def _ring(fig: go.Figure, trace, img: np.ndarray, txt: np.ndarray, ring: np.ndarray, text: np.ndarray | None) -> None:
+    """Black rings around both points of the items at positions ``ring`` (located from another page)."""
+    if not len(ring):
+        return
+    fig.add_trace(trace(x=np.concatenate([img[ring, 0], txt[ring, 0]]), y=np.concatenate([img[ring, 1], txt[ring, 1]]),
+                        mode="markers", name=f"located ({len(ring):,})", customdata=np.concatenate([ring, ring]),
+                        text=None if text is None else np.concatenate([text[ring], text[ring]]),
+                        hovertemplate=None if text is None else "located: %{text}<extra></extra>",
+                        marker=dict(symbol="circle-open", size=16, color="#000000", line=dict(width=2))))
+
+
 def map_figure(xy: np.ndarray, captions: Sequence[str], *, colouring: Colouring | None = None,
                ranks: np.ndarray | None = None, keep: np.ndarray | None = None, highlight: Sequence[int] = (),
                lines: bool = False, method: str = "umap", gl: bool = True, hover: bool = True) -> go.Figure:
@@ -100,14 +111,7 @@ def map_figure(xy: np.ndarray, captions: Sequence[str], *, colouring: Colouring 
                 line = dict(width=1, color=OUTLINE) if label in colouring.outlined else dict(width=0)
                 add(idx, modality, f"{esc(label)} ({int((labels == label).sum()):,})", dict(color=colour, line=line),
                     f"c-{label}", modality == "photo")
-    ring = np.asarray([i for i in highlight if 0 <= i < n], dtype=np.int64)
-    if len(ring):
-        fig.add_trace(trace(x=np.concatenate([img[ring, 0], txt[ring, 0]]),
-                            y=np.concatenate([img[ring, 1], txt[ring, 1]]), mode="markers",
-                            name=f"located ({len(ring):,})", customdata=np.concatenate([ring, ring]),
-                            text=np.concatenate([text[ring], text[ring]]) if hover else None,
-                            hovertemplate="located: %{text}<extra></extra>" if hover else None,
-                            marker=dict(symbol="circle-open", size=16, color="#000000", line=dict(width=2))))
+    _ring(fig, trace, img, txt, np.asarray([i for i in highlight if 0 <= i < n], dtype=np.int64), text)
     fig.update_xaxes(title_text=f"{esc(method)} 1", showticklabels=False)
     fig.update_yaxes(title_text=f"{esc(method)} 2", showticklabels=False)
     # No dragmode: Streamlit then pans on drag and selects the point a click lands on (its clickmode

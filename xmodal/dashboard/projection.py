@@ -240,20 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = MapSettings(a.method, a.scope, a.neighbors, a.min_dist)
     except ValueError as err:
         p.error(str(err))
-    failed = 0
-    for run_dir in map(Path, a.run_dirs):
-        progress = tasks.Progress(run_dir, task_name(settings))
-        try:
-            done = projection_path(run_dir, settings)
-            path = done if done is not None and done.is_file() else compute(run_dir, settings, progress=progress)
-        except Exception as err:  # reported to the page through the task file
-            progress.fail(err)
-            print(f"error: {run_dir}: {err}", file=sys.stderr)
-            failed += 1
-            continue
-        progress.finish(path=str(path))
-        print(path)
-    return 1 if failed else 0
+    def work(run_dir: Path, progress: tasks.Progress) -> Path:
+        done = projection_path(run_dir, settings)
+        return done if done is not None and done.is_file() else compute(run_dir, settings, progress=progress)
+
+    return tasks.run_each(a.run_dirs, task_name(settings), work)
 
 
 if __name__ == "__main__":

@@ -137,6 +137,24 @@ class Progress:
         self._write(force=True)
 
 
+def run_each(run_dirs: list[Path], name: str, work) -> int:
+    """A task module's ``main``: ``work(run_dir, progress) -> output path`` for each run folder, its ``Progress``
+    finished with the path or failed with the error (which the page shows); 1 if any failed, else 0."""
+    failed = 0
+    for run_dir in map(Path, run_dirs):
+        progress = Progress(run_dir, name)
+        try:
+            path = work(run_dir, progress)
+        except Exception as err:  # reported to the page through the task file
+            progress.fail(err)
+            print(f"error: {run_dir}: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        progress.finish(path=str(path))
+        print(path)
+    return 1 if failed else 0
+
+
 def describe(rec: dict) -> tuple[str, float | None]:
     """A task record as (one line of plain text, fraction done or None): what it is doing and the time left."""
     from .analysis import format_eta
