@@ -100,12 +100,13 @@ elif colour_by != "modality":
     colouring = colours.colouring(data["attributes"][colour_by], colour_by)
 kept = f"; the filter keeps {int(keep.sum()):,}" if flt.active() else ""
 st.caption(f"{n:,} products of {md(run.run_id)} ({md(catalogues.describe(group))}): circles are photos, crosses are "
-           f"titles ({md(data['method'].upper())}, cosine){kept}. Click a point for its photo and nearest "
-           "neighbours; pick Box or Lasso Select in the toolbar and drag to list products.")
+           f"titles ({md(data['method'].upper())}, cosine){kept}. Hover a point for its photo, click it for its "
+           "nearest neighbours; pick Box or Lasso Select in the toolbar and drag to list products.")
 fig = mapplot.map_figure(data["xy"], data["captions"], colouring=colouring, ranks=ranks, keep=keep, highlight=ring,
                          lines=lines and n <= mapplot.MAX_LINES, method=data["method"], hover=n <= 50_000)
 event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"),
                         key=f"emb_map_{projection.task_name(settings)}_{run.run_id}")
+mapui.hover_photos(run.path, path, projection.task_name(settings), data)
 sel = event.selection if event else None
 clicked, chosen = mapui.clicked_item(sel.points if sel else [], sel.box if sel else [], sel.lasso if sel else [], n)
 if clicked is not None:

@@ -207,6 +207,35 @@ POINT_XY = """() => {
 }"""
 
 
+def _hover_map_point(page) -> dict:
+    """Hover a photo point on the Embeddings map until the photo box shows that item's thumbnail, its sprite
+    sheet loaded from this server; returns what the box holds."""
+    chart = page.locator('[data-testid="stPlotlyChart"]').first
+    chart.scroll_into_view_if_needed()
+    page.wait_for_function("""() => {
+        const gd = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
+        return gd && gd.data && gd._fullLayout && gd._fullLayout.xaxis; }""", timeout=120_000)
+    box = page.locator(".xmodal-hover-photo")  # in the component's shadow root (Playwright's CSS pierces it)
+    for attempt in range(4):  # the chart may still be laying out, or the component not yet attached
+        page.wait_for_timeout(1000)
+        point = page.evaluate(POINT_XY)
+        page.mouse.move(point["x"] - 30, point["y"] - 30)
+        page.mouse.move(point["x"], point["y"], steps=5)
+        try:
+            page.wait_for_function("""(item) => {
+                const host = [...document.querySelectorAll('*')].find(e => e.shadowRoot &&
+                    e.shadowRoot.querySelector('.xmodal-hover-photo'));
+                const tip = host && host.shadowRoot.querySelector('.xmodal-hover-photo');
+                return tip && tip.style.display === 'block' && tip.dataset.item === String(item) &&
+                       tip.dataset.loaded === '1'; }""", arg=point["item"], timeout=15_000)
+            break
+        except Exception:
+            if attempt == 3:
+                raise
+    return {"item": point["item"], "style": box.locator(".cell").get_attribute("style") or "",
+            "visible": box.is_visible()}
+
+
 def _click_map_point(page) -> int:
     """Click a photo point on the Embeddings map; wait for the clicked product's panel; returns its position."""
     chart = page.locator('[data-testid="stPlotlyChart"]').first
@@ -472,14 +501,22 @@ def _mapped(page) -> int:
 
 
 def test_map_click_shows_photo_and_neighbours(server, page, shots):
-    """A click on a map point shows the product's photo and title and its nearest photos and titles, with
-    its own pair marked; the whole catalogue (PCA) maps every item with its split."""
+    """Hovering a map point shows its product photo; a click shows the product's photo and title and its
+    nearest photos and titles, with its own pair marked; the whole catalogue (PCA) maps every item with its
+    split."""
     if not page.url.startswith(server):  # run on its own
         page.goto(server)
         page.get_by_test_id("stDataFrame").first.wait_for()
         _idle(page)
     _visit(page, "Embeddings", "Embeddings", "Modality gap")
     test_items = _mapped(page)
+    hovered = _hover_map_point(page)  # hover: the product photo shows by the mouse, from this server
+    assert hovered["visible"] and "/media/" in hovered["style"] and "http" not in hovered["style"], hovered
+    chart = page.locator('[data-testid="stPlotlyChart"]').first.bounding_box()
+    clip = {"x": max(chart["x"] - 40, 0), "y": max(chart["y"] - 20, 0), "width": chart["width"] + 80,
+            "height": chart["height"] + 40}
+    page.screenshot(path=str(shots / "map_hover.png"), clip=clip)
+    page.mouse.move(5, 5)
     _click_map_point(page)
     page.get_by_text("Photos nearest its title").wait_for()
     page.get_by_text("Titles nearest its photo").wait_for()

@@ -683,3 +683,38 @@ def test_embeddings_map_waits_for_its_background_job(eight, tiny_catalogue, monk
     at.slider(key="emb_nn").set_value(30).run()
     _ok(at)
     assert started[-1] == projection.MapSettings("umap", "all", 30, 0.1)  # another setting, another map
+
+
+def test_embeddings_map_hovers_photos_from_sprite_sheets(with_run, tiny_catalogue, monkeypatch):
+    """A map without sprite sheets (made before they existed, or its job still on them) starts their background
+    job and says so, the map drawn meanwhile; once they are made, the hover-photo component gets the sheets
+    of exactly the mapped items, served by this server."""
+    import shutil as _shutil
+    from xmodal.dashboard import sprites
+    run_dir = with_run / "tiny-cmpm"
+    started = []
+    real_start = sprites.start
+    monkeypatch.setattr(sprites, "start", lambda *a: started.append(a) or True)
+    at = _app(tiny_catalogue)
+    at.switch_page("pages/embeddings.py").run()  # makes the map here (a small PCA), or finds it copied
+    _ok(at)
+    _shutil.rmtree(with_run / sprites.SHARED_DIR, ignore_errors=True)  # as if made by an earlier version
+    at.run()
+    _ok(at)
+    assert started and started[-1][0] == run_dir
+    assert any(c.value.startswith("Photos on hover: making the thumbnails") for c in at.caption)
+    assert len(at.get("plotly_chart")) == 2 and not at.get("bidi_component")  # the map is drawn meanwhile
+    monkeypatch.setattr(sprites, "start", real_start)
+    assert sprites.main([str(started[-1][1])]) == 0  # what the background job runs
+    at.run()
+    _ok(at)
+    hover = [e for e in at.get("bidi_component") if e.proto.component_name == "xmodal_map_hover"]
+    assert len(hover) == 1
+    payload = json.loads(hover[0].proto.json)
+    folders = [p for p in (with_run / sprites.SHARED_DIR).iterdir() if sprites.read_meta(p)]
+    assert len(folders) == 1
+    meta = sprites.read_meta(folders[0])
+    assert payload["n"] == meta["n"] == 6 and len(payload["urls"]) == len(meta["sheets"]) == 1
+    assert all(u.startswith("/") and "://" not in u and u.endswith(".jpg") for u in payload["urls"])  # this server
+    assert payload["chart"] == "emb_map_" and payload["cell"] == list(sprites.CELL)
+    assert not any(c.value.startswith("Photos on hover:") for c in at.caption)

@@ -150,6 +150,42 @@ def clicked_item(points: Sequence[dict], box: Sequence, lasso: Sequence, n: int)
     return (items[0] if items else None), []
 
 
+def hover_photos(run_dir: Path, projection_file: Path, map_task: str, data: dict) -> None:
+    """Photos on hover for the map (``hover.py``): its sprite sheets when they are made, else a line saying
+    they are being made in the background (by the map's own job, or a job started here for a map made
+    before sheets existed); the page reruns by itself when they are in."""
+    from . import hover, sprites, tasks
+    n = len(data["index"])
+    if n > sprites.MAX_ITEMS:
+        st.caption(f"Photos show on hover for maps of at most {sprites.MAX_ITEMS:,} products; click a point "
+                   "for its photo.")
+        return
+    folder, meta = hover.ready_meta(run_dir, data["index"])
+    if meta is not None and int(meta.get("n", -1)) == n:
+        hover.hover_photos(folder, meta, "emb_map_")
+        return
+
+    @st.fragment(run_every=2)
+    def _wait() -> None:
+        if sprites.read_meta(folder) is not None:
+            st.rerun(scope="app")
+        name = sprites.task_name(folder)
+        if tasks.active(run_dir, map_task):
+            rec = tasks.read(run_dir, map_task)
+        else:
+            rec = tasks.read(run_dir, name)
+            if rec.get("state") == "failed":
+                st.caption(f"Photos on hover could not be made: {md(rec.get('error') or 'unknown error')}")
+                return
+            if rec.get("state") not in ("queued", "running"):
+                sprites.start(run_dir, projection_file, folder)
+                rec = tasks.read(run_dir, name)
+        line, _ = tasks.describe(rec)
+        st.caption(f"Photos on hover: making the thumbnails in the background ({md(line)}).")
+
+    _wait()
+
+
 def gap_metrics(gap: dict) -> None:
     c = st.columns(3)
     c[0].metric("Paired distance (mean)", f"{np.mean(gap['paired']):.3f}")

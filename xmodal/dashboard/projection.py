@@ -27,7 +27,7 @@ import numpy as np
 
 from ..cachefile import atomic_write, check_array, warn_rebuild
 from ..runs import atomic_write_json, read_json
-from . import embeds, tasks
+from . import embeds, sprites, tasks
 
 UMAP_MIN_POINTS = 50  # below this UMAP's graph is too thin to mean much: PCA instead
 MAX_ITEMS = 200_000  # items mapped at most (a seeded sample beyond that): 400k points
@@ -153,6 +153,10 @@ def compute(run_dir: Path, settings: MapSettings | str = "umap", run=None,
         np.savez(f, xy=xy, index=index, method=np.array(used), rank_t2i=ranks["text_to_image"].astype(np.int64),
                  rank_i2t=ranks["image_to_text"].astype(np.int64))
     _remember(run_dir, path, settings)
+    try:  # the hover photos: a map without them still works (the page offers to make them again)
+        sprites.build_for_map(run_dir, index, [emb["images"][i] for i in index.tolist()], progress)
+    except Exception as err:
+        print(f"warning: the map's hover photos were not made: {type(err).__name__}: {err}", file=sys.stderr)
     return path
 
 
