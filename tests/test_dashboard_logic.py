@@ -844,12 +844,37 @@ def test_catalogue_embeddings_file(trained_run, tmp_path):
     from xmodal import load_run
     run = load_run(run_dir)
     np.testing.assert_allclose(data["image"], run.image_embeds.numpy(), atol=1e-6)
+    assert data["images"] == [str(run.catalogue.image_path(i)) for i in range(60)]
+    with np.load(path) as raw:  # photo paths relative to the catalogue folder, which is named once
+        assert not any(Path(p).is_absolute() for p in raw["images"].tolist()) and "root" in raw.files
     path.write_bytes(path.read_bytes()[:100])  # damaged: removed, so the page starts the job again
     with pytest.raises(FileNotFoundError, match="computed again"):
         embeds.load(path)
     assert not embeds.ready(run_dir)
     os.utime(run_dir / "best.safetensors", ns=(1, 1))
     assert embeds.embeds_path(run_dir) != path  # new weights: a new key
+
+
+def test_catalogue_embeddings_follow_a_moved_catalogue(trained_run, tiny_catalogue, tmp_path):
+    """Photos stay found when the catalogue folder moves: the run's config names the new place."""
+    cat = tmp_path / "cat"
+    shutil.copytree(tiny_catalogue, cat)
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    for p in run_dir.glob("embeds_*.npz"):
+        p.unlink()
+    config = json.loads((run_dir / "config.json").read_text())
+    config["data"]["path"] = str(cat)
+    (run_dir / "config.json").write_text(json.dumps(config))
+    os.utime(run_dir / "best.safetensors")  # a fresh key: embedded from the copy
+    from xmodal import load_run
+    path = embeds.compute(run_dir, run=load_run(run_dir, data=str(cat)))
+    moved = tmp_path / "moved"
+    cat.rename(moved)
+    config["data"]["path"] = str(moved)
+    (run_dir / "config.json").write_text(json.dumps(config))
+    data = embeds.load(path)
+    assert all(Path(p).is_file() and Path(p).is_relative_to(moved) for p in data["images"])
 
 
 def test_embeds_main_reports_through_its_task_file(trained_run, tmp_path):

@@ -4,7 +4,8 @@
 of its catalogue (a frozen backbone's features come from the shared feature cache, extracted once if this
 machine has not got them yet: the slow part) and writes ``embeds_<key>.npz`` into the run folder:
 ``image`` and ``text`` ``[N, D]`` float32 (row i is catalogue item i), the items' ``item_ids``,
-``captions``, ``images`` (paths), ``split`` (train, val, test or empty, from splits.json) and one
+``captions``, ``images`` (photo paths relative to the catalogue folder ``root``, so that a catalogue or a
+run folder that moves keeps its photos), ``split`` (train, val, test or empty, from splits.json) and one
 ``attr_<column>`` per catalogue attribute. The key covers the weights file and the catalogue fingerprint, so
 retraining never shows stale points. Pages read it with NumPy alone (no PyTorch, no model): Compare ranks
 the test queries from it, Embeddings maps it and finds a point's neighbours in it.
@@ -98,7 +99,7 @@ def compute(run_dir: Path, run=None, progress: tasks.Progress | None = None) -> 
     with atomic_write(path) as f:
         np.savez(f, image=img.astype(np.float32), text=txt.astype(np.float32),
                  item_ids=np.array(cat.item_ids, dtype=str), captions=np.array(cat.captions, dtype=str),
-                 images=np.array([str(cat.image_path(i)) for i in range(len(cat))], dtype=str),
+                 images=np.array([str(p) for p in cat.images], dtype=str), root=np.array(str(Path(cat.root).resolve())),
                  split=split_labels(run_dir, list(cat.item_ids)), **attrs)
     return path
 
@@ -115,6 +116,25 @@ def _read(path: Path) -> dict:
     for k in ("item_ids", "captions", "images", "split", *(k for k in out if k.startswith("attr_"))):
         check_array(k, out[k], (n,), finite=False)
     return out
+
+
+def _catalogue_root(run_dir: Path, stored: str) -> Path:
+    """The folder the relative photo paths hang from: where the catalogue was when it was embedded, else
+    where the run's config says it is now (the demo: this machine's demo folder)."""
+    root = Path(stored)
+    if root.is_dir():
+        return root
+    from ..runs import read_json
+    data = (read_json(Path(run_dir) / "config.json", default={}) or {}).get("data") or {}
+    if isinstance(data, dict):
+        if data.get("name") == "demo":
+            from ..data.demo import demo_dir
+            candidate = demo_dir()
+        else:
+            candidate = Path(str(data.get("path") or "")).expanduser()
+        if str(candidate) not in ("", ".") and candidate.is_dir():
+            return candidate
+    return root
 
 
 def load(path: Path) -> dict:
@@ -134,8 +154,12 @@ def load(path: Path) -> dict:
         path.unlink(missing_ok=True)
         raise FileNotFoundError(f"{path.name} was damaged and has been removed; it is computed again") from err
     attributes = {k[5:]: out.pop(k).tolist() for k in list(out) if k.startswith("attr_")}
+    images = out["images"].tolist()
+    if "root" in out:  # relative paths (files written before kept absolute ones)
+        root = _catalogue_root(path.parent, str(out["root"]))
+        images = [str(root / p) for p in images]
     return {"image": out["image"], "text": out["text"], "item_ids": out["item_ids"].tolist(),
-            "captions": out["captions"].tolist(), "images": out["images"].tolist(), "split": out["split"].tolist(),
+            "captions": out["captions"].tolist(), "images": images, "split": out["split"].tolist(),
             "attributes": attributes}
 
 
