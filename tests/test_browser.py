@@ -222,12 +222,15 @@ def _hover_map_point(page) -> dict:
         page.mouse.move(point["x"] - 30, point["y"] - 30)
         page.mouse.move(point["x"], point["y"], steps=5)
         try:
-            page.wait_for_function("""(item) => {
+            # the box shows the item Plotly reports under the mouse (in a dense map, maybe a neighbour's point)
+            page.wait_for_function("""() => {
                 const host = [...document.querySelectorAll('*')].find(e => e.shadowRoot &&
                     e.shadowRoot.querySelector('.xmodal-hover-photo'));
                 const tip = host && host.shadowRoot.querySelector('.xmodal-hover-photo');
-                return tip && tip.style.display === 'block' && tip.dataset.item === String(item) &&
-                       tip.dataset.loaded === '1'; }""", arg=point["item"], timeout=15_000)
+                const gd = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
+                const hovered = gd && gd._hoverdata && gd._hoverdata[0];
+                return tip && hovered && tip.style.display === 'block' && tip.dataset.loaded === '1' &&
+                       tip.dataset.item === String(hovered.customdata); }""", timeout=15_000)
             break
         except Exception:
             if attempt == 3:

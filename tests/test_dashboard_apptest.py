@@ -541,7 +541,7 @@ def test_embeddings_whole_catalogue_colours_filters_and_located_items(eight, tin
     from xmodal.dashboard import colours
     fig = _json.loads(at.get("plotly_chart")[0].proto.spec)
     drawn = {t["name"].rsplit(" (", 1)[0]: t["marker"]["color"] for t in fig["data"] if t.get("showlegend") is not False
-             and t["type"] == "scattergl" and t["name"] not in ("pair",)}
+             and t["type"] in ("scatter", "scattergl") and t["name"] not in ("pair",)}
     assert drawn["Blue"] == colours.FASHION["blue"] and drawn["Navy Blue"] == colours.FASHION["navy blue"]
     assert {"split", "rank: title → photo", "pattern", "brand"} <= set(at.selectbox(key="emb_colour").options)
     at.multiselect(key="emb_f_split").set_value(["test"]).run()

@@ -201,7 +201,10 @@ def test_map_figure_markers_carry_item_positions():
     xy = np.arange(12, dtype=np.float32).reshape(6, 2)
     fig = mapplot.map_figure(xy, ["a", "b", "c"], colouring=colours.colouring(["x", "y", "x"]), lines=True)
     markers = [t for t in fig.data if t.mode == "markers"]
-    assert all(t.type == "scattergl" for t in fig.data)  # WebGL
+    assert all(t.type == "scatter" for t in fig.data)  # a small map: SVG, no WebGL context to start
+    assert all(t.type == "scattergl" for t in mapplot.map_figure(xy, ["a", "b", "c"], gl=True).data)
+    big = mapplot.SVG_MAX_ITEMS + 1
+    assert {t.type for t in mapplot.map_figure(np.zeros((2 * big, 2)), ["t"] * big).data} == {"scattergl"}  # WebGL
     assert sorted(int(p) for t in markers for p in t.customdata) == [0, 0, 1, 1, 2, 2]  # photo and title each
     for t in markers:  # a clicked point grows above its neighbours, which fade, in the browser itself
         assert t.selected.marker.size > t.marker.size and t.unselected.marker.opacity < t.marker.opacity

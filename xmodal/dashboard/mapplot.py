@@ -1,5 +1,6 @@
 """The Embeddings map as a ``plotly.graph_objects.Figure``: photos and titles of n items, drawn with WebGL
-(``go.Scattergl``) so that a whole catalogue (100k points and more) pans and redraws smoothly.
+(``go.Scattergl``) so that a whole catalogue (100k points and more) pans and redraws smoothly; a map of at
+most ``SVG_MAX_ITEMS`` items draws as SVG, which shows sooner than a WebGL context starts.
 
 Points are coloured by modality, by an attribute (``colours.Colouring``: named colours in their own colour,
 other values in a palette that never repeats), or by the rank of each item's true match (green at rank 1,
@@ -22,6 +23,7 @@ from .plots import MODALITY_COLOURS, _layout
 SYMBOLS = {"photo": "circle", "title": "x"}
 RANK_SCALE = [[0.0, "#1a9850"], [0.35, "#a6d96a"], [0.6, "#fee08b"], [0.8, "#f46d43"], [1.0, "#a50026"]]
 MAX_LINES = 5000  # items whose photo and title are joined at most (beyond: the lines hide the points)
+SVG_MAX_ITEMS = 1000  # maps of at most this many items draw as SVG: no WebGL context to start, drawn sooner
 
 
 def _point_size(n: int) -> float:
@@ -42,7 +44,7 @@ def _ring(fig: go.Figure, trace, img: np.ndarray, txt: np.ndarray, ring: np.ndar
 
 def map_figure(xy: np.ndarray, captions: Sequence[str], *, colouring: Colouring | None = None,
                ranks: np.ndarray | None = None, keep: np.ndarray | None = None, highlight: Sequence[int] = (),
-               lines: bool = False, method: str = "umap", gl: bool = True, hover: bool = True) -> go.Figure:
+               lines: bool = False, method: str = "umap", gl: bool | None = None, hover: bool = True) -> go.Figure:
     """Photo points (circles) and title points (crosses) of n items in one map.
 
     Args:
@@ -54,12 +56,15 @@ def map_figure(xy: np.ndarray, captions: Sequence[str], *, colouring: Colouring 
         highlight: positions to ring in black (items located from another page or a saved slice).
         lines: join each kept item's photo and title (at most ``MAX_LINES`` items).
         method: named in the axis titles.
-        gl: WebGL traces (``go.Scattergl``); False for SVG (``go.Scatter``).
+        gl: WebGL traces (``go.Scattergl``); False for SVG (``go.Scatter``); None: SVG up to ``SVG_MAX_ITEMS``
+            items (a WebGL context costs a few hundred ms to start, more than SVG takes to draw a few thousand
+            points), WebGL beyond.
         hover: titles in the hover labels (off saves their bytes on huge maps).
     """
     n = len(captions)
     img, txt = np.asarray(xy[:n]), np.asarray(xy[n:])
     keep = np.ones(n, dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+    gl = n > SVG_MAX_ITEMS if gl is None else gl
     trace = go.Scattergl if gl else go.Scatter
     size = _point_size(2 * int(keep.sum()))
     fig = go.Figure()
