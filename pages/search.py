@@ -20,10 +20,14 @@ ui.load_pytorch()  # a spinner the first time after the server starts; instant a
 from xmodal.compose import DEFAULT_WEIGHT  # noqa: E402
 from xmodal.search import RunError, UnknownQueryError  # noqa: E402
 
-c1, c2 = st.columns([3, 1])
+c1, c2, c3 = st.columns([3, 1.3, 1])
 with c1:
     chosen = ui.run_picker(runs, key="search_run", allow_all=True)
-k = c2.slider("Results per run", 1, 20, 8, key="search_k")
+scope = c2.radio("Gallery", ["all", "test"], horizontal=True, key="search_gallery", bind="query-params",
+                 format_func={"all": "whole catalogue", "test": "test split"}.get,
+                 help="whole catalogue: every product, training items included; test split: only the run's test "
+                      "products, the gallery that Compare and the run's reported recall rank against")
+k = c3.slider("Results per run", 1, 20, 8, key="search_k")
 try:
     loaded = {analysis.run_label(r): state.run(r.path) for r in chosen}
     models = {analysis.run_label(r): r.model for r in chosen}
@@ -35,6 +39,18 @@ first = next(iter(loaded.values()))
 cat = first.catalogue
 test_pos = analysis.split_positions(cat.item_ids, state.test_split_ids(chosen[0].path)).tolist()
 test_pos = test_pos or list(range(len(cat)))  # a run trained on another catalogue: offer every item
+
+
+galleries = {label: None if scope == "all" else
+             analysis.split_positions(cat.item_ids, state.test_split_ids(paths[label])) for label in loaded}
+galleries = {label: g if g is None or len(g) else None for label, g in galleries.items()}  # no split: everything
+
+
+def gallery_caption(label: str) -> None:
+    g = galleries[label]
+    st.caption(md(queries.gallery_line(analysis.catalogue_label(chosen[0].config), "all" if g is None else "test",
+                                       len(cat) if g is None else len(g)))
+               + ("; the true match is caption-level (identical titles count)" if scope == "test" else ""))
 
 
 def item_label(i: int) -> str:
@@ -51,6 +67,7 @@ def show(results: dict[str, queries.QueryResult], grid: bool, tab: str, text: st
             if len(results) > 1:
                 st.markdown(f"**{md(models[label])}**")
                 st.caption(md(label))
+            gallery_caption(label)
             if res.rank is not None:
                 st.metric("True match landed at rank", res.rank, help="caption-level: items with the identical "
                           "title count as the true match too")
@@ -88,7 +105,7 @@ with tab_text:
         answered, refused = {}, []
         for label, r in loaded.items():
             try:
-                answered[label] = queries.text_query(r, query, k, item_id)
+                answered[label] = queries.text_query(r, query, k, item_id, gallery=galleries[label])
             except UnknownQueryError as err:
                 refused.append(err)
         # The words come from the query and the vocabulary (catalogue text): escaped like any other.
@@ -122,7 +139,8 @@ with tab_image:
             st.error(md(f"Cannot open the photo of {cat.item_ids[pos]}: {err}"), icon=":material/error:")
     if image is not None:
         st.image(image, width=140, caption="query")
-        show({label: queries.image_query(r, image, k, item_id) for label, r in loaded.items()}, grid=False,
+        show({label: queries.image_query(r, image, k, item_id, gallery=galleries[label])
+              for label, r in loaded.items()}, grid=False,
              tab="image", image=image)
 
 with tab_compose:
@@ -157,6 +175,8 @@ with tab_compose:
         if len(loaded) > 1:
             label = st.selectbox("Run", list(loaded), key="search_compose_run")
         run = loaded[label]
+        st.caption(md(queries.gallery_line(analysis.catalogue_label(chosen[0].config), "all", len(cat)))
+                   + " (Photo + words always searches every product; the photo's own product is left out)")
         try:
             unknown = run.vocab.check_query(words)[1]
             if unknown:

@@ -172,6 +172,14 @@ def test_search_page_text_and_catalogue_image(with_run, tiny_catalogue):
     at.radio(key="search_text_src").set_value("A catalogue title (test split)").run()
     _ok(at)
     assert len([m for m in at.metric if m.label == "True match landed at rank"]) == 2
+    assert any(_shown(c.value).startswith("Searched the whole catalogue: 60 products of ") for c in at.caption)
+    at.radio(key="search_gallery").set_value("test").run()  # only the run's test products: Compare's gallery
+    _ok(at)
+    test_ids = set(json.loads((with_run / "tiny-cmpm" / "splits.json").read_text())["test"])
+    assert any(_shown(c.value).startswith(f"Searched its test split: {len(test_ids)} products of ") for c in at.caption)
+    hits = [_shown(c.value).rsplit(" · ", 1)[1] for c in at.caption if c.value.startswith("score ") and " · " in c.value]
+    assert len(hits) >= len(test_ids) and set(hits) <= test_ids  # image -> captions: test products only
+    assert all(1 <= int(m.value) <= len(test_ids) for m in at.metric if m.label == "True match landed at rank")
 
 
 def test_a_failed_run_shows_its_error(empty, tiny_catalogue):
@@ -718,3 +726,84 @@ def test_embeddings_map_hovers_photos_from_sprite_sheets(with_run, tiny_catalogu
     assert all(u.startswith("/") and "://" not in u and u.endswith(".jpg") for u in payload["urls"])  # this server
     assert payload["chart"] == "emb_map_" and payload["cell"] == list(sprites.CELL)
     assert not any(c.value.startswith("Photos on hover:") for c in at.caption)
+
+
+@pytest.fixture(scope="module")
+def real_and_demo(trained_run, tmp_path_factory):
+    """A checkpoints folder with a run on 150 real Myntra products (copied to a temp folder with their photos)
+    and the tiny demo run: two catalogues, one of them real. Skips where the real catalogue is absent."""
+    from conftest import TINY_SIZE, myntra_or_skip
+    from xmodal.dashboard import embeds
+    from xmodal.train import main as train_main
+    src = myntra_or_skip()
+    base = tmp_path_factory.mktemp("real")
+    cat = base / "myntra150"
+    (cat / "images").mkdir(parents=True)
+    with open(src / "captions.csv", newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = [r for _, r in zip(range(150), reader)]
+        fields = reader.fieldnames
+    for r in rows:
+        shutil.copy(src / r["image"], cat / r["image"])
+    with open(cat / "captions.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    ckpt = base / "ckpt"
+    assert train_main(["--model", "cmpm-efficientnet", "--data", str(cat), "--epochs", "2", "--batch-size", "16",
+                       "--out", str(ckpt), "--run-id", "real-cmpm", *TINY_SIZE]) == 0
+    shutil.copytree(trained_run, ckpt / "demo-cmpm")
+    for run in ("real-cmpm", "demo-cmpm"):
+        embeds.compute(ckpt / run)
+    return {"root": ckpt, "catalogue": cat}
+
+
+def test_every_view_on_a_small_real_catalogue(real_and_demo, monkeypatch):
+    """Home, Compare, Embeddings (map, named colours, hover photos, a clicked point) and Search on a real
+    catalogue's run beside a demo run: one catalogue per view, Myntra's own attributes offered."""
+    from xmodal.dashboard import colours, sprites
+    monkeypatch.setenv("XMODAL_CHECKPOINTS", str(real_and_demo["root"]))
+    at = _app(real_and_demo["catalogue"])
+    _ok(at)
+    tables = [d.value["run"].tolist() for d in at.dataframe if "run" in d.value.columns]
+    assert sorted(tables) == [["demo-cmpm"], ["real-cmpm"]]  # one table per catalogue
+    at.switch_page("pages/compare.py").run()
+    _ok(at)
+    assert at.multiselect(key="cmp_runs").options == ["real-cmpm"]  # the sidebar's catalogue first, alone
+    at.multiselect(key="cmp_runs").set_value(["real-cmpm"]).run()  # (a run this small may read as collapsed)
+    _ok(at)
+    assert {"gender", "master_category", "sub_category", "colour", "season", "usage"} <= set(
+        at.selectbox(key="cmp_attr").options)
+    at.selectbox(key="cmp_attr").set_value("sub_category").run()
+    _ok(at)
+    at.switch_page("pages/embeddings.py").run()
+    _ok(at)
+    assert at.selectbox(key="emb_run").value == "real-cmpm"
+    caption = next(c.value for c in at.caption if " products of " in c.value)
+    assert caption.startswith("15 products of real\\-cmpm")  # its test split
+    at.selectbox(key="emb_colour").set_value("colour").run()
+    _ok(at)
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    drawn = {t["name"].rsplit(" (", 1)[0]: t["marker"]["color"] for t in fig["data"]
+             if t.get("name") and t.get("mode") == "markers" and t.get("showlegend") is not False}
+    named = [c for c in drawn if colours.fashion_hex(c) is not None]
+    assert named and all(drawn[c] == colours.fashion_hex(c) for c in named)  # real colour names, own colours
+    folder = next(p for p in (real_and_demo["root"] / sprites.SHARED_DIR).iterdir() if sprites.read_meta(p))
+    assert sprites.read_meta(folder)["unreadable"] == 0  # the real photos made thumbnails
+    assert [e.proto.component_name for e in at.get("bidi_component")] == ["xmodal_map_hover"]
+    at.switch_page("pages/search.py").run()
+    _ok(at)
+    at.text_input(key="search_query").input("blue shirt for men").run()
+    _ok(at)
+    assert sum(c.value.startswith("score ") for c in at.caption) == 8
+    assert "Searched the whole catalogue: 150 products of myntra150" in [_shown(c.value) for c in at.caption]
+    at.radio(key="search_gallery").set_value("test").run()  # the gallery Compare ranks against
+    _ok(at)
+    assert any(_shown(c.value).startswith("Searched its test split: 15 products of myntra150") for c in at.caption)
+    test_ids = set(json.loads((real_and_demo["root"] / "real-cmpm" / "splits.json").read_text())["test"])
+    at.radio(key="search_image_src").set_value("A catalogue product (test split)").run()
+    _ok(at)
+    hits = [_shown(c.value) for c in at.caption if c.value.startswith("score ") and " · " in c.value]
+    assert len(hits) >= 8 and all(h.rsplit(" · ", 1)[1] in test_ids for h in hits), hits  # hits, those above: test
+    rank = next(m.value for m in at.metric if m.label == "True match landed at rank")
+    assert 1 <= int(rank) <= 15

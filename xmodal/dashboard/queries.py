@@ -1,5 +1,9 @@
 """Live queries for the Search page: top-k hits, and where the true match landed when the query is a
 catalogue item (caption-level: items with an identical caption also count as the true match).
+
+The gallery is the run's whole catalogue, or a part of it (``gallery``: catalogue positions, e.g. the test
+split, the gallery that Compare and the run's test.json rank against): hits and ranks then come from those
+items alone, and ``gallery_line`` says which was searched.
 """
 from __future__ import annotations
 
@@ -32,29 +36,59 @@ def _hit(run: Run, i: int, score: float) -> Hit:
     return Hit(int(i), float(score), cat.captions[i], cat.image_path(i), cat.item_ids[i])
 
 
+def gallery_line(catalogue_name: str, scope: str, size: int) -> str:
+    """What a result was searched in, in words (plain text: the caller escapes it)."""
+    where = "its test split" if scope == "test" else "the whole catalogue"
+    return f"Searched {where}: {size:,} products of {catalogue_name}"
+
+
+def _restricted(scores: np.ndarray, gallery: np.ndarray | None) -> np.ndarray:
+    """``scores`` with every entry outside ``gallery`` at -inf (never a hit, never above the true match)."""
+    if gallery is None:
+        return scores
+    out = np.full_like(scores, -np.inf)
+    out[gallery] = scores[gallery]
+    return out
+
+
+def _top(run: Run, scores: np.ndarray, gallery: np.ndarray, k: int) -> list[Hit]:
+    order = gallery[np.argsort(-scores[gallery], kind="stable")[:k]]
+    return [_hit(run, int(i), scores[i]) for i in order]
+
+
 def _locate(run: Run, scores: np.ndarray, item_id: str | None, show: int) -> tuple[int | None, list[Hit], Hit | None]:
     cat = run.catalogue
     if item_id is None or item_id not in cat.item_ids:
         return None, [], None
     pos = cat.item_ids.index(item_id)
+    if not np.isfinite(scores[pos]):  # not in the gallery searched
+        return None, [], None
     key = normalise_caption(cat.captions[pos])
-    same = [i for i, c in enumerate(cat.captions) if i != pos and normalise_caption(c) == key]
+    same = [i for i, c in enumerate(cat.captions) if i != pos and normalise_caption(c) == key and np.isfinite(scores[i])]
     rank, above = rank_of_match(scores, pos, same, show=show)
     return rank, [_hit(run, i, scores[i]) for i in above], _hit(run, pos, scores[pos])
 
 
-def text_query(run: Run, query: str, k: int = 10, item_id: str | None = None, show_above: int = 10) -> QueryResult:
-    """Products whose images best match ``query``; with ``item_id``, where that item's image landed."""
+def text_query(run: Run, query: str, k: int = 10, item_id: str | None = None, show_above: int = 10,
+               gallery: np.ndarray | None = None) -> QueryResult:
+    """Products whose images best match ``query``; with ``item_id``, where that item's image landed; with
+    ``gallery`` (catalogue positions), among those products only."""
     hits = run.search_text(query, k)
-    scores = (run.image_embeds @ run.embed_text(query)).numpy()  # [N]
+    scores = _restricted((run.image_embeds @ run.embed_text(query)).numpy(), gallery)  # [N]
+    if gallery is not None:
+        from ..search import SearchResult
+        part = SearchResult(_top(run, scores, np.asarray(gallery), k), hits.query_words, hits.unknown_words)
+        part.words_not_read = getattr(hits, "words_not_read", 0)
+        hits = part
     rank, above, true_hit = _locate(run, scores, item_id, show_above)
     return QueryResult(hits, rank, above, true_hit)
 
 
 def image_query(run: Run, image: Image.Image, k: int = 10, item_id: str | None = None,
-                show_above: int = 10) -> QueryResult:
-    """Captions that best describe ``image``; with ``item_id``, where that item's caption landed."""
-    hits = run.search_image(image, k)
-    scores = (run.text_embeds @ run.embed_image(image)).numpy()  # [N]
+                show_above: int = 10, gallery: np.ndarray | None = None) -> QueryResult:
+    """Captions that best describe ``image``; with ``item_id``, where that item's caption landed; with
+    ``gallery`` (catalogue positions), among those products' captions only."""
+    scores = _restricted((run.text_embeds @ run.embed_image(image)).numpy(), gallery)  # [N]
+    hits = run.search_image(image, k) if gallery is None else _top(run, scores, np.asarray(gallery), k)
     rank, above, true_hit = _locate(run, scores, item_id, show_above)
     return QueryResult(hits, rank, above, true_hit)
