@@ -177,7 +177,8 @@ def test_search_page_text_and_catalogue_image(with_run, tiny_catalogue):
     _ok(at)
     test_ids = set(json.loads((with_run / "tiny-cmpm" / "splits.json").read_text())["test"])
     assert any(_shown(c.value).startswith(f"Searched its test split: {len(test_ids)} products of ") for c in at.caption)
-    hits = [_shown(c.value).rsplit(" · ", 1)[1] for c in at.caption if c.value.startswith("score ") and " · " in c.value]
+    hits = [_shown(c.value).rsplit(" · ", 1)[1] for c in at.caption
+            if c.value.startswith("score ") and " · " in c.value]
     assert len(hits) >= len(test_ids) and set(hits) <= test_ids  # image -> captions: test products only
     assert all(1 <= int(m.value) <= len(test_ids) for m in at.metric if m.label == "True match landed at rank")
 

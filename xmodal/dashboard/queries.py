@@ -64,7 +64,8 @@ def _locate(run: Run, scores: np.ndarray, item_id: str | None, show: int) -> tup
     if not np.isfinite(scores[pos]):  # not in the gallery searched
         return None, [], None
     key = normalise_caption(cat.captions[pos])
-    same = [i for i, c in enumerate(cat.captions) if i != pos and normalise_caption(c) == key and np.isfinite(scores[i])]
+    same = [i for i, c in enumerate(cat.captions)
+            if i != pos and normalise_caption(c) == key and np.isfinite(scores[i])]
     rank, above = rank_of_match(scores, pos, same, show=show)
     return rank, [_hit(run, i, scores[i]) for i in above], _hit(run, pos, scores[pos])
 
