@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from xmodal.dashboard import analysis, checks, explain_view, queries, state, ui
+from xmodal.dashboard import analysis, checks, explain_view, pickers, queries, state, ui
 from xmodal.dashboard.escape import md
 from xmodal.dashboard.uploads import EXTENSIONS, UploadError, read_upload
 
@@ -32,6 +32,7 @@ try:
     loaded = {analysis.run_label(r): state.run(r.path) for r in chosen}
     models = {analysis.run_label(r): r.model for r in chosen}
     paths = {analysis.run_label(r): r.path for r in chosen}
+    infos = {analysis.run_label(r): r for r in chosen}
 except (RunError, *checks.LOAD_ERRORS) as err:
     st.error(md(f"Cannot load the run: {err}"), icon=":material/error:")
     st.stop()
@@ -76,6 +77,9 @@ def show(results: dict[str, queries.QueryResult], grid: bool, tab: str, text: st
             else:
                 for i, hit in enumerate(res.hits, start=1):
                     ui.hit_card(hit, title=f"#{i}")
+            what = f"top {len(res.hits)} for “{text}”" if text is not None else f"top {len(res.hits)} for a photo"
+            pickers.locate_link(infos[label], [h.item_id for h in res.hits], what,
+                                scope="all" if galleries[label] is None else "test", label="Show these on the map")
             if res.rank and res.rank > 1:
                 with st.expander(f"{res.rank - 1} ranked above the true match"):
                     ui.hit_card(res.true_hit, title="true match")

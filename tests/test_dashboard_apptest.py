@@ -181,6 +181,9 @@ def test_search_page_text_and_catalogue_image(with_run, tiny_catalogue):
             if c.value.startswith("score ") and " · " in c.value]
     assert len(hits) >= len(test_ids) and set(hits) <= test_ids  # image -> captions: test products only
     assert all(1 <= int(m.value) <= len(test_ids) for m in at.metric if m.label == "True match landed at rank")
+    links = [p.proto for p in at.get("page_link") if p.proto.label == "Show these on the map"]
+    assert links and all("embeddings" in p.page for p in links)  # each result list can be located on the map
+    assert all("emb_scope=test" in p.query_string for p in links), [p.query_string for p in links]
 
 
 def test_a_failed_run_shows_its_error(empty, tiny_catalogue):

@@ -95,16 +95,21 @@ def run_select(catalogue: str, group: Sequence[RunInfo], key: str, label: str = 
     return run
 
 
-def locate_link(run: RunInfo, item_ids: Sequence[str], what: str) -> None:
+def locate_link(run: RunInfo, item_ids: Sequence[str], what: str, scope: str | None = None,
+                label: str = "Show on the map") -> None:
     """A link that opens the Embeddings map of ``run`` (its catalogue and run chosen) with ``item_ids`` ringed
     (the first ``MAX_FOCUS``).
 
-    ``what`` (catalogue text, shown escaped there) says what was located, e.g. ``colour = Blue``.
+    ``what`` (catalogue text, shown escaped there) says what was located, e.g. ``colour = Blue``; ``scope``
+    (``test`` or ``all``) picks the map of the test split or of the whole catalogue (None: the page's own).
     """
     ids = [str(i) for i in item_ids][:MAX_FOCUS]
-    st.page_link("pages/embeddings.py", label="Show on the map", icon=":material/location_on:",
-                 query_params={CATALOGUE_KEY: catalogues.catalogue_id(run.config).key, "emb_run": run.run_id,
-                               FOCUS: ids, FOCUS_LABEL: str(what)[:200]}, disabled=not ids)
+    params = {CATALOGUE_KEY: catalogues.catalogue_id(run.config).key, "emb_run": run.run_id, FOCUS: ids,
+              FOCUS_LABEL: str(what)[:200]}
+    if scope in ("test", "all"):
+        params["emb_scope"] = scope
+    st.page_link("pages/embeddings.py", label=label, icon=":material/location_on:", query_params=params,
+                 disabled=not ids)
 
 
 def focus_from_url() -> tuple[list[str], str]:
