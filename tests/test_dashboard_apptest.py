@@ -610,6 +610,16 @@ def test_point_details_and_selection_panels(eight, tmp_path):
     from xmodal.dashboard import slices
     assert list(slices.load_slices(tmp_path)) == ["blue <b>tops</b>"]
     assert at.get("download_button")
+    from xmodal.dashboard import mapview
+    data = projection.load(path)
+    word = data["captions"][0].split()[1]  # the gender word of the demo's titles: some of the 30, not all
+    expect = mapview.find_in_titles([data["captions"][i] for i in range(30)], word)
+    assert 0 < len(expect) < 30
+    images_before = len(at.get("image"))
+    at.text_input(key="emb_sel_find").input(word).run()
+    _ok(at)
+    assert f"{len(expect):,} of the 30 selected titles hold every word of the query." in [c.value for c in at.caption]
+    assert len(at.get("image")) == images_before - min(30, 24) + min(len(expect), 24)  # only what was found
 
 
 def test_manage_a_run_notes_hide_delete(eight, tiny_catalogue, tmp_path, monkeypatch):

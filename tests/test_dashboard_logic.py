@@ -934,3 +934,13 @@ def test_slices_belong_to_the_catalogue_not_the_run(tmp_path):
     assert slices.load_slices(slices.slices_folder(b, "1a2B3c")) == {"blue tops": ["i1", "i2"]}  # ...seen from b
     assert slices.load_slices(slices.slices_folder(other, "ffff")) == {}
     assert list_runs(runs) == []  # the shared folder is not taken for a run
+
+
+def test_find_in_titles():
+    from xmodal.dashboard import mapview
+    titles = ["Roadster Men Navy Blue Shirt", "Nivora Women Red T-Shirt", "Kaveri Men Sweatshirt", "<b>Navy</b> Kurta"]
+    assert mapview.find_in_titles(titles, "shirt") == [0, 1]
+    assert mapview.find_in_titles(titles, "NAVY") == [0, 3]
+    assert mapview.find_in_titles(titles, "navy shirt men") == [0]
+    assert mapview.find_in_titles(titles, "  ,, ") == [0, 1, 2, 3]
+    assert mapview.find_in_titles(titles, "dress") == []

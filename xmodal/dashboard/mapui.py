@@ -89,6 +89,16 @@ def selection(folder: Path, data: dict, chosen: Sequence[int]) -> None:
     """The products inside a box or lasso, paged; save them as a named slice of the catalogue (in ``folder``,
     see ``slices.slices_folder``) or export them as CSV."""
     st.subheader(f"{len(chosen):,} selected product(s)", divider="gray")
+    words = st.text_input("Find in the selection", key="emb_sel_find", max_chars=200,
+                          placeholder="words in the title, e.g. navy shirt",
+                          help="keeps the selected products whose title holds every word (any case); saving and "
+                               "exporting then take what is found")
+    if words.strip():
+        found = mapview.find_in_titles([data["captions"][i] for i in chosen], words)
+        st.caption(f"{len(found):,} of the {len(chosen):,} selected titles hold every word of the query.")
+        chosen = [chosen[j] for j in found]
+        if not chosen:
+            return
     pages = max(1, -(-len(chosen) // PAGE_SIZE))
     page = st.pagination(pages, key="emb_sel_page") if pages > 1 else 1
     shown = list(chosen[(page - 1) * PAGE_SIZE: page * PAGE_SIZE])

@@ -5,6 +5,7 @@ Pure functions over the arrays of ``projection.load``; no Streamlit, no PyTorch.
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -94,6 +95,20 @@ def neighbours(image_embeds: np.ndarray, text_embeds: np.ndarray, item: int, k: 
     # 1 + the others scoring at least as high: ties count against the model
     return Neighbours(item, out[0], out[1], int((by_title >= by_title[item]).sum()),
                       int((by_photo >= by_photo[item]).sum()))
+
+
+def find_in_titles(titles: Sequence[str], query: str) -> list[int]:
+    """Positions of the ``titles`` holding every word of ``query``, case-insensitive, each as the start of a
+    word of the title ("shirt" finds "Shirts" and "T-Shirt", not "Sweatshirt")."""
+    words = [w for w in re.split(r"\W+", query.casefold()) if w]
+    if not words:
+        return list(range(len(titles)))
+    out = []
+    for i, title in enumerate(titles):
+        tokens = [t for t in re.split(r"\W+", str(title).casefold()) if t]
+        if all(any(t.startswith(w) for t in tokens) for w in words):
+            out.append(i)
+    return out
 
 
 def positions_of(item_ids: Sequence[str], wanted: Sequence[str]) -> list[int]:
