@@ -209,11 +209,21 @@ def test_auto_exports_only_jobs_that_repay_it(graphs, monkeypatch, tmp_path):
     assert runtime.select_runtime(model, CPU, SIZE, images=60) is None  # small job, no graph: PyTorch
     assert not (tmp_path / "onnx").exists()
     monkeypatch.setattr(runtime, "export_graph", lambda *a, **k: good)
-    big = runtime.EXPORT_MIN_PIXELS // (SIZE[0] * SIZE[1]) + 1
+    big = runtime.export_min_pixels(model) // (SIZE[0] * SIZE[1]) + 1
+    assert runtime.select_runtime(model, CPU, SIZE, images=big - 2) is None  # not quite big enough
+    assert not (tmp_path / "onnx").exists()
     assert runtime.select_runtime(model, CPU, SIZE, images=big) is not None  # a big one exports
     runtime.clear_sessions()
     monkeypatch.setattr(runtime, "export_graph", no_export)
     assert runtime.select_runtime(model, CPU, SIZE, images=1) is not None  # cached: any job uses it
+
+
+def test_light_backbones_need_bigger_jobs_to_export():
+    from xmodal.backbones import create_backbone
+    mobilenet, _ = create_backbone("mobilenet", pretrained=False, quiet=True)
+    efficientnet, _ = create_backbone("efficientnet", pretrained=False, quiet=True)
+    assert runtime.export_min_pixels(efficientnet) == runtime.EXPORT_MIN_PIXELS
+    assert runtime.export_min_pixels(mobilenet) > 10 * runtime.EXPORT_MIN_PIXELS  # the demo's 2,000 photos: no export
 
 
 @needs_ort

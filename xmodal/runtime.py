@@ -13,8 +13,8 @@ nothing about the runtime, on purpose).
   cut. With a cut (``tail_blocks`` > 0) the graph is ``stem_forward``: the feature map before the last
   stages. A graph that is damaged (truncated, garbled, another key's) is exported again with a warning.
 - **Export costs seconds** (4-9 s for EfficientNet-Lite0 on two cores, 20-25 s when they are busy), so
-  ``auto`` exports only for jobs big enough to repay it (``EXPORT_MIN_PIXELS``); a graph already on disk
-  is used for any job.
+  ``auto`` exports only for jobs big enough to repay it (``export_min_pixels``: about where the seconds the
+  graph saves add up to its export, per backbone); a graph already on disk is used for any job.
 - **When**: on CPU, when ``onnxruntime`` (and, to export, ``onnxscript``) imports, with float32 weights.
   ``XMODAL_RUNTIME=torch`` forces PyTorch, ``XMODAL_RUNTIME=onnxruntime`` exports whatever the job's
   size. Training and GPUs stay on PyTorch. Any failure to export, load or match falls back to PyTorch with
@@ -51,6 +51,10 @@ GRAPH_VERSION = 2  # bump when the export (exporter, opset, graph layout) change
 OPSET = 20  # ONNX opset of the exported graphs
 TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| on the probe, relative to max |PyTorch| (measured: ~1e-6)
 EXPORT_MIN_PIXELS = 512 * 224 * 168  # auto exports a graph for jobs of at least ~512 images at 224x168
+# Backbones so light that the export takes longer to repay (measured on two idle cores, 224x168, batch 32):
+# MobileNetV3-small 4.1 ms/image eager vs 2.4 in ONNX Runtime, export + load 12.3 s: even at ~7,400 images
+# (EfficientNet-Lite0: 28 vs 5.7 ms, 9.4 s: ~420 images).
+EXPORT_MIN_IMAGES = {"mobilenet": 8000}
 PROBE_SEED = 20240611  # the probe batch: 2 images of uniform random raw pixels (0-255)
 _SESSIONS: OrderedDict[tuple[str, int], OrtBackbone] = OrderedDict()  # graph path, threads -> loaded graph
 _KEEP_SESSIONS = 4
@@ -359,13 +363,19 @@ def clear_sessions() -> None:
     _FAILED.clear()
 
 
+def export_min_pixels(model: nn.Module) -> int:
+    """The pixels (images x height x width) a job needs before ``auto`` exports ``model``'s graph for it."""
+    images = EXPORT_MIN_IMAGES.get(backbone_name(model))
+    return EXPORT_MIN_PIXELS if images is None else images * 224 * 168
+
+
 def select_runtime(model: nn.Module, device: torch.device, size: tuple[int, int], tail_blocks: int = 0,
                    images: int = 0) -> OrtBackbone | None:
     """The ONNX Runtime session to run ``model`` with, or None for PyTorch.
 
     ONNX Runtime on CPU when it imports and the weights are float32, unless ``XMODAL_RUNTIME=torch``. A
     graph not yet cached is exported when ``XMODAL_RUNTIME=onnxruntime`` or the job (``images`` of ``size``)
-    has at least ``EXPORT_MIN_PIXELS`` pixels; smaller jobs use PyTorch rather than wait for an export.
+    has at least ``export_min_pixels(model)`` pixels; smaller jobs use PyTorch rather than wait for an export.
     """
     choice = requested_runtime()
     if choice == "torch" or device.type != "cpu":
@@ -377,7 +387,7 @@ def select_runtime(model: nn.Module, device: torch.device, size: tuple[int, int]
             log.warning("%s=onnxruntime but onnxruntime does not import; using PyTorch "
                         "(pip install onnxruntime onnxscript)", ENV)
         return None
-    export = choice == "onnxruntime" or images * size[0] * size[1] >= EXPORT_MIN_PIXELS
+    export = choice == "onnxruntime" or images * size[0] * size[1] >= export_min_pixels(model)
     return load_graph(model, size, tail_blocks, export=export)
 
 

@@ -83,6 +83,36 @@ def umap_seconds(points: int) -> float:
     return 25.0 + 0.004 * points
 
 
+def import_umap():
+    """``umap`` with its numba kernels' compiled code cached on disk (numba's own cache, beside umap-learn's
+    and pynndescent's files or in numba's user-wide cache, like Python's .pyc): each new process otherwise
+    compiles them again, 11-17 s on two cores before a map of a few hundred points (0.5 s once cached).
+    Kernels that numba cannot cache simply compile as before."""
+    import warnings
+
+    import umap
+    from numba.core.registry import CPUDispatcher
+    global _UMAP_CACHING
+    if not _UMAP_CACHING:
+        _UMAP_CACHING = True
+        import sys
+        for name, module in list(sys.modules.items()):
+            if name.split(".")[0] not in ("umap", "pynndescent") or module is None:
+                continue
+            for value in list(vars(module).values()):
+                if isinstance(value, CPUDispatcher) and type(value._cache).__name__ == "NullCache":
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        try:
+                            value.enable_caching()
+                        except Exception:  # noqa: BLE001 - a kernel numba cannot cache still compiles
+                            pass
+    return umap
+
+
+_UMAP_CACHING = False
+
+
 def project(points: np.ndarray, method: str = "umap", seed: int = 0, n_neighbors: int = 15,
             min_dist: float = 0.1) -> tuple[np.ndarray, str]:
     """2-D coordinates of ``points`` ``[M, D]`` and the method actually used.
@@ -91,7 +121,7 @@ def project(points: np.ndarray, method: str = "umap", seed: int = 0, n_neighbors
     """
     points = np.asarray(points, dtype=np.float32)
     if method == "umap" and len(points) >= UMAP_MIN_POINTS:
-        import umap  # slow first import: numba compiles its kernels
+        umap = import_umap()  # slow first import: numba compiles or loads its kernels
         reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(points) - 1), min_dist=min_dist,
                             metric="cosine", random_state=seed, n_jobs=1)
         return reducer.fit_transform(points).astype(np.float32), "umap"
