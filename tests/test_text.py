@@ -176,3 +176,25 @@ def test_long_descriptions_are_read_far_enough_and_truncation_is_stated(tiny_cat
     title_words = rows[5]["caption"][len(filler):].lower().split()
     read = vocab.read(rows[5]["caption"])
     assert title_words[-1].strip(".").split("-")[-1] in read  # the distinguishing words are read
+
+
+def test_word2vec_vectors_are_cached_and_heal(tmp_path, monkeypatch):
+    """Trained once per vocabulary, captions and settings; read back equal; a damaged file is trained again."""
+    from xmodal import text
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path))
+    captions = ["Roadster Men Navy Blue Shirt", "Nivora Women Red Striped Kurta", "Kaveri Men Black Jeans"] * 5
+    vocab = Vocab.build(captions)
+    first = text.word2vec_vectors(vocab, captions, dim=16, seed=3, epochs=5)
+    files = list((tmp_path / "word2vec").glob("*.npy"))
+    assert len(files) == 1
+    trained = []
+    real = text._train_word2vec
+    monkeypatch.setattr(text, "_train_word2vec", lambda *a: trained.append(a) or real(*a))
+    np.testing.assert_array_equal(text.word2vec_vectors(vocab, captions, dim=16, seed=3, epochs=5), first)
+    assert not trained  # read from the cache
+    np.testing.assert_array_equal(real(vocab, captions, 16, 3, 5), first)  # what training gives again
+    text.word2vec_vectors(vocab, captions, dim=16, seed=4, epochs=5)  # another seed: its own file
+    assert len(trained) == 1 and len(list((tmp_path / "word2vec").glob("*.npy"))) == 2
+    files[0].write_bytes(files[0].read_bytes()[:60])  # truncated
+    np.testing.assert_array_equal(text.word2vec_vectors(vocab, captions, dim=16, seed=3, epochs=5), first)
+    assert len(trained) == 2

@@ -143,8 +143,42 @@ def word2vec_vectors(vocab: Vocab, captions: list[str], dim: int = 100, seed: in
     """Word vectors ``[V, dim]`` from gensim Word2Vec (skip-gram) trained on ``captions``.
 
     The same for the same ``seed`` in every process: one worker thread (threads race on shared
-    vectors) and a stable hash for the vectors gensim seeds from a hash of the word.
+    vectors) and a stable hash for the vectors gensim seeds from a hash of the word. So they are cached
+    (``$XMODAL_CACHE/word2vec/``, keyed by the vocabulary, the captions, the settings and gensim's version):
+    the runs of one catalogue and split share them instead of importing gensim and training again (about
+    3 s a run on the demo).
     """
+    from .cachefile import warn_rebuild, write_cache
+    from .paths import cache_dir
+    path = cache_dir() / "word2vec" / f"{_word2vec_key(vocab, captions, dim, seed, epochs)}.npy"
+    if path.is_file():
+        try:
+            cached = np.load(path, allow_pickle=False)
+            if cached.shape == (len(vocab), dim) and cached.dtype == np.float32 and np.isfinite(cached).all():
+                return cached
+            raise ValueError(f"shape {cached.shape} {cached.dtype}, expected ({len(vocab)}, {dim}) float32")
+        except Exception as err:  # damaged: train again
+            warn_rebuild(path, err)
+    out = _train_word2vec(vocab, captions, dim, seed, epochs)
+    write_cache(path, lambda f: np.save(f, out, allow_pickle=False))
+    return out
+
+
+def _word2vec_key(vocab: Vocab, captions: list[str], dim: int, seed: int, epochs: int) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        gensim = version("gensim")
+    except PackageNotFoundError:
+        gensim = "?"
+    h = hashlib.sha256(json.dumps({"dim": dim, "seed": seed, "epochs": epochs, "gensim": gensim, "version": 1,
+                                   "window": 5, "sg": 1}, sort_keys=True).encode())
+    for part in ("\x00".join(vocab.itos), "\x00".join(captions)):
+        h.update(part.encode())
+        h.update(b"\x01")
+    return h.hexdigest()[:24]
+
+
+def _train_word2vec(vocab: Vocab, captions: list[str], dim: int, seed: int, epochs: int) -> np.ndarray:
     from gensim.models import Word2Vec
     sentences = [tokenize(c) for c in captions]
     w2v = Word2Vec(sentences, vector_size=dim, window=5, min_count=1, sg=1, epochs=epochs,
