@@ -101,3 +101,36 @@ def two_catalogues(trained_run: Path, tiny_catalogue: Path, tmp_path_factory) ->
                                       shift=shift, collapse=collapse))
     _CACHE["runs"] = out
     return out
+
+
+def real_and_demo(trained_run: Path, tmp_path_factory) -> dict:
+    """A checkpoints folder with a run on the first 150 real Myntra products (copied to a temp folder with
+    their photos) and the tiny demo run: two catalogues, one of them real; ``{"root", "catalogue"}``.
+    Skips (pytest) where the real catalogue is absent. Cached for the session."""
+    if "real" in _CACHE:
+        return _CACHE["real"]
+    from conftest import myntra_or_skip
+    from xmodal.dashboard import embeds
+    from xmodal.train import main as train_main
+    src = myntra_or_skip()
+    base = tmp_path_factory.mktemp("real")
+    cat = base / "myntra150"
+    (cat / "images").mkdir(parents=True)
+    with open(src / "captions.csv", newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = [r for _, r in zip(range(150), reader)]
+        fields = reader.fieldnames
+    for r in rows:
+        shutil.copy(src / r["image"], cat / r["image"])
+    with open(cat / "captions.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    ckpt = base / "ckpt"
+    assert train_main(["--model", "cmpm-efficientnet", "--data", str(cat), "--epochs", "2", "--batch-size", "16",
+                       "--out", str(ckpt), "--run-id", "real-cmpm", *TINY_SIZE]) == 0
+    shutil.copytree(trained_run, ckpt / "demo-cmpm")
+    for run in ("real-cmpm", "demo-cmpm"):
+        embeds.compute(ckpt / run)
+    _CACHE["real"] = {"root": ckpt, "catalogue": cat}
+    return _CACHE["real"]

@@ -642,3 +642,35 @@ def test_explain_compose_and_refine_in_chromium(server, page, shots):
     _shot(page, shots, "search_refine")
     assert all((shots / f"{n}.png").stat().st_size > 10_000 for n in ("search_explain", "search_compose",
                                                                       "search_refine"))
+
+
+def test_a_small_real_catalogue_in_chromium(trained_run, tmp_path_factory, tmp_path):
+    """A run on 150 real Myntra products beside a demo run, in Chromium: Home's table per catalogue, the real
+    run's map (a hovered point's photo from this server, a clicked point's neighbours) and a search that says
+    what it searched; nothing requested outside localhost. Skips without the real catalogue."""
+    from dashboard_runs import real_and_demo
+    real = real_and_demo(trained_run, tmp_path_factory)
+    with _serve(real["root"], str(real["catalogue"]), tmp_path_factory.mktemp("real_log")) as url, \
+            _browser(tmp_path / "profile") as context:
+        watch = _Watch(context)
+        page = context.pages[0] if context.pages else context.new_page()
+        page.goto(url)
+        page.get_by_test_id("stDataFrame").first.wait_for()
+        _idle(page)
+        assert "real-cmpm" in _text(page) and "demo-cmpm" in _text(page)
+        _visit(page, "Embeddings", "Embeddings", "Modality gap")
+        assert "real-cmpm" in page.url or "real-cmpm" in _text(page)
+        assert _mapped(page) == 15  # the real run's test split
+        hovered = _hover_map_point(page)
+        assert hovered["visible"] and "/media/" in hovered["style"], hovered
+        page.mouse.move(5, 5)
+        _click_map_point(page)
+        page.get_by_text("Photos nearest its title").wait_for()
+        assert page.locator('[data-testid="stImage"]').count() >= 1 + 2 * 8
+        _visit(page, "Search", "Search", "Text → products")
+        box = page.get_by_label("Describe a product")
+        box.fill("navy blue shirt for men")
+        box.press("Enter")
+        page.get_by_text("Searched the whole catalogue: 150 products of myntra150").first.wait_for()
+        _idle(page)
+        watch.assert_clean(page, "a real catalogue")

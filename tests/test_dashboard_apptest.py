@@ -744,32 +744,9 @@ def test_embeddings_map_hovers_photos_from_sprite_sheets(with_run, tiny_catalogu
 
 @pytest.fixture(scope="module")
 def real_and_demo(trained_run, tmp_path_factory):
-    """A checkpoints folder with a run on 150 real Myntra products (copied to a temp folder with their photos)
-    and the tiny demo run: two catalogues, one of them real. Skips where the real catalogue is absent."""
-    from conftest import TINY_SIZE, myntra_or_skip
-    from xmodal.dashboard import embeds
-    from xmodal.train import main as train_main
-    src = myntra_or_skip()
-    base = tmp_path_factory.mktemp("real")
-    cat = base / "myntra150"
-    (cat / "images").mkdir(parents=True)
-    with open(src / "captions.csv", newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        rows = [r for _, r in zip(range(150), reader)]
-        fields = reader.fieldnames
-    for r in rows:
-        shutil.copy(src / r["image"], cat / r["image"])
-    with open(cat / "captions.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    ckpt = base / "ckpt"
-    assert train_main(["--model", "cmpm-efficientnet", "--data", str(cat), "--epochs", "2", "--batch-size", "16",
-                       "--out", str(ckpt), "--run-id", "real-cmpm", *TINY_SIZE]) == 0
-    shutil.copytree(trained_run, ckpt / "demo-cmpm")
-    for run in ("real-cmpm", "demo-cmpm"):
-        embeds.compute(ckpt / run)
-    return {"root": ckpt, "catalogue": cat}
+    """A run on 150 real Myntra products beside the tiny demo run (skips where the real catalogue is absent)."""
+    from dashboard_runs import real_and_demo as build
+    return build(trained_run, tmp_path_factory)
 
 
 def test_every_view_on_a_small_real_catalogue(real_and_demo, monkeypatch):
