@@ -944,3 +944,34 @@ def test_find_in_titles():
     assert mapview.find_in_titles(titles, "navy shirt men") == [0]
     assert mapview.find_in_titles(titles, "  ,, ") == [0, 1, 2, 3]
     assert mapview.find_in_titles(titles, "dress") == []
+
+
+@pytest.mark.parametrize("fork", ["1", "0"])
+def test_warm_children_run_a_module_like_python_dash_m(tmp_path, monkeypatch, fork):
+    """A job forked from the queue's process (or, with XMODAL_FORK=0, a subprocess) runs ``python -m MODULE
+    ARGS``: its own pid, its output in its log, its exit code; SIGTERM reaches the job, not the queue."""
+    import signal
+    from xmodal.dashboard import warm
+    monkeypatch.setenv(warm.ENV, fork)
+    pkg = tmp_path / "warmjob"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "job.py").write_text(
+        "import signal, sys, time\n"
+        "print('args', sys.argv[1:], flush=True)\n"
+        "if sys.argv[1] == 'sleep':\n"
+        "    signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60)\n"
+        "sys.exit(int(sys.argv[1]))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    log = tmp_path / "job.log"
+    proc = warm.start([sys.executable, "-m", "warmjob.job", "3"], log)
+    assert proc.pid != os.getpid() and proc.wait() == 3
+    assert "args ['3']" in log.read_text()
+    proc = warm.start([sys.executable, "-m", "warmjob.job", "sleep"], log)
+    assert _wait(lambda: "ready" in log.read_text(), 30)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait() == 7  # the job's own handler ran; this (the queue's) process is untouched
+    assert isinstance(proc, warm.Forked) == (fork == "1" and sys.platform.startswith("linux"))

@@ -1,7 +1,8 @@
 """``python -m xmodal.dashboard.queue QUEUE.json``: train the queue's jobs one after another.
 
-Started detached by ``xmodal.dashboard.jobs.start_queue``. Each job runs as its own
-``python -m xmodal.train`` child with output in ``<run>/train.log``; the queue file records each job's
+Started detached by ``xmodal.dashboard.jobs.start_queue``. Each job runs as its own child, ``python -m
+xmodal.train`` forked from this process once it has imported PyTorch (``warm.py``; a subprocess where
+forking is not safe), with output in ``<run>/train.log``; the queue file records each job's
 state (pending, running, finished, failed, stopped, cancelled). SIGTERM stops the current run cleanly
 and cancels the rest. One run at a time keeps two CPU cores from being oversubscribed. With
 ``"prepare": true`` it then embeds each finished run's gallery and computes its map (both cached in the
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 from ..runs import atomic_write_json, read_json, read_status, write_status
-from . import tasks
+from . import tasks, warm
 from .jobs import LOG_NAME, TrainJob
 
 FIELDS = ("model", "data", "epochs", "batch_size", "lr", "finetune", "device", "run_id")
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             child[0].send_signal(signal.SIGTERM)  # the trainer stops cleanly and records "stopped"
 
     signal.signal(signal.SIGTERM, on_term)
+    warm.preload()  # PyTorch and the trainer, imported once for every job (see warm.py)
     for job_rec in queue["jobs"]:
         if cancelled:
             job_rec["state"] = "cancelled"
@@ -55,9 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         job = TrainJob(**{k: job_rec[k] for k in FIELDS})
         run_dir = root / job.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / LOG_NAME, "ab") as log:
-            proc = subprocess.Popen(job.command(root), stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = warm.start(job.command(root), run_dir / LOG_NAME)  # forked from this process: no re-import
         child[:] = [proc]
         if not (run_dir / "status.json").exists():
             write_status(run_dir, "running", pid=proc.pid, phase="starting", model=job.model)
@@ -94,7 +94,7 @@ def _prepare(path: Path, queue: dict, root: Path, cancelled: list, child: list) 
             return
         queue["phase"] = phase
         atomic_write_json(path, queue)
-        proc = tasks.start(runs, name, argv)
+        proc = tasks.start(runs, name, argv, fork=True)
         if proc is None:  # a page started the same work meanwhile: it finishes it
             continue
         child[:] = [proc]

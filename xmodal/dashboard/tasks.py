@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,7 +54,7 @@ def active(folder: Path, name: str) -> bool:
     return read(folder, name).get("state") in ("queued", "running")
 
 
-def start(folders: list[Path], name_of: dict[str, str] | str, argv: list[str]) -> subprocess.Popen | None:
+def start(folders: list[Path], name_of: dict[str, str] | str, argv: list[str], fork: bool = False):
     """Run ``python ARGV`` detached for ``folders`` unless each one's task is already under way.
 
     Args:
@@ -63,6 +62,7 @@ def start(folders: list[Path], name_of: dict[str, str] | str, argv: list[str]) -
             never starts the same work) that the child then takes over.
         name_of: the task name, or one per folder (by ``str(folder)``).
         argv: the child's arguments after the interpreter, e.g. ``["-m", "xmodal.dashboard.embeds", DIR]``.
+        fork: fork the child from this process (``warm.start``): only from the training queue's process.
 
     Returns:
         The child, or None when every folder's task was already queued or running (nothing was started).
@@ -73,7 +73,11 @@ def start(folders: list[Path], name_of: dict[str, str] | str, argv: list[str]) -
         return None
     first = task_file(todo[0], names[str(todo[0])])
     first.parent.mkdir(parents=True, exist_ok=True)
-    proc = spawn([sys.executable, *argv], first.with_suffix(".log"))
+    if fork:  # from the training queue: forked from its warm process (never from the server: threads)
+        from . import warm
+        proc = warm.start([sys.executable, *argv], first.with_suffix(".log"))
+    else:
+        proc = spawn([sys.executable, *argv], first.with_suffix(".log"))
     for f in todo:
         path = task_file(f, names[str(f)])
         path.parent.mkdir(parents=True, exist_ok=True)
