@@ -521,3 +521,21 @@ def test_myntra_title_split_has_no_title_leakage():
     assert not (~unseen_title_mask(cat, sp["val"], sp["train"])).any()
     n = len(cat)
     assert all(abs(len(sp[s]) - f * n) <= 0.01 * n for s, f in zip(("train", "val", "test"), (0.8, 0.1, 0.1)))
+
+
+def test_each_photos_check_is_remembered_by_its_bytes(tmp_path, monkeypatch):
+    """Loading a catalogue again decodes no photo twice; a photo whose bytes changed is checked again."""
+    from xmodal.data import catalogue as catalogue_mod
+    from xmodal.data import generate_demo
+    folder = generate_demo(tmp_path / "cat", n=12, seed=3)
+    checked = []
+    real = catalogue_mod.check_image
+    monkeypatch.setattr(catalogue_mod, "check_image", lambda data: checked.append(len(data)) or real(data))
+    monkeypatch.setattr(catalogue_mod, "_VERDICTS", {})
+    first = load_catalogue(folder)
+    assert len(checked) == 12
+    again = load_catalogue(folder)
+    assert len(checked) == 12 and again.fingerprint == first.fingerprint  # nothing decoded again
+    (folder / first.images[0]).write_bytes(b"\xff\xd8 not a jpeg any more")
+    third = load_catalogue(folder)
+    assert len(checked) == 13 and len(third) == 11  # the changed file was checked again, and dropped

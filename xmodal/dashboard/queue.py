@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             child[0].send_signal(signal.SIGTERM)  # the trainer stops cleanly and records "stopped"
 
     signal.signal(signal.SIGTERM, on_term)
-    warm.preload()  # PyTorch and the trainer, imported once for every job (see warm.py)
+    warm.preload([j["data"] for j in queue["jobs"]])  # imported once for every job; catalogues checked once
     for job_rec in queue["jobs"]:
         if cancelled:
             job_rec["state"] = "cancelled"

@@ -31,12 +31,28 @@ def available() -> bool:
     return sys.platform.startswith("linux") and hasattr(os, "fork") and os.environ.get(ENV, "1") != "0"
 
 
-def preload() -> None:
-    """Import what the jobs need, once, in this (the queue's) process; nothing is run."""
-    if available():
-        import importlib
-        for name in PRELOAD:
-            importlib.import_module(name)
+def preload(catalogues=()) -> None:
+    """Import what the jobs need, once, in this (the queue's) process, and meanwhile, in a thread, load the
+    ``catalogues`` (``--data`` values) the jobs will train on: the demo is generated then, and each photo's
+    check is remembered (``xmodal.data.catalogue``), so no job decodes it again. No PyTorch operation runs."""
+    if not available():
+        return
+    import importlib
+    import threading
+
+    from ..data import open_catalogue
+
+    def load() -> None:
+        for spec in dict.fromkeys(catalogues):
+            try:
+                open_catalogue(spec)
+            except Exception:  # noqa: BLE001 - the job loads it again and reports the problem
+                pass
+    worker = threading.Thread(target=load, name="xmodal-preload-catalogues", daemon=True)
+    worker.start()
+    for name in PRELOAD:
+        importlib.import_module(name)
+    worker.join()  # no thread left running when the jobs are forked
 
 
 class Forked:

@@ -236,6 +236,23 @@ def _check_split_column(csv_path: Path, cells: list[str], lines: list[int]) -> l
     return values  # type: ignore[return-value]
 
 
+_VERDICTS: dict[bytes, str | None] = {}  # sha1 of an image file's bytes -> check_image's verdict, this process
+_MAX_VERDICTS = 500_000
+
+
+def _verdict(data: bytes) -> str | None:
+    """``check_image(data)``, remembered by the bytes' digest: the same bytes always get the same verdict, so a
+    catalogue loaded again in this process (or in a child forked from it: the training queue) decodes no
+    photo twice."""
+    key = hashlib.sha1(data).digest()
+    if key not in _VERDICTS:
+        verdict = check_image(data)
+        if len(_VERDICTS) >= _MAX_VERDICTS:
+            _VERDICTS.clear()
+        _VERDICTS[key] = verdict
+    return _VERDICTS[key]
+
+
 def _row_item(root: Path, rec: Record, col: dict[str, int], report: LoadReport,
               seen_ids: set[str], check_images: bool) -> tuple[str, str, str, bytes] | None:
     """(image, caption, item id, image bytes) of a usable row; otherwise the skip is reported and None."""
@@ -269,7 +286,7 @@ def _row_item(root: Path, rec: Record, col: dict[str, int], report: LoadReport,
         return None
     data, problem, detail = _read_image(path)  # read once: checked and fingerprinted from memory
     if data is not None and check_images:
-        problem = check_image(data)
+        problem = _verdict(data)
     if problem:
         report.skip(problem, f"line {line}: {rel}" + (f" ({detail})" if detail else ""))
         return None
