@@ -42,8 +42,18 @@ def preload(catalogues=()) -> None:
 
     from ..data import open_catalogue
 
+    specs = list(dict.fromkeys(catalogues))
+    demo = None
+    if "demo" in specs:  # generating it is pure Python and PIL: in a process of its own, beside the imports
+        from ..data.demo import demo_dir
+        if not (demo_dir() / "demo.json").is_file():
+            demo = subprocess.Popen([sys.executable, "-c", "from xmodal.data import ensure_demo; ensure_demo()"],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def load() -> None:
-        for spec in dict.fromkeys(catalogues):
+        if demo is not None:
+            demo.wait()
+        for spec in specs:
             try:
                 open_catalogue(spec)
             except Exception:  # noqa: BLE001 - the job loads it again and reports the problem
