@@ -975,3 +975,17 @@ def test_warm_children_run_a_module_like_python_dash_m(tmp_path, monkeypatch, fo
     proc.send_signal(signal.SIGTERM)
     assert proc.wait() == 7  # the job's own handler ran; this (the queue's) process is untouched
     assert isinstance(proc, warm.Forked) == (fork == "1" and sys.platform.startswith("linux"))
+
+
+def test_warmup_leaves_umaps_kernels_in_numbas_disk_cache():
+    """``python -m xmodal.warmup`` (the set-up command runs it): UMAP's kernels compiled into numba's on-disk
+    cache, where the next process loads them instead of compiling."""
+    from pathlib import Path as _Path
+
+    from xmodal import warmup
+    assert warmup.main([]) == 0
+    import umap.umap_ as umap_module
+    kernel = umap_module.smooth_knn_dist
+    assert type(kernel._cache).__name__ == "FunctionCache"  # caching on (numba's own default: off)
+    cached = list(_Path(kernel._cache._cache_path).glob("umap_.smooth_knn_dist-*.nbi"))
+    assert cached, kernel._cache._cache_path

@@ -113,6 +113,13 @@ def import_umap():
 _UMAP_CACHING = False
 
 
+def warm_umap() -> None:
+    """Compile (or load) UMAP's kernels into numba's on-disk cache with a tiny map (``python -m
+    xmodal.warmup``, which the README's set-up command runs once after installing)."""
+    points = np.random.default_rng(0).normal(size=(2 * UMAP_MIN_POINTS, 8)).astype(np.float32)
+    project(points, "umap")
+
+
 def project(points: np.ndarray, method: str = "umap", seed: int = 0, n_neighbors: int = 15,
             min_dist: float = 0.1) -> tuple[np.ndarray, str]:
     """2-D coordinates of ``points`` ``[M, D]`` and the method actually used.
