@@ -644,16 +644,16 @@ def test_explain_compose_and_refine_in_chromium(server, page, shots):
                                                                       "search_refine"))
 
 
-def test_a_small_real_catalogue_in_chromium(trained_run, tmp_path_factory, tmp_path):
+def test_a_small_real_catalogue_in_chromium(trained_run, tmp_path_factory, page):
     """A run on 150 real Myntra products beside a demo run, in Chromium: Home's table per catalogue, the real
     run's map (a hovered point's photo from this server, a clicked point's neighbours) and a search that says
     what it searched; nothing requested outside localhost. Skips without the real catalogue."""
     from dashboard_runs import real_and_demo
     real = real_and_demo(trained_run, tmp_path_factory)
-    with _serve(real["root"], str(real["catalogue"]), tmp_path_factory.mktemp("real_log")) as url, \
-            _browser(tmp_path / "profile") as context:
+    context = page.context  # the module's browser (one Playwright per process), a page of its own
+    with _serve(real["root"], str(real["catalogue"]), tmp_path_factory.mktemp("real_log")) as url:
         watch = _Watch(context)
-        page = context.pages[0] if context.pages else context.new_page()
+        page = context.new_page()
         page.goto(url)
         page.get_by_test_id("stDataFrame").first.wait_for()
         _idle(page)
@@ -674,3 +674,5 @@ def test_a_small_real_catalogue_in_chromium(trained_run, tmp_path_factory, tmp_p
         page.get_by_text("Searched the whole catalogue: 150 products of myntra150").first.wait_for()
         _idle(page)
         watch.assert_clean(page, "a real catalogue")
+        page.close()
+        context.unroute("**/*")
