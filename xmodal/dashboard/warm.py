@@ -61,7 +61,10 @@ def preload(catalogues=()) -> None:
     worker = threading.Thread(target=load, name="xmodal-preload-catalogues", daemon=True)
     worker.start()
     for name in PRELOAD:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - each job imports it again and reports the problem in its log
+            pass
     worker.join()  # no thread left running when the jobs are forked
 
 
