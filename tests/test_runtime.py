@@ -200,6 +200,52 @@ def test_export_failure_falls_back(photos, monkeypatch, tmp_path, caplog):
     assert len(tries) == 1  # not tried again in this process: a failed export costs its seconds once
 
 
+class _Pooled(torch.nn.Module):
+    """A toy backbone: conv, pool, flatten (a Reshape that names the batch), and optionally a term that
+    builds a batch-sized tensor (baked in when exported at a fixed batch)."""
+
+    def __init__(self, batch_sized: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.batch_sized = torch.nn.Conv2d(3, 5, 3), batch_sized
+
+    def forward(self, x):
+        y = torch.nn.functional.adaptive_avg_pool2d(self.conv(x), 1).flatten(1)  # [B, 5]
+        return y + torch.arange(x.shape[0], dtype=y.dtype)[:, None] if self.batch_sized else y
+
+
+TOY_KEY = {"backbone": "toy", "input": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+
+
+def _run_graph(data: bytes, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    import onnxruntime as ort
+    x = torch.randint(0, 256, (batch, 3, 10, 8), generator=torch.Generator().manual_seed(batch)).float()
+    out = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"pixels": x.numpy()})[0]
+    return out, x
+
+
+@needs_ort
+def test_fixed_batch_export_is_freed_or_redone_dynamic(monkeypatch):
+    """The graph is exported at a fixed batch and its batch axis freed (half the exporter's time); where the
+    batch is baked in elsewhere the graph is exported again with a dynamic axis. Either way it computes the
+    module at any batch."""
+    calls = []
+    real = runtime._export
+    monkeypatch.setattr(runtime, "_export", lambda m, size, dynamic: calls.append(dynamic) or real(m, size, dynamic))
+    for batch_sized, expected in ((False, [False]), (True, [False, True])):
+        calls.clear()
+        model = _Pooled(batch_sized).eval()
+        data = runtime.export_graph(model, (10, 8), key=TOY_KEY)
+        assert calls == expected
+        module = runtime._FromRaw(model, (TOY_KEY["input"]["mean"], TOY_KEY["input"]["std"]))
+        for batch in (1, 2, runtime.EXPORT_BATCH, 12):
+            out, x = _run_graph(data, batch)
+            with torch.no_grad():
+                np.testing.assert_allclose(out, module(x).numpy(), rtol=1e-5, atol=1e-5)
+    baked = runtime._FromRaw(_Pooled(True).eval(), ((0,) * 3, (1,) * 3))  # arange(7) folded into a constant
+    assert not runtime._matches(runtime._free_batch(real(baked, (10, 8), False)), baked, (10, 8))
+
+
 # ---------------------------------------------------------------- the graph cache
 
 @needs_ort
