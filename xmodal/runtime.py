@@ -8,10 +8,11 @@ computes the same function: each one is checked against PyTorch on a probe batch
 nothing about the runtime, on purpose).
 
 - **The graph** is exported with ``torch.onnx.export`` (the torch.export-based exporter, at a fixed batch
-  whose axis is then freed, checked at other batches; the image size fixed) and cached as ``$XMODAL_CACHE/onnx/<backbone>_<H>x<W>[_cut<k>]_<key>.onnx``,
-  keyed like the feature cache: backbone, ``weights_digest`` of the part that runs, input size and stage
-  cut. With a cut (``tail_blocks`` > 0) the graph is ``stem_forward``: the feature map before the last
-  stages. A graph that is damaged (truncated, garbled, another key's) is exported again with a warning.
+  whose axis is then freed, checked at other batches; the image size fixed) and cached as
+  ``$XMODAL_CACHE/onnx/<backbone>_<H>x<W>[_cut<k>]_<key>.onnx``, keyed like the feature cache: backbone,
+  ``weights_digest`` of the part that runs, input size and stage cut. With a cut (``tail_blocks`` > 0) the
+  graph is ``stem_forward``: the feature map before the last stages. A graph that is damaged (truncated,
+  garbled, another key's) is exported again with a warning.
 - **Export costs seconds** (4-9 s for EfficientNet-Lite0 on two cores, 20-25 s when they are busy), so
   ``auto`` exports only for jobs big enough to repay it (``export_min_pixels``: about where the seconds the
   graph saves add up to its export, per backbone); a graph already on disk is used for any job.
