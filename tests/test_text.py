@@ -102,42 +102,50 @@ print(stable_hash("navy"), hashlib.sha256(vectors.tobytes()).hexdigest())
 
 
 def test_word_vectors_do_not_depend_on_python_hash_seed():
-    outs = set()
-    for hash_seed in ("1", "2"):
+    procs = []
+    for hash_seed in ("1", "2"):  # both at once: one thread each
         env = {**os.environ, "PYTHONHASHSEED": hash_seed, "OMP_NUM_THREADS": "1"}
-        res = subprocess.run([sys.executable, "-c", _W2V.format(caps=CAPTIONS)], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=120)
-        assert res.returncode == 0, res.stderr
-        outs.add(res.stdout.strip())
+        procs.append(subprocess.Popen([sys.executable, "-c", _W2V.format(caps=CAPTIONS)], cwd=ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = set()
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        outs.add(out.strip())
     assert len(outs) == 1, outs
     assert outs.pop().split()[0] == str(stable_hash("navy"))
 
 
-def _train(catalogue: Path, out: Path, model: str, run_id: str, cache: Path, hash_seed: str) -> Path:
+def _start(catalogue: Path, out: Path, model: str, run_id: str, cache: Path, hash_seed: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONHASHSEED": hash_seed, "XMODAL_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "xmodal.train", "--model", model, "--data", str(catalogue), "--epochs", "1",
            "--batch-size", "16", "--seed", "5", "--out", str(out), "--run-id", run_id, *TINY_SIZE]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return out / run_id
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["siamese", "cmpm-efficientnet"])
-def test_same_seed_same_numbers(model, tiny_catalogue, tmp_path):
+def test_same_seed_same_numbers(tiny_catalogue, tmp_path):
     """Two runs with the same flags and --seed give the same numbers, whatever PYTHONHASHSEED is and
-    whether the first run had to extract the image features (cold cache) or found them (warm)."""
+    whether the first run had to extract the image features (cold cache) or found them (warm). The two
+    models train side by side (one thread each), each with its own cache."""
     from safetensors.torch import load_file
-    cache = tmp_path / "cache"  # the first run fills it, the second reads it
-    runs = [_train(tiny_catalogue, tmp_path, model, f"r{h}", cache, h) for h in ("1", "2")]
-    a, b = (json.loads((r / "test.json").read_text()) for r in runs)
-    for key in ("item", "caption", "similarity", "chosen_on"):
-        assert a[key] == b[key], f"{model}: test.json {key} differs"
-    assert (runs[0] / "vocab.json").read_text() == (runs[1] / "vocab.json").read_text()
-    wa, wb = (load_file(r / "best.safetensors") for r in runs)
-    assert wa.keys() == wb.keys()
-    for name in wa:
-        assert (wa[name] == wb[name]).all(), f"{model}: weights {name} differ"
+    models = ["siamese", "cmpm-efficientnet"]
+    for hash_seed in ("1", "2"):  # the first runs fill their caches, the second read them
+        procs = [_start(tiny_catalogue, tmp_path / m, m, f"r{hash_seed}", tmp_path / m / "cache", hash_seed)
+                 for m in models]
+        for model, proc in zip(models, procs):
+            _, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, f"{model}: {err[-3000:]}"
+    for model in models:
+        runs = [tmp_path / model / f"r{h}" for h in ("1", "2")]
+        a, b = (json.loads((r / "test.json").read_text()) for r in runs)
+        for key in ("item", "caption", "similarity", "chosen_on"):
+            assert a[key] == b[key], f"{model}: test.json {key} differs"
+        assert (runs[0] / "vocab.json").read_text() == (runs[1] / "vocab.json").read_text()
+        wa, wb = (load_file(r / "best.safetensors") for r in runs)
+        assert wa.keys() == wb.keys()
+        for name in wa:
+            assert (wa[name] == wb[name]).all(), f"{model}: weights {name} differ"
 
 
 def test_long_descriptions_are_read_far_enough_and_truncation_is_stated(tiny_catalogue, tmp_path, capsys):

@@ -366,11 +366,12 @@ def test_two_processes_on_one_run_folder(tiny_catalogue, tmp_path):
             assert first.poll() is None, first.stderr.read().decode()[-2000:]
             assert time.time() < deadline
             time.sleep(0.1)
-        second = subprocess.run([sys.executable, "-m", "xmodal.train", "--resume", str(run)], env=os.environ.copy(),
-                                capture_output=True, text=True, timeout=120)
-        assert second.returncode == 2 and f"in use by process {first.pid}" in second.stderr
-        same_id = subprocess.run(argv, env=os.environ.copy(), capture_output=True, text=True, timeout=120)
-        assert same_id.returncode == 2 and "already exists" in same_id.stderr
+        tries = [subprocess.Popen(cmd, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True)  # both at once: each is refused before it trains
+                 for cmd in ([sys.executable, "-m", "xmodal.train", "--resume", str(run)], argv)]
+        (_, resumed), (_, same_id) = (p.communicate(timeout=120) for p in tries)
+        assert tries[0].returncode == 2 and f"in use by process {first.pid}" in resumed
+        assert tries[1].returncode == 2 and "already exists" in same_id
         assert read_lock(run)["pid"] == first.pid
     finally:
         first.send_signal(signal.SIGTERM)
