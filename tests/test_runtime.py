@@ -131,6 +131,23 @@ def test_backbone_features_for_single_queries(graphs, photos):
     assert runtime.relative_error(direct.numpy(), ref.numpy()) <= runtime.TOLERANCE
 
 
+@needs_ort
+def test_a_weight_changed_in_place_is_never_run_from_the_old_graph(graphs, photos):
+    """Single queries reuse the session they were given while no tensor of the backbone changes; an in-place
+    change (a fine-tuning step, ``load_state_dict``) makes the next query ask for its own graph."""
+    model, _ = exported(graphs, "efficientnet")
+    model = __import__("copy").deepcopy(model)  # the module's shared model stays as it is
+    graph = runtime.load_graph(model, SIZE)
+    assert runtime.select_runtime(model, CPU, SIZE) is graph and runtime.select_runtime(model, CPU, SIZE) is graph
+    with torch.no_grad():
+        model.conv_stem.weight.mul_(1.5)
+    assert runtime.select_runtime(model, CPU, SIZE) is None  # another weights digest: not cached, not exported
+    x = image_transform("efficientnet", SIZE)(runtime_image(photos[0]))[None]
+    with torch.no_grad():
+        ref = model(x)
+    assert runtime.relative_error(runtime.backbone_features(model, x).numpy(), ref.numpy()) <= runtime.TOLERANCE
+
+
 # ---------------------------------------------------------------- when PyTorch runs instead
 
 def test_without_onnxruntime_pytorch_runs(graphs, photos, monkeypatch, caplog):

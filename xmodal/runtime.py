@@ -146,6 +146,8 @@ def backbone_name(model: nn.Module) -> str:
 
 _DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> {cut: (tensor versions, digest)}
 _TENSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> its state_dict's tensors
+# module -> {(size, cut, threads): (its tensors' state, the _SESSIONS key of the graph select_runtime gave)}
+_RECENT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _tensors(model: nn.Module) -> list[torch.Tensor]:
@@ -475,15 +477,24 @@ def select_runtime(model: nn.Module, device: torch.device, size: tuple[int, int]
     choice = requested_runtime()
     if choice == "torch" or device.type != "cpu":
         return None
-    if not _float32(model):
-        return None
     if onnxruntime_version() is None:
         if choice == "onnxruntime":
             log.warning("%s=onnxruntime but onnxruntime does not import; using PyTorch "
                         "(pip install onnxruntime onnxscript)", ENV)
         return None
+    threads = default_threads()
+    state = _state(model)
+    recent = _RECENT.setdefault(model, {})
+    hit = recent.get((size, tail_blocks, threads))
+    if hit is not None and hit[0] == state and hit[1] in _SESSIONS:  # the same weights as last time
+        return _SESSIONS[hit[1]]  # skips the float32 check and the key's digest, json and hash (~0.4 ms a query)
+    if not _float32(model):
+        return None
     export = choice == "onnxruntime" or images * size[0] * size[1] >= export_min_pixels(model)
-    return load_graph(model, size, tail_blocks, export=export)
+    graph = load_graph(model, size, tail_blocks, export=export, threads=threads)
+    if graph is not None:
+        recent[(size, tail_blocks, threads)] = (state, (str(graph.path), threads))
+    return graph
 
 
 def backbone_features(model: nn.Module, pixels: torch.Tensor, tail_blocks: int = 0, transform=None) -> torch.Tensor:
