@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", help="gallery sizes (default 10000 100000 1000000)")
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     p.add_argument("--data", default="demo", help="catalogue folder for JPEGs and captions (default: demo)")
-    p.add_argument("--dashboard", default="dashboard.py", help="Streamlit entry point to time")
+    p.add_argument("--dashboard", default=BenchConfig.dashboard,
+                   help="Streamlit entry point to time (default: this checkout's dashboard.py, from any folder)")
     p.add_argument("--threads", type=int, help="torch, faiss and ONNX Runtime threads (default: torch's, one per core)")
     p.add_argument("--runtime", choices=RUNTIMES, help=f"the backbone runtime of xmodal's extraction (sets {ENV})")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")

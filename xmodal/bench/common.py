@@ -35,7 +35,7 @@ class BenchConfig:
     embed_items: int = 10_000  # gallery items embedded (texts through the model, images from features)
     reps: int = 4  # interleaved repetitions (rotating order) of each timed comparison; the best of each is kept
     sections: tuple[str, ...] = SECTIONS  # which parts to run
-    dashboard: str = "dashboard.py"  # the Streamlit entry point, relative to the working directory
+    dashboard: str = str(Path(__file__).resolve().parents[2] / "dashboard.py")  # this checkout's Streamlit app
     work_dir: str | None = None  # where faiss indexes, the tiny run and dashboard state go (None: a temp folder)
 
 
