@@ -398,6 +398,23 @@ def test_queries_locate_the_true_match(trained_run):
     assert queries.text_query(run, "red shirt", k=2).rank is None
 
 
+def test_a_dashboard_query_embeds_once_and_finds_what_search_finds(trained_run, monkeypatch):
+    from xmodal import load_run
+    run = load_run(trained_run)
+    query, photo = run.catalogue.captions[3], run.catalogue.open_image(3)
+    plain_text = [h.index for h in run.search_text(query, 5)]
+    plain_image = [h.index for h in run.search_image(photo, 5)]
+    calls = []
+    for name in ("embed_text", "embed_image"):
+        real = getattr(run, name)
+        monkeypatch.setattr(run, name, lambda x, real=real, name=name: calls.append(name) or real(x))
+    monkeypatch.setattr("xmodal.search.embed_texts", lambda *a, **k: calls.append("embed_texts") or
+                        __import__("xmodal.pipeline", fromlist=["x"]).embed_texts(*a, **k))
+    assert [h.index for h in queries.text_query(run, query, k=5).hits] == plain_text
+    assert [h.index for h in queries.image_query(run, photo, k=5).hits] == plain_image
+    assert calls == ["embed_text", "embed_texts", "embed_image"]  # one text encoding, one image forward
+
+
 def test_log_progress_reads_the_last_progress_bar(tmp_path):
     assert jobs.log_progress(tmp_path) is None
     (tmp_path / jobs.LOG_NAME).write_text(

@@ -214,24 +214,29 @@ class Run:
         image = to_rgb(image) if isinstance(image, Image.Image) else open_rgb(image)
         return embed_pil(self.model, [image], self.device)[0]  # [D]
 
-    def search_text(self, query: str, k: int = 10) -> SearchResult:
+    def search_text(self, query: str, k: int = 10, vector: torch.Tensor | None = None) -> SearchResult:
         """The ``k`` gallery products whose images best match ``query``, best first.
 
         Words the model does not know are read as ``<unk>`` and listed in the result's ``unknown_words``.
+        ``vector``: ``embed_text(query)`` where the caller has it already (not computed again).
 
         Raises:
             UnknownQueryError: (a ``ValueError``) the query has no words (empty, punctuation, emoji) or
                 none the model knows; its message names them and suggests words the model knows.
         """
         words, unknown = self.vocab.check_query(query)
-        hits = self._hits("images", embed_texts(self.model, self.vocab, [query], self.device)[0], k)
+        if vector is None:
+            vector = embed_texts(self.model, self.vocab, [query], self.device)[0]  # [D]
+        hits = self._hits("images", vector, k)
         result = SearchResult(hits, words, unknown)
         result.words_not_read = max(0, len(tokenize(query)) - self.vocab.max_len)
         return result
 
-    def search_image(self, image: Image.Image | str | os.PathLike, k: int = 10) -> list[Hit]:
-        """The ``k`` gallery captions that best describe ``image`` (a PIL image or a path)."""
-        return self._hits("texts", self.embed_image(image), k)
+    def search_image(self, image: Image.Image | str | os.PathLike, k: int = 10, vector: torch.Tensor | None = None
+                     ) -> list[Hit]:
+        """The ``k`` gallery captions that best describe ``image`` (a PIL image or a path); ``vector``:
+        ``embed_image(image)`` where the caller has it already (not computed again)."""
+        return self._hits("texts", self.embed_image(image) if vector is None else vector, k)
 
     def search(self, image=None, text: str | None = None, weight: float | None = None, k: int = 10):
         """Products for a photo, words, or a photo changed by words ("in red"): see ``xmodal.compose.search``.

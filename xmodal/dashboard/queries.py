@@ -74,8 +74,9 @@ def text_query(run: Run, query: str, k: int = 10, item_id: str | None = None, sh
                gallery: np.ndarray | None = None) -> QueryResult:
     """Products whose images best match ``query``; with ``item_id``, where that item's image landed; with
     ``gallery`` (catalogue positions), among those products only."""
-    hits = run.search_text(query, k)
-    scores = _restricted((run.image_embeds @ run.embed_text(query)).numpy(), gallery)  # [N]
+    vector = run.embed_text(query)  # [D], once: the hits and the true match's rank both come from it
+    hits = run.search_text(query, k, vector=vector)
+    scores = _restricted((run.image_embeds @ vector).numpy(), gallery)  # [N]
     if gallery is not None:
         from ..search import SearchResult
         part = SearchResult(_top(run, scores, np.asarray(gallery), k), hits.query_words, hits.unknown_words)
@@ -89,7 +90,9 @@ def image_query(run: Run, image: Image.Image, k: int = 10, item_id: str | None =
                 show_above: int = 10, gallery: np.ndarray | None = None) -> QueryResult:
     """Captions that best describe ``image``; with ``item_id``, where that item's caption landed; with
     ``gallery`` (catalogue positions), among those products' captions only."""
-    scores = _restricted((run.text_embeds @ run.embed_image(image)).numpy(), gallery)  # [N]
-    hits = run.search_image(image, k) if gallery is None else _top(run, scores, np.asarray(gallery), k)
+    vector = run.embed_image(image)  # [D], once: the backbone's forward is most of a query
+    scores = _restricted((run.text_embeds @ vector).numpy(), gallery)  # [N]
+    hits = run.search_image(image, k, vector=vector) if gallery is None else \
+        _top(run, scores, np.asarray(gallery), k)
     rank, above, true_hit = _locate(run, scores, item_id, show_above)
     return QueryResult(hits, rank, above, true_hit)
