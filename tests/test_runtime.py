@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from xmodal import cachefile, runtime
+from xmodal import cachefile, onnx_export, runtime
 from xmodal.backbones import create_backbone, extract_features, image_transform, stem_module, weights_digest
 
 CPU = torch.device("cpu")
@@ -247,20 +247,21 @@ def test_fixed_batch_export_is_freed_or_redone_dynamic(monkeypatch):
     batch is baked in elsewhere the graph is exported again with a dynamic axis. Either way it computes the
     module at any batch."""
     calls = []
-    real = runtime._export
-    monkeypatch.setattr(runtime, "_export", lambda m, size, dynamic: calls.append(dynamic) or real(m, size, dynamic))
+    real = onnx_export._export
+    monkeypatch.setattr(onnx_export, "_export",
+                        lambda m, size, dynamic: calls.append(dynamic) or real(m, size, dynamic))
     for batch_sized, expected in ((False, [False]), (True, [False, True])):
         calls.clear()
         model = _Pooled(batch_sized).eval()
         data = runtime.export_graph(model, (10, 8), key=TOY_KEY)
         assert calls == expected
-        module = runtime._FromRaw(model, (TOY_KEY["input"]["mean"], TOY_KEY["input"]["std"]))
-        for batch in (1, 2, runtime.EXPORT_BATCH, 12):
+        module = onnx_export._FromRaw(model, (TOY_KEY["input"]["mean"], TOY_KEY["input"]["std"]))
+        for batch in (1, 2, onnx_export.EXPORT_BATCH, 12):
             out, x = _run_graph(data, batch)
             with torch.no_grad():
                 np.testing.assert_allclose(out, module(x).numpy(), rtol=1e-5, atol=1e-5)
-    baked = runtime._FromRaw(_Pooled(True).eval(), ((0,) * 3, (1,) * 3))  # arange(7) folded into a constant
-    assert not runtime._matches(runtime._free_batch(real(baked, (10, 8), False)), baked, (10, 8))
+    baked = onnx_export._FromRaw(_Pooled(True).eval(), ((0,) * 3, (1,) * 3))  # arange(7) folded into a constant
+    assert not onnx_export._matches(onnx_export._free_batch(real(baked, (10, 8), False)), baked, (10, 8))
 
 
 # ---------------------------------------------------------------- the graph cache
