@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from xmodal import cachefile
-from xmodal.backbones import (create_backbone, extract_features, feature_cache_path, image_transform,
-                              stem_module, weights_digest)
+from xmodal.backbones import create_backbone, extract_features, image_transform, stem_module, weights_digest
+from xmodal.feature_cache import feature_cache_path
 from xmodal.gallery import Gallery, GalleryConfig
 from xmodal.pipeline import catalogue_features
 

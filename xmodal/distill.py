@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbones import BACKBONES, cached_features, create_backbone, decoded_batches, image_transform, weights_digest
+from .backbones import BACKBONES, create_backbone, decoded_batches, image_transform, weights_digest
+from .feature_cache import cached_features
 from .cachefile import warn_rebuild, write_cache
 from .training import cpu_decoding_workers
 from .paths import cache_dir

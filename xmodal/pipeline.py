@@ -11,7 +11,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .backbones import ImageFiles, cached_features, image_transform, loader_workers
+from .backbones import ImageFiles, image_transform, loader_workers
+from .feature_cache import cached_features
 from .data import Catalogue, normalise_caption
 from .metrics import retrieval_metrics, similarity_stats
 from .text import Vocab

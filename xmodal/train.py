@@ -6,9 +6,10 @@ at the end, from those weights. Ctrl-C (or SIGTERM) stops cleanly after keeping 
 epoch; ``--resume DIR`` carries on from it. Under ``torchrun`` it trains with DistributedDataParallel.
 
 The run reads as named phases, each a function: parse the flags (``train_args``); plan the run folder,
-open the data and claim the folder, one writer under a lock (``train_plan``); build or restore the model
-(weights before any feature extraction), extract the frozen features, write the run files, the epoch
-loop, and finish (test once). Bad input stops before anything is written, with one line and exit code 2.
+open the data and claim the folder, one writer under a lock (``train_plan``); build or restore the model,
+weights before any feature extraction (``train_model``); then, here, extract the frozen features, write
+the run files, the epoch loop, and finish (test once). Bad input stops before anything is written, with
+one line and exit code 2.
 """
 from __future__ import annotations
 
@@ -25,16 +26,13 @@ import torch
 
 from . import distributed as dist
 from .data import CatalogueError, resolve_data
-from .backbones import BACKBONES
-from .distill import DistillConfig, distilled_backbone, needs_distillation
-from .models import create_model, model_config, rebuild_model
 from .pipeline import catalogue_features, evaluate_split
 from .runs import (MetricsLog, RunLocked, atomic_write_json, new_run_id, read_best,
                    read_metrics, save_best, save_torch, write_status)
-from .text import word_vectors
 from .train_args import ArgError, Args, TrainConfig, parse_args
 from .training import PairDataset, make_loader, make_optimizer, reseed, train_one_epoch, use_bf16
 from .training import steps_per_epoch as epoch_steps
+from .train_model import build_model, frozen_epochs, resolve_device, truncation_note
 from .train_plan import Data, Plan, RunFolderError, already_finished, claim_run_folder, open_data, plan_run
 
 __all__ = ["TrainConfig", "main"]
@@ -47,87 +45,8 @@ class Stop(Exception):
     """Raised inside the loop when SIGTERM asks the run to stop."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ArgError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu or auto")
-    return torch.device(name)
-
-
 # ----------------------------------------------------------------------------------------------------
-# Phase 4: build or restore the model (its real weights before any feature is extracted).
-
-def truncation_note(data: Data) -> str:
-    """How much of the train captions the model reads (stated, never silent)."""
-    t = data.vocab.truncation(data.train_captions)
-    if not t["truncated"]:
-        return f"every word read (at most {t['max_len']})"
-    return (f"the first {t['max_len']} words read; {t['truncated']} of {t['captions']} train captions are longer "
-            f"(up to {t['longest']} words) and truncated")
-
-
-def model_overrides(cfg: TrainConfig, data: Data) -> dict:
-    """Model config values that come from the flags and the data."""
-    values = dict(vocab_size=len(data.vocab), word_dim=cfg.word_dim, num_classes=int(data.groups.max()) + 1,
-                  embed_dim=cfg.embed_dim, image_size=cfg.image_size, cmpc_weight=cfg.cmpc_weight,
-                  tune_blocks=cfg.tune_blocks)
-    out = {**cfg.model_args, **{k: v for k, v in values.items() if v is not None}}
-    if cfg.finetune:
-        out["finetune"] = True
-    return out
-
-
-def build_model(plan: Plan, data: Data, ctx) -> torch.nn.Module:
-    """A fresh model (pretrained backbone, word vectors), or a resumed one with ``last.pt``'s weights loaded.
-
-    A resumed run without ``last.pt`` (stopped during epoch 1) is built fresh from its saved flags,
-    which gives the same initialisation as its first start.
-    """
-    cfg = plan.cfg
-    if cfg.download_weights:
-        os.environ["XMODAL_ALLOW_DOWNLOAD"] = "1"
-    if plan.checkpoint is not None:
-        model = rebuild_model(cfg.model, plan.saved["model_config"])
-        try:
-            model.load_state_dict(plan.checkpoint["model"])
-        except RuntimeError as err:
-            raise RunFolderError(f"{plan.run_dir}/last.pt does not fit the run's model "
-                                 f"({str(err).splitlines()[0][:160]}); start a new run") from None
-        return model
-    overrides = model_overrides(cfg, data)
-    backbone = model_config(cfg.model, **overrides).backbone
-    with torch.random.fork_rng(devices=[]):  # building a throwaway backbone must not shift the seed
-        distil = overrides.get("pretrained", True) and needs_distillation(backbone)
-    note = None
-    if distil:  # no pretrained weights here: a distilled start (cached) instead of a random network
-        if not ctx.is_main:
-            ctx.barrier()  # rank 0 distils first; the others then read its cache
-        size = tuple(cfg.image_size or BACKBONES[backbone].default_size)
-        with torch.random.fork_rng(devices=[]):
-            state, note = distilled_backbone(backbone, data.cat, data.splits["train"], resolve_device(cfg.device)
-                                             if ctx.world == 1 else ctx.device,
-                                             DistillConfig(size=size, seed=cfg.seed), progress=ctx.is_main)
-        if ctx.is_main:
-            ctx.barrier()
-    torch.manual_seed(cfg.seed + ctx.rank)  # the same initialisation whatever the caches held
-    model = create_model(cfg.model, **overrides) if note is None else \
-        create_model(cfg.model, **{**overrides, "weights_source": note})
-    if note is not None:
-        model.backbone.load_state_dict(state)
-    if ctx.is_main:  # the same vectors on every rank come from the broadcast of the weights by DDP
-        model.set_word_vectors(word_vectors(cfg.word_vectors, data.vocab, data.train_captions, cfg.word_dim,
-                                            cfg.seed))
-    return model
-
-
-def frozen_epochs(cfg: TrainConfig, mcfg) -> int:
-    """Epochs trained on cached frozen features (all of them unless the backbone fine-tunes)."""
-    if not mcfg.finetune:
-        return cfg.epochs
-    return cfg.freeze_epochs if mcfg.weights_source else 0
-
+# Phase 4, continued: the frozen features, if the model trains on them (the model itself: ``train_model``).
 
 def extract(model, data: Data, cfg: TrainConfig, ctx, device: torch.device, run_dir: Path) -> torch.Tensor | None:
     """Frozen backbone features of every item (rank 0 builds the cache, the others read it), if needed."""
