@@ -116,6 +116,41 @@ def runtime_image(path: Path):
 
 
 @needs_ort
+@pytest.mark.parametrize("tail_blocks", [0, 2])
+def test_lanes_give_every_image_its_own_features_in_order(graphs, photos, monkeypatch, tail_blocks):
+    """Several lanes (each decoding a batch and running a one-thread session) return what one session fed by
+    a decoding thread returns, row for row, for a job whose batches finish out of order."""
+    from xmodal import backbones
+    model, _ = exported(graphs, "efficientnet", tail_blocks)
+    paths = [photos[(i * 5) % len(photos)] for i in range(2 * backbones.LANE_BATCH * 3 + 5)]  # 53: a short last batch
+    monkeypatch.setenv(runtime.ENV, "onnxruntime")
+    monkeypatch.setattr(backbones, "lanes_for", lambda images: 1)
+    one = extract(model, paths, "efficientnet", tail_blocks)
+    assert runtime.load_graph(model, SIZE, tail_blocks, threads=1) is not None  # loaded (and probed) before counting
+    sessions = []
+    real_raw = runtime.OrtBackbone.raw
+
+    def slow_raw(self, x):  # lanes finish out of order: the first batch of each three is the slowest
+        sessions.append((self.threads, len(x)))
+        if len(sessions) % 3 == 1:
+            import time
+            time.sleep(0.05)
+        return real_raw(self, x)
+    monkeypatch.setattr(runtime.OrtBackbone, "raw", slow_raw)
+    monkeypatch.setattr(backbones, "lanes_for", lambda images: 3)
+    lanes = extract(model, paths, "efficientnet", tail_blocks)
+    assert {threads for threads, _ in sessions} == {1}  # the one-thread session ran every batch
+    assert sorted(n for _, n in sessions) == sorted([backbones.LANE_BATCH] * 6 + [5])
+    assert lanes.shape == one.shape and lanes.dtype == one.dtype
+    np.testing.assert_allclose(lanes.astype(np.float32), one.astype(np.float32), rtol=2 ** -10,
+                               atol=ABS_TOLERANCE * max(1.0, float(np.abs(one.astype(np.float32)).max())))
+    first = {p: i for i, p in reversed(list(enumerate(paths)))}  # each photo's first row
+    rows = one.astype(np.float32).reshape(len(paths), -1)[[first[p] for p in photos]]
+    gaps = np.abs(rows[:, None] - rows[None]).max(-1)[~np.eye(len(photos), dtype=bool)]
+    assert gaps.min() > 100 * ABS_TOLERANCE  # different photos differ: a row out of order would have failed above
+
+
+@needs_ort
 def test_backbone_features_for_single_queries(graphs, photos):
     model, _ = exported(graphs, "efficientnet")
     x = image_transform("efficientnet", SIZE)(runtime_image(photos[0]))[None]  # [1, 3, H, W]

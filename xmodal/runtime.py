@@ -57,7 +57,7 @@ EXPORT_MIN_PIXELS = 512 * 224 * 168  # auto exports a graph for jobs of at least
 EXPORT_MIN_IMAGES = {"mobilenet": 8000}
 PROBE_SEED = 20240611  # the probe batch: 2 images of uniform random raw pixels (0-255)
 _SESSIONS: OrderedDict[tuple[str, int], OrtBackbone] = OrderedDict()  # graph path, threads -> loaded graph
-_KEEP_SESSIONS = 4
+_KEEP_SESSIONS = 8
 _FAILED: set[str] = set()  # graph paths whose export failed in this process: not tried again
 _LOCK = threading.RLock()  # one loader at a time: two threads never export the same graph at once
 
@@ -350,12 +350,14 @@ def export_min_pixels(model: nn.Module) -> int:
 
 
 def select_runtime(model: nn.Module, device: torch.device, size: tuple[int, int], tail_blocks: int = 0,
-                   images: int = 0) -> OrtBackbone | None:
+                   images: int = 0, threads: int | None = None) -> OrtBackbone | None:
     """The ONNX Runtime session to run ``model`` with, or None for PyTorch.
 
     ONNX Runtime on CPU when it imports and the weights are float32, unless ``XMODAL_RUNTIME=torch``. A
     graph not yet cached is exported when ``XMODAL_RUNTIME=onnxruntime`` or the job (``images`` of ``size``)
     has at least ``export_min_pixels(model)`` pixels; smaller jobs use PyTorch rather than wait for an export.
+    ``threads``: the session's intra-op threads (default ``default_threads()``; 1 for callers that run one
+    session from a thread per core).
     """
     choice = requested_runtime()
     if choice == "torch" or device.type != "cpu":
@@ -365,7 +367,7 @@ def select_runtime(model: nn.Module, device: torch.device, size: tuple[int, int]
             log.warning("%s=onnxruntime but onnxruntime does not import; using PyTorch "
                         "(pip install onnxruntime onnxscript)", ENV)
         return None
-    threads = default_threads()
+    threads = threads or default_threads()
     state = _state(model)
     recent = _RECENT.setdefault(model, {})
     hit = recent.get((size, tail_blocks, threads))
