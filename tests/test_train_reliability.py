@@ -431,3 +431,38 @@ def test_foreign_lock_and_status_files_never_crash_readers(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_checkpoints_written_in_the_background_hold_the_epoch_they_were_taken_at(tmp_path):
+    """The loop hands its checkpoint to a writer thread and trains on: the file holds the state at the
+    hand-over (a copy), a failed write is raised in the loop's thread by the next hand-over, and close waits."""
+    import threading
+
+    import torch
+
+    from xmodal.runs import BackgroundWriter, save_torch, snapshot
+    weights = {"w": torch.zeros(4), "nested": {"state": [torch.ones(2)], "step": 1}}
+    copy = snapshot(weights)
+    assert copy["w"].data_ptr() != weights["w"].data_ptr() and copy["nested"]["step"] == 1
+    release = threading.Event()
+    writer = BackgroundWriter()
+
+    def slow_save(path, obj):
+        release.wait(5)
+        save_torch(path, obj)
+    writer.submit(slow_save, tmp_path / "last.pt", copy)
+    weights["w"].add_(7)  # the next epoch's steps change the live tensors while the write waits
+    weights["nested"]["state"][0].mul_(3)
+    release.set()
+    writer.wait()
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["w"].tolist() == [0.0] * 4 and saved["nested"]["state"][0].tolist() == [1.0, 1.0]
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device", "last.pt")
+    writer.submit(full)
+    with pytest.raises(OSError, match="No space"):
+        writer.submit(save_torch, tmp_path / "other.pt", copy)  # the failure surfaces at the next hand-over
+    writer.submit(full)
+    with pytest.raises(OSError):
+        writer.close()

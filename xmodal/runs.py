@@ -80,6 +80,50 @@ def save_torch(path: Path, obj: dict) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+class BackgroundWriter:
+    """Runs a run's checkpoint writes in one thread while training goes on: one write in flight at a time.
+
+    ``submit`` waits for the write before it (and raises that write's error, e.g. a full disk, in the
+    caller's thread) and starts the next; ``wait`` lets the write in flight finish. What is handed over must
+    be a copy that training cannot change (``snapshot``). Each file is still written atomically, so a process
+    killed mid-write keeps the previous one.
+    """
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="xmodal-checkpoint")
+        self._pending = None
+
+    def submit(self, fn, *args) -> None:
+        self.wait()
+        self._pending = self._pool.submit(fn, *args)
+
+    def wait(self) -> None:
+        """Block until the write in flight is on disk; raise its error, if it failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Finish the write in flight (its error is raised) and stop the thread."""
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def snapshot(obj: Any) -> Any:
+    """A copy of a state (nested dicts, lists and tuples of tensors and plain values) that later steps cannot
+    change: every tensor cloned."""
+    if hasattr(obj, "detach") and hasattr(obj, "clone"):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
 def save_best(run_dir: Path, state: dict[str, torch.Tensor], info: dict) -> None:
     """Write ``best.safetensors`` and the record that describes it (``info``: epoch, val_rsum, val) as one unit.
 

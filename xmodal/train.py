@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,8 @@ import torch
 from . import distributed as dist
 from .data import CatalogueError, resolve_data
 from .pipeline import catalogue_features, evaluate_split
-from .runs import (MetricsLog, RunLocked, atomic_write_json, new_run_id, read_best,
-                   read_metrics, save_best, save_torch, write_status)
+from .runs import (BackgroundWriter, MetricsLog, RunLocked, atomic_write_json, new_run_id, read_best,
+                   read_metrics, save_best, save_torch, snapshot, write_status)
 from .train_args import ArgError, Args, TrainConfig, parse_args
 from .training import PairDataset, make_loader, make_optimizer, reseed, train_one_epoch, use_bf16
 from .training import steps_per_epoch as epoch_steps
@@ -97,6 +97,7 @@ class LoopState:
     start_epoch: int = 1
     best_rsum: float = -1.0
     train_seconds: float = 0.0  # training time of earlier sessions of this run
+    writer: BackgroundWriter | None = field(default=None, repr=False)  # the checkpoints' writes (rank 0)
 
 
 def restore(plan: Plan, opt, sched) -> LoopState:
@@ -113,7 +114,8 @@ def restore(plan: Plan, opt, sched) -> LoopState:
     return LoopState(int(state["epoch"]) + 1, float(state["best_rsum"]), float(state.get("train_seconds", 0.0)))
 
 
-def run_epochs(plan: Plan, data: Data, model, features, ctx, device: torch.device, stop_requested: list) -> LoopState:
+def run_epochs(plan: Plan, data: Data, model, features, ctx, device: torch.device, stop_requested: list,
+               writer: BackgroundWriter | None = None) -> LoopState:
     """Train from the restored epoch to ``cfg.epochs``, validating, keeping best and last after each epoch."""
     cfg, run_dir, mcfg = plan.cfg, plan.run_dir, model.cfg
     epochs, n_frozen = cfg.epochs, frozen_epochs(cfg, mcfg)
@@ -131,6 +133,7 @@ def run_epochs(plan: Plan, data: Data, model, features, ctx, device: torch.devic
                                 total_steps=epochs * steps_per_epoch, warmup_frac=cfg.warmup_frac)
     ddp_model = ctx.wrap(model)
     loop = restore(plan, opt, sched)
+    loop.writer = writer or BackgroundWriter()
     keep = [r for r in read_metrics(run_dir) if r.get("epoch", 0) < loop.start_epoch] if plan.resuming else []
     log = MetricsLog(run_dir / "metrics.jsonl", existing=keep) if ctx.is_main else None
     t_start = time.time()
@@ -181,12 +184,19 @@ def end_of_epoch(plan: Plan, data: Data, model, features, device, log: MetricsLo
              **{f"val/{k}": v for k, v in val["caption"].items()},
              **{f"val_item/{k}": v for k, v in val["item"].items()}, **val["similarity"]})
     log.flush()
+    best = None
     if rsum > loop.best_rsum:
         loop.best_rsum = rsum
-        save_best(run_dir, model.state_dict(), {"epoch": epoch, "val_rsum": rsum, "val": val})
-    save_torch(run_dir / "last.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                     "scheduler": sched.state_dict(), "epoch": epoch, "best_rsum": loop.best_rsum,
-                                     "rng": torch.get_rng_state(), "train_seconds": train_seconds()})
+        best = snapshot(model.state_dict()), {"epoch": epoch, "val_rsum": rsum, "val": val}
+    last = snapshot({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "epoch": epoch, "best_rsum": loop.best_rsum, "rng": torch.get_rng_state(),
+                     "train_seconds": train_seconds()})
+
+    def write() -> None:  # best first: a last.pt never points past the best weights on disk
+        if best is not None:
+            save_best(run_dir, *best)
+        save_torch(run_dir / "last.pt", last)
+    loop.writer.submit(write)  # written while the next epoch trains (copies: the next steps cannot touch them)
     print(f"[xmodal] epoch {epoch}/{plan.cfg.epochs}: val rsum {rsum:.1f} (caption-level), "
           f"t2i R@1 {val['caption']['text_to_image/R@1']:.1f}, "
           f"pos/neg sim {val['similarity']['pos_sim']:.2f}/{val['similarity']['neg_sim']:.2f}", file=sys.stderr)
@@ -198,6 +208,7 @@ def end_of_epoch(plan: Plan, data: Data, model, features, device, log: MetricsLo
 def finish(plan: Plan, data: Data, model, features, device: torch.device, loop: LoopState) -> None:
     from safetensors.torch import load_file
     run_dir, epochs = plan.run_dir, plan.cfg.epochs
+    loop.writer.close()  # the last epoch's checkpoints are on disk
     write_status(run_dir, "running", phase="testing the best checkpoint")
     model.load_state_dict(load_file(run_dir / "best.safetensors"))
     best = read_best(run_dir) or {}
@@ -251,7 +262,7 @@ def train(args: Args, stop_requested: list) -> int:
 
 
 def _train_in_folder(plan: Plan, data: Data, ctx, device: torch.device, stop_requested: list) -> int:
-    run_dir = plan.run_dir
+    run_dir, writer = plan.run_dir, BackgroundWriter()
     try:
         if ctx.is_main:
             write_status(run_dir, "running", phase="building the model")
@@ -270,17 +281,27 @@ def _train_in_folder(plan: Plan, data: Data, ctx, device: torch.device, stop_req
         features = extract(model, data, plan.cfg, ctx, device, run_dir)
         if ctx.is_main:
             write_run_files(plan, data, model, ctx, device)
-        loop = run_epochs(plan, data, model, features, ctx, device, stop_requested)
+        loop = run_epochs(plan, data, model, features, ctx, device, stop_requested, writer)
         if ctx.is_main:
             finish(plan, data, model, features, device, loop)
         return 0
     except (KeyboardInterrupt, Stop):
+        try:
+            writer.close()  # the last completed epoch's checkpoints land before the run says it stopped
+        except Exception as err:  # that write failed (a full disk): the run failed, and says why
+            if ctx.is_main:
+                _record_failure(run_dir, err)
+            raise
         if ctx.is_main:
             write_status(run_dir, "stopped", message="stopped by the user; the last completed epoch is kept "
                          f"(resume: python -m xmodal.train --resume {run_dir})")
             print(f"\nstopped; resume with: python -m xmodal.train --resume {run_dir}", file=sys.stderr)
         return 130
     except BaseException as err:
+        try:
+            writer.close()  # the write in flight (if any) lands; the error reported is the one that stopped us
+        except BaseException:
+            pass
         if ctx.is_main:
             _record_failure(run_dir, err)
         raise
