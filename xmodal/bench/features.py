@@ -12,7 +12,8 @@
   of extraction repay it.
 - Image query latency: a photo file to its top-10 titles through ``xmodal.load_run(...).search_image`` on a
   tiny trained run, decoding and preprocessing included, against the same photo's decode + preprocessing
-  plus the best runtime's bare forward of one image, timed right after each query.
+  plus the bare image tower (the best runtime's forward of the backbone, then the run's projection head on
+  its output), timed right after each query.
 """
 from __future__ import annotations
 
@@ -163,7 +164,7 @@ def image_query_row(cfg: BenchConfig, cat, work: Path, model, graph, tf) -> Row:
     for photo in photos:  # in the page cache, as the limit's decode (timed right after each query) finds it
         photo.read_bytes()
     run.search_image(photos[0])  # warm-up: the gallery's embeddings and index
-    total, decode, forward = [], [], {"torch": [], "onnxruntime": []}
+    total, decode, head, forward = [], [], [], {"torch": [], "onnxruntime": []}
     for photo in photos:
         t0 = time.perf_counter()
         run.search_image(photo)
@@ -171,18 +172,23 @@ def image_query_row(cfg: BenchConfig, cat, work: Path, model, graph, tf) -> Row:
         x = tf.to_uint8(open_rgb(photo))[None]  # [1, 3, H, W] uint8
         t2 = time.perf_counter()
         with torch.no_grad():
-            model(tf.normalise(x))
+            feats = model(tf.normalise(x))  # [1, F]
         t3 = time.perf_counter()
         total.append(t1 - t0)
         decode.append(t2 - t1)
         forward["torch"].append(t3 - t2)
         if graph is not None:
-            graph.raw(x)
+            feats = torch.from_numpy(graph.raw(x))
             forward["onnxruntime"].append(time.perf_counter() - t3)
+        t4 = time.perf_counter()
+        with torch.no_grad():  # the rest of the image tower: the run's projection head, right after the backbone
+            run.model.encode_image(feats)
+        head.append(time.perf_counter() - t4)
     p50 = {name: float(np.median(v)) for name, v in forward.items() if v}
     best = min(p50, key=p50.get)
-    limit = float(np.median(decode)) + p50[best]
+    limit = float(np.median(decode)) + p50[best] + float(np.median(head))
     ratio = float(np.median(total)) / limit
     return Row(SECTION, measure, f"p50 {ms(np.median(total))} / p95 {ms(np.percentile(total, 95))}",
                f"decode+preprocess p50 {ms(np.median(decode))} + bare {best} p50 {ms(p50[best])} (torch "
-               f"{ms(p50['torch'])})", f"{ratio:.2f}x", "<= 1.25x", ratio <= 1.25)
+               f"{ms(p50['torch'])}) + projection head p50 {ms(np.median(head))}", f"{ratio:.2f}x", "<= 1.25x",
+               ratio <= 1.25)

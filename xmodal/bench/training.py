@@ -1,7 +1,8 @@
 """Section 2 of ``python -m xmodal.bench``: one training step of every registered model through
-``make_loader`` + ``train_one_epoch`` against a bare forward + loss + backward + AdamW step over the same
-batches, already in memory. A model that trains on pixels decodes and augments its JPEGs every step; its
-limit adds that decoding, timed on one thread and spread over the step's cores (no loop over files beats it).
+``make_loader`` + ``train_one_epoch`` against the same step's arithmetic (forward, loss, backward, the loop's
+gradient clip, AdamW, the LR schedule) over the same batches, already in memory, with no loop around it.
+A model that trains on pixels decodes and augments its JPEGs every step; its limit adds that decoding, timed
+on one thread and spread over the step's cores (no loop over files beats it).
 """
 from __future__ import annotations
 
@@ -57,23 +58,27 @@ def _train_row(cfg: BenchConfig, cat, name: str, vocab_size: int, index: np.ndar
         length = int((tok != 0).sum(1).max().clamp_min(1))
         batches.append((images[s:s + b], tok[:, :length], labels[s:s + b]))  # trimmed as the loop does
 
-    def bare():
+    params = [p for group in opt.param_groups for p in group["params"] if p.requires_grad]
+
+    def bare():  # the same arithmetic as the loop's step (its gradient clip and schedule included), no loop
         model.train()
         for x, tok, lab in batches:
             loss = sum(model.loss(model(x, tok), lab).values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 5.0, foreach=True)
             opt.step()
+            sched.step()
 
     real(warm)  # warm-up: first LSTM/backbone calls, allocator
     t_bare, t_real = compare(bare, real, cfg.reps)
-    steps, reference = cfg.train_steps, f"{ms(t_bare / cfg.train_steps)}/step (bare fwd+loss+bwd+AdamW)"
+    steps, reference = cfg.train_steps, f"{ms(t_bare / cfg.train_steps)}/step (bare fwd+loss+bwd+clip+AdamW+schedule)"
     limit = t_bare
     if model.image_input == "pixels":  # the JPEGs' decoding and augmentation, spread over the step's cores
         decode = timed(lambda: [data.images[i] for i in range(n)], cfg.reps)
         limit = t_bare + decode / max(1, torch.get_num_threads())
-        reference = (f"{ms(limit / steps)}/step = bare fwd+loss+bwd+AdamW {ms(t_bare / steps)} + decoding "
-                     f"{ms(decode / steps)} on one thread over {torch.get_num_threads()} core(s)")
+        reference = (f"{ms(limit / steps)}/step = bare fwd+loss+bwd+clip+AdamW+schedule {ms(t_bare / steps)} "
+                     f"+ decoding {ms(decode / steps)} on one thread over {torch.get_num_threads()} core(s)")
     ratio = t_real / limit
     return Row("2 training", f"train step: {name} ({model.image_input}), batch {b}",
                f"{ms(t_real / steps)}/step (train_one_epoch; {t_real / t_bare:.2f}x the bare step)", reference,
