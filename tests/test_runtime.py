@@ -322,7 +322,8 @@ def test_light_backbones_need_bigger_jobs_to_export():
     mobilenet, _ = create_backbone("mobilenet", pretrained=False, quiet=True)
     efficientnet, _ = create_backbone("efficientnet", pretrained=False, quiet=True)
     assert runtime.export_min_pixels(efficientnet) == runtime.EXPORT_MIN_PIXELS
-    assert runtime.export_min_pixels(mobilenet) > 10 * runtime.EXPORT_MIN_PIXELS  # the demo's 2,000 photos: no export
+    # MobileNet's eager forward is light: the export repays itself only from ~1,550 images (the demo's 2,000 do)
+    assert 2 * runtime.EXPORT_MIN_PIXELS < runtime.export_min_pixels(mobilenet) <= 2000 * 224 * 168
 
 
 @needs_ort
