@@ -337,11 +337,14 @@ def extract_features(model: nn.Module, paths: list[Path], transform, device: tor
     model = model.to(device).eval()
     split = isinstance(transform, ImageTransform)  # uint8 pixels are shipped; normalised here or in the graph
     decode = transform.to_uint8 if split else transform
+
+    def load(path: Path) -> torch.Tensor:
+        return decode(open_rgb(path))
     bar = functools.partial(tqdm, desc="image features", unit="batch", disable=not progress, leave=False)
     graph, lanes = None, 1
     if device.type == "cpu" and paths:
         lanes = lanes_for(len(paths))
-        size = tuple(decode(open_rgb(paths[0])).shape[-2:])
+        size = tuple(load(paths[0]).shape[-2:])
         graph = select_runtime(model, device, size, tail_blocks, len(paths), threads=1 if lanes > 1 else None)
     if graph is not None:
         raw = split and graph.mean_std == transform.mean_std  # the graph normalises as the transform does
@@ -352,13 +355,13 @@ def extract_features(model: nn.Module, paths: list[Path], transform, device: tor
             return y.half() if tail_blocks else y
         if lanes > 1:  # a lane per core decodes its own batch and runs the graph on one thread: no lane waits
             def lane(start: int) -> torch.Tensor:  # for another, and no decoding steals a core from a forward
-                return run(torch.stack([decode(open_rgb(p)) for p in paths[start:start + LANE_BATCH]]))
+                return run(torch.stack([load(p) for p in paths[start:start + LANE_BATCH]]))
             starts = range(0, len(paths), LANE_BATCH)
             return torch.cat(list(bar(ordered_map(lane, starts, lanes, 2 * lanes), total=len(starts)))).numpy()
-        batches = decoded_batches(paths, lambda path: decode(open_rgb(path)), batch_size, loader_workers())
+        batches = decoded_batches(paths, load, batch_size, loader_workers())
         return torch.cat([run(b) for b in bar(batches, total=-(-len(paths) // batch_size))]).numpy()
     if device.type == "cpu":
-        batches = decoded_batches(paths, lambda path: decode(open_rgb(path)), batch_size, loader_workers())
+        batches = decoded_batches(paths, load, batch_size, loader_workers())
     else:
         batches = DataLoader(ImageFiles(paths, decode), batch_size=batch_size, num_workers=loader_workers(),
                              pin_memory=True, generator=torch.Generator())  # its own: leaves the global RNG alone

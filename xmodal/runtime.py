@@ -51,9 +51,8 @@ GRAPH_VERSION = 2  # bump when the export (exporter, opset, graph layout) change
 OPSET = 20  # ONNX opset of the exported graphs
 TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| on the probe, relative to max |PyTorch| (measured: ~1e-6)
 EXPORT_MIN_PIXELS = 512 * 224 * 168  # auto exports a graph for jobs of at least ~512 images at 224x168
-# Backbones so light that the export takes longer to repay (measured on two cores at 224x168, extraction
-# from JPEGs: MobileNetV3-small 5.7 ms/image eager vs 1.8 in ONNX Runtime's lanes, export + load 6.1 s:
-# even at ~1,550 images; EfficientNet-Lite0: 28 vs 4.5 ms, 6-9 s: ~300 images).
+# Backbones whose light eager forward repays the export later (two cores, 224x168, from JPEGs: MobileNetV3-small
+# 5.7 vs 1.8 ms/image in ONNX Runtime's lanes, export + load 6.1 s: from ~1,550 images; EfficientNet-Lite0 ~300).
 EXPORT_MIN_IMAGES = {"mobilenet": 1600}
 PROBE_SEED = 20240611  # the probe batch: 2 images of uniform random raw pixels (0-255)
 _SESSIONS: OrderedDict[tuple[str, int], OrtBackbone] = OrderedDict()  # graph path, threads -> loaded graph

@@ -115,7 +115,7 @@ def restore(plan: Plan, opt, sched) -> LoopState:
 
 
 def run_epochs(plan: Plan, data: Data, model, features, ctx, device: torch.device, stop_requested: list,
-               writer: BackgroundWriter | None = None) -> LoopState:
+               writer: BackgroundWriter) -> LoopState:
     """Train from the restored epoch to ``cfg.epochs``, validating, keeping best and last after each epoch."""
     cfg, run_dir, mcfg = plan.cfg, plan.run_dir, model.cfg
     epochs, n_frozen = cfg.epochs, frozen_epochs(cfg, mcfg)
@@ -133,7 +133,7 @@ def run_epochs(plan: Plan, data: Data, model, features, ctx, device: torch.devic
                                 total_steps=epochs * steps_per_epoch, warmup_frac=cfg.warmup_frac)
     ddp_model = ctx.wrap(model)
     loop = restore(plan, opt, sched)
-    loop.writer = writer or BackgroundWriter()
+    loop.writer = writer
     keep = [r for r in read_metrics(run_dir) if r.get("epoch", 0) < loop.start_epoch] if plan.resuming else []
     log = MetricsLog(run_dir / "metrics.jsonl", existing=keep) if ctx.is_main else None
     t_start = time.time()
