@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from xmodal import cachefile, onnx_export, runtime
 from xmodal.backbones import create_backbone, extract_features, image_transform, stem_module, weights_digest
@@ -420,31 +421,36 @@ def test_graph_disk_full(graphs, monkeypatch, tmp_path, caplog):
 
 @pytest.mark.parametrize("name", ["efficientnet", "mobilenet"])
 def test_transform_halves_equal_torchvision_pipeline(photos, name):
-    """uint8 pixels then ``normalise`` is bit-for-bit ToTensor + Normalize: cached features keep their meaning."""
+    """uint8 pixels then ``normalise`` is bit-for-bit ToTensor + Normalize of the resized image: cached
+    features keep their meaning whichever half runs where (the loader, the graph, the query)."""
     from torchvision import transforms
 
-    from xmodal.backbones import normalisation
+    from xmodal.backbones import normalisation, resize_pixels
     mean, std = normalisation(name)
-    reference = transforms.Compose([transforms.Resize(SIZE, antialias=True), transforms.ToTensor(),
-                                    transforms.Normalize(mean, std)])
+    reference = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
     tf = image_transform(name, SIZE)
     for path in photos:
         image = runtime_image(path)
         raw = tf.to_uint8(image)
         assert raw.dtype == torch.uint8 and raw.shape == (3, *SIZE)
-        assert torch.equal(tf(image), reference(image))
-        assert torch.equal(tf.normalise(raw[None])[0], reference(image))
+        assert torch.equal(raw, resize_pixels([np.asarray(image)], SIZE)[0])
+        resized = Image.fromarray(raw.permute(1, 2, 0).numpy())
+        assert torch.equal(tf(image), reference(resized))
+        assert torch.equal(tf.normalise(raw[None])[0], reference(resized))
 
 
 def test_decoded_batches_in_order_bounded_and_failing_loudly(tmp_path):
-    from xmodal.backbones import decoded_batches
+    from xmodal.batching import decoded_batches
     seen = []
 
     def decode(i):
         seen.append(i)
         return torch.full((2,), i)
 
-    batches = decoded_batches(list(range(10)), decode, batch_size=3, threads=2, ahead=2)
+    def stack(items):
+        return torch.stack([decode(i) for i in items])
+
+    batches = decoded_batches(list(range(10)), stack, batch_size=3, threads=2, ahead=2)
     first = next(batches)
     assert first.tolist() == [[0, 0], [1, 1], [2, 2]]
     assert max(seen) < 9  # at most `ahead` batches decoded in front of the consumer
@@ -457,4 +463,5 @@ def test_decoded_batches_in_order_bounded_and_failing_loudly(tmp_path):
         return torch.zeros(1)
 
     with pytest.raises(ValueError, match="damaged photo 4"):
-        list(decoded_batches(list(range(8)), broken, batch_size=2, threads=1))
+        list(decoded_batches(list(range(8)), lambda items: torch.stack([broken(i) for i in items]), batch_size=2,
+                             threads=1))

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from .batching import decoded_batches, ordered_map
 
 log = logging.getLogger(__name__)
 
@@ -203,26 +204,43 @@ def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 class ImageTransform:
-    """PIL image -> normalised float tensor ``[3, H, W]`` for a backbone, in two halves.
+    """Decoded image -> normalised float tensor ``[3, H, W]`` for a backbone, in two halves.
 
-    ``to_uint8`` resizes (for training: random resized crop and flip) and returns uint8 pixels ``[3, H, W]``;
-    ``normalise`` turns uint8 pixels (any leading batch axes) into the backbone's normalised floats with
-    exactly the arithmetic of torchvision's ``ToTensor`` + ``Normalize``, so ``transform(image)`` is
-    bit-for-bit what that pipeline gives. Split so that loaders ship uint8 pixels to the main process (a
-    quarter of the bytes) and the frozen backbone's ONNX graph normalises inside itself.
+    ``to_uint8`` resizes a decoded RGB image (a PIL image or an ``[H, W, 3]`` uint8 array) and returns uint8
+    pixels ``[3, H, W]``: for evaluation with ``resize_pixels`` (antialiased bilinear on uint8, PyTorch's
+    kernel), for training with a random resized crop and flip (torchvision on the PIL image). ``load`` does
+    that for image files, a batch at a time. ``normalise`` turns uint8 pixels (any leading batch axes) into
+    the backbone's normalised floats with exactly the arithmetic of torchvision's ``ToTensor`` +
+    ``Normalize``. Split so that loaders ship uint8 pixels (a quarter of the bytes) and the frozen
+    backbone's ONNX graph normalises inside itself.
     """
 
     def __init__(self, name: str, size: tuple[int, int], train: bool = False):
         mean, std = normalisation(name)
         self.mean_std = (mean, std)
+        self.size = (int(size[0]), int(size[1]))
         self._mean = torch.tensor(mean).view(3, 1, 1)
         self._std = torch.tensor(std).view(3, 1, 1)
-        ops: list = [transforms.Resize(size, antialias=True)]
+        self._train = None
         if train:
-            ops = [transforms.RandomResizedCrop(size, scale=(0.75, 1.0), ratio=(size[1] / size[0] * 0.9,
-                                                size[1] / size[0] * 1.1), antialias=True),
-                   transforms.RandomHorizontalFlip()]
-        self.to_uint8 = transforms.Compose([*ops, transforms.PILToTensor()])
+            self._train = transforms.Compose([
+                transforms.RandomResizedCrop(size, scale=(0.75, 1.0), ratio=(size[1] / size[0] * 0.9,
+                                             size[1] / size[0] * 1.1), antialias=True),
+                transforms.RandomHorizontalFlip(), transforms.PILToTensor()])
+
+    def to_uint8(self, image) -> torch.Tensor:
+        """A decoded RGB image (PIL, or ``[H, W, 3]`` uint8) -> resized uint8 pixels ``[3, H, W]``."""
+        from PIL import Image
+        if self._train is not None:
+            return self._train(image if isinstance(image, Image.Image) else Image.fromarray(image))
+        return resize_pixels([np.asarray(image)], self.size)[0]
+
+    def load(self, paths: list[Path]) -> torch.Tensor:
+        """uint8 pixels ``[B, 3, H, W]`` of image files (decoded by ``xmodal.data.images.rgb_array``)."""
+        from .data.images import open_rgb, rgb_array
+        if self._train is not None:
+            return torch.stack([self._train(open_rgb(p)) for p in paths])
+        return resize_pixels([rgb_array(p) for p in paths], self.size)
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 pixels ``[..., 3, H, W]`` -> normalised float32 (``ToTensor`` then ``Normalize``)."""
@@ -230,6 +248,26 @@ class ImageTransform:
 
     def __call__(self, image) -> torch.Tensor:
         return self.normalise(self.to_uint8(image))
+
+
+def resize_pixels(images: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
+    """RGB images ``[h, w, 3]`` uint8 (any sizes) -> ``[B, 3, H, W]`` uint8 at ``size``, antialiased bilinear.
+
+    PyTorch's uint8 kernel (within 1 of Pillow's ``resize``, 2.5x faster on these photos, the GIL released),
+    one call per group of equal sizes: a batch gives each image what it gives that image alone.
+    """
+    out = torch.empty((len(images), 3, *size), dtype=torch.uint8)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, a in enumerate(images):
+        if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
+            raise ValueError(f"expected RGB pixels [h, w, 3] uint8, got {a.dtype} {tuple(a.shape)}")
+        groups.setdefault(a.shape, []).append(i)
+    for shape, index in groups.items():
+        x = torch.from_numpy(np.stack([images[i] for i in index])).permute(0, 3, 1, 2)  # [b, 3, h, w] NHWC
+        if shape[:2] != tuple(size):
+            x = nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        out[index] = x
+    return out
 
 
 _cached_transform = functools.lru_cache(maxsize=32)(ImageTransform)  # stateless: random ops use torch's RNG
@@ -241,67 +279,28 @@ def image_transform(name: str, size: tuple[int, int], train: bool = False) -> Im
 
 
 class ImageFiles(Dataset):
-    """Images of a catalogue (or a list of paths) through a transform."""
+    """Images of a catalogue (or a list of paths) through a transform: an ``ImageTransform`` (its uint8
+    pixels with ``uint8``, else normalised; decoded by ``rgb_array``) or any callable on a PIL RGB image."""
 
-    def __init__(self, paths: list[Path], transform):
+    def __init__(self, paths: list[Path], transform, uint8: bool = False):
         self.paths = paths
         self.transform = transform
+        self.uint8 = uint8
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from .data.images import open_rgb
+        from .data.images import open_rgb, rgb_array
+        if isinstance(self.transform, ImageTransform):
+            image = rgb_array(self.paths[i])
+            return self.transform.to_uint8(image) if self.uint8 else self.transform(image)
         return self.transform(open_rgb(self.paths[i]))
 
 
 def loader_workers() -> int:
     """DataLoader workers: one per spare core, at most 4."""
     return max(0, min(4, (os.cpu_count() or 1) - 1))
-
-
-def ordered_map(fn, items, threads: int, ahead: int):
-    """``map(fn, items)`` in order, computed by ``threads`` threads at most ``ahead`` items in front of the
-    consumer (the rest is not started: a consumer that stops early cancels it)."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-    from itertools import islice
-
-    items = iter(items)
-    pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="xmodal-decode")
-    try:
-        pending = deque(pool.submit(fn, item) for item in islice(items, max(1, ahead)))
-        while pending:
-            result = pending.popleft().result()
-            nxt = next(items, _END)
-            if nxt is not _END:
-                pending.append(pool.submit(fn, nxt))
-            yield result
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-_END = object()
-
-
-def decoded_batches(paths: list[Path], decode, batch_size: int, threads: int, ahead: int = 2):
-    """Batches ``torch.stack([decode(path) ...])`` of ``paths`` in order, decoded by ``threads`` threads at most
-    ``ahead`` batches in front of the consumer.
-
-    Threads, not DataLoader processes: Pillow decodes and resizes with the GIL released, and ONNX Runtime
-    and PyTorch run with it released too, so a thread overlaps decoding with the forward just as well,
-    without a fork. (A forked worker made the parent's first batches pay a copy-on-write fault on every
-    page it touched: 0.6-2 s on a 0.3 s batch, measured.) ``threads=0`` decodes in the caller's thread,
-    between its steps.
-    """
-    def load(start: int) -> torch.Tensor:
-        return torch.stack([decode(path) for path in paths[start:start + batch_size]])
-
-    starts = range(0, len(paths), batch_size)
-    if threads <= 0:
-        yield from map(load, starts)
-    else:
-        yield from ordered_map(load, starts, threads, ahead)
 
 
 LANE_BATCH = 8  # images per batch of a lane (measured: 4-32 run within 5% of each other; 8 keeps 2 lanes busy)
@@ -336,15 +335,14 @@ def extract_features(model: nn.Module, paths: list[Path], transform, device: tor
     from .runtime import select_runtime
     model = model.to(device).eval()
     split = isinstance(transform, ImageTransform)  # uint8 pixels are shipped; normalised here or in the graph
-    decode = transform.to_uint8 if split else transform
 
-    def load(path: Path) -> torch.Tensor:
-        return decode(open_rgb(path))
+    def load(batch_paths: list[Path]) -> torch.Tensor:  # [B, 3, H, W]: uint8 (split) or the transform's output
+        return transform.load(batch_paths) if split else torch.stack([transform(open_rgb(p)) for p in batch_paths])
     bar = functools.partial(tqdm, desc="image features", unit="batch", disable=not progress, leave=False)
     graph, lanes = None, 1
     if device.type == "cpu" and paths:
         lanes = lanes_for(len(paths))
-        size = tuple(load(paths[0]).shape[-2:])
+        size = tuple(load(paths[:1]).shape[-2:])
         graph = select_runtime(model, device, size, tail_blocks, len(paths), threads=1 if lanes > 1 else None)
     if graph is not None:
         raw = split and graph.mean_std == transform.mean_std  # the graph normalises as the transform does
@@ -355,7 +353,7 @@ def extract_features(model: nn.Module, paths: list[Path], transform, device: tor
             return y.half() if tail_blocks else y
         if lanes > 1:  # a lane per core decodes its own batch and runs the graph on one thread: no lane waits
             def lane(start: int) -> torch.Tensor:  # for another, and no decoding steals a core from a forward
-                return run(torch.stack([load(p) for p in paths[start:start + LANE_BATCH]]))
+                return run(load(paths[start:start + LANE_BATCH]))
             starts = range(0, len(paths), LANE_BATCH)
             return torch.cat(list(bar(ordered_map(lane, starts, lanes, 2 * lanes), total=len(starts)))).numpy()
         batches = decoded_batches(paths, load, batch_size, loader_workers())
@@ -363,8 +361,9 @@ def extract_features(model: nn.Module, paths: list[Path], transform, device: tor
     if device.type == "cpu":
         batches = decoded_batches(paths, load, batch_size, loader_workers())
     else:
-        batches = DataLoader(ImageFiles(paths, decode), batch_size=batch_size, num_workers=loader_workers(),
-                             pin_memory=True, generator=torch.Generator())  # its own: leaves the global RNG alone
+        batches = DataLoader(ImageFiles(paths, transform, uint8=split), batch_size=batch_size,
+                             num_workers=loader_workers(), pin_memory=True,
+                             generator=torch.Generator())  # its own: leaves the global RNG alone
     out = []
     for batch in bar(batches, total=-(-len(paths) // batch_size)):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbones import BACKBONES, create_backbone, decoded_batches, image_transform, weights_digest
+from .backbones import BACKBONES, create_backbone, image_transform, weights_digest
+from .batching import decoded_batches
 from .feature_cache import cached_features
 from .cachefile import warn_rebuild, write_cache
 from .training import cpu_decoding_workers
@@ -128,7 +129,6 @@ def _distill(student: str, paths: list[Path], targets: torch.Tensor, device: tor
     model.to(device).train()
     head.to(device)
     tf = image_transform(student, cfg.student_size, train=True)
-    from .data.images import open_rgb
     order_rng = torch.Generator().manual_seed(cfg.seed)
     per_epoch = len(paths) - len(paths) % cfg.batch_size if len(paths) > cfg.batch_size else len(paths)  # drop_last
     steps = -(-per_epoch // cfg.batch_size)
@@ -148,8 +148,8 @@ def _distill(student: str, paths: list[Path], targets: torch.Tensor, device: tor
         # decoding (random crop and flip, uint8) between the steps below four cores, where a decoding thread
         # takes time from both of torch's threads (an epoch of the demo: 11.3-11.5 s with it, 10.2-10.5 inline);
         # one decoding thread beside the compute from four cores up; never a worker process
-        batches = decoded_batches([int(i) for i in order], lambda i: tf.to_uint8(open_rgb(paths[i])), cfg.batch_size,
-                                  threads=cpu_decoding_workers())
+        batches = decoded_batches([int(i) for i in order], lambda idx: tf.load([paths[i] for i in idx]),
+                                  cfg.batch_size, threads=cpu_decoding_workers())
         bar = tqdm(zip(batches, order.split(cfg.batch_size)), total=steps, unit="batch", disable=not progress,
                    desc=f"distilling {student} ({epoch}/{cfg.epochs})", leave=False)
         for pixels, index in bar:

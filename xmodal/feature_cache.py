@@ -20,7 +20,8 @@ from .paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-FEATURE_CACHE_VERSION = 2  # bump when the file layout or the meaning of the key changes
+FEATURE_CACHE_VERSION = 3  # bump when the file layout or the meaning of the key changes (3: images resized by
+# PyTorch's uint8 antialiased bilinear, within 1 of the Pillow resize that version 2 used)
 
 
 def feature_cache_path(model: nn.Module, backbone: str, size: tuple[int, int], images: list[str],

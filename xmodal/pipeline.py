@@ -53,13 +53,15 @@ def embed_features(model: nn.Module, feats: torch.Tensor, device: torch.device, 
 
 
 @torch.no_grad()
-def embed_pil(model: nn.Module, images: list[Image.Image], device: torch.device) -> torch.Tensor:
-    """Image embeddings ``[N, D]`` of PIL images (uploads, single queries)."""
+def embed_pil(model: nn.Module, images: list, device: torch.device) -> torch.Tensor:
+    """Image embeddings ``[N, D]`` of decoded images (uploads, single queries): PIL images, or RGB arrays
+    ``[H, W, 3]`` uint8 as ``xmodal.data.images.rgb_array`` gives."""
     if model.training:  # walking the module tree to set eval mode costs ~4 ms a query
         model.eval()
     tf = image_transform(model.cfg.backbone, tuple(model.cfg.image_size))
     from .data.images import to_rgb
-    raw = torch.stack([tf.to_uint8(to_rgb(im)) for im in images]).to(device)  # [N, 3, H, W] uint8
+    raw = torch.stack([tf.to_uint8(to_rgb(im) if isinstance(im, Image.Image) else im)
+                       for im in images]).to(device)  # [N, 3, H, W] uint8
     if model.image_input == "features" and device.type == "cpu":  # frozen backbone: the fastest runtime
         from .runtime import backbone_features
         feats = backbone_features(model.backbone, raw, model.cfg.tune_blocks, transform=tf)  # [N, F] or maps

@@ -108,7 +108,8 @@ def run_catalogue_path(config: dict, data: str | None = None) -> Path:
 class Run:
     """A trained run with a searchable gallery."""
 
-    GALLERY_CACHE_VERSION = 2  # gallery_*.safetensors: bump when their layout or the meaning of their key changes
+    GALLERY_CACHE_VERSION = 3  # gallery_*.safetensors: bump when their layout or the meaning of their key changes
+    # (3: image embeddings of pixels resized by PyTorch, no longer Pillow: see FEATURE_CACHE_VERSION)
 
     def __init__(self, run_dir: str | os.PathLike, data: str | None = None, device: str = "cpu",
                  catalogue: Catalogue | None = None):
@@ -210,8 +211,8 @@ class Run:
         Raises:
             ImageError: (a ``ValueError``) the file is missing, not an image, corrupt or too large.
         """
-        from .data.images import open_rgb, to_rgb
-        image = to_rgb(image) if isinstance(image, Image.Image) else open_rgb(image)
+        from .data.images import rgb_array, to_rgb
+        image = to_rgb(image) if isinstance(image, Image.Image) else rgb_array(image)
         return embed_pil(self.model, [image], self.device)[0]  # [D]
 
     def search_text(self, query: str, k: int = 10, vector: torch.Tensor | None = None) -> SearchResult:

@@ -101,9 +101,9 @@ def bench_features(cfg: BenchConfig, cat, work: Path) -> list[Row]:
     """Extraction against the bare forwards of every runtime, the export, and image query latency."""
     from .. import runtime
     from ..backbones import BACKBONES, LANE_BATCH, extract_features, lanes_for
-    from ..data.images import open_rgb
     model, size, tf, paths = _backbone(cat, cfg.feature_images)
-    raw = torch.stack([tf.to_uint8(open_rgb(p)) for p in paths])  # [N, 3, H, W] uint8, decoded before the clock
+    batches = [paths[s:s + LANE_BATCH] for s in range(0, len(paths), LANE_BATCH)]
+    raw = torch.cat([tf.load(b) for b in batches])  # [N, 3, H, W] uint8, decoded before the clock
     pixels = tf.normalise(raw)  # [N, 3, H, W] normalised
     graph, export_s, why = _graph(model, size)
     cpu = torch.device("cpu")
@@ -113,7 +113,7 @@ def bench_features(cfg: BenchConfig, cat, work: Path) -> list[Row]:
     one_thread = runtime.load_graph(model, size, threads=1) if lanes > 1 else None
     fns = bare_forwards(model, graph, pixels, raw, lanes=one_thread)
     fns["xmodal"] = lambda: extract_features(model, paths, tf, cpu, batch_size=64, progress=False)
-    fns["decode"] = lambda: [tf.to_uint8(open_rgb(p)) for p in paths]  # one thread, as the limit counts it
+    fns["decode"] = lambda: [tf.load(b) for b in batches]  # the lanes' decoding on one thread, as the limit counts it
     for fn in fns.values():
         fn()  # warm-up: first calls, allocators, the loader's first fork
     times = compare_many(fns, cfg.reps)
@@ -154,7 +154,7 @@ def _export_row(export_s: float | None, why: str | None, times: dict[str, float]
 def image_query_row(cfg: BenchConfig, cat, work: Path, model, graph, tf) -> Row:
     """``search_image`` on photo files against decode + preprocessing + the best bare forward of one image."""
     from .. import load_run
-    from ..data.images import open_rgb
+    from ..data.images import rgb_array
     measure = f"image -> top-10 titles: search_image(photo file), tiny run ({cfg.query_run_items} items)"
     try:
         run = load_run(tiny_run(cfg, work))
@@ -169,7 +169,7 @@ def image_query_row(cfg: BenchConfig, cat, work: Path, model, graph, tf) -> Row:
         t0 = time.perf_counter()
         run.search_image(photo)
         t1 = time.perf_counter()
-        x = tf.to_uint8(open_rgb(photo))[None]  # [1, 3, H, W] uint8
+        x = tf.to_uint8(rgb_array(photo))[None]  # [1, 3, H, W] uint8
         t2 = time.perf_counter()
         with torch.no_grad():
             feats = model(tf.normalise(x))  # [1, F]
