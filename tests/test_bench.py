@@ -42,6 +42,9 @@ def test_faiss_rows(tmp_path):
     assert [m.split(",")[0] for m in measures] == ["faiss IVF build", "faiss index reload from the run-folder cache",
                                                    "faiss recall@10 vs exact", "text->top-10"]
     assert rows[2].met is True  # recall@10 >= 0.95 on product-like data
+    latency = rows[3]  # against faiss's own search of the same vectors, not an absolute budget
+    assert latency.target == "<= 1.5x" and latency.score.endswith("x") and float(latency.score[:-1]) > 0
+    assert "faiss's own search, same nprobe" in latency.reference and "1 thread" in latency.reference
     assert not list(tmp_path.iterdir())  # the index file is removed afterwards
 
 
