@@ -185,3 +185,21 @@ def test_transform_load_gives_what_each_image_gets_alone(tmp_path):
     batch = tf.load(paths)
     for path, got in zip(paths, batch):
         assert torch.equal(tf.to_uint8(open_rgb(path)), got)
+
+
+def test_large_files_are_left_to_pillow_which_reads_as_it_decodes(tmp_path, spy, monkeypatch):
+    """rgb_array reads a JPEG file whole for simplejpeg; above the size cap (and for anything that is not a
+    JPEG) Pillow reads it instead, so a huge file named .jpg is never loaded into memory first."""
+    from xmodal.data import images
+    data = jpeg(photo())
+    (tmp_path / "a.jpg").write_bytes(data)
+    (tmp_path / "b.jpg").write_bytes(b"GIF89a" + bytes(64))  # not a JPEG whatever its name
+    monkeypatch.setattr(images, "_FAST_MAX_BYTES", len(data) - 1)
+    np.testing.assert_array_equal(rgb_array(tmp_path / "a.jpg"), np.asarray(open_rgb(tmp_path / "a.jpg")))
+    assert not spy
+    with pytest.raises(ImageError):
+        rgb_array(tmp_path / "b.jpg")
+    assert not spy
+    monkeypatch.setattr(images, "_FAST_MAX_BYTES", len(data))
+    rgb_array(tmp_path / "a.jpg")
+    assert spy

@@ -131,6 +131,9 @@ def open_rgb(source: Source, max_pixels: int | None = None) -> Image.Image:
     return _decode(source, max_pixels, keep=True)
 
 
+_FAST_MAX_BYTES = 32 << 20  # larger files are left to Pillow, which reads a file as it decodes it
+
+
 def rgb_array(source: Source, max_pixels: int | None = None) -> np.ndarray:
     """The pixels of ``open_rgb(source)`` as a writable array ``[H, W, 3]`` uint8, decoded faster where it can.
 
@@ -142,8 +145,13 @@ def rgb_array(source: Source, max_pixels: int | None = None) -> np.ndarray:
     if isinstance(source, (str, os.PathLike)):
         try:
             with open(source, "rb") as f:
-                data = f.read()
+                if f.read(3) != b"\xff\xd8\xff" or os.fstat(f.fileno()).st_size > _FAST_MAX_BYTES:
+                    data = None  # not a JPEG, or too big to read whole: Pillow reads what it needs
+                else:
+                    data = b"\xff\xd8\xff" + f.read()
         except OSError:  # missing, unreadable, a folder: open_rgb names it
+            data = None
+        if data is None:
             return np.array(open_rgb(source, max_pixels))
     if isinstance(data, (bytes, bytearray, memoryview)):
         from . import fastjpeg
