@@ -127,3 +127,17 @@ def test_run_search_uses_gallery(trained_run):
     assert run.gallery("images").kind == "exact" and run.gallery("images") is run.gallery("images")
     image_hits = run.search_image(run.catalogue.image_path(0), k=3)
     assert len(image_hits) == 3 and image_hits[0].score >= image_hits[-1].score
+
+
+def test_faiss_rows_whose_probed_lists_hold_fewer_than_k_items_are_answered_exactly():
+    """One probed list of ~8 items cannot fill a top-50: those rows come from exact search, never -1."""
+    x = clustered(800, 16)
+    q = torch.cat([x[:3], unit(2, 16, seed=5)])  # gallery rows and random directions
+    gallery = Gallery.build(x, cfg=GalleryConfig(faiss_above=100, nlist=100, nprobe=1))
+    assert gallery.kind == "faiss"
+    scores, idx = gallery.search(q, 50)
+    ref_s, ref_i = brute_force(x, q, 50)
+    assert (idx >= 0).all() and torch.equal(idx, ref_i)
+    torch.testing.assert_close(scores, ref_s)
+    single_s, single_i = gallery.search(q[0], 50)  # one query: the same answer as in the batch
+    assert torch.equal(single_i[0], idx[0])

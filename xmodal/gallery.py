@@ -312,10 +312,11 @@ class Gallery:
         threads = 1 if len(queries) < 4 else (self.cfg.threads or torch.get_num_threads())
         with _FaissThreads(threads):
             scores, idx = self.index.search(queries.numpy(), k)
-        scores, idx = torch.from_numpy(scores), torch.from_numpy(idx)
         short = (idx < 0).any(1)  # the probed lists held fewer than k items: answer those rows exactly
-        if short.any():
-            scores[short], idx[short] = exact_topk(self.embeds, queries[short], k, self.cfg.block_scores)
+        scores, idx = torch.from_numpy(scores), torch.from_numpy(idx)
+        if short.any():  # checked in numpy: torch's two reductions cost ~45 us of a ~0.7 ms query at 100k
+            rows = torch.from_numpy(short)
+            scores[rows], idx[rows] = exact_topk(self.embeds, queries[rows], k, self.cfg.block_scores)
         return scores, idx
 
     def search(self, queries: torch.Tensor | np.ndarray, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
