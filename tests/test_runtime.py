@@ -139,8 +139,14 @@ def test_lanes_give_every_image_its_own_features_in_order(graphs, photos, monkey
         return real_raw(self, x)
     monkeypatch.setattr(runtime.OrtBackbone, "raw", slow_raw)
     monkeypatch.setattr(backbones, "lanes_for", lambda images: 3)
+    threads = torch.get_num_threads()
     lanes = extract(model, paths, "efficientnet", tail_blocks)
     assert {threads for threads, _ in sessions} == {1}  # the one-thread session ran every batch
+    later = []  # the lanes ran torch on one thread each; the caller and threads started afterwards did not
+    thread = __import__("threading").Thread(target=lambda: later.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert torch.get_num_threads() == threads and later == [threads]
     assert sorted(n for _, n in sessions) == sorted([backbones.LANE_BATCH] * 6 + [5])
     assert lanes.shape == one.shape and lanes.dtype == one.dtype
     np.testing.assert_allclose(lanes.astype(np.float32), one.astype(np.float32), rtol=2 ** -10,

@@ -10,11 +10,12 @@ from itertools import islice
 import torch
 
 
-def ordered_map(fn, items, threads: int, ahead: int):
+def ordered_map(fn, items, threads: int, ahead: int, initializer=None):
     """``map(fn, items)`` in order, computed by ``threads`` threads at most ``ahead`` items in front of the
-    consumer (the rest is not started: a consumer that stops early cancels it)."""
+    consumer (the rest is not started: a consumer that stops early cancels it). ``initializer`` runs once in
+    each thread before its first item."""
     items = iter(items)
-    pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="xmodal-decode")
+    pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="xmodal-decode", initializer=initializer)
     try:
         pending = deque(pool.submit(fn, item) for item in islice(items, max(1, ahead)))
         while pending:
