@@ -45,3 +45,15 @@ def myntra_or_skip() -> Path:
     if not (MYNTRA / "captions.csv").is_file():
         pytest.skip(f"real catalogue not found at {MYNTRA}")
     return MYNTRA
+
+
+def damaged(src: bytes, rng, k: int, width: int, shortest: int = 0) -> bytes:
+    """File bytes damaged the k-th way: odd k cut at a random length (at least ``shortest``), even k
+    ``width`` random bytes written at a random position."""
+    data = bytearray(src)
+    if k % 2:
+        return bytes(data[:int(rng.integers(shortest, len(data)))])
+    pos = int(rng.integers(0, len(data)))
+    data[pos:pos + width] = rng.bytes(width)
+    return bytes(data)
+

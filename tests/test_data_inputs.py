@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import myntra_or_skip
+from tests.conftest import damaged, myntra_or_skip
 from xmodal.data import (CatalogueError, check_image, describe_split, load_catalogue, make_splits, normalise_caption,
                          open_catalogue, open_rgb, resolve_data, unseen_title_mask)
 from xmodal.data import images as images_mod
@@ -395,13 +395,7 @@ def test_damaged_image_bytes_never_raise():
     reasons = set()
     for src in sources:
         for k in range(40):
-            data = bytearray(src)
-            if k % 2:
-                data = data[: int(rng.integers(0, len(data)))]
-            else:
-                pos = int(rng.integers(0, len(data)))
-                data[pos:pos + 16] = rng.bytes(16)
-            reasons.add(check_image(bytes(data)))  # a reason or None, never an exception
+            reasons.add(check_image(damaged(src, rng, k, width=16)))  # a reason or None, never an exception
     assert {"truncated image", "corrupt image"} <= reasons
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
+from tests.conftest import damaged
 from xmodal.backbones import image_transform, resize_pixels
 from xmodal.data import fastjpeg
 from xmodal.data.images import ImageError, open_rgb, rgb_array
@@ -118,21 +119,16 @@ def test_damaged_jpegs_decode_or_fail_exactly_as_with_pillow():
     src = jpeg(photo(64, 80), quality=85)
     outcomes = set()
     for k in range(80):
-        data = bytearray(src)
-        if k % 2:
-            data = data[:int(rng.integers(2, len(data)))]
-        else:
-            pos = int(rng.integers(0, len(data)))
-            data[pos:pos + 8] = rng.bytes(8)
+        data = damaged(src, rng, k, width=8, shortest=2)
         try:
-            want = np.asarray(open_rgb(bytes(data)))
+            want = np.asarray(open_rgb(data))
         except ImageError as err:
             with pytest.raises(ImageError) as got:
-                rgb_array(bytes(data))
+                rgb_array(data)
             assert got.value.reason == err.reason
             outcomes.add(err.reason)
             continue
-        np.testing.assert_array_equal(rgb_array(bytes(data)), want)
+        np.testing.assert_array_equal(rgb_array(data), want)
         outcomes.add("decoded")
     assert {"decoded", "truncated image"} <= outcomes
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
@@ -230,7 +231,6 @@ class ImageTransform:
 
     def to_uint8(self, image) -> torch.Tensor:
         """A decoded RGB image (PIL, or ``[H, W, 3]`` uint8) -> resized uint8 pixels ``[3, H, W]``."""
-        from PIL import Image
         if self._train is not None:
             return self._train(image if isinstance(image, Image.Image) else Image.fromarray(image))
         return resize_pixels([np.asarray(image)], self.size)[0]
