@@ -42,12 +42,15 @@ def corrnet_loss(img: torch.Tensor, txt: torch.Tensor, recon: dict[str, torch.Te
     """Correlational Neural Network loss (Chandar et al., Neural Computation 2016).
 
     Reconstruct both views from the joint code, from the image-only code and from the text-only code,
-    and maximise the correlation between the two single-view codes.
+    and maximise the correlation between the two single-view codes. Two scalings differ from the paper's
+    summed squared error and summed correlation: each view's reconstruction error is its mean squared error
+    (a view weighs the same whatever its width), and the correlation is averaged over the code's dimensions
+    (the paper's lambda is ``corr_weight / D``).
 
     Args:
         img: the image view ``[B, Fi]``; txt: the text view ``[B, Ft]``.
         recon: ``{"<from>_<view>": reconstruction}`` for from in both/img/txt and view in img/txt.
-        corr_weight: lambda, the weight of the correlation term.
+        corr_weight: the weight of the mean per-dimension correlation.
     """
     terms = {}
     for source in ("both", "img", "txt"):
@@ -95,7 +98,9 @@ def infonce_loss(img: torch.Tensor, txt: torch.Tensor, labels: torch.Tensor, log
                  ) -> dict[str, torch.Tensor]:
     """Symmetric InfoNCE with a learnable temperature (CLIP: Radford et al., ICML 2021).
 
-    Items with identical captions are all counted as positives (soft targets).
+    Items with identical captions are all counted as positives (soft targets). The multiplier ``exp(t)`` is
+    clipped at 100 as in CLIP (no gradient to ``t`` beyond it). The two directions are returned as separate
+    terms and the training loop sums them: twice CLIP's mean of the two, a scale Adam's update ignores.
     """
     y = match_matrix(labels)
     target = y / y.sum(1, keepdim=True)
