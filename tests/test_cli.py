@@ -64,6 +64,48 @@ def test_evaluate_on_another_catalogue(trained_run, tmp_path, capsys):
     assert evaluate_cli(["--run", str(trained_run), "--data", str(other), "--split", "all", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["gallery_size"] == 30 and not res["trained_on_this_catalogue"]
+    assert res["items"]["seen_in_training"] == 0 and not res["items"]["own_catalogue"]
+
+
+def test_evaluate_tells_another_demo_with_the_same_ids_from_the_runs_own(trained_run, tiny_catalogue, tmp_path):
+    """Every demo catalogue names its items demo00000...: the same ids under other products are not the run's."""
+    from xmodal.data import generate_demo, load_catalogue
+    from xmodal.evaluate import evaluate_run
+    other = generate_demo(tmp_path / "other", n=60, seed=2)  # the run's 60 ids, other products
+    assert load_catalogue(other).item_ids == load_catalogue(tiny_catalogue).item_ids
+    res = evaluate_run(trained_run, data=str(other), split="all")
+    assert res["items"]["seen_in_training"] == 0 and not any("trained or validated" in n for n in res["notes"])
+    assert not res["items"]["own_catalogue"] and "same image" in res["items"]["recognised"]
+    test = evaluate_run(trained_run, data=str(other), split="test")
+    assert "never saw" in test["items"]["source"] and not test["items"]["own_catalogue"]
+
+
+def test_evaluate_recognises_an_edited_copy_of_the_runs_catalogue(trained_run, tiny_catalogue, tmp_path):
+    """A copy in another folder with most rows removed and one added (same images) is still the run's own: its
+    test items are the recorded ones, its train items are never scored as test."""
+    import csv
+    import shutil
+
+    from xmodal.evaluate import evaluate_run
+    copy = tmp_path / "edited"
+    shutil.copytree(tiny_catalogue, copy)
+    with open(tiny_catalogue / "captions.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    splits = read_json(trained_run / "splits.json")
+    kept = rows[::3]  # 20 of 60 rows: fewer than half of the run's ids, as the old rule asked for
+    added = {**rows[1], "item_id": "brand-new", "caption": "A brand new product"}
+    with open(copy / "captions.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([*kept, added])
+    res = evaluate_run(trained_run, data=str(copy), split="test")
+    info = res["items"]
+    test_kept = [r["item_id"] for r in kept if r["item_id"] in set(splits["test"])]
+    assert "recorded test" in info["source"] and res["gallery_size"] == len(test_kept) > 0
+    assert info["own_catalogue"] and "edited copy" in info["recognised"]
+    assert info["new_since_training"] == 1 and info["gone_since_training"] == len(splits["test"]) - len(test_kept)
+    assert evaluate_run(trained_run, data=str(copy), split="all")["items"]["seen_in_training"] == sum(
+        r["item_id"] in set(splits["train"]) | set(splits["val"]) for r in kept)
 
 
 def test_resume_after_interrupt(tiny_catalogue, tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import load_catalogue, make_splits
+from .data import CatalogueError, load_catalogue, make_splits
 from .runs import read_json
 from .pipeline import evaluate_split
 from .search import RUN_INPUT_ERRORS, RunError, load_model, run_catalogue_path, run_error_line
@@ -24,39 +24,81 @@ from .search import RUN_INPUT_ERRORS, RunError, load_model, run_catalogue_path, 
 DIRECTIONS = ("text_to_image", "image_to_text")
 
 
+SAME_IMAGES = 0.9  # share of the shared item ids whose image files must be byte-identical: the run's own
+
+
+def recognise(cat, run_config: dict, known: dict[str, str]) -> tuple[bool, str, set[str]]:
+    """Whether ``cat`` is the run's own catalogue (perhaps edited since training), never decided by ids alone.
+
+    Its own when its fingerprint is the one the run recorded, when it is the folder the run trained on (edited
+    in place), or when the run's catalogue folder still exists and at least ``SAME_IMAGES`` of the item ids the
+    two share name byte-identical image files in both (an edited copy: rows added or removed, same images).
+    Another catalogue can reuse the ids (every demo catalogue names its items ``demo00000``...): its images
+    differ, so it is not the run's.
+
+    Returns:
+        (own, how it was decided, the shared item ids whose images changed since training: not the run's items)
+    """
+    data = run_config.get("data", {})
+    if cat.fingerprint == data.get("fingerprint"):
+        return True, "the catalogue the run trained on (same fingerprint)", set()
+    recorded = str(data.get("path") or "")
+    if recorded and Path(recorded).resolve() == Path(cat.root).resolve():
+        return True, "the run's catalogue folder, edited since training", set()
+    shared = [x for x in cat.item_ids if x in known]
+    if not shared:
+        return False, "no item id in common with the run's splits", set()
+    try:
+        theirs = load_catalogue(recorded, check_images=False).digest_of() if recorded else {}
+    except (CatalogueError, OSError):
+        theirs = {}
+    ours = cat.digest_of()
+    if not theirs or not ours:
+        return False, (f"{len(shared)} item ids in common with the run's splits, but the run's catalogue folder "
+                       f"{recorded or '(not recorded)'} cannot be read to compare their images"), set()
+    changed = {x for x in shared if theirs.get(x) != ours[x]}
+    if len(shared) - len(changed) >= SAME_IMAGES * len(shared):
+        return True, (f"an edited copy of the run's catalogue ({len(shared) - len(changed)} of {len(shared)} shared "
+                      "item ids have the same image file)"), changed
+    return False, (f"{len(shared)} item ids in common with the run's splits, but only {len(shared) - len(changed)} "
+                   "of them have the same image file: other products under the same ids"), set()
+
+
 def split_index(cat, run_config: dict, split: str, run_dir: Path) -> tuple[np.ndarray, dict]:
     """Positions of ``split`` in ``cat``, and what they are.
 
-    On the run's own catalogue, even edited since training (same folder, or most of the run's items
-    present), items are matched by ``item_id`` against the run's ``splits.json``: the run's train and
-    val items are never scored as its test, and items added or removed since are counted. A catalogue
-    the run never saw is split by its own split column or the run's split seed.
+    On the run's own catalogue, even edited since training (see ``recognise``: fingerprint, folder, or item
+    ids with the same image files), items are matched by ``item_id`` against the run's ``splits.json``: the
+    run's train and val items are never scored as its test, and items added, removed or whose image changed
+    since are counted. A catalogue the run never saw is split by its own split column or the run's split seed.
 
     Returns:
-        (index, info) where info says ``source`` and the counts ``new_since_training``,
-        ``gone_since_training`` and, for ``all``, ``seen_in_training``.
+        (index, info) where info says ``source``, ``own_catalogue`` and ``recognised`` (how that was decided)
+        and the counts ``new_since_training``, ``gone_since_training`` and, for ``all``, ``seen_in_training``.
     """
     recorded = read_json(run_dir / "splits.json")
     if not isinstance(recorded, dict) or not all(isinstance(recorded.get(s), list) for s in ("train", "val", "test")):
         raise RunError(f"{run_dir}/splits.json is missing or damaged; the run's split is unknown")
     known = {x: s for s in ("train", "val", "test") for x in recorded[s]}
+    own, how, changed = recognise(cat, run_config, known)
     ids = cat.item_ids
-    present = sum(x in known for x in ids)
-    same_folder = Path(run_config["data"].get("path", "")).resolve() == Path(cat.root).resolve()
-    own = same_folder or cat.fingerprint == run_config["data"].get("fingerprint") or present >= 0.5 * len(known)
+    # the run's items in this catalogue: nothing of a foreign one, whatever its ids
+    theirs = {x: s for x, s in known.items() if x not in changed} if own else {}
+    about = {"own_catalogue": own, "recognised": how}
     if split == "all":
-        seen = sum(known.get(x) in ("train", "val") for x in ids)
-        return np.arange(len(cat)), {"source": "every item of the catalogue", "seen_in_training": seen}
+        seen = sum(theirs.get(x) in ("train", "val") for x in ids)
+        return np.arange(len(cat)), {"source": "every item of the catalogue", "seen_in_training": seen, **about}
     if own:
-        index = np.array([i for i, x in enumerate(ids) if known.get(x) == split], dtype=np.int64)
-        new = sum(x not in known for x in ids)
-        gone = len(recorded[split]) - len(index)
+        index = np.array([i for i, x in enumerate(ids) if theirs.get(x) == split], dtype=np.int64)
+        new = sum(x not in theirs for x in ids)
+        gone = len(recorded[split]) - len(index)  # an item whose image changed is gone (and new)
         return index, {"source": f"the run's recorded {split} split (splits.json, matched by item_id)",
-                       "new_since_training": new, "gone_since_training": gone, "train_ids": recorded["train"]}
+                       "new_since_training": new, "gone_since_training": gone,
+                       "image_changed_since_training": len(changed), "train_ids": recorded["train"], **about}
     sp = run_config.get("split", {})
     index = make_splits(cat, seed=sp.get("seed", 0), fractions=tuple(sp.get("fractions", (0.8, 0.1, 0.1))),
                         grouping=sp.get("grouping", "item"))[split]  # runs before title grouping: item level
-    return index, {"source": f"the {split} split of a catalogue this run never saw (its own split)"}
+    return index, {"source": f"the {split} split of a catalogue this run never saw (its own split)", **about}
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "test", device: str = "cpu") -> dict:
@@ -76,8 +118,12 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "tes
     res = evaluate_split(model, vocab, cat, index, torch.device(device), train_captions=train_caps)
     notes = []
     if info.get("new_since_training") or info.get("gone_since_training"):
+        changed = info.get("image_changed_since_training", 0)
+        also = f", {changed} of them an item whose image changed" if changed else ""
         notes.append(f"the catalogue changed since training: {info.get('new_since_training', 0)} new items "
-                     f"(in no split, not scored), {info.get('gone_since_training', 0)} {split} items gone")
+                     f"(in no split, not scored{also}), {info.get('gone_since_training', 0)} {split} items gone")
+    if not info["own_catalogue"]:
+        notes.append(f"not the run's own catalogue: {info['recognised']}")
     if info.get("seen_in_training"):
         notes.append(f"{info['seen_in_training']} of these items were trained or validated on")
     return {"run": run_dir.name, "model": config["model"], "catalogue": str(path),

@@ -97,6 +97,7 @@ class Catalogue:
     report: LoadReport  # what was skipped and why
     fingerprint: str  # hash of captions and image bytes: keys caches and runs
     lines: list[int] = field(default_factory=list)  # captions.csv line number, per item
+    image_digests: np.ndarray | None = None  # uint64 [N]: ``image_digest`` of each item's image file, when known
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -121,12 +122,20 @@ class Catalogue:
             report=self.report,
             fingerprint=self.fingerprint,
             lines=[self.lines[i] for i in idx] if self.lines else [],
+            image_digests=None if self.image_digests is None else self.image_digests[np.asarray(idx, dtype=np.int64)],
         )
 
+    def digest_of(self) -> dict[str, int]:
+        """``item_id -> image digest``: tells this catalogue's product from another's under the same id (empty
+        when the catalogue was built without digests)."""
+        if self.image_digests is None:
+            return {}
+        return dict(zip(self.item_ids, self.image_digests.tolist()))
 
-def normalise_caption(text: str) -> str:
-    """The caption key used for caption-level ground truth: lower case, single spaces."""
-    return re.sub(r"\s+", " ", text.strip().lower())
+
+def image_digest(sha1: bytes) -> int:
+    """An image file's digest as kept per item: the first 8 bytes of the sha1 of the file's bytes."""
+    return int.from_bytes(sha1[:8], "little")
 
 
 def _safe_relative(root: Path, rel: str) -> Path | None:
@@ -328,6 +337,7 @@ def load_catalogue(root: str | os.PathLike, check_images: bool = True) -> Catalo
     split_cells: list[str] = []
     attrs: dict[str, list[str]] = {c: [] for c in attr_cols}
     seen_ids: set[str] = set()
+    digests: list[int] = []
     hasher = hashlib.sha256()
     for rec in table.records:
         item = _row_item(root, rec, col, report, seen_ids, check_images)
@@ -344,7 +354,9 @@ def load_catalogue(root: str | os.PathLike, check_images: bool = True) -> Catalo
         if "split" in col:
             split_cells.append(rec.fields[col["split"]])
         hasher.update(f"{rel}\t{caption}\t{item_id}\t{len(data)}\n".encode())
-        hasher.update(hashlib.sha1(data).digest())
+        sha1 = hashlib.sha1(data).digest()
+        hasher.update(sha1)
+        digests.append(image_digest(sha1))
     report.kept = len(captions)
     if not table.records:
         raise CatalogueError(f"{csv_path} has a header but no data rows: add one row per product "
@@ -355,8 +367,9 @@ def load_catalogue(root: str | os.PathLike, check_images: bool = True) -> Catalo
     splits = _check_split_column(csv_path, split_cells, lines) if "split" in col else None
     return Catalogue(root=root, images=images, captions=captions, item_ids=item_ids,
                      attributes=attrs, split_column=splits, report=report,
-                     fingerprint=hasher.hexdigest()[:16], lines=lines)
+                     fingerprint=hasher.hexdigest()[:16], lines=lines,
+                     image_digests=np.array(digests, dtype=np.uint64))
 
 
 __all__ = ["Catalogue", "CatalogueError", "LoadReport", "load_catalogue", "normalise_caption", "check_folder",
-           "MAX_IMAGE_PIXELS", "MAX_CAPTION_CHARS", "SPLITS", "SPLIT_SYNONYMS"]
+           "image_digest", "MAX_IMAGE_PIXELS", "MAX_CAPTION_CHARS", "SPLITS", "SPLIT_SYNONYMS"]
