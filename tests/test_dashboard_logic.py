@@ -21,6 +21,7 @@ from PIL import Image
 
 from xmodal.dashboard import (analysis, catalogues, checks, colours, embeds, jobs, mapplot, mapview, plots, projection,
                               queries, runmeta, slices, state, tasks)
+from xmodal import metrics
 from xmodal.dashboard.escape import md
 from xmodal.dashboard.escape import plotly as plotly_text
 from xmodal.dashboard.uploads import UploadError, read_upload
@@ -59,44 +60,6 @@ def test_status_text_says_what_a_running_run_does():
     assert analysis.status_text({}) == "unknown"
 
 
-def test_query_ranks_match_brute_force():
-    rng = np.random.default_rng(0)
-    img, txt = _unit(rng.normal(size=(30, 8))), _unit(rng.normal(size=(30, 8)))
-    ranks = analysis.query_ranks(img, txt)
-    sim = txt @ img.T
-    for q in range(30):
-        assert ranks["text_to_image"][q] == 1 + np.sum(sim[q] >= sim[q, q]) - 1
-        assert ranks["image_to_text"][q] == 1 + np.sum(sim[:, q] >= sim[q, q]) - 1
-
-
-def test_query_ranks_equal_the_metrics_helper_with_groups_ties_and_blocks():
-    from xmodal.metrics import first_match_ranks, relevance
-    rng = np.random.default_rng(1)
-    img = _unit(rng.normal(size=(50, 6))).astype(np.float32)
-    txt = _unit(rng.normal(size=(50, 6))).astype(np.float32)
-    txt[10] = txt[11]  # identical titles: a tie item-level, one group caption-level
-    groups = np.arange(50)
-    groups[11] = 10
-    for g in (None, groups):
-        ours = analysis.query_ranks(img, txt, g)
-        gg = np.arange(50) if g is None else g
-        sim = torch.from_numpy(txt) @ torch.from_numpy(img).t()
-        assert ours["text_to_image"].tolist() == first_match_ranks(sim, relevance(gg, gg)).tolist()
-        assert ours["image_to_text"].tolist() == first_match_ranks(sim.t(), relevance(gg, gg)).tolist()
-    seen = []
-    analysis.query_ranks(img, txt, progress=seen.append)
-    assert seen[-1] == 100  # both directions counted
-
-
-def test_query_ranks_caption_groups_count_as_correct():
-    img = np.eye(3, dtype=np.float32)
-    txt = np.array([[.2, 1, 0], [1, .2, 0], [0, 0, 1]], dtype=np.float32)  # captions 0 and 1 nearly swapped
-    assert analysis.query_ranks(img, txt)["text_to_image"].tolist() == [2, 2, 1]
-    groups = analysis.ground_truth_groups(["Red Shirt", "red  shirt", "Blue Cap"], "caption")
-    assert analysis.query_ranks(img, txt, groups)["text_to_image"].tolist() == [1, 1, 1]
-    assert analysis.ground_truth_groups(["a", "a"], "item") is None
-
-
 def test_split_positions_keeps_catalogue_order_and_drops_unknown_ids():
     assert analysis.split_positions(["a", "b", "c", "d"], ["d", "b", "zz"]).tolist() == [1, 3]
 
@@ -108,21 +71,21 @@ def test_slice_metrics_by_hand():
     assert set(df["attribute"]) == {"gender"}  # empty values are not a slice
     men = df[(df["value"] == "Men") & (df["direction"] == "text_to_image")].iloc[0]
     assert (men["n"], men["R@1"], men["R@5"], men["median_rank"]) == (2, 50.0, 100.0, 1.0)
-    assert (men["R@1 lo"], men["R@1 hi"]) == tuple(round(x, 1) for x in slices.wilson(1, 2))
+    assert (men["R@1 lo"], men["R@1 hi"]) == tuple(round(x, 1) for x in metrics.wilson(1, 2))
     women = df[(df["value"] == "Women") & (df["direction"] == "image_to_text")].iloc[0]
     assert (women["R@1"], women["R@10"]) == (50.0, 50.0)
     assert df["small"].sum() == 0 and slices.slice_metrics(ranks, {"gender": ["Men"] * 4})["small"].all()
 
 
 def test_wilson_interval_matches_known_values():
-    lo, hi = slices.wilson(0, 10)
+    lo, hi = metrics.wilson(0, 10)
     assert lo == 0 and hi == pytest.approx(27.75, abs=0.01)  # the "rule of three" neighbourhood
-    lo, hi = slices.wilson(10, 10)
+    lo, hi = metrics.wilson(10, 10)
     assert hi == pytest.approx(100) and lo == pytest.approx(72.25, abs=0.01)
-    lo, hi = slices.wilson(50, 100)
+    lo, hi = metrics.wilson(50, 100)
     assert (lo, hi) == (pytest.approx(40.38, abs=0.01), pytest.approx(59.62, abs=0.01))
-    assert slices.wilson(0, 0) == (0.0, 100.0)
-    narrow, wide = slices.wilson(500, 1000), slices.wilson(5, 10)
+    assert metrics.wilson(0, 0) == (0.0, 100.0)
+    narrow, wide = metrics.wilson(500, 1000), metrics.wilson(5, 10)
     assert narrow[1] - narrow[0] < wide[1] - wide[0]
 
 
@@ -248,14 +211,6 @@ def test_modality_gap():
     assert np.allclose(shifted["paired"], 2)
 
 
-def test_rank_of_match_counts_ties_against_the_model():
-    scores = np.array([0.9, 0.5, 0.7, 0.5, 0.1])
-    assert analysis.rank_of_match(scores, 1) == (4, [0, 2, 3])
-    assert analysis.rank_of_match(scores, 0) == (1, [])
-    assert analysis.rank_of_match(scores, 1, same=[0]) == (1, [])  # an identical caption ranked first
-    assert analysis.rank_of_match(scores, 4, show=2) == (5, [0, 2])
-
-
 def test_format_eta():
     assert [analysis.format_eta(s) for s in (None, 42, 185, 3720)] == ["?", "42s", "3m05s", "1h02m"]
 
@@ -363,8 +318,7 @@ def test_projection_is_cached_per_run_and_weights(trained_run, tmp_path):
     splits = json.loads((run_dir / "splits.json").read_text())
     assert len(whole["captions"]) == 60 and {s: whole["split"].count(s) for s in ("train", "val", "test")} == {
         s: len(splits[s]) for s in ("train", "val", "test")}  # the whole catalogue, each item's split marked
-    ranks = analysis.query_ranks(whole["image_embeds"], whole["text_embeds"],
-                                 analysis.ground_truth_groups(whole["captions"], "caption"))
+    ranks = metrics.split_ranks(whole["image_embeds"], whole["text_embeds"], whole["captions"], "caption")
     assert whole["rank_t2i"].tolist() == ranks["text_to_image"].tolist()
     umap_a, umap_b = projection.MapSettings(n_neighbors=15), projection.MapSettings(n_neighbors=30)
     assert len({projection.projection_path(run_dir, s) for s in (umap_a, umap_b, wide, "pca")}) == 4  # keyed on all

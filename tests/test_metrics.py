@@ -1,11 +1,13 @@
-"""Retrieval metrics against a brute-force reference and hand-made cases."""
+"""The metrics core against a brute-force reference and hand-made cases: ranks, ties, non-finite scores,
+title groups, the item-level ceiling, intervals, paired comparisons and seed spreads."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from xmodal import metrics
 from xmodal.metrics import first_match_ranks, rank_metrics, retrieval_metrics
-from xmodal.pipeline import caption_groups
+from xmodal.metrics import title_groups as caption_groups
 
 
 def brute_force_ranks(sim: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -28,13 +30,17 @@ def test_perfect_match_gives_r1_100_and_median_rank_1():
     assert m["rsum"] == 600.0
 
 
-def test_reversed_order_is_worst():
-    n = 10
+def test_reversed_order_ranks_by_hand():
+    n = 30
     img = torch.eye(n)
-    txt = torch.eye(n)[torch.arange(n - 1, -1, -1)]  # text i looks like image n-1-i
-    m = retrieval_metrics(img, txt)
-    assert m["text_to_image/R@1"] == pytest.approx(0.0) or n % 2 == 1
-    assert m["text_to_image/R@10"] == 100.0  # gallery of 10
+    txt = 0.5 * torch.eye(n) + torch.eye(n)[torch.arange(n - 1, -1, -1)]  # text i: mostly image n-1-i, a little i
+    m = retrieval_metrics(F.normalize(img, dim=1), F.normalize(txt, dim=1))
+    # every text query (but the middle-less even n) ranks its own image 2nd: only the mirrored image beats it
+    assert m["text_to_image/R@1"] == 0.0 and m["text_to_image/R@5"] == 100.0
+    assert m["text_to_image/median_rank"] == 2.0
+    # image i: its own text scores 0.5, text n-1-i scores 1 -> also rank 2; R@10 of a 30-item gallery is 100 only
+    # because every rank is 2 (checked against the ranks, not the gallery size)
+    assert m["image_to_text/mean_rank"] == 2.0 and m["image_to_text/R@1"] == 0.0
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -121,3 +127,242 @@ def test_report_val_table_reads_the_chosen_checkpoint(trained_run, capsys):
     row = capsys.readouterr().out.strip().splitlines()[-1]
     best = read_best(trained_run)
     assert f"{best['val']['caption']['rsum']:.1f}" in row and f"| {best['epoch']}/" in row
+
+
+# ---------------------------------------------------------------- the core's corner cases
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_nan_embeddings_rank_last_not_first():
+    """All-NaN embeddings scored R@1 100 and rsum 600 (a NaN similarity made ``sim >= best`` false)."""
+    nan = np.full((20, 8), np.nan, dtype=np.float32)
+    m = retrieval_metrics(nan, nan)
+    assert m["rsum"] == 0.0
+    assert m["text_to_image/median_rank"] == 20.0 and m["image_to_text/mean_rank"] == 20.0
+    rng = np.random.default_rng(0)
+    img = _unit(rng.normal(size=(20, 8)))
+    txt = img.copy()
+    img[3] = np.nan  # one broken image: its own text query ranks it last, everything else is unaffected
+    txt[7] = np.inf
+    r = metrics.query_ranks(img, txt)
+    assert r["text_to_image"][3] == 20 and r["image_to_text"][3] == 20
+    assert r["text_to_image"][7] == 20 and r["image_to_text"][7] == 20
+    ok = np.setdiff1d(np.arange(20), [3, 7])
+    assert (r["text_to_image"][ok] == 1).all() and (r["image_to_text"][ok] == 1).all()
+
+
+def test_a_nan_wrong_entry_never_beats_a_finite_correct_one():
+    sim = np.array([[0.1, np.nan, np.inf, -np.inf]], dtype=np.float32)
+    assert first_match_ranks(sim, np.array([[True, False, False, False]])).tolist() == [1]
+    # the correct entry itself non-finite: last place, behind every wrong entry
+    assert first_match_ranks(sim, np.array([[False, True, False, False]])).tolist() == [4]
+
+
+def test_identical_captions_tie_exactly_whatever_the_last_float_bit():
+    """Identical captions embedded in different batches differ by an ulp; ties must still count against the
+    model (item level), never in its favour half the time."""
+    rng = np.random.default_rng(5)
+    n = 200
+    img = _unit(rng.normal(size=(n, 16)))
+    base = _unit(rng.normal(size=(n // 2, 16)))
+    txt = np.repeat(base, 2, axis=0)  # items 2j and 2j+1 share a title
+    txt = txt * (1 + rng.choice([-1, 1], size=txt.shape) * np.float32(6e-8))  # the last-bit noise
+    captions = [f"Brand Men Shirt {j}" for j in range(n // 2) for _ in range(2)]
+    img[0::2] = txt[0::2]  # image 2j looks exactly like its text (and so like its twin's text)
+    img[1::2] = txt[1::2]
+    ranks = metrics.split_ranks(img, txt, captions, "item")
+    # item level: every image finds two identical captions, its own and its twin's: rank 2, never 1
+    assert (ranks["image_to_text"] == 2).all()
+    assert metrics.split_ranks(img, txt, captions, "caption")["image_to_text"].tolist() == [1] * n
+
+
+def test_tie_tolerance_is_tiny():
+    sim = np.array([[0.5, 0.5 + 2e-6, 0.5 + 1e-3, 0.4]], dtype=np.float32)
+    assert first_match_ranks(sim, np.array([[True, False, False, False]])).tolist() == [3]
+
+
+def test_query_ranks_in_blocks_equal_brute_force_with_groups_and_queries(monkeypatch):
+    rng = np.random.default_rng(1)
+    img, txt = _unit(rng.normal(size=(50, 6))), _unit(rng.normal(size=(50, 6)))
+    txt[10] = txt[11]
+    groups = np.arange(50)
+    groups[11] = 10
+    mask = rng.random(50) < 0.4
+    monkeypatch.setattr(metrics, "_BLOCK_SCORES", 50 * 7)  # blocks of 7 queries
+    for g in (None, groups):
+        gg = np.arange(50) if g is None else g
+        ours = metrics.query_ranks(img, txt, g, queries=mask)
+        sim = txt @ img.T
+        np.testing.assert_array_equal(ours["text_to_image"], brute_force_ranks(sim, gg)[mask])
+        np.testing.assert_array_equal(ours["image_to_text"], brute_force_ranks(sim.T, gg)[mask])
+    seen = []
+    metrics.query_ranks(img, txt, progress=seen.append)
+    assert seen[-1] == 100 and seen == sorted(seen)  # both directions counted, never past the total
+
+
+def test_caption_groups_count_as_correct_and_item_level_has_none():
+    img = np.eye(3, dtype=np.float32)
+    txt = np.array([[.2, 1, 0], [1, .2, 0], [0, 0, 1]], dtype=np.float32)  # captions 0 and 1 nearly swapped
+    assert metrics.query_ranks(img, txt)["text_to_image"].tolist() == [2, 2, 1]
+    groups = metrics.ground_truth_groups(["Red Shirt", "red  shirt", "Blue Cap"], "caption")
+    assert groups.tolist() == [0, 0, 1]
+    assert metrics.query_ranks(img, txt, groups)["text_to_image"].tolist() == [1, 1, 1]
+    assert metrics.ground_truth_groups(["a", "a"], "item") is None
+    with pytest.raises(ValueError, match="ground truth"):
+        metrics.ground_truth_groups(["a"], "title")
+
+
+def test_rank_of_match_counts_ties_against_the_model():
+    scores = np.array([0.9, 0.5, 0.7, 0.5, 0.1])
+    assert metrics.rank_of_match(scores, [1]) == (4, [0, 2, 3])
+    assert metrics.rank_of_match(scores, [0]) == (1, [])
+    assert metrics.rank_of_match(scores, [1, 0]) == (1, [])  # an identical caption ranked first
+    assert metrics.rank_of_match(scores, [4], show=2) == (5, [0, 2])
+    assert metrics.rank_of_match(np.array([np.nan, 0.2, 0.1]), [0]) == (3, [1, 2])
+
+
+def test_one_title_grouping_for_split_ground_truth_and_training():
+    from xmodal.data import splits
+    from xmodal.dashboard import analysis
+    captions = ["A  b", "a b", "C", " c ", "d"]
+    assert metrics.title_groups(captions).tolist() == [0, 0, 1, 1, 2]
+    assert splits.title_groups is not None and analysis.titles_coincide(["x", "y"])
+    assert not analysis.titles_coincide(captions)
+
+
+def test_item_level_ceiling_by_hand():
+    from xmodal.pipeline import item_level_ceiling
+    groups = np.array([0, 0, 0, 1, 2, 2, 3, 4, 5, 6])  # 10 items, 7 titles; sizes 3, 1, 2, 1, 1, 1, 1
+    c = item_level_ceiling(groups)
+    assert c["image_to_text/R@1"] == pytest.approx(50.0)  # only the 5 items with a title of their own
+    assert c["text_to_image/R@1"] == pytest.approx(70.0)  # one query per title can find its image first
+    assert c["image_to_text/R@5"] == 100.0 and c["text_to_image/R@5"] == 100.0
+
+
+def test_the_ceiling_is_reached_by_a_perfect_model_with_shared_titles():
+    from xmodal.pipeline import score_embeddings
+    rng = np.random.default_rng(2)
+    captions = ["a", "a", "b", "c", "c", "c", "d", "e"]
+    groups = metrics.title_groups(captions)
+    vec = _unit(rng.normal(size=(groups.max() + 1, 8)))
+    img = txt = vec[groups]  # perfect: every item embeds exactly as its title
+    res = score_embeddings(img, txt, captions, intervals=False)
+    for key, ceiling in res["item_ceiling"].items():
+        assert res["item"][key] <= ceiling + 1e-9
+    assert res["item"]["image_to_text/R@1"] == pytest.approx(res["item_ceiling"]["image_to_text/R@1"])
+    assert res["caption"]["rsum"] == 600.0
+
+
+# ---------------------------------------------------------------- intervals, paired tests, seeds
+
+def test_bootstrap_intervals_are_seeded_cover_the_estimate_and_have_the_binomial_width():
+    rng = np.random.default_rng(0)
+    n = 1010
+    ranks = {"text_to_image": rng.integers(1, 3, n), "image_to_text": rng.integers(1, 40, n)}
+    ci = metrics.bootstrap_intervals(ranks)
+    assert ci == metrics.bootstrap_intervals(ranks)  # seeded: the same interval every time
+    point = metrics.summarise(ranks)
+    for key, (lo, hi) in ci.items():
+        assert lo <= point[key] <= hi, key
+    p = point["text_to_image/R@1"] / 100
+    half = 1.96 * np.sqrt(p * (1 - p) / n) * 100  # about 3 points at 1,010 queries
+    lo, hi = ci["text_to_image/R@1"]
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.15)
+    assert metrics.bootstrap_intervals({"text_to_image": np.zeros(0), "image_to_text": np.zeros(0)}) == {}
+
+
+def test_paired_difference_says_noise_when_it_is_noise():
+    rng = np.random.default_rng(1)
+    n = 1010
+    a = {d: rng.integers(1, 20, n) for d in metrics.DIRECTIONS}
+    b = {d: r.copy() for d, r in a.items()}
+    flip = rng.choice(n, 16, replace=False)  # b gets 16 queries (1.6 points) right that a had wrong
+    for d in metrics.DIRECTIONS:
+        b[d][flip] = 1
+    small = metrics.paired_difference(b, a, "text_to_image/R@1")
+    assert small["difference"] > 0 and small["lo"] <= small["difference"] <= small["hi"]
+    # 52.5 vs 50.9 on independent queries would be noise; paired, a consistent gain of 16 queries is not
+    assert small["different"] is True and small["p"] < 0.05
+    c = {d: rng.permutation(r) for d, r in a.items()}  # the same scores, shuffled over queries: unrelated
+    noise = metrics.paired_difference(c, a, "rsum")
+    assert noise["different"] is False and noise["lo"] < 0 < noise["hi"]
+    with pytest.raises(ValueError, match="same queries"):
+        metrics.paired_difference(a, {d: r[:-1] for d, r in a.items()})
+
+
+def test_seed_spread():
+    s = metrics.seed_spread([50.0, 52.0, 54.0])
+    assert s == {"n": 3, "mean": 52.0, "std": 2.0, "min": 50.0, "max": 54.0}
+    assert metrics.seed_spread([1.0])["std"] == 0.0 and metrics.seed_spread([])["n"] == 0
+
+
+def test_metrics_core_imports_without_torch():
+    import subprocess
+    import sys
+    code = ("import sys, xmodal.metrics, xmodal.dashboard.analysis, xmodal.dashboard.slices; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_test_json_carries_intervals_ranks_and_the_ceiling(trained_run):
+    import json
+    test = json.loads((trained_run / "test.json").read_text())
+    n = test["gallery_size"]
+    for gt in ("item", "caption"):
+        for d in metrics.DIRECTIONS:
+            assert len(test["ranks"][gt][d]) == n
+            lo, hi = test["ci95"][gt][f"{d}/R@1"]
+            assert lo <= test[gt][f"{d}/R@1"] <= hi
+        assert test[gt] == pytest.approx(metrics.summarise({d: np.array(r) for d, r in test["ranks"][gt].items()}))
+    assert "bootstrap" in test["ci_method"] and set(test["item_ceiling"]) >= {"image_to_text/R@1"}
+    assert test["unseen_title_item"] is None or "text_to_image/R@1" in test["unseen_title_item"]
+
+
+# ---------------------------------------------------------------- report: intervals, noise, seeds
+
+def _fake_run(root, name, ranks, seed=0, fingerprint="cat-a", test_ids=None, model="infonce-efficientnet"):
+    """A run folder with just what ``report`` reads: config, splits and a test.json scored by the core."""
+    import json
+    from xmodal.pipeline import item_level_ceiling  # noqa: F401  (the module that writes test.json)
+    d = root / name
+    d.mkdir()
+    n = len(ranks["text_to_image"])
+    test_ids = test_ids or [f"i{j}" for j in range(n)]
+    summary = metrics.summarise(ranks)
+    (d / "config.json").write_text(json.dumps({
+        "model": model, "data": {"fingerprint": fingerprint, "name": "cat"},
+        "train": {"seed": seed, "lr": 1e-3, "run_id": name}, "model_config": {"weights_source": "imagenet"}}))
+    (d / "splits.json").write_text(json.dumps({"train": [], "val": [], "test": test_ids}))
+    (d / "test.json").write_text(json.dumps({
+        "gallery_size": n, "caption": summary, "item": summary, "chosen_on": "validation (epoch 3, rsum 1)",
+        "ci95": {"caption": metrics.bootstrap_intervals(ranks)},
+        "ranks": {"caption": {k: v.tolist() for k, v in ranks.items()}}}))
+    return d
+
+
+def test_report_shows_intervals_says_noise_and_spreads_seeds(tmp_path, capsys):
+    from xmodal.report import main
+    rng = np.random.default_rng(0)
+    base = {d: rng.integers(1, 30, 1010) for d in metrics.DIRECTIONS}
+    near = {d: r.copy() for d, r in base.items()}
+    churn = rng.choice(np.flatnonzero(base["text_to_image"] > 1), 40, replace=False)
+    near["text_to_image"][churn[:21]] = 1  # 21 queries gained, 19 lost: +0.2 points, noise
+    near["text_to_image"][rng.choice(np.flatnonzero(base["text_to_image"] == 1), 19, replace=False)] = 9
+    better = {d: np.where(rng.random(1010) < 0.3, 1, r) for d, r in base.items()}  # +25 points: real
+    runs = [_fake_run(tmp_path, "a-s0", base, 0), _fake_run(tmp_path, "a-s1", near, 1),
+            _fake_run(tmp_path, "b", better, 0, model="cmpm-efficientnet"),
+            _fake_run(tmp_path, "other", base, 0, fingerprint="cat-b")]
+    (tmp_path / "broken").mkdir()
+    assert main([*map(str, runs), str(tmp_path / "broken")]) == 0
+    out = capsys.readouterr().out
+    lo, hi = metrics.bootstrap_intervals(base)["text_to_image/R@1"]
+    assert f"[{lo:.1f}-{hi:.1f}]" in out  # every recall carries its interval
+    line = next(x for x in out.splitlines() if x.startswith("- a-s0 vs a-s1"))
+    assert "inside the noise" in line.split(";")[1]  # t2i R@1: 21 gained, 19 lost of 1,010
+    line = next(x for x in out.splitlines() if x.startswith("- a-s0 vs b"))
+    assert "different" in line and "inside the noise" not in line
+    assert "- a-s0 vs other: not compared" in out
+    assert "over 2 seeds [0, 1]" in out  # a-s0 and a-s1 are one recipe
+    assert "unreadable: no config.json" in out

@@ -132,23 +132,43 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "tes
                         "item's own pair is correct; caption-level: identical captions all count as correct"}
 
 
+def _cell(m: dict, ci: dict, key: str) -> str:
+    """``52.5 [49.4-55.6]``: a recall with its interval (the point alone when no interval is known)."""
+    lo_hi = ci.get(key)
+    return f"{m[key]:.1f} [{lo_hi[0]:.1f}-{lo_hi[1]:.1f}]" if lo_hi else f"{m[key]:.1f}"
+
+
 def format_table(res: dict) -> str:
+    """The human table of :func:`evaluate_run`: every recall and median rank with its 95 % interval."""
+    ci_all = res.get("ci95") or {}
     lines = [f"{res['model']} ({res['run']}) on {res['catalogue']}", f"protocol: {res['protocol']}",
              *(f"note: {n}" for n in res.get("notes", [])),
-             f"{'ground truth':<14}{'direction':<15}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'medR':>7}{'meanR':>8}"]
-    for gt in ("item", "caption"):
-        for d in DIRECTIONS:
-            m = res[gt]
-            lines.append(f"{gt:<14}{d:<15}{m[f'{d}/R@1']:>7.1f}{m[f'{d}/R@5']:>7.1f}{m[f'{d}/R@10']:>7.1f}"
-                         f"{m[f'{d}/median_rank']:>7.0f}{m[f'{d}/mean_rank']:>8.1f}")
-        lines.append(f"{gt:<14}{'rsum':<15}{res[gt]['rsum']:>7.1f}")
+             f"{'ground truth':<20}{'direction':<15}{'R@1':>19}{'R@5':>19}{'R@10':>19}{'medR':>14}{'meanR':>8}"]
+    rows = [("item", "item"), ("caption", "caption")]
     if res.get("unseen_title"):
-        m = res["unseen_title"]
+        rows += [("unseen_title_item", "unseen title, item"), ("unseen_title", "unseen title, caption")]
+    for key, label in rows:
+        m, ci = res.get(key), ci_all.get(key, {})
+        if not m:
+            continue
         for d in DIRECTIONS:
-            lines.append(f"{'unseen title':<14}{d:<15}{m[f'{d}/R@1']:>7.1f}{m[f'{d}/R@5']:>7.1f}{m[f'{d}/R@10']:>7.1f}"
-                         f"{m[f'{d}/median_rank']:>7.0f}{m[f'{d}/mean_rank']:>8.1f}")
-        lines.append(f"(unseen title: caption-level, the {res['unseen_queries']} queries whose title never "
-                     "occurs in the run's train split, same gallery)")
+            med = ci.get(f"{d}/median_rank")
+            medr = f"{m[f'{d}/median_rank']:.0f}" + (f" [{med[0]:.0f}-{med[1]:.0f}]" if med else "")
+            lines.append(f"{label:<20}{d:<15}" + "".join(f"{_cell(m, ci, f'{d}/R@{k}'):>19}" for k in (1, 5, 10))
+                         + f"{medr:>14}{m[f'{d}/mean_rank']:>8.1f}")
+        lines.append(f"{label:<20}{'rsum':<15}{_cell(m, ci, 'rsum'):>19}")
+    if res.get("unseen_title"):
+        lines.append(f"(unseen title: the {res['unseen_queries']} queries whose title never occurs in the run's train "
+                     "split, same gallery)")
+    ceiling = res.get("item_ceiling") or {}
+    if ceiling and ceiling.get("image_to_text/R@1", 100.0) < 100.0:
+        lines.append(f"(item level: titles repeat in this gallery, so i2t R@1 cannot exceed "
+                     f"{ceiling['image_to_text/R@1']:.1f} and t2i R@1 cannot exceed "
+                     f"{ceiling['text_to_image/R@1']:.1f})")
+    if res.get("nonfinite_embeddings"):
+        lines.append(f"warning: {res['nonfinite_embeddings']} embeddings are NaN or infinite; their queries rank last")
+    if ci_all:
+        lines.append(f"[lo-hi]: {res.get('ci_method', 'a 95% interval')}")
     return "\n".join(lines)
 
 
@@ -159,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", choices=["test", "val", "all"], default="test")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--ranks", action="store_true", help="with --json: also every query's rank (for paired tests)")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks (also XMODAL_DEBUG=1)")
     a = p.parse_args(argv)
     debug = a.debug or os.environ.get("XMODAL_DEBUG", "") not in ("", "0")
@@ -171,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {run_error_line(err, a.run)}", file=sys.stderr)
         return 2
+    if a.json:
+        res = {k: v for k, v in res.items() if k != "ranks" or a.ranks}
     print(json.dumps(res, indent=1) if a.json else format_table(res))
     return 0
 

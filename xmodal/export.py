@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from . import metrics
+
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
@@ -53,25 +55,15 @@ def spreadsheet_safe(value: str) -> str:
     return f"'{value}" if value[:1] in ("=", "+", "-", "@") else value
 
 
-def true_match_ranks(image_embeds, text_embeds, captions: Sequence[str], chunk: int = 1024) -> dict[str, np.ndarray]:
-    """1-based rank of each item's true match, both directions, over all items (caption-level ground truth).
+def true_match_ranks(image_embeds, text_embeds, captions: Sequence[str]) -> dict[str, np.ndarray]:
+    """1-based rank of each item's true match, both directions, over all items (caption-level ground truth,
+    by the metrics core).
 
     Returns:
         ``{"t2i_rank": [N], "i2t_rank": [N]}`` (int64).
     """
-    import torch
-
-    from .metrics import first_match_ranks
-    from .pipeline import caption_groups
-    img = torch.as_tensor(np.asarray(image_embeds), dtype=torch.float32)
-    txt = torch.as_tensor(np.asarray(text_embeds), dtype=torch.float32)
-    groups = torch.as_tensor(caption_groups(list(captions)))
-    out = {"t2i_rank": [], "i2t_rank": []}
-    for s in range(0, len(img), chunk):
-        rel = groups[s:s + chunk, None] == groups[None, :]  # [c, N]
-        out["t2i_rank"].append(first_match_ranks(txt[s:s + chunk] @ img.T, rel, chunk))
-        out["i2t_rank"].append(first_match_ranks(img[s:s + chunk] @ txt.T, rel, chunk))
-    return {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in out.items()}
+    ranks = metrics.split_ranks(image_embeds, text_embeds, list(captions), "caption")
+    return {"t2i_rank": ranks["text_to_image"], "i2t_rank": ranks["image_to_text"]}
 
 
 def item_splits(run: Run) -> list[str]:

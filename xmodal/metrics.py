@@ -1,85 +1,330 @@
-"""Retrieval metrics: pure functions from embeddings to a flat dict with stable keys.
+"""The metrics core: ranks, title groups, R@K, median and mean rank, rsum, their intervals and paired tests.
 
-Ranks are computed once per direction by one helper. A query's rank is 1 + the number of gallery
-entries that are not correct matches and score at least as high as its best correct match (ties count
-against the model, so a collapsed model scores badly). Median rank is ``floor(median(r - 1)) + 1``
-over the 1-based ranks ``r``: 1 when most queries are right at the top, never a percentage.
+Every retrieval number xmodal shows comes from here: training's validation, ``evaluate``, ``report``, the
+bench, the dashboard (Compare, slices, the map, the click panel, Search's "true match at rank N") and
+``compose``. NumPy only (no torch import), so the dashboard ranks without PyTorch; torch tensors are
+accepted and converted.
+
+The rules, each in one function:
+
+- **Rank**: 1 + the number of wrong gallery entries that score at least as high as the query's best correct
+  entry. Ties count against the model, exactly: a wrong entry within ``TIE_TOL`` of the best correct score
+  counts as a tie (identical captions get embeddings that differ in the last float bit, which would
+  otherwise break ties at random).
+- **Non-finite scores rank last**: a NaN or infinite similarity is treated as the worst score, so a query
+  whose correct entries are all non-finite gets rank ``G - (correct entries) + 1`` (the last place), and a
+  non-finite wrong entry never beats a finite correct one. NaN embeddings can never score well.
+- **Median rank** is ``floor(median(r - 1)) + 1`` over 1-based ranks: 1 when most queries are right at the
+  top, never a percentage.
+- **Title groups** (caption-level ground truth): items whose normalised titles are identical
+  (``xmodal.data.normalise_caption``) share a group.
+- **Intervals**: a seeded percentile bootstrap over queries (the same resampled items for both directions,
+  so rsum's interval is right too); Wilson's score interval for a single proportion where no ranks exist.
+- **Paired comparison** of two runs on the same queries: a paired bootstrap of the difference; "different"
+  only when its 95 % interval excludes 0.
 """
 from __future__ import annotations
 
+import math
+from typing import Any, Callable, Sequence
+
 import numpy as np
-import torch
+
+from .normalise import normalise_caption
 
 KS = (1, 5, 10)
+DIRECTIONS = ("text_to_image", "image_to_text")
+TIE_TOL = 1e-5  # cosine scores closer than this are a tie (float32 noise of a 512-d dot product is ~1e-6)
+BOOTSTRAP_REPS = 1000
+BOOTSTRAP_SEED = 0
+INTERVAL_METHOD = (f"95% percentile bootstrap over queries ({BOOTSTRAP_REPS} resamples, seed {BOOTSTRAP_SEED}; "
+                   "both directions resample the same items)")
+_BLOCK_SCORES = 1 << 25  # scores held at once when ranking in blocks (128 MB of float32)
 
 
-def first_match_ranks(sim: torch.Tensor, relevant: torch.Tensor, chunk: int = 1024) -> np.ndarray:
-    """1-based rank of the best-scoring correct match of each query.
+def _numpy(x: Any, dtype=np.float32) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().cpu().float().numpy() if dtype == np.float32 else x.detach().cpu().numpy()
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+# ---------------------------------------------------------------- ground truth
+
+def title_groups(captions: Sequence[str]) -> np.ndarray:
+    """Group id per item (first-seen order): items with the same normalised title share one.
+
+    The caption-level ground truth, the title-grouped split and training's duplicate-title targets all
+    use this function.
+    """
+    ids: dict[str, int] = {}
+    return np.array([ids.setdefault(normalise_caption(c), len(ids)) for c in captions], dtype=np.int64)
+
+
+def ground_truth_groups(captions: Sequence[str], ground_truth: str) -> np.ndarray | None:
+    """Group ids for :func:`query_ranks`: title groups under ``caption``, None (item level) under ``item``."""
+    if ground_truth not in ("caption", "item"):
+        raise ValueError(f"unknown ground truth {ground_truth!r}; choose caption or item")
+    return title_groups(captions) if ground_truth == "caption" else None
+
+
+def canonical_texts(text_embeds: Any, groups: np.ndarray) -> np.ndarray:
+    """Text embeddings with every member of a title group given its first member's row.
+
+    Identical titles tokenise identically, so their embeddings are equal in exact arithmetic; batched
+    float arithmetic makes them differ by an ulp. Merging them makes ties between identical captions exact.
+    """
+    txt = _numpy(text_embeds)
+    groups = np.asarray(groups)
+    first = np.full(int(groups.max()) + 1 if len(groups) else 0, -1, dtype=np.int64)
+    for i in range(len(groups) - 1, -1, -1):
+        first[groups[i]] = i
+    return txt[first[groups]]
+
+
+# ---------------------------------------------------------------- ranks
+
+def _ranks_from_scores(sim: np.ndarray, rel: np.ndarray) -> np.ndarray:
+    """Ranks of one block: ``sim`` ``[b, G]`` float32, ``rel`` ``[b, G]`` bool."""
+    sim = np.where(np.isfinite(sim), sim, -np.inf)  # non-finite scores are the worst possible
+    best = np.where(rel, sim, -np.inf).max(1, keepdims=True)  # [b, 1]
+    ties = (sim >= best - TIE_TOL) & ~rel  # every wrong entry at least as good; all of them when best is -inf
+    return ties.sum(1).astype(np.int64) + 1
+
+
+def first_match_ranks(sim: Any, relevant: Any, chunk: int = 1024) -> np.ndarray:
+    """1-based rank of the best-scoring correct match of each query (see the module's rules).
 
     Args:
-        sim: similarities ``[Q, G]``.
+        sim: similarities ``[Q, G]`` (NumPy or torch).
         relevant: boolean ``[Q, G]``, True where the gallery entry is a correct match; every row needs one.
 
     Returns:
         int64 ranks ``[Q]``.
     """
-    if not bool(relevant.any(1).all()):
+    sim, rel = _numpy(sim), _numpy(relevant, dtype=bool)
+    if sim.shape != rel.shape:
+        raise ValueError(f"similarities {sim.shape} and relevance {rel.shape} differ in shape")
+    if len(rel) and not rel.any(1).all():
         raise ValueError("every query needs at least one correct match in the gallery")
-    ranks = []
-    for s in range(0, sim.shape[0], chunk):
-        sim_c, rel_c = sim[s:s + chunk], relevant[s:s + chunk]
-        best = sim_c.masked_fill(~rel_c, float("-inf")).max(1, keepdim=True).values  # [q, 1]
-        ranks.append(((sim_c >= best) & ~rel_c).sum(1) + 1)
-    return torch.cat(ranks).cpu().numpy().astype(np.int64)
+    out = [_ranks_from_scores(sim[s:s + chunk], rel[s:s + chunk]) for s in range(0, len(sim), chunk)]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def query_ranks(image_embeds: Any, text_embeds: Any, groups: Sequence | None = None,
+                queries: np.ndarray | None = None, progress: Callable[[int], None] | None = None
+                ) -> dict[str, np.ndarray]:
+    """Rank of the true match of every query, both directions, over one 1:1 gallery, in bounded memory.
+
+    Row i of ``image_embeds`` and of ``text_embeds`` is item i. The gallery of each direction is every
+    item; scores are made a block of queries at a time (at most ``_BLOCK_SCORES`` of them), so 100k items
+    never hold a 100k x 100k matrix.
+
+    Args:
+        groups: per-item group id (caption-level ground truth: :func:`title_groups`); None = item level.
+        queries: boolean ``[N]``: rank only these items as queries (both directions); None = all.
+        progress: called with the number of queries ranked so far (both directions: up to 2Q).
+
+    Returns:
+        ``{"text_to_image": ranks [Q], "image_to_text": ranks [Q]}``.
+    """
+    img, txt = _numpy(image_embeds), _numpy(text_embeds)
+    n = len(img)
+    if len(txt) != n:
+        raise ValueError(f"{n} image embeddings but {len(txt)} text embeddings: a 1:1 gallery needs both")
+    groups = np.arange(n) if groups is None else np.asarray(groups)
+    which = np.arange(n) if queries is None else np.flatnonzero(np.asarray(queries, dtype=bool))
+    block = int(max(1, min(1024, _BLOCK_SCORES // max(n, 1))))
+    out: dict[str, np.ndarray] = {}
+    for di, (d, q_emb, g_emb) in enumerate(((DIRECTIONS[0], txt, img), (DIRECTIONS[1], img, txt))):
+        ranks = np.empty(len(which), dtype=np.int64)
+        for s in range(0, len(which), block):
+            rows = which[s:s + block]
+            with np.errstate(invalid="ignore", over="ignore"):
+                sim = q_emb[rows] @ g_emb.T  # [b, N]
+            ranks[s:s + block] = _ranks_from_scores(sim, groups[rows, None] == groups[None, :])
+            if progress:
+                progress(di * len(which) + min(s + block, len(which)))
+        out[d] = ranks
+    return out
+
+
+def split_ranks(image_embeds: Any, text_embeds: Any, captions: Sequence[str], ground_truth: str = "caption",
+                queries: np.ndarray | None = None, progress: Callable[[int], None] | None = None
+                ) -> dict[str, np.ndarray]:
+    """:func:`query_ranks` of one split's items under ``ground_truth`` (``caption`` or ``item``), identical
+    titles' text embeddings merged first (:func:`canonical_texts`) so their ties are exact.
+
+    The entry point for every caller that has the items' captions: evaluation, the dashboard, export.
+    """
+    titles = title_groups(captions)
+    groups = ground_truth_groups(captions, ground_truth)
+    return query_ranks(image_embeds, canonical_texts(text_embeds, titles), groups, queries, progress)
+
+
+def rank_of_match(scores: Any, correct: Sequence[int], show: int = 10) -> tuple[int, list[int]]:
+    """Where one query's correct match landed in a gallery, and what ranked above it (the click panel, Search).
+
+    Args:
+        scores: the query's similarity to every gallery entry ``[G]``.
+        correct: gallery positions that count as correct (the item, and under caption-level ground truth its
+            title group).
+        show: how many of the entries above it to return.
+
+    Returns:
+        (the rank by :func:`first_match_ranks`' rule; the wrong positions tied with or above the best correct
+        one, best first, at most ``show``).
+    """
+    sim = _numpy(scores)[None, :]
+    rel = np.zeros_like(sim, dtype=bool)
+    rel[0, list(correct)] = True
+    rank = int(_ranks_from_scores(sim, rel)[0])
+    clean = np.where(np.isfinite(sim[0]), sim[0], -np.inf)
+    best = clean[rel[0]].max()
+    above = np.flatnonzero((clean >= best - TIE_TOL) & ~rel[0])
+    above = above[np.argsort(-clean[above], kind="stable")]
+    return rank, [int(i) for i in above[:show]]
+
+
+# ---------------------------------------------------------------- summaries
+
+def median_rank(ranks: np.ndarray) -> float:
+    """``floor(median(r - 1)) + 1`` over 1-based ranks; NaN for no ranks."""
+    ranks = np.asarray(ranks)
+    return float(np.floor(np.median(ranks - 1)) + 1) if len(ranks) else float("nan")
 
 
 def rank_metrics(ranks: np.ndarray, prefix: str) -> dict[str, float]:
     """R@1/5/10 (percent), median rank, mean rank for one direction."""
+    ranks = np.asarray(ranks)
     out = {f"{prefix}/R@{k}": float(100.0 * np.mean(ranks <= k)) for k in KS}
-    out[f"{prefix}/median_rank"] = float(np.floor(np.median(ranks - 1)) + 1)
+    out[f"{prefix}/median_rank"] = median_rank(ranks)
     out[f"{prefix}/mean_rank"] = float(np.mean(ranks))
     return out
 
 
-def relevance(groups_q: np.ndarray | list, groups_g: np.ndarray | list) -> torch.Tensor:
-    """Boolean ``[Q, G]``: True where query and gallery entry share a group id."""
-    gq = torch.as_tensor(np.asarray(groups_q))
-    gg = torch.as_tensor(np.asarray(groups_g))
-    return gq[:, None] == gg[None, :]
+def summarise(ranks: dict[str, np.ndarray]) -> dict[str, float]:
+    """Both directions' :func:`rank_metrics` and ``rsum`` (the sum of the six recalls)."""
+    out: dict[str, float] = {}
+    for d in DIRECTIONS:
+        out.update(rank_metrics(ranks[d], d))
+    out["rsum"] = sum(out[f"{d}/R@{k}"] for d in DIRECTIONS for k in KS)
+    return out
 
 
-def retrieval_metrics(image_embeds: torch.Tensor, text_embeds: torch.Tensor, groups: np.ndarray | list | None = None,
+def retrieval_metrics(image_embeds: Any, text_embeds: Any, groups: np.ndarray | list | None = None,
                       queries: np.ndarray | None = None) -> dict[str, float]:
     """Both directions over one split: image i matches text i (and, with ``groups``, every text of its group).
 
     Args:
         image_embeds: ``[N, D]`` L2-normalised.
         text_embeds: ``[N, D]`` L2-normalised, row i describing image i.
-        groups: per-item group id (e.g. caption id for caption-level ground truth); None = item level.
+        groups: per-item group id (caption-level ground truth); None = item level.
         queries: boolean ``[N]``: score only these items as queries (both directions), against the whole
-            gallery; None = every item. E.g. the items whose title never occurs in the train split.
+            gallery; None = every item.
 
     Returns:
-        ``text_to_image/R@1`` ... ``image_to_text/mean_rank`` and ``rsum`` (sum of the six recalls).
+        ``text_to_image/R@1`` ... ``image_to_text/mean_rank`` and ``rsum``.
     """
-    n = image_embeds.shape[0]
-    groups = np.arange(n) if groups is None else np.asarray(groups)
-    rel = relevance(groups, groups)  # symmetric: same for both directions
-    sim = text_embeds.float() @ image_embeds.float().t()  # [N texts, N images]
-    q = torch.ones(n, dtype=torch.bool) if queries is None else torch.as_tensor(np.asarray(queries, dtype=bool))
-    if not bool(q.any()):
+    if queries is not None and not np.asarray(queries, dtype=bool).any():
         raise ValueError("no query selected")
-    out = rank_metrics(first_match_ranks(sim[q], rel[q]), "text_to_image")
-    out.update(rank_metrics(first_match_ranks(sim.t()[q], rel[q]), "image_to_text"))
-    out["rsum"] = sum(out[f"{d}/R@{k}"] for d in ("text_to_image", "image_to_text") for k in KS)
+    return summarise(query_ranks(image_embeds, text_embeds, groups, queries))
+
+
+def similarity_stats(image_embeds: Any, text_embeds: Any, max_n: int = 2000) -> dict[str, float]:
+    """Mean cosine similarity of matching pairs and of non-matching pairs (collapse shows as equal)."""
+    img, txt = _numpy(image_embeds)[:max_n], _numpy(text_embeds)[:max_n]
+    sim = txt.astype(np.float64) @ img.T.astype(np.float64)
+    n = sim.shape[0]
+    pos = np.trace(sim) / max(n, 1)
+    neg = (sim.sum() - np.trace(sim)) / max(n * n - n, 1)
+    return {"pos_sim": float(pos), "neg_sim": float(neg)}
+
+
+# ---------------------------------------------------------------- uncertainty
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``k/n``, in percent; (0, 100) for ``n == 0``."""
+    if n <= 0:
+        return 0.0, 100.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
+
+
+def _resamples(n: int, reps: int, seed: int):
+    """Seeded bootstrap index blocks ``[r, n]`` (at most ~2e7 indices at a time)."""
+    rng = np.random.default_rng(seed)
+    step = max(1, int(2e7 // max(n, 1)))
+    for s in range(0, reps, step):
+        yield rng.integers(0, n, size=(min(step, reps - s), n))
+
+
+def _stats(ranks: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric of :func:`summarise` (but mean rank) for each resample ``idx`` ``[r, n]``: arrays ``[r]``."""
+    out: dict[str, np.ndarray] = {}
+    rsum = 0.0
+    for d in DIRECTIONS:
+        r = np.asarray(ranks[d])[idx]  # [r, n]
+        for k in KS:
+            out[f"{d}/R@{k}"] = 100.0 * (r <= k).mean(1)
+            rsum = rsum + out[f"{d}/R@{k}"]
+        out[f"{d}/median_rank"] = np.floor(np.median(r - 1, axis=1)) + 1
+    out["rsum"] = rsum
     return out
 
 
-def similarity_stats(image_embeds: torch.Tensor, text_embeds: torch.Tensor, max_n: int = 2000) -> dict[str, float]:
-    """Mean cosine similarity of matching pairs and of non-matching pairs (collapse shows as equal)."""
-    img, txt = image_embeds[:max_n].float(), text_embeds[:max_n].float()
-    sim = txt @ img.t()
-    n = sim.shape[0]
-    pos = sim.diagonal().mean()
-    neg = (sim.sum() - sim.diagonal().sum()) / max(n * n - n, 1)
-    return {"pos_sim": float(pos), "neg_sim": float(neg)}
+def bootstrap_intervals(ranks: dict[str, np.ndarray], reps: int = BOOTSTRAP_REPS, seed: int = BOOTSTRAP_SEED,
+                        level: float = 0.95) -> dict[str, list[float]]:
+    """Percentile intervals of every R@K, median rank and rsum, resampling queries (items) with replacement.
+
+    Args:
+        ranks: ``{"text_to_image": [Q], "image_to_text": [Q]}``, query i of both directions being item i.
+
+    Returns:
+        ``{"text_to_image/R@1": [lo, hi], ..., "rsum": [lo, hi]}``; empty for no queries.
+    """
+    n = len(ranks[DIRECTIONS[0]])
+    if n == 0:
+        return {}
+    draws: dict[str, list[np.ndarray]] = {}
+    for idx in _resamples(n, reps, seed):
+        for key, v in _stats(ranks, idx).items():
+            draws.setdefault(key, []).append(v)
+    a = 100 * (1 - level) / 2
+    return {key: [float(np.percentile(np.concatenate(v), a)), float(np.percentile(np.concatenate(v), 100 - a))]
+            for key, v in draws.items()}
+
+
+def paired_difference(ranks_a: dict[str, np.ndarray], ranks_b: dict[str, np.ndarray], metric: str = "rsum",
+                      reps: int = BOOTSTRAP_REPS, seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> dict:
+    """Paired bootstrap of ``metric(a) - metric(b)`` over the same queries (both runs resample the same items).
+
+    Args:
+        ranks_a, ranks_b: :func:`query_ranks` output of two runs over the same queries in the same order.
+        metric: a key of :func:`summarise` other than mean rank (``text_to_image/R@1``, ``rsum``, ...).
+
+    Returns:
+        ``{"metric", "difference", "lo", "hi", "p", "different", "queries"}``: ``different`` is True when the
+        ``level`` interval of the difference excludes 0; ``p`` is the two-sided bootstrap p-value.
+    """
+    n = len(ranks_a[DIRECTIONS[0]])
+    if n != len(ranks_b[DIRECTIONS[0]]) or n == 0:
+        raise ValueError(f"a paired comparison needs the same queries: {n} against {len(ranks_b[DIRECTIONS[0]])}")
+    diff = summarise(ranks_a)[metric] - summarise(ranks_b)[metric]
+    draws = np.concatenate([_stats(ranks_a, idx)[metric] - _stats(ranks_b, idx)[metric]
+                            for idx in _resamples(n, reps, seed)])
+    a = 100 * (1 - level) / 2
+    lo, hi = float(np.percentile(draws, a)), float(np.percentile(draws, 100 - a))
+    p = float(min(1.0, 2 * min(np.mean(draws <= 0), np.mean(draws >= 0))))
+    return {"metric": metric, "difference": float(diff), "lo": lo, "hi": hi, "p": p,
+            "different": bool(lo > 0 or hi < 0), "queries": int(n)}
+
+
+def seed_spread(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation, min and max of one metric over runs that differ only by seed."""
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    if len(v) == 0:
+        return {"n": 0, "mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan")}
+    return {"n": int(len(v)), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "min": float(v.min()), "max": float(v.max())}

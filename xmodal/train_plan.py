@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .data import Catalogue, CatalogueError, describe_split, make_splits, open_catalogue
-from .pipeline import caption_groups
+from .metrics import title_groups
 from .runs import LOCK_FILE, RunLock, new_run_id, read_json, read_status
 from .text import Vocab
 from .train_args import Args, TrainConfig
@@ -176,7 +176,7 @@ def open_data(plan: Plan) -> Data:
                              "or fix the csv's split column)")
     train_caps = [cat.captions[i] for i in splits["train"]]
     vocab = vocab or Vocab.build(train_caps)
-    return Data(cat, splits, source, vocab, train_caps, caption_groups(train_caps))
+    return Data(cat, splits, source, vocab, train_caps, title_groups(train_caps))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -17,12 +17,12 @@ from .common import BenchConfig, Row, compare, ms, timed
 def bench_training(cfg: BenchConfig, cat) -> list[Row]:
     """train_one_epoch over make_loader vs a bare forward+loss+backward+AdamW loop, per model."""
     from ..models import list_models
-    from ..pipeline import caption_groups
+    from ..metrics import title_groups
     from ..text import Vocab
     index = np.arange(cfg.train_batch * cfg.train_steps) % len(cat)
     vocab = Vocab.build(cat.captions)
     tokens = vocab.encode(cat.captions)[torch.as_tensor(index)]  # [n, L]
-    labels = torch.as_tensor(caption_groups([cat.captions[i] for i in index]))
+    labels = torch.as_tensor(title_groups([cat.captions[i] for i in index]))
     rows = []
     for name in cfg.models or list_models():
         rows.append(_train_row(cfg, cat, name, len(vocab), index, tokens, labels))

@@ -1,4 +1,4 @@
-"""Pure functions behind the dashboard: tables of runs, per-query ranks (NumPy, in blocks), disagreements,
+"""Pure functions behind the dashboard: tables of runs, disagreements,
 plot selections, collapse detection and the modality gap. No Streamlit here; everything is testable.
 Metrics per slice are in ``slices``.
 """
@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from .. import metrics
 from .. import runs as _runs
+from ..metrics import DIRECTIONS, KS
 from ..runs import RunInfo
 
-# No PyTorch here: ranks follow xmodal.metrics' rule in NumPy (a test keeps them equal), so no page that
-# ranks or reads run folders waits for PyTorch to load.
-KS = (1, 5, 10)  # recall cut-offs: xmodal.metrics.KS, repeated here so that reading it needs no torch (tested)
-DIRECTIONS = ("text_to_image", "image_to_text")
+# No PyTorch here: ranks come from xmodal.metrics, which is NumPy only, so no page that ranks or reads run
+# folders waits for PyTorch to load.
 SHORT = {"text_to_image": "t2i", "image_to_text": "i2t"}
 STEP_KEYS = {"kind", "epoch", "step", "global_step", "lr", "time"}
 
@@ -133,56 +133,10 @@ def split_positions(item_ids: Sequence[str], wanted: Iterable[str]) -> np.ndarra
     return np.array([i for i, x in enumerate(item_ids) if x in wanted], dtype=np.int64)
 
 
-def query_ranks(image_embeds: Any, text_embeds: Any, groups: Sequence | None = None,
-                progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-    """1-based rank of the true match of every query, both directions, over one 1:1 gallery.
-
-    The rule of ``xmodal.metrics.first_match_ranks`` (1 + the wrong entries scoring at least as high as the
-    best correct one: ties count against the model), in NumPy and in blocks of rows, so a page or a
-    background process ranks 100k items without PyTorch and without an ``[N, N]`` matrix in memory.
-
-    Args:
-        image_embeds: ``[N, D]``; row i is item i's image.
-        text_embeds: ``[N, D]``; row i is item i's caption.
-        groups: per-item group id (caption-level ground truth); None = only the item's own pair counts.
-        progress: called with the number of queries ranked so far (both directions: up to 2N).
-
-    Returns:
-        ``{"text_to_image": ranks [N], "image_to_text": ranks [N]}``.
-    """
-    img = np.ascontiguousarray(image_embeds, dtype=np.float32)
-    txt = np.ascontiguousarray(text_embeds, dtype=np.float32)
-    n = len(img)
-    groups = np.arange(n) if groups is None else np.asarray(groups)
-    block = int(max(1, min(1024, (1 << 25) // max(n, 1))))  # about 128 MB of scores at a time
-    out: dict[str, np.ndarray] = {}
-    for di, (d, queries, gallery) in enumerate((("text_to_image", txt, img), ("image_to_text", img, txt))):
-        ranks = np.empty(n, dtype=np.int64)
-        for s in range(0, n, block):
-            sim = queries[s:s + block] @ gallery.T  # [b, N]
-            rel = groups[s:s + block, None] == groups[None, :]  # [b, N]
-            best = np.where(rel, sim, -np.inf).max(1, keepdims=True)  # [b, 1]
-            ranks[s:s + block] = ((sim >= best) & ~rel).sum(1) + 1
-            if progress:
-                progress(di * n + min(s + block, n))
-        out[d] = ranks
-    return out
-
-
-def ground_truth_groups(captions: Sequence[str], ground_truth: str) -> np.ndarray | None:
-    """Group ids for ``query_ranks``: items with the same normalised title share one under ``caption``
-    (as ``xmodal.pipeline.caption_groups``), None under ``item``."""
-    if ground_truth != "caption":
-        return None
-    from ..data import normalise_caption
-    ids: dict[str, int] = {}
-    return np.array([ids.setdefault(normalise_caption(c), len(ids)) for c in captions], dtype=np.int64)
-
-
 def titles_coincide(captions: Sequence[str]) -> bool:
     """True when no two of ``captions`` share a normalised title: caption- and item-level ranks are then equal."""
-    groups = ground_truth_groups(captions, "caption")
-    return groups is None or len(set(groups.tolist())) == len(groups)
+    groups = metrics.title_groups(captions)
+    return len(set(groups.tolist())) == len(groups)
 
 
 def recall_table_coincides(test: dict | None) -> bool:
@@ -315,31 +269,6 @@ def modality_gap(image_embeds: Any, text_embeds: Any, seed: int = 0) -> dict[str
     random = np.linalg.norm(img - np.roll(txt, shift, axis=0), axis=1)
     return {"paired": paired, "random": random,
             "centroid_gap": float(np.linalg.norm(img.mean(0) - txt.mean(0))) if n else 0.0}
-
-
-def rank_of_match(scores: Any, true_index: int, same: Sequence[int] | None = None, show: int = 10
-                  ) -> tuple[int, list[int]]:
-    """Where one query's true match landed, and what ranked above it.
-
-    Args:
-        scores: similarity of the query to every gallery entry ``[G]``.
-        true_index: the gallery position of the true match.
-        same: other positions that also count as correct (e.g. items with an identical caption).
-        show: how many of the entries above it to return.
-
-    Returns:
-        (1-based rank, counting ties against the model as ``first_match_ranks`` does; the gallery positions
-        that scored at least as high, best first, at most ``show``).
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    correct = np.zeros(len(scores), dtype=bool)
-    correct[true_index] = True
-    if same is not None:
-        correct[list(same)] = True
-    best = scores[correct].max()
-    above = np.flatnonzero((scores >= best) & ~correct)
-    above = above[np.argsort(-scores[above], kind="stable")]
-    return int(len(above) + 1), [int(i) for i in above[:show]]
 
 
 def thumbnail_uri(path: str | Path, height: int = 64) -> str:

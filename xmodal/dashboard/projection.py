@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import metrics
 from ..cachefile import atomic_write, check_array, warn_rebuild
 from ..runs import atomic_write_json, read_json
 from . import embeds, sprites, tasks
@@ -163,7 +164,6 @@ def compute(run_dir: Path, settings: MapSettings | str = "umap", run=None,
             progress: tasks.Progress | None = None) -> Path:
     """Compute and cache the map of ``run_dir`` (``run``: an already loaded ``xmodal.Run``, used when the
     run's catalogue embeddings must be made first)."""
-    from .analysis import ground_truth_groups, query_ranks
     run_dir, settings = Path(run_dir), _settings(settings)
     path = projection_path(run_dir, settings)
     if path is None:
@@ -183,9 +183,9 @@ def compute(run_dir: Path, settings: MapSettings | str = "umap", run=None,
     xy, used = project(np.concatenate([img, txt]), settings.method, n_neighbors=settings.n_neighbors,
                        min_dist=settings.min_dist)
     if progress:
-        progress.phase("ranking each item's true match", total=len(index))
-    groups = ground_truth_groups([emb["captions"][i] for i in index], "caption")
-    ranks = query_ranks(img, txt, groups, progress=progress.advance if progress else None)
+        progress.phase("ranking each item's true match", total=2 * len(index))  # both directions
+    ranks = metrics.split_ranks(img, txt, [emb["captions"][i] for i in index], "caption",
+                                progress=progress.advance if progress else None)
     with atomic_write(path) as f:
         np.savez(f, xy=xy, index=index, method=np.array(used), rank_t2i=ranks["text_to_image"].astype(np.int64),
                  rank_i2t=ranks["image_to_text"].astype(np.int64))

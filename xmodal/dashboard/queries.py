@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..data import normalise_caption
-from .analysis import rank_of_match
+from ..metrics import rank_of_match
 
 if TYPE_CHECKING:  # the run passed in has loaded PyTorch already; importing this module does not
     from ..search import Hit, Run
@@ -66,7 +66,7 @@ def _locate(run: Run, scores: np.ndarray, item_id: str | None, show: int) -> tup
     key = normalise_caption(cat.captions[pos])
     same = [i for i, c in enumerate(cat.captions)
             if i != pos and normalise_caption(c) == key and np.isfinite(scores[i])]
-    rank, above = rank_of_match(scores, pos, same, show=show)
+    rank, above = rank_of_match(scores, [pos, *same], show=show)
     return rank, [_hit(run, i, scores[i]) for i in above], _hit(run, pos, scores[pos])
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import re
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from ..runs import atomic_write_json, read_json
-from .analysis import DIRECTIONS, KS
+from .. import metrics
+from ..metrics import DIRECTIONS, KS, median_rank, wilson
 
 MIN_N = 10  # queries below which a slice is flagged small and left out of the ranking
 Z95 = 1.959963984540054
@@ -36,29 +36,13 @@ MAX_NAME = 80
 MAX_SLICES = 200
 
 
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``k/n``, in percent; (0, 100) for ``n == 0``."""
-    if n <= 0:
-        return 0.0, 100.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
-
-
-def median_rank(ranks: np.ndarray) -> float:
-    """``floor(median(r - 1)) + 1`` over 1-based ranks (as ``xmodal.metrics.rank_metrics``)."""
-    return float(np.floor(np.median(np.asarray(ranks) - 1)) + 1) if len(ranks) else float("nan")
-
-
 def bootstrap_median(ranks: np.ndarray, reps: int = 200, seed: int = 0) -> tuple[float, float]:
-    """2.5th and 97.5th percentiles of the median rank over ``reps`` resamples (seeded)."""
+    """2.5th and 97.5th percentiles of the median rank over ``reps`` resamples (seeded; the metrics core)."""
     ranks = np.asarray(ranks)
     if len(ranks) == 0:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    meds = np.floor(np.median(rng.choice(ranks - 1, (reps, len(ranks)), replace=True), axis=1)) + 1
-    return float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))
+    lo, hi = metrics.bootstrap_intervals({d: ranks for d in DIRECTIONS}, reps, seed)[f"{DIRECTIONS[0]}/median_rank"]
+    return lo, hi
 
 
 def slice_attributes(attributes: dict[str, Sequence[str]], max_values: int = MAX_VALUES) -> list[str]:

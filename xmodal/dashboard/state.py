@@ -23,6 +23,7 @@ import numpy as np
 import streamlit as st
 
 from ..data import Catalogue, CatalogueError, open_catalogue, resolve_data
+from ..metrics import split_ranks
 from ..runs import read_json, read_metrics
 from . import analysis, embeds, jobs, projection
 
@@ -175,12 +176,11 @@ def _compare_ranks(run_dirs: tuple[str, ...], stamps: tuple[int, ...], ground_tr
     keep = [i for i, x in enumerate(first["item_ids"]) if x in common]
     ids = [first["item_ids"][i] for i in keep]
     captions = [first["captions"][i] for i in keep]
-    groups = analysis.ground_truth_groups(captions, ground_truth)
     ranks = {}
     for d, e in embs.items():
         pos = {x: i for i, x in enumerate(e["item_ids"])}
         sel = np.array([pos[x] for x in ids], dtype=np.int64)
-        ranks[d] = analysis.query_ranks(e["image"][sel], e["text"][sel], groups) if len(sel) else {}
+        ranks[d] = split_ranks(e["image"][sel], e["text"][sel], captions, ground_truth) if len(sel) else {}
     return {"item_ids": ids, "captions": captions, "images": [first["images"][i] for i in keep],
             "attributes": {k: [v[i] for i in keep] for k, v in first["attributes"].items()}, "ranks": ranks}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import metrics
 from .catalogue import SPLITS, Catalogue, CatalogueError, normalise_caption
 
 GROUPINGS = ("title", "item")
@@ -46,9 +47,8 @@ def _item_split(n: int, seed: int, fractions: tuple[float, float, float]) -> dic
 
 
 def title_groups(cat: Catalogue) -> np.ndarray:
-    """Group id per item: items with the same normalised title share one (ids in first-seen order)."""
-    ids: dict[str, int] = {}
-    return np.array([ids.setdefault(normalise_caption(c), len(ids)) for c in cat.captions], dtype=np.int64)
+    """Group id per item of ``cat``: :func:`xmodal.metrics.title_groups` of its captions."""
+    return metrics.title_groups(cat.captions)
 
 
 def _closest_cut(cum: np.ndarray, lo: int, target: float) -> int:
