@@ -4,7 +4,8 @@ The gallery (every item of the run's catalogue, or of another one) is embedded o
 the run folder as safetensors, keyed by the catalogue's fingerprint and a digest of the weights' bytes,
 checked on every read (sha256, shape, finite values) and rebuilt with a warning when damaged. Each side
 (images, captions) is searched through an ``xmodal.gallery.Gallery``: exact up to 50k items, a faiss
-index above that, built once and cached beside the embeddings.
+index above that, built once and cached beside the embeddings, its ``nprobe`` calibrated on the queries
+that search it: the other side's embeddings of the catalogue (captions for the images, and the reverse).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from PIL import Image
 from .backbones import weights_digest
 from .cachefile import check_array, warn_rebuild, write_cache
 from .data import Catalogue, CatalogueError, load_catalogue, resolve_data
-from .gallery import Gallery
+from .gallery import Gallery, GalleryConfig
 from .models import rebuild_model
 from .pipeline import embed_catalogue_images, embed_pil, embed_texts
 from .runs import read_json
@@ -127,6 +128,7 @@ class Run:
         self._image_embeds: torch.Tensor | None = None
         self._text_embeds: torch.Tensor | None = None
         self._galleries: dict[str, Gallery] = {}
+        self.gallery_config = GalleryConfig()  # how both galleries are searched (exact or faiss, calibration)
 
     def _cache_path(self, kind: str) -> Path:
         """``gallery_<kind>_<key>.safetensors`` in the run folder. The key covers the catalogue's content and
@@ -182,13 +184,24 @@ class Run:
         return self._text_embeds
 
     def gallery(self, kind: str) -> Gallery:
-        """The search index over ``images`` or ``texts``, built once per run (a faiss index is cached)."""
+        """The search index over ``images`` or ``texts``, built once per run (a faiss index is cached).
+
+        A faiss index is calibrated on the queries that search it: the catalogue's caption embeddings for the
+        image gallery (text queries) and its image embeddings for the caption gallery (photo queries), never on
+        the gallery's own rows, which sit on the other side of the modality gap.
+        """
         if kind not in self._galleries:
             if kind not in ("images", "texts"):
                 raise ValueError(f"unknown gallery {kind!r}; choose 'images' or 'texts'")
             embeds = self.image_embeds if kind == "images" else self.text_embeds
+            queries = (lambda: self.text_embeds) if kind == "images" else (lambda: self.image_embeds)
             index_path = self._cache_path(kind).with_suffix(".index.npz")  # checked and healed by Gallery.build
-            self._galleries[kind] = Gallery.build(embeds, cache_path=index_path)
+            gallery = Gallery.build(embeds, cache_path=index_path, cfg=self.gallery_config,
+                                    calibration_queries=queries)
+            if gallery.kind == "faiss":
+                other = "caption" if kind == "images" else "image"
+                gallery.info["calibrated_on"] = f"the catalogue's {other} embeddings (the queries' modality)"
+            self._galleries[kind] = gallery
         return self._galleries[kind]
 
     def _hits(self, kind: str, query: torch.Tensor, k: int) -> list[Hit]:
