@@ -32,18 +32,24 @@ if all(analysis.recall_table_coincides(r.test) for r in chosen):
     st.caption("On this catalogue's test split no two items share a title, so caption- and item-level numbers are "
                "the same.")
 table = analysis.test_metrics_table(chosen, gt).drop(columns=["catalogue"])
-recall = {c: st.column_config.NumberColumn(c, format="%.1f", width=62) for c in table.columns if "R@" in c}
-ranks = {c: st.column_config.NumberColumn(c.replace("median rank", "med. rank"), format="%d", width=70,
-                                          help="median rank of the true match (1 = usually first)")
-         for c in table.columns if "median" in c}
-st.dataframe(table, hide_index=True, key="cmp_table", column_order=[c for c in table.columns if c != "model"],
+shown = analysis.with_intervals(table)
+st.dataframe(shown, hide_index=True, key="cmp_table", column_order=[c for c in shown.columns if c != "model"],
              column_config={
-                 **recall, **ranks, "rsum": st.column_config.NumberColumn(format="%.1f", width=62),
+                 "rsum": st.column_config.NumberColumn(format="%.1f", width=62),
                  "gallery": st.column_config.NumberColumn(width=62),
                  "run": st.column_config.TextColumn(pinned=True, width="medium")})
-st.caption(f"Test split of {md(catalogues.describe(group))}, weights chosen on validation rsum. Recall in %; median "
-           "rank is 1-based (1 = the true match is usually first).")
+st.caption(f"Test split of {md(catalogues.describe(group))} ({gt}-level ground truth), weights chosen on validation "
+           "rsum. Recall in %, with its 95% interval in brackets (bootstrap over the test queries); median rank is "
+           "1-based (1 = the true match is usually first). The backbone column says where each run's image weights "
+           "came from.")
 st.plotly_chart(plots.metric_bars(table), key="cmp_bars")
+if len(chosen) >= 2:
+    st.subheader("Is the difference real?")
+    pairs = analysis.paired_table(chosen, gt)
+    st.dataframe(pairs, hide_index=True, key="cmp_pairs")
+    st.caption("First run minus second, on the same test queries: a paired bootstrap (1000 resamples of the "
+               "queries). \"inside the noise\" when the 95% interval of the difference contains 0: do not rank "
+               "those two runs on this number.")
 
 st.header("Slices and disagreements", divider="gray")
 dirs = [r.path for r in chosen]

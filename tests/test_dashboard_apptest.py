@@ -140,12 +140,14 @@ def test_compare_page(with_run, tiny_catalogue, trained_run):
     _ok(at)
     table = at.dataframe[0].value
     test = json.loads((trained_run / "test.json").read_text())
-    assert table["t2i R@1"].iloc[0] == pytest.approx(test["caption"]["text_to_image/R@1"])
-    assert table["i2t median rank"].iloc[0] == test["caption"]["image_to_text/median_rank"]
+    lo, hi = test["ci95"]["caption"]["text_to_image/R@1"]
+    assert table["t2i R@1"].iloc[0] == f"{test['caption']['text_to_image/R@1']:.1f} [{lo:.1f}-{hi:.1f}]"
+    assert float(table["i2t median rank"].iloc[0].split()[0]) == test["caption"]["image_to_text/median_rank"]
     assert at.selectbox(key="cmp_attr").options  # the demo catalogue has slices
     at.radio(key="cmp_gt").set_value("item").run()
     _ok(at)
-    assert at.dataframe[0].value["t2i R@1"].iloc[0] == pytest.approx(test["item"]["text_to_image/R@1"])
+    assert float(at.dataframe[0].value["t2i R@1"].iloc[0].split()[0]) == pytest.approx(
+        round(test["item"]["text_to_image/R@1"], 1))
 
 
 def test_embeddings_page(with_run, tiny_catalogue):
@@ -444,6 +446,9 @@ def test_compare_picks_healthy_runs_and_two_to_contrast(eight, tiny_catalogue):
     assert any("demo-run3 (collapsed: flat loss" in _shown(c.value) for c in at.caption)
     assert at.dataframe[0].value["run"].str.contains("demo-run").all() and len(at.dataframe[0].value) == 3
     assert (at.selectbox(key="cmp_a").value, at.selectbox(key="cmp_b").value) == ("demo-run0", "demo-run1")
+    pairs = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
+    assert len(pairs) == 3 * 2  # three pairs, rsum and t2i R@1 each; the copies share their ranks: noise
+    assert set(pairs["verdict"]) == {"inside the noise"}
     assert "demo-run0" not in at.selectbox(key="cmp_b").options
     assert set(at.selectbox(key="cmp_attr").options) >= {"master_category", "colour", "pattern", "brand", "gender"}
     slice_table = next(d.value for d in at.dataframe if "small" in d.value.columns)

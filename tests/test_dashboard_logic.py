@@ -42,13 +42,19 @@ def test_runs_table_reads_a_finished_run(trained_run):
     assert row["model"] == "cmpm-efficientnet" and row["status"] == "finished" and row["epochs"] == "2/2"
     assert row["backbone"] == "efficientnet: ImageNet, frozen"
     assert analysis.backbone_label({"model_config": {"backbone": "mobilenet", "weights_source": None,
-                                                     "finetune": True}}) == "mobilenet: random init, fine-tuned"
+                                                     "finetune": True}}) == "mobilenet: random init, trained end to end"
+    distilled = {"model_config": {"backbone": "mobilenet", "weights_source": "distilled from efficientnet"}}
+    assert analysis.backbone_label(distilled) == "mobilenet: distilled offline from EfficientNet-Lite0, frozen"
     test = json.loads((trained_run / "test.json").read_text())["caption"]
     assert row["test t2i R@1"] == pytest.approx(test["text_to_image/R@1"])
     assert row["test i2t R@10"] == pytest.approx(test["image_to_text/R@10"])
-    metrics = analysis.test_metrics_table(info, "item")
-    assert metrics.iloc[0]["t2i median rank"] == json.loads((trained_run / "test.json").read_text())["item"][
-        "text_to_image/median_rank"]
+    table = analysis.test_metrics_table(info, "item")
+    recorded = json.loads((trained_run / "test.json").read_text())
+    assert table.iloc[0]["t2i median rank"] == recorded["item"]["text_to_image/median_rank"]
+    lo, hi = recorded["ci95"]["item"]["image_to_text/R@5"]  # every cell's interval travels with it
+    assert (table.iloc[0]["i2t R@5 lo"], table.iloc[0]["i2t R@5 hi"]) == (lo, hi)
+    fig = plots.metric_bars(table)
+    assert fig.data[0].error_y.array is not None and len(fig.data[0].error_y.array) == 6
 
 
 def test_status_text_says_what_a_running_run_does():

@@ -129,22 +129,37 @@ def _test_ranks(d: Path, gt: str) -> tuple[dict | None, tuple]:
     return {k: np.asarray(v) for k, v in ranks.items()}, where
 
 
-def differences(run_dirs: list[Path], gt: str = "caption", metric: str = "rsum") -> list[str]:
-    """For every pair of runs scored on the same test queries: the paired-bootstrap difference of ``metric``
-    and of t2i R@1, and whether it is inside the noise. Runs on other catalogues or splits are not compared."""
+def paired_rows(run_dirs: list[Path], gt: str = "caption",
+                metrics_: tuple[str, ...] = ("rsum", "text_to_image/R@1")) -> list[dict]:
+    """Every pair of runs with its paired-bootstrap difference per metric (first minus second), or why the pair
+    is not compared (another catalogue or test split, or no recorded ranks)."""
     runs = [(d, *_test_ranks(d, gt)) for d in run_dirs]
-    runs = [(d, r, w) for d, r, w in runs if r is not None]
-    lines = []
+    rows = []
     for (da, ra, wa), (db, rb, wb) in itertools.combinations(runs, 2):
-        if wa != wb:
-            lines.append(f"- {da.name} vs {db.name}: not compared (different catalogue or test split)")
+        if ra is None or rb is None:
+            rows.append({"a": da.name, "b": db.name, "compared": "no: no per-query ranks in test.json"})
+        elif wa != wb:
+            rows.append({"a": da.name, "b": db.name, "compared": "no: different catalogue or test split"})
+        else:
+            for key in metrics_:
+                p = metrics.paired_difference(ra, rb, key)
+                rows.append({"a": da.name, "b": db.name, "compared": f"yes: the same {len(wa[1])} test queries",
+                             "metric": key, "difference": p["difference"], "lo": p["lo"], "hi": p["hi"],
+                             "verdict": "different" if p["different"] else "inside the noise"})
+    return rows
+
+
+def differences(run_dirs: list[Path], gt: str = "caption") -> list[str]:
+    """:func:`paired_rows` as lines: whether each difference between runs on the same queries is real."""
+    lines, pairs = [], {}
+    for row in paired_rows(run_dirs, gt):
+        pairs.setdefault((row["a"], row["b"]), []).append(row)
+    for (a, b), rows in pairs.items():
+        if "metric" not in rows[0]:
+            lines.append(f"- {a} vs {b}: not compared ({rows[0]['compared'][4:]})")
             continue
-        parts = []
-        for key in (metric, "text_to_image/R@1"):
-            p = metrics.paired_difference(ra, rb, key)
-            verdict = ("different" if p["different"] else "inside the noise")
-            parts.append(f"{key} {p['difference']:+.1f} [{p['lo']:+.1f}, {p['hi']:+.1f}], {verdict}")
-        lines.append(f"- {da.name} vs {db.name} (the same {len(wa[1])} test queries): " + "; ".join(parts))
+        parts = [f"{r['metric']} {r['difference']:+.1f} [{r['lo']:+.1f}, {r['hi']:+.1f}], {r['verdict']}" for r in rows]
+        lines.append(f"- {a} vs {b} ({rows[0]['compared'][5:]}): " + "; ".join(parts))
     if lines:
         lines.insert(0, f"Paired differences ({gt}-level, first minus second, 95% paired bootstrap over the same "
                         "queries; \"inside the noise\" when the interval contains 0):")

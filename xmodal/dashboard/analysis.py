@@ -35,11 +35,11 @@ def run_label(info: RunInfo) -> str:
 
 
 def backbone_label(config: dict) -> str:
-    """Where a run's image backbone weights came from, and whether it trained: never a silent switch."""
+    """Where a run's image backbone weights came from, and how it trained: never a silent switch (the report's
+    ``backbone_description``: ImageNet from the hub or a package, distilled offline, or random init)."""
+    from ..report import backbone_description
     mcfg = config.get("model_config") or {}
-    source = "ImageNet" if mcfg.get("weights_source") else "random init"
-    mode = "fine-tuned" if mcfg.get("finetune") else "frozen"
-    return f"{mcfg.get('backbone', '?')}: {source}, {mode}"
+    return f"{mcfg.get('backbone', '?')}: {backbone_description(config)}"
 
 
 def lock_holder(run_dir: Path, now: float | None = None) -> str:
@@ -110,21 +110,51 @@ def runs_table(runs: Sequence[RunInfo], ground_truth: str = "caption") -> pd.Dat
 
 
 def test_metrics_table(runs: Sequence[RunInfo], ground_truth: str = "caption") -> pd.DataFrame:
-    """Finished runs' test metrics: R@1/5/10 and median rank in both directions, one row per run."""
+    """Finished runs' test metrics: R@1/5/10 and median rank in both directions, each with its 95% interval
+    (``... lo`` / ``... hi`` columns, from test.json's ``ci95`` when recorded), one row per run."""
     rows = []
     for r in runs:
-        metrics = (r.test or {}).get(ground_truth)
-        if not metrics:
+        test = r.test or {}
+        scores = test.get(ground_truth)
+        if not scores:
             continue
-        row = {"run": run_label(r), "model": r.model, "catalogue": catalogue_label(r.config),
-               "gallery": (r.test or {}).get("gallery_size")}
+        ci = (test.get("ci95") or {}).get(ground_truth) or {}
+        row = {"run": run_label(r), "model": r.model, "backbone": backbone_label(r.config),
+               "catalogue": catalogue_label(r.config), "gallery": test.get("gallery_size")}
         for d in DIRECTIONS:
-            for k in KS:
-                row[f"{SHORT[d]} R@{k}"] = metrics.get(f"{d}/R@{k}")
-            row[f"{SHORT[d]} median rank"] = metrics.get(f"{d}/median_rank")
-        row["rsum"] = metrics.get("rsum")
+            cols = [*((f"R@{k}", f"{SHORT[d]} R@{k}") for k in KS), ("median_rank", f"{SHORT[d]} median rank")]
+            for key, col in cols:
+                row[col] = scores.get(f"{d}/{key}")
+                lo_hi = ci.get(f"{d}/{key}") or (None, None)
+                row[f"{col} lo"], row[f"{col} hi"] = lo_hi
+        row["rsum"] = scores.get("rsum")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def with_intervals(table: pd.DataFrame) -> pd.DataFrame:
+    """``test_metrics_table`` for display: each metric as ``52.9 [49.8-56.0]`` text (its interval folded in)."""
+    out = table.copy()
+    for col in [c for c in table.columns if f"{c} lo" in table.columns]:
+        fmt = "{:.0f}" if "median" in col else "{:.1f}"
+        out[col] = [("" if pd.isna(v) else fmt.format(v)) + (f" [{fmt.format(lo)}-{fmt.format(hi)}]"
+                                                           if pd.notna(lo) and pd.notna(hi) else "")
+                    for v, lo, hi in zip(table[col], table[f"{col} lo"], table[f"{col} hi"])]
+        out = out.drop(columns=[f"{col} lo", f"{col} hi"])
+    return out
+
+
+def paired_table(runs: Sequence[RunInfo], ground_truth: str = "caption") -> pd.DataFrame:
+    """Each pair of ``runs``: the paired-bootstrap difference of rsum and t2i R@1 on their shared test queries
+    (``xmodal.report.paired_rows``), labelled; pairs on other catalogues or splits say why they are not compared."""
+    from ..report import paired_rows
+    names = {r.path.name: run_label(r) for r in runs}
+    rows = paired_rows([r.path for r in runs], ground_truth)
+    df = pd.DataFrame([{"A": names.get(x["a"], x["a"]), "B": names.get(x["b"], x["b"]), "metric": x.get("metric", ""),
+                        "A - B": x.get("difference"), "95% interval": (f"{x['lo']:+.1f} to {x['hi']:+.1f}"
+                                                                      if "lo" in x else ""),
+                        "verdict": x.get("verdict") or x["compared"]} for x in rows])
+    return df.round({"A - B": 1}) if len(df) else df
 
 
 def split_positions(item_ids: Sequence[str], wanted: Iterable[str]) -> np.ndarray:

@@ -122,18 +122,25 @@ def similarity_figure(metrics: dict[str, list[dict]]) -> go.Figure:
 
 
 def metric_bars(table: pd.DataFrame) -> go.Figure:
-    """Grouped bars of test R@1/5/10 (left) and median rank (right, lower is better), both directions."""
+    """Grouped bars of test R@1/5/10 (left) and median rank (right, lower is better), both directions, with their
+    95% intervals (``... lo`` / ``... hi`` columns of ``analysis.test_metrics_table``) as error bars."""
     fig = make_subplots(rows=1, cols=2, column_widths=[0.7, 0.3],
                         subplot_titles=["recall (%) — higher is better", "median rank — lower is better"])
     recall_cols = [f"{SHORT[d]} R@{k}" for d in DIRECTIONS for k in KS]
     rank_cols = [f"{SHORT[d]} median rank" for d in DIRECTIONS]
     colours = run_colours(list(table["run"])) if len(table) else {}
+    def error(row, cols):  # the 95% interval of each bar, where test.json recorded one
+        if not all(f"{c} lo" in row and pd.notna(row[f"{c} lo"]) for c in cols):
+            return None
+        return dict(type="data", symmetric=False, array=[row[f"{c} hi"] - row[c] for c in cols],
+                    arrayminus=[row[c] - row[f"{c} lo"] for c in cols], thickness=1, width=3)
+
     for _, row in table.iterrows():
         name = row["run"]
         fig.add_trace(go.Bar(x=recall_cols, y=[row[c] for c in recall_cols], name=esc(name), legendgroup=name,
-                             marker_color=colours[name]), row=1, col=1)
+                             marker_color=colours[name], error_y=error(row, recall_cols)), row=1, col=1)
         fig.add_trace(go.Bar(x=rank_cols, y=[row[c] for c in rank_cols], name=esc(name), legendgroup=name,
-                             showlegend=False, marker_color=colours[name]), row=1, col=2)
+                             showlegend=False, marker_color=colours[name], error_y=error(row, rank_cols)), row=1, col=2)
     fig.update_layout(barmode="group")
     return _layout(fig, 380)
 
