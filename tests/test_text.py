@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import TINY_SIZE
 from xmodal.search import Hit, SearchResult, UnknownQueryError
-from xmodal.text import Vocab, stable_hash, tokenize
+from xmodal.text import Vocab, stable_hash, token_spans, tokenize
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTIONS = ["Roadster Men Navy Blue Tshirt", "Nike Women Red Shoes", "Roadster Women Red Tshirt",
@@ -58,6 +58,28 @@ def test_long_queries_are_read_up_to_max_len():
     assert v.read("a b c navy") == ["a", "b", "c"]
     with pytest.raises(UnknownQueryError):
         v.check_query("a b c navy")  # the model never reads 'navy'
+
+
+TRICKY = ["Navy Blue T-Shirt", "İstanbul Kurta", "STRASSE Straße", "ﬁt & Flare", "2XL/3XL\ttee", "Ǆemper ǅ x",
+          "Café Crème", " \t\n", "", "😀Red😀Shirt😀", "½ sleeve ²", "ΣΑΡΙ saree", "\u212aelvin K", "İİİ a-b"]
+
+
+def test_token_spans_and_explanations_read_the_words_tokenize_reads():
+    """One tokeniser: ``token_spans`` locates exactly ``tokenize``'s words, and the explanation's highlighted
+    spans (``explain.word_spans``) cut those words out of the text it shows, on strings whose lower-casing
+    changes their length (İ), folds to ASCII (the Kelvin sign), or holds ligatures, digits and emoji."""
+    from xmodal.explain import word_spans
+    assert tokenize("Navy Blue T-Shirt") == ["navy", "blue", "t", "shirt"]
+    assert tokenize("İstanbul Kurta") == ["i", "stanbul", "kurta"]  # "İ".lower() is "i" + a combining dot
+    assert tokenize("\u212aelvin K") == ["kelvin", "k"] and tokenize("ﬁt & Flare") == ["t", "flare"]
+    assert tokenize("STRASSE Straße") == ["strasse", "stra", "e"] and tokenize("½ sleeve ²") == ["sleeve"]
+    for text in TRICKY:
+        words = tokenize(text)
+        assert [text.lower()[a:b] for a, b in token_spans(text)] == words, text
+        shown, spans = word_spans(text)
+        assert [shown[a:b].lower() for a, b in spans] == words, text
+        assert all(0 <= a < b <= len(shown) for a, b in spans)
+        assert word_spans(text, max_len=2)[1] == token_spans(text)[:2]
 
 
 def test_search_reports_unknown_words_and_refuses_unreadable_queries(trained_run):

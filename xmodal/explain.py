@@ -20,7 +20,6 @@ explanation at the default 224x168 under 2 s on two CPU cores (``bench_explain``
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +31,13 @@ from PIL import Image
 from torch import nn
 
 from .backbones import image_transform
-from .text import PAD, UNK, Vocab
+from .text import PAD, UNK, Vocab, token_spans
 
 if TYPE_CHECKING:
     from .search import Run
 
 GRID = (7, 5)  # (rows, cols) of occluded cells: 35 copies of the photo, portrait like the catalogue's photos
 FILLS = ("mean", "grey")  # what an occluded cell is painted with (see ``occluded``)
-_TOKEN = re.compile(r"[a-z0-9]+")  # as xmodal.text.tokenize
 
 
 @dataclass
@@ -72,7 +70,7 @@ def word_spans(text: str, max_len: int | None = None) -> tuple[str, list[tuple[i
     text, so that spans and characters always agree."""
     lowered = text.lower()
     shown = text if len(lowered) == len(text) else lowered
-    spans = [m.span() for m in _TOKEN.finditer(lowered)]
+    spans = token_spans(text)
     return shown, spans[:max_len] if max_len is not None else spans
 
 

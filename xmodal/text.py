@@ -16,12 +16,21 @@ import numpy as np
 import torch
 
 PAD, UNK = 0, 1
-_TOKEN = re.compile(r"[a-z0-9]+")
+_TOKEN = re.compile(r"[a-z0-9]+")  # a word: ASCII letters and digits of the lower-cased text
 
 
 def tokenize(text: str) -> list[str]:
     """Lower-case alphanumeric words: "Navy Blue T-Shirt" -> ["navy", "blue", "t", "shirt"]."""
     return _TOKEN.findall(text.lower())
+
+
+def token_spans(text: str) -> list[tuple[int, int]]:
+    """Where each of ``tokenize(text)``'s words lies in ``text.lower()``: ``(start, end)`` character offsets.
+
+    ``text.lower()`` can be longer than ``text`` (a few non-ASCII letters, e.g. "İ"), so the offsets index the
+    lower-cased text; ``[text.lower()[a:b] for a, b in token_spans(text)] == tokenize(text)``.
+    """
+    return [m.span() for m in _TOKEN.finditer(text.lower())]
 
 
 class UnknownQueryError(ValueError):
