@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from streamlit.testing.v1 import AppTest
 
-from xmodal.compose import (DEFAULT_WEIGHT, ComposedResult, benchmark, compose_vectors, main, rocchio,
-                            score_spread)
+from xmodal.compose import (DEFAULT_WEIGHT, ComposedResult, benchmark, benchmark_queries, choose_and_read,
+                            compose_vectors, main, rocchio, score_spread)
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
@@ -100,6 +100,34 @@ def test_refine_moves_towards_good_and_away_from_bad_over_rounds(run):
         run.refine(first, good=[10_000])
 
 
+def test_benchmark_chooses_on_validation_and_reads_test_once(run):
+    """The weight is swept on the validation split's items, never the test split's; test is read at the
+    default weight alone."""
+    from xmodal.runs import read_json
+    splits = read_json(run.dir / "splits.json")
+    items, _, _ = benchmark_queries(run, n=20)  # the default split
+    assert items and {run.catalogue.item_ids[i] for i in items} <= set(splits["val"])
+    test_items, _, _ = benchmark_queries(run, n=20, split="test")
+    assert test_items and {run.catalogue.item_ids[i] for i in test_items} <= set(splits["test"])
+    res = choose_and_read(run, n=20)
+    assert res["val"]["split"] == "val" and res["test"]["split"] == "test"
+    assert set(res["test"]["balanced"]) == {DEFAULT_WEIGHT} and len(res["val"]["balanced"]) > 1
+    assert res["val_best_weight"] in res["val"]["balanced"]
+    with pytest.raises(ValueError, match="unknown split"):
+        benchmark_queries(run, split="validation")
+
+
+def test_benchmark_ties_count_against_the_query(trained_run):
+    """A collapsed model (every photo the same vector) ties every product: the first wanted one ranks behind
+    all the others (``first_match_ranks``), so no query succeeds, whatever order a top-k would break ties in."""
+    from xmodal.search import load_run
+    collapsed = load_run(trained_run)
+    n, d = collapsed.image_embeds.shape
+    collapsed._image_embeds = F.normalize(torch.ones(n, d), dim=-1)
+    res = benchmark(collapsed, n=20)
+    assert res["photo_only"][0] == 0 and res["words_only"][0] == 0 and res["balanced"][DEFAULT_WEIGHT][0] == 0
+
+
 def test_benchmark_on_the_demo(run):
     res = benchmark(run, n=20)
     assert res["queries"] >= 1 and res["type_column"] == "master_category" and res["k"] == 10
@@ -112,6 +140,7 @@ def test_benchmark_cli(trained_run, capsys):
     assert main(["--run", str(trained_run), "--n", "10"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("| model |") and "| cmpm-efficientnet | tiny-cmpm |" in out and "success@10" in out
+    assert "val: best w" in out and f"test: photo + words, w={DEFAULT_WEIGHT:g} (read once)" in out
 
 
 @pytest.mark.parametrize("argv, says", [(["--run", "/no/such/run"], "not a run folder"),

@@ -5,7 +5,8 @@ own scores over the gallery, then weighted: ``q = (1 - w) * photo / s_photo + w 
 score against photos far more alike than words against photos, so without the scaling the photo drowns the
 words for every ``w`` short of 1; with it, ``w = 0.5`` gives both the same pull on the ranking (the same as
 adding their z-scored scores). The results are products (the image gallery); the query's own item, when it
-is one, is left out. ``python -m xmodal.compose --run DIR`` measures it (``benchmark``).
+is one, is left out. ``python -m xmodal.compose --run DIR`` measures it (``benchmark``): the weight is swept on
+the validation split and the test split is read once, at ``DEFAULT_WEIGHT`` (chosen on validation).
 
 **Feedback.** Rocchio (Rocchio 1971; Manning et al., *Introduction to Information Retrieval*, ch. 9):
 ``q' = a * q0 + b * mean(good) - c * mean(bad)`` over the photos' embeddings, always from the first query
@@ -26,10 +27,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .metrics import first_match_ranks
+
 if TYPE_CHECKING:
     from .search import Hit, Run
 
-DEFAULT_WEIGHT = 0.5  # share of the words (after scaling both parts to the same spread): see docs/quality.md
+DEFAULT_WEIGHT = 0.5  # share of the words (after scaling both parts to the same spread), chosen on the validation
+# split: see docs/quality.md, "Composed queries"
 ROCCHIO = (1.0, 0.75, 0.15)  # (a, b, c): weight of the query, the good results, the bad results
 SPREAD_SAMPLE = 20_000  # gallery rows the score spread is estimated on
 WEIGHTS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)  # the benchmark's sweep
@@ -204,9 +208,15 @@ def colour_words(colour: str) -> str:
 
 
 def benchmark_queries(run: Run, n: int = 300, seed: int = 0, type_col: str | None = None,
-                      split: str = "test") -> tuple[list[int], list[str], str]:
+                      split: str = "val") -> tuple[list[int], list[str], str]:
     """(query items, target colour per query, type column): items of ``split`` paired with another colour
-    that the gallery has in the item's article type and that the model can read, a seeded sample of ``n``."""
+    that the gallery has in the item's article type and that the model can read, a seeded sample of ``n``.
+
+    ``split`` is ``val`` (choose weights there) or ``test`` (read once, for the chosen weight); on a catalogue
+    holding none of the run's items of that split (another catalogue), every item is a candidate.
+    """
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"unknown split {split!r}; choose 'val' (to choose on) or 'test' (to read once)")
     from .runs import read_json
     cat = run.catalogue
     attrs = cat.attributes
@@ -240,37 +250,42 @@ def benchmark_queries(run: Run, n: int = 300, seed: int = 0, type_col: str | Non
 
 
 def benchmark(run: Run, n: int = 300, seed: int = 0, weights: Sequence[float] = WEIGHTS, k: int = 10,
-              type_col: str | None = None) -> dict:
+              type_col: str | None = None, split: str = "val") -> dict:
     """Success@k of "this photo, in <colour>" queries: photo only, words only, and photo + words per weight.
 
-    A query is an item of the run's test split and another colour the gallery has in the item's article type;
-    it succeeds when a top-``k`` product (the item itself left out) has that type and that colour.
+    A query is an item of the run's ``split`` (validation to choose a weight on, test to read the chosen one
+    once) and another colour the gallery has in the item's article type; it succeeds when a top-``k`` product
+    (the item itself left out) has that type and that colour, i.e. when the first such product's rank
+    (``xmodal.metrics.first_match_ranks``: ties count against the query) is at most ``k``.
 
     Returns:
-        ``{"model", "run", "catalogue", "queries", "gallery", "type_column", "k", "photo_only", "words_only",
-        "balanced": {weight: ...}, "plain": {weight: ...}}``, each figure ``[success@k, precision@k]`` in %
-        (precision: the share of the top k that has the type and colour); ``plain`` adds the unit vectors
-        without scaling.
+        ``{"model", "run", "catalogue", "split", "queries", "gallery", "type_column", "k", "photo_only",
+        "words_only", "balanced": {weight: ...}, "plain": {weight: ...}}``, each figure ``[success@k,
+        precision@k]`` in % (precision: the share of the top k that has the type and colour); ``plain`` adds
+        the unit vectors without scaling.
     """
-    items, targets, type_col = benchmark_queries(run, n, seed, type_col)
+    items, targets, type_col = benchmark_queries(run, n, seed, type_col, split)
     weights = sorted({float(w) for w in weights} | {DEFAULT_WEIGHT})
     cat = run.catalogue
     types, colours = np.array(cat.attributes[type_col], dtype=object), np.array(cat.attributes["colour"], dtype=object)
     gallery = run.image_embeds  # [N, D]
     words = {c: run.embed_text(colour_words(c)) for c in sorted(set(targets))}
 
+    own = torch.as_tensor(items)
+    wanted = torch.from_numpy(np.stack([(types == types[i]) & (colours == c) for i, c in zip(items, targets)]))
+    wanted[torch.arange(len(items)), own] = False  # [Q, N]: the products a query asks for, never itself
+
     def success(queries: torch.Tensor) -> list[float]:
         """[success@k, precision@k] in %."""
         scores = queries @ gallery.T  # [Q, N]
-        scores[torch.arange(len(items)), torch.as_tensor(items)] = float("-inf")  # the query's own item
-        top = scores.topk(min(k, len(cat) - 1), dim=1).indices.numpy()  # [Q, k]
-        right = np.array([[types[j] == types[i] and colours[j] == c for j in row]
-                          for i, c, row in zip(items, targets, top)])  # [Q, k]
-        return [100.0 * float(right.any(1).mean()), 100.0 * float(right.mean())]
+        scores[torch.arange(len(items)), own] = float("-inf")  # the query's own item
+        ranks = first_match_ranks(scores, wanted)  # [Q]: 1-based rank of the first wanted product
+        top = scores.topk(min(k, len(cat) - 1), dim=1).indices  # [Q, k]
+        return [100.0 * float(np.mean(ranks <= k)), 100.0 * float(torch.gather(wanted, 1, top).float().mean())]
 
     img = gallery[torch.as_tensor(items)]  # [Q, D]: the items' own photo vectors
     txt = torch.stack([words[c] for c in targets])  # [Q, D]
-    out = {"model": run.name, "run": run.dir.name, "catalogue": str(cat.root), "queries": len(items),
+    out = {"model": run.name, "run": run.dir.name, "catalogue": str(cat.root), "split": split, "queries": len(items),
            "gallery": len(cat), "type_column": type_col, "k": k,
            "photo_only": success(_unit(img)), "words_only": success(_unit(txt))}
     for mode, g in (("balanced", gallery), ("plain", None)):
@@ -278,24 +293,44 @@ def benchmark(run: Run, n: int = 300, seed: int = 0, weights: Sequence[float] = 
     return out
 
 
+def best_weight(figures: dict[float, list[float]]) -> float:
+    """The weight with the highest success@k (then precision@k; then the one nearest ``DEFAULT_WEIGHT``)."""
+    return max(figures, key=lambda w: (figures[w][0], figures[w][1], -abs(w - DEFAULT_WEIGHT)))
+
+
+def choose_and_read(run: Run, n: int = 300, seed: int = 0, weights: Sequence[float] = WEIGHTS, k: int = 10,
+                    type_col: str | None = None) -> dict:
+    """The benchmark as it should be read: every weight on the validation split (``val``, where a weight is
+    chosen), then the test split once, at ``DEFAULT_WEIGHT`` only (``test``; photo only and words only beside
+    it, which have no weight to tune)."""
+    val = benchmark(run, n, seed, weights, k, type_col, split="val")
+    test = benchmark(run, n, seed, (DEFAULT_WEIGHT,), k, type_col, split="test")
+    return {"val": val, "test": test, "val_best_weight": best_weight(val["balanced"])}
+
+
 def format_table(results: list[dict]) -> str:
-    """A Markdown table, one row per run: success@k (precision@k) in %."""
+    """A Markdown table, one row per run (``choose_and_read``'s results): success@k (precision@k) in %."""
     def cell(v: list[float]) -> str:
         return f"{v[0]:.1f} ({v[1]:.1f})"
 
-    lines = [f"| model | run | queries | gallery | type column | photo only | words only | photo + words "
-             f"(w={DEFAULT_WEIGHT:g}) | best w | photo + words unscaled, best w |", "|" + "---|" * 10]
+    w0 = f"{DEFAULT_WEIGHT:g}"
+    lines = [f"| model | run | val queries | val: photo + words, w={w0} | val: best w | val: unscaled, best w | "
+             f"test queries | test: photo only | test: words only | test: photo + words, w={w0} (read once) |",
+             "|" + "---|" * 10]
     for r in results:
-        best_w, best = max(r["balanced"].items(), key=lambda kv: (kv[1][0], kv[1][1]))
-        plain_w, plain = max(r["plain"].items(), key=lambda kv: (kv[1][0], kv[1][1]))
-        lines.append(f"| {r['model']} | {r['run']} | {r['queries']} | {r['gallery']} | {r['type_column']} | "
-                     f"{cell(r['photo_only'])} | {cell(r['words_only'])} | {cell(r['balanced'][DEFAULT_WEIGHT])} | "
-                     f"{cell(best)} at {best_w:g} | {cell(plain)} at {plain_w:g} |")
-    k = results[0]["k"] if results else 10
+        val, test = r["val"], r["test"]
+        best_w = best_weight(val["balanced"])
+        plain_w = best_weight(val["plain"])
+        lines.append(f"| {val['model']} | {val['run']} | {val['queries']} | {cell(val['balanced'][DEFAULT_WEIGHT])} | "
+                     f"{cell(val['balanced'][best_w])} at {best_w:g} | {cell(val['plain'][plain_w])} at {plain_w:g} | "
+                     f"{test['queries']} | {cell(test['photo_only'])} | {cell(test['words_only'])} | "
+                     f"{cell(test['balanced'][DEFAULT_WEIGHT])} |")
+    k = results[0]["val"]["k"] if results else 10
     lines.append(f"\nsuccess@{k} (precision@{k}) in %: a top-{k} product (the query's own item left out) has the "
                  "query item's article type and the asked colour (precision: the share of the top "
-                 f"{k} that has both). Queries: test-split items, each with another colour that the gallery holds "
-                 "in its type; the words are the colour's name.")
+                 f"{k} that has both). Queries: items of the split, each with another colour that the gallery holds "
+                 "in its type; the words are the colour's name. Weights are compared on the validation split; the "
+                 f"test split is read once, at the default weight {w0} (chosen on validation).")
     return "\n".join(lines)
 
 
@@ -312,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=300, help="queries per run (default 300)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--type-column", help="the article-type column (default: sub_category, else master_category)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table (every weight on validation)")
     a = p.parse_args(argv)
     if a.n < 1:
         p.error(f"--n must be at least 1; got {a.n}")
@@ -321,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for run_dir in a.run:
         try:
-            results.append(benchmark(load_run(run_dir, data=a.data), a.n, a.seed, type_col=a.type_column))
+            results.append(choose_and_read(load_run(run_dir, data=a.data), a.n, a.seed, type_col=a.type_column))
         except (RunError, CatalogueError, ValueError, OSError, KeyError) as err:
             detail = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
             print(f"error: {run_dir}: {detail}", file=sys.stderr)
