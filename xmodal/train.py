@@ -9,7 +9,9 @@ The run reads as named phases, each a function: parse the flags (``train_args``)
 open the data and claim the folder, one writer under a lock (``train_plan``); build or restore the model,
 weights before any feature extraction (``train_model``); then, here, extract the frozen features, write
 the run files, the epoch loop, and finish (test once). Bad input stops before anything is written, with
-one line and exit code 2.
+one line and exit code 2. Non-finite values stop the run (``training.train_one_epoch``): a weight that is
+not finite after an optimiser step is never validated, chosen or saved; status.json says failed, naming it,
+the last good checkpoint stays, and no test.json is written.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ from .pipeline import catalogue_features, evaluate_split
 from .runs import (BackgroundWriter, MetricsLog, RunLocked, atomic_write_json, new_run_id, read_best,
                    read_metrics, save_best, save_torch, snapshot, write_status)
 from .train_args import ArgError, Args, TrainConfig, parse_args
-from .training import PairDataset, make_loader, make_optimizer, reseed, train_one_epoch, use_bf16
+from .training import (NonFiniteError, PairDataset, first_nonfinite_state, make_loader, make_optimizer, reseed,
+                       train_one_epoch, use_bf16)
 from .training import steps_per_epoch as epoch_steps
 from .train_model import build_model, frozen_epochs, resolve_device, truncation_note
 from .train_plan import Data, Plan, RunFolderError, already_finished, claim_run_folder, open_data, plan_run
@@ -161,26 +164,30 @@ def run_epochs(plan: Plan, data: Data, model, features, ctx, device: torch.devic
         if kind not in loaders:
             loaders[kind] = make_loader(dataset[kind], cfg.batch_size // ctx.world, ctx, seed=cfg.seed, device=device)
         reseed(loaders[kind], cfg.seed, epoch)
-        train_one_epoch(ddp_model, model.loss, loaders[kind], opt, sched, device, epoch, on_step, ctx,
-                        progress=ctx.is_main, amp=use_bf16(cfg.precision, device))
+        means = train_one_epoch(ddp_model, model.loss, loaders[kind], opt, sched, device, epoch, on_step, ctx,
+                                progress=ctx.is_main, amp=use_bf16(cfg.precision, device))
         if ctx.is_main:
             end_of_epoch(plan, data, model, features, device, log, opt, sched, loop, epoch,
-                         lambda: loop.train_seconds + time.time() - t_start)
+                         lambda: loop.train_seconds + time.time() - t_start, int(means["skipped_steps"]))
         ctx.barrier()
     loop.train_seconds += time.time() - t_start
     return loop
 
 
 def end_of_epoch(plan: Plan, data: Data, model, features, device, log: MetricsLog, opt, sched, loop: LoopState,
-                 epoch: int, train_seconds) -> None:
+                 epoch: int, train_seconds, skipped_steps: int = 0) -> None:
     """Validate, log, keep the best weights (with their record, as one file) and the resume state.
 
-    ``train_seconds()`` is the run's training time so far (earlier sessions included).
+    ``train_seconds()`` is the run's training time so far (earlier sessions included). Weights or buffers
+    that are not finite raise ``NonFiniteError`` first: they are never validated, chosen or saved.
     """
     run_dir = plan.run_dir
+    bad = first_nonfinite_state(model.state_dict())
+    if bad is not None:
+        raise NonFiniteError(f"{bad} is not finite at the end of epoch {epoch}; lower --lr or check the data")
     val = evaluate_split(model, data.vocab, data.cat, data.splits["val"], device, features)
     rsum = val["caption"]["rsum"]
-    log.add({"kind": "epoch", "epoch": epoch, "time": time.time(), "split": "val",
+    log.add({"kind": "epoch", "epoch": epoch, "time": time.time(), "split": "val", "skipped_steps": skipped_steps,
              **{f"val/{k}": v for k, v in val["caption"].items()},
              **{f"val_item/{k}": v for k, v in val["item"].items()}, **val["similarity"]})
     log.flush()
@@ -302,9 +309,20 @@ def _train_in_folder(plan: Plan, data: Data, ctx, device: torch.device, stop_req
             writer.close()  # the write in flight (if any) lands; the error reported is the one that stopped us
         except BaseException:
             pass
+        if isinstance(err, NonFiniteError):
+            err.kept = kept_note(run_dir)
         if ctx.is_main:
             _record_failure(run_dir, err)
         raise
+
+
+def kept_note(run_dir: Path) -> str:
+    """What a run stopped by non-finite values leaves: its last good checkpoint, never the bad weights."""
+    best = read_best(run_dir)
+    if not best:
+        return "no epoch had completed, so no checkpoint was written (test.json neither)"
+    return (f"the last good checkpoint is kept (best.safetensors from epoch {best.get('epoch')}, last.pt from the "
+            "last completed epoch); test.json was not written")
 
 
 def _record_failure(run_dir: Path, err: BaseException) -> None:
@@ -330,7 +348,7 @@ def describe_error(err: BaseException) -> str:
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         return (f"disk full while writing {err.filename or 'a run file'}: free some space, then resume with "
                 "--resume (the last completed epoch is kept)")
-    if isinstance(err, USER_ERRORS + (RunFolderError,)):
+    if isinstance(err, USER_ERRORS + (RunFolderError, NonFiniteError)):
         return one_line(err)
     return f"{type(err).__name__}: {one_line(err)[:300]}"
 
