@@ -177,3 +177,14 @@ def test_run_calibrates_faiss_on_the_other_modality(trained_run, tmp_path):
     assert gallery.kind == "faiss" and "caption" in gallery.info["calibrated_on"]
     assert gallery.info["calibration_recall@10"] >= cfg.target_recall
     assert recall_at_k(gallery.search(fresh, 10)[1], truth) >= cfg.target_recall - tolerance
+
+
+def test_bench_recall_rows_use_a_trained_runs_captions(trained_run):
+    """The bench's recall row: a trained run's held-out captions against its photos, the index calibrated on
+    its other captions; the old calibration (gallery rows plus noise) beside it, without a target."""
+    from xmodal.bench.search import real_query_recall
+    new, old = real_query_recall(trained_run)
+    assert "30 held-out captions of a trained run over its 60 photos" in new.measure
+    assert "calibrated on other captions" in new.measure and new.target == ">= 0.95" and new.met is not None
+    assert 0.0 <= float(new.measured) <= 1.0 and new.reference.startswith("calibration promised")
+    assert "gallery rows plus noise" in old.measure and old.met is None
