@@ -116,8 +116,10 @@ def test_unseen_title_metrics_in_test_json(trained_run):
     test = json.loads((trained_run / "test.json").read_text())
     assert "unseen_title" in test and test["unseen_queries"] <= test["gallery_size"]
     from xmodal.report import table
-    row = table([trained_run]).splitlines()[-1]
+    text = table([trained_run])
+    row = text.splitlines()[2]
     assert "frozen" in row and "split" not in row.split("|")[1]
+    assert "caption-level" in text.splitlines()[-1] and "bootstrap" in text.splitlines()[-1]
 
 
 def test_report_val_table_reads_the_chosen_checkpoint(trained_run, capsys):
@@ -366,3 +368,15 @@ def test_report_shows_intervals_says_noise_and_spreads_seeds(tmp_path, capsys):
     assert "- a-s0 vs other: not compared" in out
     assert "over 2 seeds [0, 1]" in out  # a-s0 and a-s1 are one recipe
     assert "unreadable: no config.json" in out
+
+
+def test_both_ground_truths_at_once_equal_each_alone():
+    rng = np.random.default_rng(4)
+    img, txt = _unit(rng.normal(size=(90, 8))), _unit(rng.normal(size=(90, 8)))
+    img[5] = np.nan
+    captions = [f"title {j % 60}" for j in range(90)]
+    both = metrics.ranks_by_ground_truth(img, txt, captions)
+    for gt in ("item", "caption"):
+        alone = metrics.split_ranks(img, txt, captions, gt)
+        for d in metrics.DIRECTIONS:
+            np.testing.assert_array_equal(both[gt][d], alone[d])

@@ -110,6 +110,34 @@ def first_match_ranks(sim: Any, relevant: Any, chunk: int = 1024) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
+def _group_members(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Items sorted by group, and each group's start and end in that order (the correct entries of a query)."""
+    order = np.argsort(groups, kind="stable")
+    sorted_groups = groups[order]
+    ids = np.arange(int(groups.max()) + 1 if len(groups) else 0)
+    return order, np.searchsorted(sorted_groups, ids, "left"), np.searchsorted(sorted_groups, ids, "right")
+
+
+def _block_ranks(sim: np.ndarray, rows: np.ndarray, groups: np.ndarray, members: tuple) -> np.ndarray:
+    """Ranks of a block of queries ``rows`` from their scores ``sim`` ``[b, N]`` (modified in place), by the rule
+    of :func:`_ranks_from_scores` without a ``[b, N]`` relevance matrix: the correct entries are gathered."""
+    bad = ~np.isfinite(sim)
+    if bad.any():
+        sim[bad] = -np.inf  # non-finite scores are the worst possible
+    order, start, end = members
+    g = groups[rows]
+    sizes = end[g] - start[g]  # correct entries per query
+    pi = np.repeat(np.arange(len(rows)), sizes)  # (query, correct entry) pairs
+    pc = order[np.repeat(start[g], sizes) + (np.arange(len(pi)) - np.repeat(np.cumsum(sizes) - sizes, sizes))]
+    vals = sim[pi, pc]
+    best = np.full(len(rows), -np.inf, dtype=sim.dtype)
+    np.maximum.at(best, pi, vals)
+    floor = best - TIE_TOL
+    at_least = (sim >= floor[:, None]).sum(1)  # every entry at least as good, correct ones included
+    correct = np.bincount(pi, weights=vals >= floor[pi], minlength=len(rows)).astype(np.int64)
+    return at_least - correct + 1
+
+
 def query_ranks(image_embeds: Any, text_embeds: Any, groups: Sequence | None = None,
                 queries: np.ndarray | None = None, progress: Callable[[int], None] | None = None
                 ) -> dict[str, np.ndarray]:
@@ -127,24 +155,35 @@ def query_ranks(image_embeds: Any, text_embeds: Any, groups: Sequence | None = N
     Returns:
         ``{"text_to_image": ranks [Q], "image_to_text": ranks [Q]}``.
     """
+    return _rank_blocks(image_embeds, text_embeds, [groups], queries, progress)[0]
+
+
+def _rank_blocks(image_embeds: Any, text_embeds: Any, groupings: list, queries: np.ndarray | None,
+                 progress: Callable[[int], None] | None) -> list[dict[str, np.ndarray]]:
+    """:func:`query_ranks` under several ground truths at once: each block of scores is made once."""
     img, txt = _numpy(image_embeds), _numpy(text_embeds)
     n = len(img)
     if len(txt) != n:
         raise ValueError(f"{n} image embeddings but {len(txt)} text embeddings: a 1:1 gallery needs both")
-    groups = np.arange(n) if groups is None else np.asarray(groups)
+    dense = [np.arange(n) if g is None else np.unique(np.asarray(g), return_inverse=True)[1].ravel()
+             for g in groupings]
+    members = [_group_members(g) for g in dense]
     which = np.arange(n) if queries is None else np.flatnonzero(np.asarray(queries, dtype=bool))
     block = int(max(1, min(1024, _BLOCK_SCORES // max(n, 1))))
-    out: dict[str, np.ndarray] = {}
+    out: list[dict[str, np.ndarray]] = [{} for _ in groupings]
     for di, (d, q_emb, g_emb) in enumerate(((DIRECTIONS[0], txt, img), (DIRECTIONS[1], img, txt))):
-        ranks = np.empty(len(which), dtype=np.int64)
+        ranks = [np.empty(len(which), dtype=np.int64) for _ in groupings]
+        g_t = np.ascontiguousarray(g_emb.T)
         for s in range(0, len(which), block):
             rows = which[s:s + block]
             with np.errstate(invalid="ignore", over="ignore"):
-                sim = q_emb[rows] @ g_emb.T  # [b, N]
-            ranks[s:s + block] = _ranks_from_scores(sim, groups[rows, None] == groups[None, :])
+                sim = q_emb[rows] @ g_t  # [b, N]
+            for r, g, m in zip(ranks, dense, members):
+                r[s:s + block] = _block_ranks(sim, rows, g, m)
             if progress:
                 progress(di * len(which) + min(s + block, len(which)))
-        out[d] = ranks
+        for o, r in zip(out, ranks):
+            o[d] = r
     return out
 
 
@@ -159,6 +198,15 @@ def split_ranks(image_embeds: Any, text_embeds: Any, captions: Sequence[str], gr
     titles = title_groups(captions)
     groups = ground_truth_groups(captions, ground_truth)
     return query_ranks(image_embeds, canonical_texts(text_embeds, titles), groups, queries, progress)
+
+
+def ranks_by_ground_truth(image_embeds: Any, text_embeds: Any, captions: Sequence[str],
+                          queries: np.ndarray | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """:func:`split_ranks` under both ground truths, each block of scores made once:
+    ``{"item": {direction: ranks}, "caption": {direction: ranks}}``."""
+    titles = title_groups(captions)
+    item, caption = _rank_blocks(image_embeds, canonical_texts(text_embeds, titles), [None, titles], queries, None)
+    return {"item": item, "caption": caption}
 
 
 def rank_of_match(scores: Any, correct: Sequence[int], show: int = 10) -> tuple[int, list[int]]:

@@ -121,7 +121,7 @@ def score_embeddings(img: np.ndarray | torch.Tensor, txt: np.ndarray | torch.Ten
     groups = metrics.title_groups(captions)
     img, txt = metrics._numpy(img), metrics._numpy(txt)
     bad = int((~np.isfinite(img).all(1)).sum() + (~np.isfinite(txt).all(1)).sum())
-    ranks = {gt: metrics.split_ranks(img, txt, captions, gt) for gt in ("item", "caption")}
+    ranks = metrics.ranks_by_ground_truth(img, txt, captions)
     out = {"item": metrics.summarise(ranks["item"]), "caption": metrics.summarise(ranks["caption"]),
            "similarity": metrics.similarity_stats(img, txt), "gallery_size": int(len(captions)),
            "item_ceiling": item_level_ceiling(groups), "nonfinite_embeddings": bad}
