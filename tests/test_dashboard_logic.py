@@ -628,6 +628,22 @@ def test_neighbours_match_brute_force_and_mark_the_true_pair():
     assert same.photos[0][0] == 4 and same.photo_rank == 1 and same.title_rank == 1
 
 
+def test_the_click_panel_ranks_as_the_map_colours():
+    """The panel showed item-level ranks beside a caption-level map (Myntra item 2363: 1 on the map, 98 in the
+    panel): both now come from the core under the map's ground truth."""
+    rng = np.random.default_rng(3)
+    n = 40
+    captions = [f"Brand Men Shirt {j % 25}" for j in range(n)]  # 15 titles shared
+    img = rng.normal(size=(n, 8)).astype(np.float32)
+    txt = (img + 0.9 * rng.normal(size=(n, 8))).astype(np.float32)
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+    ranks = metrics.split_ranks(img, txt, captions, "caption")  # what projection.compute stores for the map
+    for item in range(n):
+        nb = mapview.neighbours(img, txt, item, 3, captions)
+        assert (nb.photo_rank, nb.title_rank) == (ranks["text_to_image"][item], ranks["image_to_text"][item])
+
+
 # ---------------------------------------------------------------- catalogues, health, run management
 
 def _info(path: Path, fp: str = "f" * 16, name: str = "demo", state_: str = "finished", test: dict | None = None,

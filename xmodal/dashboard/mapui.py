@@ -56,7 +56,7 @@ def _photo_card(where, path: str, caption: str, note: str, width: int = 110) -> 
 
 def point_details(data: dict, item: int, k: int = NEIGHBOURS) -> None:
     """A clicked item: photo, title, split and attributes, ranks, and its nearest photos and titles."""
-    nb = mapview.neighbours(data["image_embeds"], data["text_embeds"], item, k)
+    nb = mapview.neighbours(data["image_embeds"], data["text_embeds"], item, k, data["captions"])
     st.subheader("The clicked product", divider="gray")
     left, right = st.columns([1, 3])
     ui.photo(data["images"][item], 180, where=left)
@@ -64,10 +64,13 @@ def point_details(data: dict, item: int, k: int = NEIGHBOURS) -> None:
     attrs = ", ".join(f"{a}: {v[item]}" for a, v in data["attributes"].items() if v[item])
     right.caption(f"item {md(data['item_ids'][item])} · split {md(data['split'][item] or '?')} · {md(attrs)}")
     c = right.columns(2)
-    c[0].metric("Its photo, for its title", f"rank {nb.photo_rank}",
-                help="among the photos on this map, item-level (ties count against the model)")
-    c[1].metric("Its title, for its photo", f"rank {nb.title_rank}",
-                help="among the titles on this map, item-level (ties count against the model)")
+    where = f"of {len(data['captions']):,} on this map, caption-level"
+    c[0].metric("Its photo, for its title", f"rank {nb.photo_rank}", delta=where, delta_color="off",
+                help="among the photos on this map; caption-level like the map's colours: photos of products "
+                     "with the same title count as correct too (ties count against the model)")
+    c[1].metric("Its title, for its photo", f"rank {nb.title_rank}", delta=where, delta_color="off",
+                help="among the titles on this map; caption-level like the map's colours (ties count against "
+                     "the model)")
     st.markdown("**Photos nearest its title** (title → photo); ✓ marks its own photo")
     cols = st.columns(len(nb.photos))
     for col, (pos, score) in zip(cols, nb.photos):

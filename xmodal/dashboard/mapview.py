@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .. import metrics
+
 # Ranges of the true match's rank: (label, lowest, highest).
 RANK_BINS = (("1", 1, 1), ("2-5", 2, 5), ("6-10", 6, 10), ("11-50", 11, 50), ("51-100", 51, 100),
              ("over 100", 101, np.iinfo(np.int64).max))
@@ -80,21 +82,27 @@ class Neighbours:
     title_rank: int  # rank of its own title among all titles for its photo
 
 
-def neighbours(image_embeds: np.ndarray, text_embeds: np.ndarray, item: int, k: int = 8) -> Neighbours:
+def neighbours(image_embeds: np.ndarray, text_embeds: np.ndarray, item: int, k: int = 8,
+               captions: Sequence[str] | None = None) -> Neighbours:
     """Photos nearest item ``item``'s title and titles nearest its photo, over the mapped items.
 
-    The ranks count ties against the model (as ``xmodal.metrics``) and are item-level: only its own pair.
+    The ranks are the metrics core's (``xmodal.metrics.rank_of_match``: ties count against the model). With
+    ``captions`` they are caption-level, as the map colours its points (items with the same title all count
+    as correct, their text embeddings merged as in evaluation); without, item-level.
     """
-    img, txt = np.asarray(image_embeds, dtype=np.float32), np.asarray(text_embeds, dtype=np.float32)
+    img = np.asarray(image_embeds, dtype=np.float32)
+    groups = metrics.title_groups(captions) if captions is not None else np.arange(len(img))
+    txt = metrics.canonical_texts(text_embeds, groups) if captions is not None else \
+        np.asarray(text_embeds, dtype=np.float32)
     by_title = img @ txt[item]  # [n]: every photo against this title
     by_photo = txt @ img[item]  # [n]: every title against this photo
     out = []
     for scores in (by_title, by_photo):
         top = np.argsort(-scores, kind="stable")[:k]
         out.append([(int(i), float(scores[i])) for i in top])
-    # 1 + the others scoring at least as high: ties count against the model
-    return Neighbours(item, out[0], out[1], int((by_title >= by_title[item]).sum()),
-                      int((by_photo >= by_photo[item]).sum()))
+    correct = np.flatnonzero(groups == groups[item]).tolist()
+    return Neighbours(item, out[0], out[1], metrics.rank_of_match(by_title, correct, 0)[0],
+                      metrics.rank_of_match(by_photo, correct, 0)[0])
 
 
 def find_in_titles(titles: Sequence[str], query: str) -> list[int]:
