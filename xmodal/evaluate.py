@@ -143,7 +143,7 @@ def format_table(res: dict) -> str:
     ci_all = res.get("ci95") or {}
     lines = [f"{res['model']} ({res['run']}) on {res['catalogue']}", f"protocol: {res['protocol']}",
              *(f"note: {n}" for n in res.get("notes", [])),
-             f"{'ground truth':<20}{'direction':<15}{'R@1':>19}{'R@5':>19}{'R@10':>19}{'medR':>14}{'meanR':>8}"]
+             f"{'ground truth':<23}{'direction':<15}{'R@1':>20}{'R@5':>20}{'R@10':>20}{'medR':>15}{'meanR':>8}"]
     rows = [("item", "item"), ("caption", "caption")]
     if res.get("unseen_title"):
         rows += [("unseen_title_item", "unseen title, item"), ("unseen_title", "unseen title, caption")]
@@ -154,9 +154,9 @@ def format_table(res: dict) -> str:
         for d in DIRECTIONS:
             med = ci.get(f"{d}/median_rank")
             medr = f"{m[f'{d}/median_rank']:.0f}" + (f" [{med[0]:.0f}-{med[1]:.0f}]" if med else "")
-            lines.append(f"{label:<20}{d:<15}" + "".join(f"{_cell(m, ci, f'{d}/R@{k}'):>19}" for k in (1, 5, 10))
-                         + f"{medr:>14}{m[f'{d}/mean_rank']:>8.1f}")
-        lines.append(f"{label:<20}{'rsum':<15}{_cell(m, ci, 'rsum'):>19}")
+            lines.append(f"{label:<23}{d:<15}" + "".join(f" {_cell(m, ci, f'{d}/R@{k}'):>19}" for k in (1, 5, 10))
+                         + f" {medr:>14}{m[f'{d}/mean_rank']:>8.1f}")
+        lines.append(f"{label:<23}{'rsum':<15} {_cell(m, ci, 'rsum'):>19}")
     if res.get("unseen_title"):
         lines.append(f"(unseen title: the {res['unseen_queries']} queries whose title never occurs in the run's train "
                      "split, same gallery)")
