@@ -126,6 +126,61 @@ def test_weights_digest():
     assert weights_digest(stem_module(a, 2)) != stem
 
 
+def test_two_arithmetics_never_share_features(cat, cache, monkeypatch):
+    """Regression: features extracted under bf16 autocast on a GPU were filed under the key fp32 CPU runs read."""
+    import xmodal.feature_cache as fc
+    monkeypatch.setenv("XMODAL_RUNTIME", "torch")
+    net = backbone(0)
+    fp32 = catalogue_features(model_of(net), cat, CPU, progress=False)
+    real = fc.extract_features
+
+    def on_a_gpu(model, paths, transform, device, *, used, **kw):  # CUDA's bf16 autocast, its rounding at least
+        assert device.type == "cuda"
+        used.append("torch bf16 autocast (cuda)")
+        return torch.from_numpy(real(model, paths, transform, CPU, **kw)).bfloat16().float().numpy()
+    monkeypatch.setattr(fc, "extract_features", on_a_gpu)
+    bf16 = catalogue_features(model_of(net), cat, torch.device("cuda"), progress=False)
+    assert not torch.equal(bf16, fp32)  # computed afresh, not read from the fp32 entry
+    assert torch.allclose(bf16, fp32, atol=0.1, rtol=0.05)
+    assert len(list((cache / "features").glob("*.npz"))) == 2
+    monkeypatch.setattr(fc, "extract_features", real)
+    assert torch.equal(catalogue_features(model_of(net), cat, CPU, progress=False), fp32)  # its own entry
+    assert torch.equal(catalogue_features(model_of(net), cat, torch.device("cuda"), progress=False), bf16)
+
+
+def test_the_key_names_the_runtime(cat, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from xmodal.backbones import ORT_FP32
+    from xmodal.feature_cache import extraction_arithmetic
+    net, n = backbone(0), len(cat.images)
+    paths = {}
+    for runtime, expected in (("torch", "torch fp32"), ("onnxruntime", ORT_FP32)):
+        monkeypatch.setenv("XMODAL_RUNTIME", runtime)
+        assert extraction_arithmetic(net, CPU, SIZE, n) == expected
+        assert extraction_arithmetic(net, torch.device("cuda"), SIZE, n) == "torch bf16 autocast (cuda)"
+        paths[runtime] = feature_cache_path(net, "efficientnet", SIZE, cat.images, cat.fingerprint)
+    assert paths["torch"] != paths["onnxruntime"]
+    monkeypatch.setenv("XMODAL_RUNTIME", "auto")  # a small job, no graph on disk: PyTorch, no export
+    assert extraction_arithmetic(net, CPU, SIZE, n) == "torch fp32"
+
+
+def test_features_are_filed_under_the_arithmetic_that_ran(cat, cache, monkeypatch):
+    import xmodal.feature_cache as fc
+    monkeypatch.setenv("XMODAL_RUNTIME", "onnxruntime")
+    real = fc.extract_features
+
+    def export_failed(*args, used, **kw):  # the graph could not be exported: PyTorch ran instead
+        used.append("torch fp32")
+        return real(*args, **{**kw, "used": []})
+    monkeypatch.setattr(fc, "extract_features", export_failed)
+    monkeypatch.setattr(fc, "extraction_arithmetic", lambda *a, **k: "onnxruntime fp32")
+    net = backbone(0)
+    feats = catalogue_features(model_of(net), cat, CPU, progress=False)
+    path = feature_cache_path(net, "efficientnet", SIZE, cat.images, cat.fingerprint, arithmetic="torch fp32")
+    assert path.is_file() and [p.name for p in (cache / "features").glob("*.npz")] == [path.name]
+    np.testing.assert_array_equal(fc._read_features(path, len(cat.images), 0), feats.numpy())
+
+
 def test_tuned_tail_cache_follows_stem_weights(cat, cache):
     net = backbone(0)
     maps = catalogue_features(model_of(net, tail=2), cat, CPU, progress=False)

@@ -318,13 +318,23 @@ def lanes_for(images: int) -> int:
     return cores if cores > 1 and images >= 2 * LANE_BATCH * cores else 1
 
 
+ORT_FP32 = "onnxruntime fp32"  # the arithmetic of a backbone's ONNX graph in ONNX Runtime (CPU)
+
+
+def torch_arithmetic(device: torch.device) -> str:
+    """The arithmetic of ``extract_features``' PyTorch forward on ``device``: bf16 autocast on CUDA, else fp32."""
+    return "torch bf16 autocast (cuda)" if device.type == "cuda" else "torch fp32"
+
+
 @torch.no_grad()
 def extract_features(model: nn.Module, paths: list[Path], transform, device: torch.device,
-                     batch_size: int = 64, progress: bool = True, tail_blocks: int = 0) -> np.ndarray:
+                     batch_size: int = 64, progress: bool = True, tail_blocks: int = 0,
+                     used: list[str] | None = None) -> np.ndarray:
     """Pooled backbone features ``[N, F]`` (float32) of the images at ``paths``.
 
     With ``tail_blocks`` > 0: the feature maps before the last ``tail_blocks`` stages ``[N, C, h, w]``
-    (float16), for models that tune those stages on cached maps.
+    (float16), for models that tune those stages on cached maps. ``used``, if given, receives the arithmetic
+    that ran (``ORT_FP32`` or ``torch_arithmetic(device)``): the feature cache keys on it.
 
     On CPU the backbone runs in the fastest runtime available (``xmodal.runtime.select_runtime``: its ONNX
     graph in ONNX Runtime, equal to PyTorch's outputs within ``xmodal.runtime.TOLERANCE``) on uint8 pixels that
@@ -349,6 +359,8 @@ def extract_features(model: nn.Module, paths: list[Path], transform, device: tor
         lanes = lanes_for(len(paths))
         size = tuple(load(paths[:1]).shape[-2:])
         graph = select_runtime(model, device, size, tail_blocks, len(paths), threads=1 if lanes > 1 else None)
+    if used is not None:
+        used.append(ORT_FP32 if graph is not None else torch_arithmetic(device))
     if graph is not None:
         raw = split and graph.mean_std == transform.mean_std  # the graph normalises as the transform does
 
