@@ -29,6 +29,7 @@ import torch
 from . import distributed as dist
 from .data import CatalogueError, resolve_data
 from .pipeline import catalogue_features, evaluate_split
+from .provenance import collect
 from .runs import (BackgroundWriter, MetricsLog, RunLocked, atomic_write_json, new_run_id, read_best,
                    read_metrics, save_best, save_torch, snapshot, write_status)
 from .train_args import ArgError, Args, TrainConfig, parse_args
@@ -70,9 +71,12 @@ def extract(model, data: Data, cfg: TrainConfig, ctx, device: torch.device, run_
 
 def write_run_files(plan: Plan, data: Data, model, ctx, device: torch.device) -> None:
     cfg, run_dir, mcfg = plan.cfg, plan.run_dir, model.cfg
-    if plan.resuming:  # only the epochs (and device) may have changed
+    arithmetic = "bf16 autocast" if use_bf16(cfg.precision, device) else "fp32"
+    provenance = collect(f"training: {arithmetic} on {device.type} (--precision {cfg.precision})")
+    if plan.resuming:  # only the epochs (and device) may have changed; each session's provenance is kept
         saved = dict(plan.saved)
         saved["train"] = {**saved["train"], "epochs": cfg.epochs, "device": cfg.device}
+        saved["resumed"] = [*saved.get("resumed", []), {"time": time.time(), "provenance": provenance}]
         atomic_write_json(run_dir / "config.json", saved)
         return
     data.vocab.save(run_dir / "vocab.json")
@@ -86,8 +90,8 @@ def write_run_files(plan: Plan, data: Data, model, ctx, device: torch.device) ->
         "split": {"seed": cfg.split_seed, "fractions": cfg.split, "grouping": "title",
                   "sizes": {s: len(v) for s, v in data.splits.items()}, "source": data.split_source},
         "text": data.vocab.truncation(data.train_captions),
-        "world_size": ctx.world, "device": str(device), "torch": torch.__version__,
-        "arithmetic": "bf16 autocast" if use_bf16(cfg.precision, device) else "fp32"})
+        "world_size": ctx.world, "device": str(device), "torch": torch.__version__, "arithmetic": arithmetic,
+        "provenance": provenance})
 
 
 # ----------------------------------------------------------------------------------------------------
