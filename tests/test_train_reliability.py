@@ -568,3 +568,19 @@ def test_nonfinite_gradients_in_a_row_stop_the_run():
     with pytest.raises(NonFiniteError, match=f"gradient norm was nan for {MAX_SKIPPED_STEPS} steps in a row "
                                              r"\(epoch 1, steps 2-4\)"):
         _toy_epoch({2, 3, 4})
+
+
+def test_xmodal_precision_sets_the_default_and_the_flag_wins(tiny_catalogue, tmp_path, monkeypatch, capsys):
+    from xmodal.train_args import parse_args
+    assert parse_args([]).cfg.precision == "auto"
+    for value in ("fp32", "bf16", " BF16 ", "auto"):
+        monkeypatch.setenv("XMODAL_PRECISION", value)
+        assert parse_args([]).cfg.precision == value.strip().lower()
+        assert parse_args(["--precision", "fp32"]).cfg.precision == "fp32"
+    monkeypatch.setenv("XMODAL_PRECISION", "fp16")
+    out = tmp_path / "runs"
+    assert train_cli(base(tiny_catalogue, out)) == 2
+    line = one_error_line(capsys)
+    assert "XMODAL_PRECISION='fp16'" in line and "auto, fp32, bf16" in line
+    assert not out.exists()
+    assert parse_args(["--precision", "bf16"]).cfg.precision == "bf16"  # the flag wins: the variable is not read

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field, fields
@@ -45,6 +46,7 @@ class TrainConfig:
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # fractions when the csv has no split column
     device: str = "auto"  # auto, cpu or cuda
     precision: str = "auto"  # training arithmetic: auto (bf16 autocast on CUDA and on CPUs with AMX), fp32, bf16
+    # (the flag's default: $XMODAL_PRECISION, else auto; see ``default_precision``)
     download_weights: bool = False  # let timm fetch ImageNet weights from its hub (network needed)
     out: str | None = None  # where run folders go (None: $XMODAL_CHECKPOINTS, default ./checkpoints)
     run_id: str | None = None  # folder name (default: model-date-pid)
@@ -83,6 +85,24 @@ FIELD_RANGES: dict[str, tuple[float, float]] = {
     "cmpc_weight": (0.0, 1e4), "tune_blocks": (0, 16), "init_logit_scale": (-10.0, 10.0),
 }
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+PRECISIONS = ("auto", "fp32", "bf16")
+PRECISION_ENV = "XMODAL_PRECISION"
+
+
+def default_precision() -> str:
+    """The default of ``--precision``: ``$XMODAL_PRECISION`` when set (e.g. to run the suite in fp32 on a
+    machine where auto picks bf16), else ``auto``.
+
+    Raises:
+        ArgError: the variable holds something else than auto, fp32 or bf16.
+    """
+    value = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if not value:
+        return "auto"
+    if value not in PRECISIONS:
+        raise ArgError(f"{PRECISION_ENV}={os.environ[PRECISION_ENV]!r} is not a precision; use one of "
+                       f"{', '.join(PRECISIONS)}, or unset it")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -206,8 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--split-seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                   help="training arithmetic (default auto: bf16 autocast on CUDA and on CPUs with AMX, else fp32)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="training arithmetic (default $XMODAL_PRECISION, else auto: bf16 autocast on CUDA and on "
+                        "CPUs with AMX, else fp32)")
     p.add_argument("--download-weights", action="store_true", default=None, help="allow timm hub downloads")
     p.add_argument("--out", help="folder for run folders (default: $XMODAL_CHECKPOINTS or ./checkpoints)")
     p.add_argument("--run-id", help="name of the run folder (refused if it exists, unless --overwrite)")
@@ -253,7 +274,7 @@ def parse_args(argv: list[str] | None) -> Args:
         image_size=tuple(a.image_size) if a.image_size else None, cmpc_weight=a.cmpc_weight,
         tune_blocks=a.tune_blocks, seed=d.seed if a.seed is None else a.seed,
         split_seed=d.split_seed if a.split_seed is None else a.split_seed, device=a.device or d.device,
-        precision=a.precision or d.precision,
+        precision=a.precision or default_precision(),
         download_weights=bool(a.download_weights), out=a.out or str(checkpoints_dir()), run_id=a.run_id,
         model_args=model_args)
     validate(cfg)
