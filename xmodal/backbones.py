@@ -109,6 +109,18 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return _HUB_REACHABLE
 
 
+def hub_weights_cached(name: str) -> bool:
+    """Whether timm's hub cache on this machine already holds backbone ``name``'s ImageNet weights (no network)."""
+    repo = getattr(timm.get_pretrained_cfg(BACKBONES[name].timm_name), "hf_hub_id", None)
+    if not repo:
+        return False
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        return isinstance(try_to_load_from_cache(repo, "model.safetensors"), str)
+    except Exception:  # a damaged cache: not usable
+        return False
+
+
 def _hub_weights(model: nn.Module, timm_name: str, allow_download: bool) -> str | None:
     """ImageNet weights from timm's hub cache (or the hub, if allowed); None when not to be had."""
     cfg = timm.get_pretrained_cfg(timm_name)

@@ -36,7 +36,7 @@ from .train_args import ArgError, Args, TrainConfig, parse_args
 from .training import (NonFiniteError, PairDataset, first_nonfinite_state, make_loader, make_optimizer, reseed,
                        train_one_epoch, use_bf16)
 from .training import steps_per_epoch as epoch_steps
-from .train_model import build_model, frozen_epochs, resolve_device, truncation_note
+from .train_model import build_model, check_weights_source, frozen_epochs, resolve_device, truncation_note
 from .train_plan import Data, Plan, RunFolderError, already_finished, claim_run_folder, open_data, plan_run
 
 __all__ = ["TrainConfig", "main"]
@@ -258,6 +258,8 @@ def train(args: Args, stop_requested: list) -> int:
                   "its test metrics; nothing to do (pass a larger --epochs to train further)", file=sys.stderr)
             return 0
         device = ctx.device if ctx.world > 1 else resolve_device(plan.cfg.device)
+        if plan.checkpoint is None:
+            check_weights_source(plan.cfg)
         data = open_data(plan)
         torch.manual_seed(plan.cfg.seed + ctx.rank)
         np.random.seed(plan.cfg.seed)

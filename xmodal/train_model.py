@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from .backbones import BACKBONES
+from .backbones import BACKBONES, hub_reachable, hub_weights_cached
 from .distill import DistillConfig, distilled_backbone, needs_distillation
 from .models import create_model, model_config, rebuild_model
 from .text import word_vectors
@@ -33,12 +33,39 @@ def truncation_note(data: Data) -> str:
             f"(up to {t['longest']} words) and truncated")
 
 
+def weights_choice(cfg: TrainConfig) -> str:
+    """Where the backbone's weights are asked to come from (``--set weights_source``): auto, hub or distilled."""
+    return cfg.model_args.get("weights_source") or "auto"
+
+
+def _set_fields(cfg: TrainConfig) -> dict:
+    """``--set`` model config fields, less the weights choice (the model config records the actual source)."""
+    return {k: v for k, v in cfg.model_args.items() if k != "weights_source"}
+
+
+def check_weights_source(cfg: TrainConfig) -> None:
+    """A forced hub start must be possible here, checked before anything is written: the weights in timm's
+    local cache, or the hub reachable (``hub_reachable``: at once when offline, else one probe of at most ~3.5 s).
+
+    Raises:
+        ArgError: neither; the message says what to do.
+    """
+    if weights_choice(cfg) != "hub":
+        return
+    backbone = model_config(cfg.model, **_set_fields(cfg)).backbone
+    if hub_weights_cached(backbone) or hub_reachable():
+        return
+    raise ArgError(f"--set weights_source=hub: timm's hub is not reachable from here and its local cache holds no "
+                   f"{BACKBONES[backbone].timm_name} weights; connect this machine (HF_HUB_OFFLINE unset), or use "
+                   "--set weights_source=distilled")
+
+
 def model_overrides(cfg: TrainConfig, data: Data) -> dict:
     """Model config values that come from the flags and the data."""
     values = dict(vocab_size=len(data.vocab), word_dim=cfg.word_dim, num_classes=int(data.groups.max()) + 1,
                   embed_dim=cfg.embed_dim, image_size=cfg.image_size, cmpc_weight=cfg.cmpc_weight,
                   tune_blocks=cfg.tune_blocks)
-    out = {**cfg.model_args, **{k: v for k, v in values.items() if v is not None}}
+    out = {**_set_fields(cfg), **{k: v for k, v in values.items() if v is not None}}
     if cfg.finetune:
         out["finetune"] = True
     return out
@@ -48,7 +75,8 @@ def build_model(plan: Plan, data: Data, ctx) -> torch.nn.Module:
     """A fresh model (pretrained backbone, word vectors), or a resumed one with ``last.pt``'s weights loaded.
 
     A resumed run without ``last.pt`` (stopped during epoch 1) is built fresh from its saved flags,
-    which gives the same initialisation as its first start.
+    which gives the same initialisation as its first start. A backbone without packaged weights starts from
+    the hub or from distillation as ``weights_choice`` says (auto: the hub where it has them).
     """
     cfg = plan.cfg
     if cfg.download_weights:
@@ -63,8 +91,12 @@ def build_model(plan: Plan, data: Data, ctx) -> torch.nn.Module:
         return model
     overrides = model_overrides(cfg, data)
     backbone = model_config(cfg.model, **overrides).backbone
-    with torch.random.fork_rng(devices=[]):  # building a throwaway backbone must not shift the seed
-        distil = overrides.get("pretrained", True) and needs_distillation(backbone)
+    choice = weights_choice(cfg)
+    if choice == "auto":
+        with torch.random.fork_rng(devices=[]):  # building a throwaway backbone must not shift the seed
+            distil = overrides.get("pretrained", True) and needs_distillation(backbone)
+    else:  # forced: distilled never asks the hub
+        distil = choice == "distilled"
     note = None
     if distil:  # no pretrained weights here: a distilled start (cached) instead of a random network
         if not ctx.is_main:
@@ -81,6 +113,9 @@ def build_model(plan: Plan, data: Data, ctx) -> torch.nn.Module:
         create_model(cfg.model, **{**overrides, "weights_source": note})
     if note is not None:
         model.backbone.load_state_dict(state)
+    if choice == "hub" and "timm hub" not in (model.cfg.weights_source or ""):
+        raise ArgError(f"--set weights_source=hub: no ImageNet weights for {backbone} came from timm's hub (the "
+                       "download failed); try again, or use --set weights_source=distilled")
     if ctx.is_main:  # the same vectors on every rank come from the broadcast of the weights by DDP
         model.set_word_vectors(word_vectors(cfg.word_vectors, data.vocab, data.train_captions, cfg.word_dim,
                                             cfg.seed))
