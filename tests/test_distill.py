@@ -130,3 +130,23 @@ def test_a_forced_hub_start_takes_the_hub_weights_and_never_distils(tiny_catalog
     assert config["train"]["model_args"] == {"weights_source": "hub"}
     assert config["model_config"]["weights_source"] == "imagenet (timm hub mobilenetv3_small_100)"
     assert not config["model_config"]["finetune"]  # pretrained: frozen, as with the default
+
+
+def test_a_distillation_that_ends_non_finite_is_never_a_start(tiny_catalogue, monkeypatch):
+    """Regression: a weight made NaN by the last distillation step was returned (and cached) as the start."""
+    from xmodal.training import NonFiniteError
+    cat = load_catalogue(tiny_catalogue)
+    train = make_splits(cat)["train"]
+    assert len(train) <= 64  # one step in all: the poisoned one is the last
+
+    class Overflowing(torch.optim.AdamW):
+        def step(self, *args, **kw):
+            out = super().step(*args, **kw)
+            with torch.no_grad():
+                first = self.param_groups[0]["params"][0]
+                first[(0,) * first.dim()] = float("nan")
+            return out
+    monkeypatch.setattr(torch.optim, "AdamW", Overflowing)
+    with pytest.raises(NonFiniteError, match="is not finite after the last step"):
+        distill("mobilenet", [cat.image_path(int(i)) for i in train], torch.randn(len(train), 8), torch.device("cpu"),
+                DistillConfig(epochs=1, batch_size=64, size=(64, 48)), progress=False)

@@ -28,7 +28,7 @@ from .backbones import BACKBONES, create_backbone, image_transform, weights_dige
 from .batching import decoded_batches
 from .feature_cache import cached_features
 from .cachefile import warn_rebuild, write_cache
-from .training import cpu_decoding_workers
+from .training import NonFiniteError, cpu_decoding_workers, first_nonfinite_state
 from .paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def _distill(student: str, paths: list[Path], targets: torch.Tensor, device: tor
                 pred = head(model(images))
             loss = nn.functional.mse_loss(pred.float(), y)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"distillation loss became {loss.item()}")
+                raise NonFiniteError(f"distillation loss became {loss.item()}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -171,5 +171,9 @@ def _distill(student: str, paths: list[Path], targets: torch.Tensor, device: tor
             print(f"[xmodal] distilling {student} from {TEACHER}: epoch {epoch}/{cfg.epochs}, mse "
                   f"{np.mean(losses):.3f} (1.0 = predicting the mean), {time.time() - t0:.0f} s", file=sys.stderr)
     model.eval()
-    return {k: v.detach().cpu().contiguous(memory_format=torch.contiguous_format)
-            for k, v in model.state_dict().items()}, history
+    state = {k: v.detach().cpu().contiguous(memory_format=torch.contiguous_format)
+             for k, v in model.state_dict().items()}
+    bad = first_nonfinite_state(state)
+    if bad is not None:  # never cached, never a backbone's start
+        raise NonFiniteError(f"distilling {student}: {bad} is not finite after the last step")
+    return state, history
