@@ -185,7 +185,8 @@ def test_ddp_trains_like_one_process(ddp_out, single_run):
     assert len(losses) == len(ref) == EPOCHS
     assert losses[-1] < losses[0], f"DDP loss did not fall: {losses}"
     assert losses == pytest.approx(ref, rel=1e-5), f"DDP {losses} vs one process {ref}"
-    rows, ref_rows = ([json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (run, single_run))
+    rows, ref_rows = ([json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+                      for d in (run, single_run))
     assert [(r["epoch"], r["step"]) for r in rows if r["kind"] == "step"] == \
         [(r["epoch"], r["step"]) for r in ref_rows if r["kind"] == "step"]  # the same optimiser steps
     for epoch, ref_epoch in zip(*([r for r in x if r["kind"] == "epoch"] for x in (rows, ref_rows))):
@@ -202,4 +203,4 @@ def test_ddp_trains_like_one_process(ddp_out, single_run):
     test, ref_test = (json.loads((d / "test.json").read_text())["caption"] for d in (run, single_run))
     for key, value in ref_test.items():
         if isinstance(value, (int, float)):
-            assert test[key] == pytest.approx(value, abs=1e-6), f"test {key}: {test[key]} (DDP) vs {value} (one process)"
+            assert test[key] == pytest.approx(value, abs=1e-6), f"test {key}: {test[key]} (DDP), {value} (one process)"
