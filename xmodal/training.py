@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from typing import Callable
 
 import numpy as np
@@ -243,8 +244,9 @@ def train_one_epoch(model: nn.Module, loss_fn: Callable, loader: DataLoader, opt
             if in_a_row >= MAX_SKIPPED_STEPS:
                 raise NonFiniteError(f"gradient norm was {grad_norm.item()} for {in_a_row} steps in a row (epoch "
                                      f"{epoch}, steps {step - in_a_row + 1}-{step}); lower --lr or check the data")
-            tqdm.write(f"[xmodal] epoch {epoch} step {step}: gradient norm {grad_norm.item()}; step skipped "
-                       f"({in_a_row} in a row; {MAX_SKIPPED_STEPS} stop the run)")
+            if ctx.is_main:
+                tqdm.write(f"[xmodal] epoch {epoch} step {step}: gradient norm {grad_norm.item()}; step skipped "
+                           f"({in_a_row} in a row; {MAX_SKIPPED_STEPS} stop the run)", file=sys.stderr)
         sched.step()
         values = ctx.mean({"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}})
         for k, v in values.items():
