@@ -78,7 +78,7 @@ def test_tiny_run_has_every_row(tiny_catalogue, tmp_path, capsys):
                       work_dir=str(tmp_path / "work"))
     rows = run_bench(cfg)
     measures = [r.measure for r in rows]
-    assert [r.section for r in rows] == ["1 features"] * 3 + ["2 training"] * 2 + ["3 search"] * 3 + \
+    assert [r.section for r in rows] == ["1 features"] * 3 + ["2 training"] * 2 + ["3 search"] * 5 + \
         ["4 maps"] * 4 + ["5 dashboard"] + ["6 explore"] * 3
     assert measures[-1].startswith("explain one pair") and rows[-1].met is not None
     assert measures[0].startswith("image features") and measures[1].startswith("ONNX export")
@@ -87,7 +87,8 @@ def test_tiny_run_has_every_row(tiny_catalogue, tmp_path, capsys):
     assert "decoding" in rows[0].reference and "x the bare " in rows[0].measured
     assert measures[3].startswith("train step: siamese") and measures[4].startswith("train step: cmpm-mobilenet")
     assert measures[6].startswith("text->top-10, exact, 500") and measures[7].startswith("text->top-10, exact, 2,000")
-    assert all(rows[i].met is not None for i in (0, 2, 3, 4))  # every comparison has a verdict
+    assert all("held-out captions of a trained run" in m for m in measures[8:10])  # real queries' recall
+    assert all(rows[i].met is not None for i in (0, 2, 3, 4, 8))  # every comparison has a verdict
     umap = [r for r in rows if r.section == "4 maps"][:2]  # the first call informs; the next is held to umap-learn
     assert "first call" in umap[0].measure and umap[0].met is None
     assert "next call" in umap[1].measure and "bare umap-learn" in umap[1].reference and umap[1].met is not None
