@@ -90,7 +90,7 @@ def val_table(run_dirs: list[Path], gt: str = "caption") -> str:
 
 def table(run_dirs: list[Path], gt: str = "caption") -> str:
     """The markdown table for ``run_dirs`` (runs without test.json are listed as unfinished)."""
-    head = ("| model | backbone | t2i R@1 | t2i R@5 | t2i R@10 | t2i medR | i2t R@1 | i2t R@5 | i2t R@10 "
+    head = ("| run | model | backbone | t2i R@1 | t2i R@5 | t2i R@10 | t2i medR | i2t R@1 | i2t R@5 | i2t R@10 "
             f"| i2t medR | unseen-title t2i R@1 / R@10 ({gt}-level; queries) | test items | catalogue | split "
             "| chosen on | train time |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -99,7 +99,7 @@ def table(run_dirs: list[Path], gt: str = "caption") -> str:
         test = read_json(d / "test.json") if not why else None
         name = config.get("model", d.name)
         if why or not isinstance(test, dict) or not isinstance(test.get(gt), dict):
-            lines.append(f"| {name} | {why or 'unfinished'} |" + " |" * 14)
+            lines.append(f"| {d.name} | {name} | {why or 'unfinished'} |" + " |" * 14)
             continue
         m, ci = test[gt], (test.get("ci95") or {}).get(gt)
         cells = [cell(m, ci, f"{d_}/{k}") for d_, k in COLUMNS]
@@ -109,7 +109,7 @@ def table(run_dirs: list[Path], gt: str = "caption") -> str:
         split = test.get("split_source") or (config.get("split") or {}).get("source", "?")
         epoch = test.get("chosen_on", "").split("(")[-1].split(",")[0]
         catalogue = Path(str((config.get("data") or {}).get("name") or "?")).name
-        lines.append(f"| {name} | {backbone_description(config)} | " + " | ".join(cells) + f" | {unseen} | "
+        lines.append(f"| {d.name} | {name} | {backbone_description(config)} | " + " | ".join(cells) + f" | {unseen} | "
                      f"{test['gallery_size']} | {catalogue} | {split} | val rsum, {epoch} | "
                      f"{test.get('train_seconds', 0) / 60:.1f} min |")
     truth = "identical titles all count as correct" if gt == "caption" else "only the item's own pair is correct"
@@ -197,7 +197,8 @@ def seed_table(run_dirs: list[Path], gt: str = "caption", split: str = "test") -
         for key in ("text_to_image/R@1", "text_to_image/R@10", "image_to_text/R@1", "rsum"):
             s = metrics.seed_spread([t[gt].get(key) for _, _, t in members])
             parts.append(f"{key} {s['mean']:.1f} ± {s['std']:.1f} ({s['min']:.1f}-{s['max']:.1f})")
-        lines.append(f"- {members[0][1].get('model')} over {len(members)} seeds {seeds}: " + "; ".join(parts))
+        runs = f"{len(members)} runs, seeds {seeds}" if len(seeds) < len(members) else f"{len(members)} seeds {seeds}"
+        lines.append(f"- {members[0][1].get('model')} over {runs}: " + "; ".join(parts))
     if lines:
         lines.insert(0, f"Over seeds (same recipe, {gt}-level {split} metrics: mean ± sample sd (min-max)):")
     return lines
