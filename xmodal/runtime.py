@@ -4,8 +4,8 @@ Feature extraction (``xmodal.backbones.extract_features``: the feature cache, ev
 runs the frozen backbone forward only, so on CPU it can run the backbone's exported ONNX graph instead of
 PyTorch: 1.5-1.9x the throughput on two idle cores, 3.5-7x on busy ones (docs/performance.md). The graph
 computes the same function: each one is checked against PyTorch on a probe batch whenever it is loaded, to
-``TOLERANCE``, so features cached from either runtime mean the same thing (the feature cache key says
-nothing about the runtime, on purpose).
+``TOLERANCE``; the feature cache still keys on the runtime and arithmetic that made the features
+(``xmodal.feature_cache``), so a cached number always says how it was computed.
 
 - **The graph** is exported (``xmodal.onnx_export``) with ``torch.onnx.export`` (the torch.export-based
   exporter, at a fixed batch whose axis is then freed, checked at other batches; the image size fixed) and
