@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .metrics import first_match_ranks
+from .metrics import first_match_ranks, wilson
 
 if TYPE_CHECKING:
     from .search import Hit, Run
@@ -313,6 +313,11 @@ def format_table(results: list[dict]) -> str:
     def cell(v: list[float]) -> str:
         return f"{v[0]:.1f} ({v[1]:.1f})"
 
+    def read(v: list[float], queries: int) -> str:
+        """A test figure with the 95 % Wilson interval of its success@k."""
+        low, high = wilson(round(v[0] * queries / 100), queries)
+        return f"{v[0]:.1f} [{low:.1f}-{high:.1f}] ({v[1]:.1f})"
+
     w0 = f"{DEFAULT_WEIGHT:g}"
     lines = [f"| model | run | val queries | val: photo + words, w={w0} | val: best w | val: unscaled, best w | "
              f"test queries | test: photo only | test: words only | test: photo + words, w={w0} (read once) |",
@@ -323,13 +328,15 @@ def format_table(results: list[dict]) -> str:
         plain_w = best_weight(val["plain"])
         lines.append(f"| {val['model']} | {val['run']} | {val['queries']} | {cell(val['balanced'][DEFAULT_WEIGHT])} | "
                      f"{cell(val['balanced'][best_w])} at {best_w:g} | {cell(val['plain'][plain_w])} at {plain_w:g} | "
-                     f"{test['queries']} | {cell(test['photo_only'])} | {cell(test['words_only'])} | "
-                     f"{cell(test['balanced'][DEFAULT_WEIGHT])} |")
+                     f"{test['queries']} | {read(test['photo_only'], test['queries'])} | "
+                     f"{read(test['words_only'], test['queries'])} | "
+                     f"{read(test['balanced'][DEFAULT_WEIGHT], test['queries'])} |")
     k = results[0]["val"]["k"] if results else 10
     lines.append(f"\nsuccess@{k} (precision@{k}) in %: a top-{k} product (the query's own item left out) has the "
                  "query item's article type and the asked colour (precision: the share of the top "
-                 f"{k} that has both). Queries: items of the split, each with another colour that the gallery holds "
-                 "in its type; the words are the colour's name. Weights are compared on the validation split; the "
+                 f"{k} that has both); test figures with the 95 % Wilson interval of success@{k}. Queries: items of "
+                 "the split, each with another colour that the gallery holds in its type; the words are the colour's "
+                 "name. Weights are compared on the validation split; the "
                  f"test split is read once, at the default weight {w0} (chosen on validation).")
     return "\n".join(lines)
 
