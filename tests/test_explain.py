@@ -187,6 +187,9 @@ def colour_run(tmp_path_factory) -> Path:
     return root / "runs" / "colour"
 
 
+PAIRS = 100  # correct hits explained by the test below
+
+
 @pytest.mark.slow
 def test_explanations_point_at_colour_words_and_the_garment(colour_run):
     """On correct hits, the colour words carry more of the score than the brand words, and greying out the
@@ -212,9 +215,9 @@ def test_explanations_point_at_colour_words_and_the_garment(colour_run):
 
     top = (run.text_embeds @ run.image_embeds.T).argmax(1).numpy()
     correct = np.flatnonzero(top == np.arange(len(cat)))
-    assert len(correct) >= 30, len(correct)
+    assert len(correct) >= PAIRS, len(correct)
     colour_w, brand_w, garment_r, backdrop_r = [], [], [], []
-    for i in np.random.default_rng(0).choice(correct, 30, replace=False):
+    for i in np.random.default_rng(0).choice(correct, PAIRS, replace=False):
         expl = explain(run, cat.captions[i], int(i))
         colour, brand = _phrase(expl.words, attrs["colour"][i]), _phrase(expl.words, attrs["brand"][i])
         assert colour and brand, (expl.words, attrs["colour"][i], attrs["brand"][i])
@@ -224,8 +227,13 @@ def test_explanations_point_at_colour_words_and_the_garment(colour_run):
         garment_r.append(expl.regions[garment].mean())
         backdrop_r.append(expl.regions[backdrop].mean())
     colour_w, brand_w, garment_r, backdrop_r = map(np.array, (colour_w, brand_w, garment_r, backdrop_r))
-    assert colour_w.mean() > brand_w.mean() + 0.02 and (colour_w > brand_w).mean() >= 0.65, (colour_w, brand_w)
-    assert garment_r.mean() > backdrop_r.mean() and (garment_r > backdrop_r).mean() >= 0.65, (garment_r, backdrop_r)
+    # Over all ~380 correct hits of this run: colour beats brand in 0.84 (fp32) / 0.85 (bf16) of the pairs, means
+    # 0.081 / 0.011; garment beats backdrop in 0.80 / 0.81, means 0.060 / 0.020 (the backdrop shows the gender,
+    # which the titles name, so it matters too). 100 pairs put 0.65 about 4 standard errors below those shares;
+    # 30 pairs drew 0.60 for the garment under fp32 and 0.87 under bf16 from the same run recipe.
+    for name, a, b in (("colour/brand words", colour_w, brand_w), ("garment/backdrop cells", garment_r, backdrop_r)):
+        summary = f"{name}: {np.mean(a > b):.2f} of {PAIRS} pairs, means {a.mean():.4f} / {b.mean():.4f}"
+        assert np.mean(a > b) >= 0.65 and a.mean() > 1.5 * b.mean() and a.mean() > b.mean() + 0.02, summary
 
 
 # ------------------------------------------------------------------------------------ the dashboard
