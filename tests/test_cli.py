@@ -108,6 +108,25 @@ def test_evaluate_recognises_an_edited_copy_of_the_runs_catalogue(trained_run, t
         r["item_id"] in set(splits["train"]) | set(splits["val"]) for r in kept)
 
 
+def test_evaluate_without_the_runs_catalogue_folder_does_not_trust_ids(trained_run, tiny_catalogue, tmp_path):
+    """A run whose catalogue folder is gone cannot compare images: a catalogue with its ids but another content is
+    evaluated as one it never saw, and says why."""
+    import shutil
+
+    from xmodal.evaluate import evaluate_run
+    from xmodal.runs import atomic_write_json
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    config = read_json(run / "config.json")
+    config["data"]["path"] = str(tmp_path / "moved-away")
+    atomic_write_json(run / "config.json", config)
+    edited = shutil.copytree(tiny_catalogue, tmp_path / "edited")
+    lines = (edited / "captions.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (edited / "captions.csv").write_text("".join(lines[:-5]), encoding="utf-8")  # other content: fingerprint differs
+    res = evaluate_run(run, data=str(edited), split="all")
+    assert res["items"]["seen_in_training"] == 0 and not res["items"]["own_catalogue"]
+    assert any("cannot be read to compare their images" in n for n in res["notes"])
+
+
 def test_resume_after_interrupt(tiny_catalogue, tmp_path, monkeypatch):
     import xmodal.train as train_mod
     real = train_mod.train_one_epoch
