@@ -73,14 +73,15 @@ def test_unknown_section(tiny_catalogue):
 def test_tiny_run_has_every_row(tiny_catalogue, tmp_path, capsys):
     cfg = BenchConfig(sizes=(500, 2000), data=str(tiny_catalogue), feature_images=8, image_queries=3,
                       query_run_items=30, train_batch=8, train_steps=1, models=("siamese", "cmpm-mobilenet"),
-                      latency_queries=5, recall_queries=20, umap_points=200, embed_items=100, reps=1,
+                      latency_queries=5, metrics_items=3000, umap_points=200, embed_items=100, reps=1,
                       map_points=2000, map_browser=False, sections=SECTIONS, dashboard=str(tmp_path / "absent.py"),
                       work_dir=str(tmp_path / "work"))
     rows = run_bench(cfg)
     measures = [r.measure for r in rows]
     assert [r.section for r in rows] == ["1 features"] * 3 + ["2 training"] * 2 + ["3 search"] * 5 + \
-        ["4 maps"] * 4 + ["5 dashboard"] + ["6 explore"] * 3
-    assert measures[-1].startswith("explain one pair") and rows[-1].met is not None
+        ["4 maps"] * 4 + ["5 dashboard"] + ["6 explore"] * 3 + ["7 metrics"]
+    assert measures[-2].startswith("explain one pair") and rows[-2].met is not None
+    assert measures[-1].startswith("score a split of 3,000 items") and rows[-1].met is True
     assert measures[0].startswith("image features") and measures[1].startswith("ONNX export")
     assert measures[2].startswith("image -> top-10 titles: search_image")
     assert "bare onnxruntime" in rows[0].reference and "bare torch" in rows[0].reference  # three figures

@@ -41,8 +41,11 @@ def _sections(cfg: BenchConfig, cat, work: Path) -> dict[str, Callable[[], list[
     def explore():
         from .explore import bench_explore
         return bench_explore(cfg, work)
+    def metrics():
+        from .scoring import bench_scoring
+        return bench_scoring(cfg)
     return {"features": features, "training": training, "search": search, "umap": umap, "dashboard": dashboard,
-            "explore": explore}
+            "explore": explore, "metrics": metrics}
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> list[Row]:
