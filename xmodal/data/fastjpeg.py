@@ -8,13 +8,16 @@ the first photo each process decodes (a Pillow built on another libjpeg turns th
 
 ``decode`` only takes what it can decode as Pillow would: a YCbCr JPEG, within the pixel limit, without an
 EXIF orientation to apply, that libjpeg decodes without a warning (``strict``). Anything else returns None
-and goes to Pillow (``xmodal.data.images.open_rgb``), which handles the rest and names the faults.
+and goes to Pillow (``xmodal.data.images.open_rgb``), which handles the rest and names the faults. The caller
+passes Pillow's decoder in (``reference``) for the first-decode comparison, so this module stays below
+``images`` and never imports it.
 """
 from __future__ import annotations
 
 import io
 import logging
 import threading
+from typing import Callable
 
 import numpy as np
 
@@ -66,8 +69,15 @@ def _upright(data: bytes) -> bool:
         return False
 
 
-def decode(data: bytes, max_pixels: int) -> np.ndarray | None:
-    """RGB pixels ``[H, W, 3]`` uint8 of a plain JPEG, the same as Pillow's, or None for Pillow to decode."""
+def decode(data: bytes, max_pixels: int, reference: Callable[[bytes], np.ndarray]) -> np.ndarray | None:
+    """RGB pixels ``[H, W, 3]`` uint8 of a plain JPEG, the same as Pillow's, or None for Pillow to decode.
+
+    Args:
+        data: the file's bytes.
+        max_pixels: larger images are left to Pillow, which names the fault.
+        reference: Pillow's decoder (bytes -> ``[H, W, 3]`` uint8), run once per process on the first photo
+            decoded here; if the pixels differ the fast path turns itself off.
+    """
     global _enabled
     if not _enabled or not data.startswith(b"\xff\xd8\xff"):
         return None
@@ -81,8 +91,7 @@ def decode(data: bytes, max_pixels: int) -> np.ndarray | None:
     if not _checked.is_set():
         with _checking:
             if not _checked.is_set():
-                from .images import open_rgb
-                if not np.array_equal(pixels, np.asarray(open_rgb(data))):
+                if not np.array_equal(pixels, np.asarray(reference(data))):
                     _enabled = False
                     log.warning("simplejpeg decodes JPEGs differently from this Pillow (another libjpeg?): "
                                 "decoding with Pillow only, about twice as slow")

@@ -16,6 +16,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import fastjpeg
+
 # Largest image we agree to decode (pixels); guards against decompression bombs. PIL's own guard is set
 # to the same value so a direct ``Image.open`` elsewhere refuses more than twice this much.
 MAX_IMAGE_PIXELS = 40_000_000
@@ -154,8 +156,7 @@ def rgb_array(source: Source, max_pixels: int | None = None) -> np.ndarray:
         if data is None:
             return np.array(open_rgb(source, max_pixels))
     if isinstance(data, (bytes, bytearray, memoryview)):
-        from . import fastjpeg
-        pixels = fastjpeg.decode(bytes(data), limit)
+        pixels = fastjpeg.decode(bytes(data), limit, reference=lambda b: np.asarray(open_rgb(b)))
         if pixels is not None:
             return pixels
         return np.array(_decode(data, max_pixels, keep=True, name=name))
