@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import __version__
+
 # command -> (module whose ``main(argv)`` runs it, one line for --help); "dashboard" is handled here
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("xmodal.train", "train a model on a catalogue (python -m xmodal.train)"),
@@ -68,7 +70,6 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0 if argv else 2
     if argv[0] == "--version":
-        from . import __version__
         print(f"xmodal {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
