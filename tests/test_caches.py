@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from xmodal import cachefile
-from xmodal.backbones import create_backbone, extract_features, image_transform, stem_module, weights_digest
+from xmodal.backbones import create_backbone, image_transform, stem_module, weights_digest
+from xmodal.extraction import extract_features
 from xmodal.feature_cache import feature_cache_path
 from xmodal.gallery import Gallery, GalleryConfig
 from xmodal.pipeline import catalogue_features
@@ -150,7 +151,7 @@ def test_two_arithmetics_never_share_features(cat, cache, monkeypatch):
 
 def test_the_key_names_the_runtime(cat, monkeypatch):
     pytest.importorskip("onnxruntime")
-    from xmodal.backbones import ORT_FP32
+    from xmodal.extraction import ORT_FP32
     from xmodal.feature_cache import extraction_arithmetic
     net, n = backbone(0), len(cat.images)
     paths = {}

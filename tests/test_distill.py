@@ -23,7 +23,8 @@ def test_distillation_learns_and_is_cached(tiny_catalogue, monkeypatch):
     train = make_splits(cat)["train"]
     cfg = DistillConfig(epochs=3, batch_size=16, size=(64, 48), lr=3e-3)
     teacher, _ = create_backbone("efficientnet")
-    from xmodal.backbones import extract_features, image_transform
+    from xmodal.backbones import image_transform
+    from xmodal.extraction import extract_features
     targets = torch.from_numpy(extract_features(teacher, [cat.image_path(int(i)) for i in train],
                                                 image_transform("efficientnet", (64, 48)), torch.device("cpu"),
                                                 progress=False))

@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from xmodal import cachefile, onnx_export, runtime
-from xmodal.backbones import create_backbone, extract_features, image_transform, stem_module, weights_digest
+from xmodal.backbones import create_backbone, image_transform, stem_module, weights_digest
+from xmodal.extraction import extract_features
 
 CPU = torch.device("cpu")
 SIZE = (64, 48)
@@ -121,11 +122,11 @@ def runtime_image(path: Path):
 def test_lanes_give_every_image_its_own_features_in_order(graphs, photos, monkeypatch, tail_blocks):
     """Several lanes (each decoding a batch and running a one-thread session) return what one session fed by
     a decoding thread returns, row for row, for a job whose batches finish out of order."""
-    from xmodal import backbones
+    from xmodal import extraction
     model, _ = exported(graphs, "efficientnet", tail_blocks)
-    paths = [photos[(i * 5) % len(photos)] for i in range(2 * backbones.LANE_BATCH * 3 + 5)]  # 53: a short last batch
+    paths = [photos[(i * 5) % len(photos)] for i in range(2 * extraction.LANE_BATCH * 3 + 5)]  # 53: a short last batch
     monkeypatch.setenv(runtime.ENV, "onnxruntime")
-    monkeypatch.setattr(backbones, "lanes_for", lambda images: 1)
+    monkeypatch.setattr(extraction, "lanes_for", lambda images: 1)
     one = extract(model, paths, "efficientnet", tail_blocks)
     assert runtime.load_graph(model, SIZE, tail_blocks, threads=1) is not None  # loaded (and probed) before counting
     sessions = []
@@ -138,7 +139,7 @@ def test_lanes_give_every_image_its_own_features_in_order(graphs, photos, monkey
             time.sleep(0.05)
         return real_raw(self, x)
     monkeypatch.setattr(runtime.OrtBackbone, "raw", slow_raw)
-    monkeypatch.setattr(backbones, "lanes_for", lambda images: 3)
+    monkeypatch.setattr(extraction, "lanes_for", lambda images: 3)
     threads = torch.get_num_threads()
     lanes = extract(model, paths, "efficientnet", tail_blocks)
     assert {threads for threads, _ in sessions} == {1}  # the one-thread session ran every batch
@@ -147,7 +148,7 @@ def test_lanes_give_every_image_its_own_features_in_order(graphs, photos, monkey
     thread.start()
     thread.join()
     assert torch.get_num_threads() == threads and later == [threads]
-    assert sorted(n for _, n in sessions) == sorted([backbones.LANE_BATCH] * 6 + [5])
+    assert sorted(n for _, n in sessions) == sorted([extraction.LANE_BATCH] * 6 + [5])
     assert lanes.shape == one.shape and lanes.dtype == one.dtype
     np.testing.assert_allclose(lanes.astype(np.float32), one.astype(np.float32), rtol=2 ** -10,
                                atol=ABS_TOLERANCE * max(1.0, float(np.abs(one.astype(np.float32)).max())))

@@ -267,7 +267,8 @@ def test_resume_with_a_cold_feature_cache_extracts_imagenet_features(tiny_catalo
     import torch
 
     import xmodal.train as train_mod
-    from xmodal.backbones import create_backbone, extract_features, image_transform
+    from xmodal.backbones import create_backbone, image_transform
+    from xmodal.extraction import extract_features
     from xmodal.data import load_catalogue
     real = train_mod.train_one_epoch
 

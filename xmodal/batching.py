@@ -1,5 +1,5 @@
 """Batches loaded ahead of their consumer by a few threads, in order: the decoding side of feature
-extraction and of the distillation's training loop (``xmodal.backbones.extract_features``, ``xmodal.distill``).
+extraction and of the distillation's training loop (``xmodal.extraction.extract_features``, ``xmodal.distill``).
 """
 from __future__ import annotations
 

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbones import ORT_FP32, extract_features, image_transform, stem_module, torch_arithmetic, weights_digest
+from .backbones import image_transform, stem_module, weights_digest
 from .cachefile import check_array, warn_rebuild, write_cache
+from .extraction import ORT_FP32, extract_features, torch_arithmetic
 from .paths import cache_dir
 from .runtime import _float32, export_min_pixels, graph_key, graph_path, onnxruntime_version, requested_runtime
 

@@ -1,8 +1,9 @@
 """The frozen backbone's ONNX export: ``torch.onnx.export`` at a fixed batch, the batch axis freed afterwards.
 
-``xmodal.runtime`` caches, loads and checks the graphs; this module only makes them. The graph takes raw
-pixels (0-255) and normalises them inside itself (``_FromRaw``), so extraction hands it the loader's uint8
-pixels as they are.
+``xmodal.runtime`` caches, loads and checks the graphs; this module only makes them, and holds what both
+need: the opset, the tolerance against PyTorch (``relative_error``) and the module that runs (``_runnable``).
+The graph takes raw pixels (0-255) and normalises them inside itself (``_FromRaw``), so extraction hands it
+the loader's uint8 pixels as they are.
 """
 from __future__ import annotations
 
@@ -12,12 +13,53 @@ import json
 import logging
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 
-from .runtime import OPSET, TOLERANCE, _eval, _runnable, relative_error
+from .backbones import stem_forward
 
 log = logging.getLogger(__name__)
+
+OPSET = 20  # ONNX opset of the exported graphs
+TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| on the probe, relative to max |PyTorch| (measured: ~1e-6)
+
+
+class _Cut(nn.Module):
+    """``stem_forward`` as a module: pixels -> the map before the last ``tail_blocks`` stages."""
+
+    def __init__(self, model: nn.Module, tail_blocks: int):
+        super().__init__()
+        self.model, self.tail_blocks = model, tail_blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return stem_forward(self.model, x, self.tail_blocks)  # [B, C, h, w]
+
+
+def _runnable(model: nn.Module, tail_blocks: int) -> nn.Module:
+    """The module whose output ``extract_features`` returns (the whole backbone, or ``stem_forward``)."""
+    return _Cut(model, tail_blocks) if tail_blocks else model
+
+
+@contextlib.contextmanager
+def _eval(model: nn.Module):
+    """``model`` in eval mode for the block, then back in the mode it was in."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
+    """max |out - ref| / max |ref|: the error relative to the outputs' scale (inf if shapes or values are off)."""
+    if out.shape != ref.shape:
+        return float("inf")
+    err = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+    if not np.isfinite(err).all():
+        return float("inf")
+    return float(err.max(initial=0.0)) / max(float(np.abs(ref).max(initial=0.0)), 1e-12)
 
 
 class _FromRaw(nn.Module):

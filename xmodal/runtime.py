@@ -1,6 +1,6 @@
 """The fastest CPU runtime for a frozen backbone: its ONNX graph in ONNX Runtime, PyTorch as the fallback.
 
-Feature extraction (``xmodal.backbones.extract_features``: the feature cache, evaluation on a new catalogue)
+Feature extraction (``xmodal.extraction.extract_features``: the feature cache, evaluation on a new catalogue)
 runs the frozen backbone forward only, so on CPU it can run the backbone's exported ONNX graph instead of
 PyTorch: 1.5-1.9x the throughput on two idle cores, 3.5-7x on busy ones (docs/performance.md). The graph
 computes the same function: each one is checked against PyTorch on a probe batch whenever it is loaded, to
@@ -23,7 +23,6 @@ computes the same function: each one is checked against PyTorch on a probe batch
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -39,8 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbones import BACKBONES, normalisation, stem_forward, stem_module, weights_digest
+from . import onnx_export
+from .backbones import BACKBONES, normalisation, stem_module, weights_digest
 from .cachefile import warn_rebuild, write_cache
+from .onnx_export import OPSET, TOLERANCE, _eval, _runnable, relative_error
 from .paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,6 @@ log = logging.getLogger(__name__)
 ENV = "XMODAL_RUNTIME"
 RUNTIMES = ("auto", "torch", "onnxruntime")
 GRAPH_VERSION = 2  # bump when the export (exporter, opset, graph layout) changes meaning
-OPSET = 20  # ONNX opset of the exported graphs
-TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| on the probe, relative to max |PyTorch| (measured: ~1e-6)
 EXPORT_MIN_PIXELS = 512 * 224 * 168  # auto exports a graph for jobs of at least ~512 images at 224x168
 # Backbones whose light eager forward repays the export later (two cores, 224x168, from JPEGs: MobileNetV3-small
 # 5.7 vs 1.8 ms/image in ONNX Runtime's lanes, export + load 6.1 s: from ~1,550 images; EfficientNet-Lite0 ~300).
@@ -85,22 +84,6 @@ def onnxruntime_version() -> str | None:
     return onnxruntime.__version__
 
 
-class _Cut(nn.Module):
-    """``stem_forward`` as a module: pixels -> the map before the last ``tail_blocks`` stages."""
-
-    def __init__(self, model: nn.Module, tail_blocks: int):
-        super().__init__()
-        self.model, self.tail_blocks = model, tail_blocks
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return stem_forward(self.model, x, self.tail_blocks)  # [B, C, h, w]
-
-
-def _runnable(model: nn.Module, tail_blocks: int) -> nn.Module:
-    """The module whose output ``extract_features`` returns (the whole backbone, or ``stem_forward``)."""
-    return _Cut(model, tail_blocks) if tail_blocks else model
-
-
 def mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The normalisation (mean, std) of ``model``'s inputs: its xmodal backbone's, else ImageNet's."""
     name = backbone_name(model)
@@ -108,17 +91,6 @@ def mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return normalisation(name)
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
     return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
-
-
-@contextlib.contextmanager
-def _eval(model: nn.Module):
-    """``model`` in eval mode for the block, then back in the mode it was in."""
-    was = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was)
 
 
 def backbone_name(model: nn.Module) -> str:
@@ -201,8 +173,7 @@ def graph_path(key: dict) -> Path:
 def export_graph(model: nn.Module, size: tuple[int, int], tail_blocks: int = 0, key: dict | None = None) -> bytes:
     """The ONNX graph (serialised ``ModelProto``) of the frozen ``model`` on raw ``[B, 3, *size]`` pixels, its
     batch axis dynamic and ``key`` in its metadata: see ``xmodal.onnx_export.export_graph``."""
-    from .onnx_export import export_graph as export
-    return export(model, size, tail_blocks, key or graph_key(model, size, tail_blocks))
+    return onnx_export.export_graph(model, size, tail_blocks, key or graph_key(model, size, tail_blocks))
 
 
 class OrtBackbone:
@@ -244,16 +215,6 @@ class OrtBackbone:
             pixels = pixels.detach().cpu().numpy()
         std, mean = self._to_raw
         return self.raw(pixels.astype(np.float32) * std + mean)
-
-
-def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
-    """max |out - ref| / max |ref|: the error relative to the outputs' scale (inf if shapes or values are off)."""
-    if out.shape != ref.shape:
-        return float("inf")
-    err = np.abs(out.astype(np.float64) - ref.astype(np.float64))
-    if not np.isfinite(err).all():
-        return float("inf")
-    return float(err.max(initial=0.0)) / max(float(np.abs(ref).max(initial=0.0)), 1e-12)
 
 
 def probe_error(graph: OrtBackbone, model: nn.Module, size: tuple[int, int], tail_blocks: int = 0) -> float:

@@ -1,6 +1,6 @@
 """Section 1 of ``python -m xmodal.bench``: the frozen backbone on JPEGs.
 
-- Feature extraction through ``xmodal.backbones.extract_features`` (JPEG files decoded and run through the
+- Feature extraction through ``xmodal.extraction.extract_features`` (JPEG files decoded and run through the
   backbone in the runtime ``xmodal.runtime`` picks: on several cores a lane per core, each decoding a batch and
   running it on one thread) against the bare forwards over the same images decoded beforehand: PyTorch
   eager, PyTorch ``channels_last``, ONNX Runtime on every core, and ONNX Runtime on one thread per core with a
@@ -86,7 +86,7 @@ def bare_forwards(model, graph, pixels: torch.Tensor, raw: torch.Tensor, batch: 
     if lanes is not None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from ..backbones import LANE_BATCH
+        from ..extraction import LANE_BATCH
         small = [raw[s:s + LANE_BATCH].numpy() for s in range(0, len(raw), LANE_BATCH)]
         cores = max(1, torch.get_num_threads())
 
@@ -100,7 +100,8 @@ def bare_forwards(model, graph, pixels: torch.Tensor, raw: torch.Tensor, batch: 
 def bench_features(cfg: BenchConfig, cat, work: Path) -> list[Row]:
     """Extraction against the bare forwards of every runtime, the export, and image query latency."""
     from .. import runtime
-    from ..backbones import BACKBONES, LANE_BATCH, extract_features, lanes_for
+    from ..backbones import BACKBONES
+    from ..extraction import LANE_BATCH, extract_features, lanes_for
     model, size, tf, paths = _backbone(cat, cfg.feature_images)
     batches = [paths[s:s + LANE_BATCH] for s in range(0, len(paths), LANE_BATCH)]
     raw = torch.cat([tf.load(b) for b in batches])  # [N, 3, H, W] uint8, decoded before the clock
