@@ -1,19 +1,10 @@
-"""Composed queries: a photo plus words ("in red"), and relevance feedback ("more like this, less like this").
+"""Composed queries: the benchmark ``python -m xmodal.compose --run DIR``, and the functional forms of
+``Run.search`` (a photo plus words, "in red") and ``Run.refine`` (relevance feedback).
 
-**Photo + words.** Both go into the joint space and are added, each part scaled by the inverse spread of its
-own scores over the gallery, then weighted: ``q = (1 - w) * photo / s_photo + w * words / s_words``. Photos
-score against photos far more alike than words against photos, so without the scaling the photo drowns the
-words for every ``w`` short of 1; with it, ``w = 0.5`` gives both the same pull on the ranking (the same as
-adding their z-scored scores). The results are products (the image gallery); the query's own item, when it
-is one, is left out. ``python -m xmodal.compose --run DIR`` measures it (``benchmark``): the weight is swept on
-the validation split and the test split is read once, at ``DEFAULT_WEIGHT`` (chosen on validation).
-
-**Feedback.** Rocchio (Rocchio 1971; Manning et al., *Introduction to Information Retrieval*, ch. 9):
-``q' = a * q0 + b * mean(good) - c * mean(bad)`` over the photos' embeddings, always from the first query
-``q0`` with every judgement so far, so rounds add up and their order does not matter.
-
-``run.search(image=..., text=..., weight=..., k=...)`` and ``run.refine(result, good=[...], bad=[...])`` call
-``search`` and ``refine`` here.
+The query arithmetic lives in ``xmodal.query_vectors`` (photo + words each scaled by the spread of its scores
+over the gallery, then weighted; Rocchio's feedback) and the searching in ``xmodal.search.Run``; their names
+are importable from here too. The benchmark asks for "this photo, in <colour>": the weight is swept on the
+validation split and the test split is read once, at ``DEFAULT_WEIGHT`` (chosen on validation).
 """
 from __future__ import annotations
 
@@ -21,173 +12,31 @@ import argparse
 import json
 import os
 import sys
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .data import CatalogueError
 from .metrics import first_match_ranks, wilson
+from .query_vectors import DEFAULT_WEIGHT, ROCCHIO, SPREAD_SAMPLE, compose_vectors, rocchio, score_spread, unit
+from .runs import read_json
+from .search import ComposedResult, Run, RunError, load_run
 
-if TYPE_CHECKING:
-    from .search import Hit, Run
-
-DEFAULT_WEIGHT = 0.5  # share of the words (after scaling both parts to the same spread), chosen on the validation
-# split: see docs/quality.md, "Composed queries"
-ROCCHIO = (1.0, 0.75, 0.15)  # (a, b, c): weight of the query, the good results, the bad results
-SPREAD_SAMPLE = 20_000  # gallery rows the score spread is estimated on
 WEIGHTS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)  # the benchmark's sweep
-
-
-class ComposedResult(list):
-    """The hits of a composed search or a refinement, best first (a ``list`` of ``Hit``), and its query.
-
-    Attributes:
-        query_vector: the joint-space vector ``[D]`` searched with.
-        origin: the query before any feedback ``[D]`` (``refine`` starts from it again).
-        good, bad: the gallery indices judged so far (relevance feedback).
-        exclude: gallery indices never returned (the query's own item).
-        unknown_words: words of the text part the model does not know (read as ``<unk>``).
-        round: 0 for a search, then one more for each refinement.
-    """
-
-    def __init__(self, hits: Sequence[Hit], query_vector: torch.Tensor, origin: torch.Tensor | None = None,
-                 good: Sequence[int] = (), bad: Sequence[int] = (), exclude: Sequence[int] = (),
-                 unknown_words: Sequence[str] = (), round: int = 0):
-        super().__init__(hits)
-        self.query_vector = query_vector
-        self.origin = query_vector if origin is None else origin
-        self.good, self.bad, self.exclude = list(good), list(bad), list(exclude)
-        self.unknown_words = list(unknown_words)
-        self.round = round
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize(x.float(), dim=-1)
-
-
-def score_spread(gallery: torch.Tensor, vectors: torch.Tensor, sample: int = SPREAD_SAMPLE) -> torch.Tensor:
-    """Standard deviation of each vector's scores over ``gallery`` ``[N, D]``: ``[...]`` for ``vectors``
-    ``[..., D]`` (over a fixed sample of ``sample`` rows of a larger gallery)."""
-    if len(gallery) > sample:
-        rows = torch.from_numpy(np.random.default_rng(0).choice(len(gallery), sample, replace=False))
-        gallery = gallery[rows]
-    return (vectors.float() @ gallery.float().T).std(-1).clamp_min(1e-6)
-
-
-def compose_vectors(image_vec: torch.Tensor, text_vec: torch.Tensor, weight: float,
-                    gallery: torch.Tensor | None = None) -> torch.Tensor:
-    """Queries ``[..., D]`` from photos' and words' vectors ``[..., D]``: ``(1 - weight)`` photo, ``weight`` words.
-
-    Args:
-        gallery: ``[N, D]``: given, each part is first divided by the spread of its scores over it (see
-            the module docstring); None adds the unit vectors as they are.
-    """
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"weight must be between 0 (photo only) and 1 (words only); got {weight}")
-    img, txt = _unit(image_vec), _unit(text_vec)
-    if gallery is not None:
-        img = img / score_spread(gallery, img)[..., None]
-        txt = txt / score_spread(gallery, txt)[..., None]
-    return _unit((1.0 - weight) * img + weight * txt)
-
-
-def rocchio(origin: torch.Tensor, good: torch.Tensor | None, bad: torch.Tensor | None,
-            coefficients: tuple[float, float, float] = ROCCHIO) -> torch.Tensor:
-    """Rocchio's query ``[D]`` from the first query ``[D]`` and the judged items' vectors ``[g, D]``, ``[b, D]``."""
-    a, b, c = coefficients
-    q = a * _unit(origin)
-    if good is not None and len(good):
-        q = q + b * _unit(good).mean(0)
-    if bad is not None and len(bad):
-        q = q - c * _unit(bad).mean(0)
-    return _unit(q)
-
-
-def _products(run: Run, query: torch.Tensor, k: int, exclude: Sequence[int] = ()) -> list[Hit]:
-    """The ``k`` products whose photos best match ``query`` ``[D]``, leaving out ``exclude``."""
-    from .search import Hit
-    skip = set(int(i) for i in exclude)
-    scores, idx = run.gallery("images").search(query[None], k + len(skip))  # [1, k + e] each
-    cat = run.catalogue
-    hits = [Hit(int(i), float(s), cat.captions[int(i)], cat.image_path(int(i)), cat.item_ids[int(i)])
-            for s, i in zip(scores[0], idx[0]) if int(i) not in skip]
-    return hits[:k]
-
-
-def _image_vector(run: Run, image) -> tuple[torch.Tensor, list[int]]:
-    """The photo's vector and what to leave out: an item index of the run's catalogue uses (and leaves out)
-    that item; a PIL image, path or bytes is embedded."""
-    if isinstance(image, (int, np.integer)):
-        i = int(image)
-        if not 0 <= i < len(run.catalogue):
-            raise ValueError(f"item index {i} is outside the gallery (0..{len(run.catalogue) - 1})")
-        return run.image_embeds[i], [i]
-    return run.embed_image(image), []
 
 
 def search(run: Run, image: Image.Image | str | os.PathLike | bytes | int | None = None, text: str | None = None,
            weight: float | None = None, k: int = 10, exclude: Sequence[int] = ()) -> ComposedResult:
-    """Products for a photo, words, or both (see the module docstring).
-
-    Args:
-        image: a PIL image, a path, the file's bytes, or an item index of the run's catalogue (that item
-            is then left out of the results).
-        text: words: a description, or a change to the photo ("in red", "striped").
-        weight: the words' share, 0 (photo only) to 1 (words only); default ``DEFAULT_WEIGHT``. Ignored when
-            only one of ``image`` and ``text`` is given.
-        exclude: more gallery indices to leave out.
-
-    Raises:
-        ValueError: neither ``image`` nor ``text``; a weight outside [0, 1]; ``UnknownQueryError`` for words
-            the model cannot read; ``ImageError`` for a photo it cannot open.
-    """
-    if image is None and not (text and text.strip()):
-        raise ValueError("give a photo, words, or both")
-    weight = DEFAULT_WEIGHT if weight is None else float(weight)
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"weight must be between 0 (photo only) and 1 (words only); got {weight}")
-    skip, unknown = list(exclude), []
-    img = txt = None
-    if image is not None:
-        img, own = _image_vector(run, image)
-        skip += own
-    if text and text.strip():
-        unknown = run.vocab.check_query(text)[1]
-        txt = run.embed_text(text)
-    if img is not None and txt is not None:
-        query = compose_vectors(img, txt, weight, run.image_embeds)
-    else:
-        query = _unit(img if img is not None else txt)
-    return ComposedResult(_products(run, query, k, skip), query, exclude=skip, unknown_words=unknown)
+    """Products for a photo, words, or both: ``run.search(...)`` (see ``xmodal.search.Run.search``)."""
+    return run.search(image=image, text=text, weight=weight, k=k, exclude=exclude)
 
 
 def refine(run: Run, query: ComposedResult | torch.Tensor, good: Sequence[int] = (), bad: Sequence[int] = (),
            k: int = 10, coefficients: tuple[float, float, float] = ROCCHIO) -> ComposedResult:
-    """Re-rank with relevance feedback: more like the ``good`` gallery items, less like the ``bad`` ones.
-
-    Args:
-        query: a previous ``ComposedResult`` (its first query and judgements carry over; an item judged again
-            takes its latest judgement) or a query vector ``[D]``.
-        good, bad: gallery indices (``Hit.index``) judged in this round.
-    """
-    n = len(run.catalogue)
-    for i in [*good, *bad]:
-        if not 0 <= int(i) < n:
-            raise ValueError(f"item index {i} is outside the gallery (0..{n - 1})")
-    if isinstance(query, ComposedResult):
-        origin, exclude, rounds, unknown = query.origin, query.exclude, query.round, query.unknown_words
-        judged = {**{int(i): True for i in query.good}, **{int(i): False for i in query.bad}}
-    else:
-        origin, exclude, rounds, unknown, judged = _unit(torch.as_tensor(query)), [], 0, [], {}
-    judged.update({int(i): True for i in good})
-    judged.update({int(i): False for i in bad})
-    good_all = [i for i, g in judged.items() if g]
-    bad_all = [i for i, g in judged.items() if not g]
-    emb = run.image_embeds
-    vector = rocchio(origin, emb[good_all] if good_all else None, emb[bad_all] if bad_all else None, coefficients)
-    return ComposedResult(_products(run, vector, k, exclude), vector, origin, good_all, bad_all, exclude,
-                          unknown, rounds + 1)
+    """Re-rank with relevance feedback: ``run.refine(...)`` (see ``xmodal.search.Run.refine``)."""
+    return run.refine(query, good=good, bad=bad, k=k, coefficients=coefficients)
 
 
 # ---------------------------------------------------------------------------------------------- benchmark
@@ -217,7 +66,6 @@ def benchmark_queries(run: Run, n: int = 300, seed: int = 0, type_col: str | Non
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"unknown split {split!r}; choose 'val' (to choose on) or 'test' (to read once)")
-    from .runs import read_json
     cat = run.catalogue
     attrs = cat.attributes
     type_col = type_col or type_column(attrs)
@@ -287,7 +135,7 @@ def benchmark(run: Run, n: int = 300, seed: int = 0, weights: Sequence[float] = 
     txt = torch.stack([words[c] for c in targets])  # [Q, D]
     out = {"model": run.name, "run": run.dir.name, "catalogue": str(cat.root), "split": split, "queries": len(items),
            "gallery": len(cat), "type_column": type_col, "k": k,
-           "photo_only": success(_unit(img)), "words_only": success(_unit(txt))}
+           "photo_only": success(unit(img)), "words_only": success(unit(txt))}
     for mode, g in (("balanced", gallery), ("plain", None)):
         out[mode] = {float(w): success(compose_vectors(img, txt, w, g)) for w in weights}
     return out
@@ -358,8 +206,6 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.n < 1:
         p.error(f"--n must be at least 1; got {a.n}")
-    from .data import CatalogueError
-    from .search import RunError, load_run
     results = []
     for run_dir in a.run:
         try:
@@ -371,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(results, indent=1) if a.json else format_table(results))
     return 0
 
+
+__all__ = ["DEFAULT_WEIGHT", "ROCCHIO", "SPREAD_SAMPLE", "WEIGHTS", "ComposedResult", "benchmark", "benchmark_queries",
+           "best_weight", "choose_and_read", "colour_words", "compose_vectors", "format_table", "main", "refine",
+           "rocchio", "score_spread", "search", "type_column"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,13 +6,19 @@ checked on every read (sha256, shape, finite values) and rebuilt with a warning 
 (images, captions) is searched through an ``xmodal.gallery.Gallery``: exact up to 50k items, a faiss
 index above that, built once and cached beside the embeddings, its ``nprobe`` calibrated on the queries
 that search it: the other side's embeddings of the catalogue (captions for the images, and the reverse).
+
+``run.search(image=..., text=..., weight=...)`` (a photo, words, or a photo changed by words) and
+``run.refine(result, good=[...], bad=[...])`` (relevance feedback) build their query vectors with
+``xmodal.query_vectors``; ``python -m xmodal.compose`` benchmarks them.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -21,9 +27,11 @@ from PIL import Image
 from .backbones import weights_digest
 from .cachefile import check_array, warn_rebuild, write_cache
 from .data import Catalogue, CatalogueError, load_catalogue, resolve_data
+from .data.images import rgb_array, to_rgb
 from .gallery import Gallery, GalleryConfig
 from .models import rebuild_model
 from .pipeline import embed_catalogue_images, embed_pil, embed_texts
+from .query_vectors import DEFAULT_WEIGHT, ROCCHIO, compose_vectors, rocchio, unit
 from .runs import read_json
 from .text import tokenize, UnknownQueryError, Vocab  # noqa: F401  (UnknownQueryError: raised by search_text)
 
@@ -70,6 +78,29 @@ class SearchResult(list):
         self.query_words = list(query_words)
         self.unknown_words = list(unknown_words)
         self.words_not_read = 0
+
+
+class ComposedResult(list):
+    """The hits of a composed search or a refinement, best first (a ``list`` of ``Hit``), and its query.
+
+    Attributes:
+        query_vector: the joint-space vector ``[D]`` searched with.
+        origin: the query before any feedback ``[D]`` (``refine`` starts from it again).
+        good, bad: the gallery indices judged so far (relevance feedback).
+        exclude: gallery indices never returned (the query's own item).
+        unknown_words: words of the text part the model does not know (read as ``<unk>``).
+        round: 0 for a search, then one more for each refinement.
+    """
+
+    def __init__(self, hits: Sequence[Hit], query_vector: torch.Tensor, origin: torch.Tensor | None = None,
+                 good: Sequence[int] = (), bad: Sequence[int] = (), exclude: Sequence[int] = (),
+                 unknown_words: Sequence[str] = (), round: int = 0):
+        super().__init__(hits)
+        self.query_vector = query_vector
+        self.origin = query_vector if origin is None else origin
+        self.good, self.bad, self.exclude = list(good), list(bad), list(exclude)
+        self.unknown_words = list(unknown_words)
+        self.round = round
 
 
 def load_model(run_dir: str | os.PathLike, device: torch.device | str = "cpu", weights: str = "best.safetensors"):
@@ -143,8 +174,6 @@ class Run:
     def _cached(self, kind: str, compute) -> torch.Tensor:
         """Embeddings ``[N, D]`` from the run folder's cache, checked (readable, sha256 of the data, shape,
         dtype, finite values); computed by ``compute()`` and saved when missing or damaged."""
-        import json
-
         from safetensors.torch import load, save
         path = self._cache_path(kind)
         if path.is_file():
@@ -224,7 +253,6 @@ class Run:
         Raises:
             ImageError: (a ``ValueError``) the file is missing, not an image, corrupt or too large.
         """
-        from .data.images import rgb_array, to_rgb
         image = to_rgb(image) if isinstance(image, Image.Image) else rgb_array(image)
         return embed_pil(self.model, [image], self.device)[0]  # [D]
 
@@ -252,17 +280,88 @@ class Run:
         ``embed_image(image)`` where the caller has it already (not computed again)."""
         return self._hits("texts", self.embed_image(image) if vector is None else vector, k)
 
-    def search(self, image=None, text: str | None = None, weight: float | None = None, k: int = 10):
-        """Products for a photo, words, or a photo changed by words ("in red"): see ``xmodal.compose.search``.
-        An item index as ``image`` uses that product's photo and leaves it out of the results."""
-        from .compose import search
-        return search(self, image=image, text=text, weight=weight, k=k)
+    def _products(self, query: torch.Tensor, k: int, exclude: Sequence[int] = ()) -> list[Hit]:
+        """The ``k`` products whose photos best match ``query`` ``[D]``, leaving out ``exclude``."""
+        skip = set(int(i) for i in exclude)
+        scores, idx = self.gallery("images").search(query[None], k + len(skip))  # [1, k + e] each
+        cat = self.catalogue
+        hits = [Hit(int(i), float(s), cat.captions[int(i)], cat.image_path(int(i)), cat.item_ids[int(i)])
+                for s, i in zip(scores[0], idx[0]) if int(i) not in skip]
+        return hits[:k]
 
-    def refine(self, query, good=(), bad=(), k: int = 10):
+    def _image_vector(self, image) -> tuple[torch.Tensor, list[int]]:
+        """The photo's vector and what to leave out: an item index of the catalogue uses (and leaves out)
+        that item; a PIL image, path or bytes is embedded."""
+        if isinstance(image, (int, np.integer)):
+            i = int(image)
+            if not 0 <= i < len(self.catalogue):
+                raise ValueError(f"item index {i} is outside the gallery (0..{len(self.catalogue) - 1})")
+            return self.image_embeds[i], [i]
+        return self.embed_image(image), []
+
+    def search(self, image: Image.Image | str | os.PathLike | bytes | int | None = None, text: str | None = None,
+               weight: float | None = None, k: int = 10, exclude: Sequence[int] = ()) -> ComposedResult:
+        """Products for a photo, words, or a photo changed by words ("in red"): see ``xmodal.query_vectors``.
+
+        Args:
+            image: a PIL image, a path, the file's bytes, or an item index of the run's catalogue (that item
+                is then left out of the results).
+            text: words: a description, or a change to the photo ("in red", "striped").
+            weight: the words' share, 0 (photo only) to 1 (words only); default ``DEFAULT_WEIGHT``. Ignored when
+                only one of ``image`` and ``text`` is given.
+            exclude: more gallery indices to leave out.
+
+        Raises:
+            ValueError: neither ``image`` nor ``text``; a weight outside [0, 1]; ``UnknownQueryError`` for words
+                the model cannot read; ``ImageError`` for a photo it cannot open.
+        """
+        if image is None and not (text and text.strip()):
+            raise ValueError("give a photo, words, or both")
+        weight = DEFAULT_WEIGHT if weight is None else float(weight)
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"weight must be between 0 (photo only) and 1 (words only); got {weight}")
+        skip, unknown = list(exclude), []
+        img = txt = None
+        if image is not None:
+            img, own = self._image_vector(image)
+            skip += own
+        if text and text.strip():
+            unknown = self.vocab.check_query(text)[1]
+            txt = self.embed_text(text)
+        if img is not None and txt is not None:
+            query = compose_vectors(img, txt, weight, self.image_embeds)
+        else:
+            query = unit(img if img is not None else txt)
+        return ComposedResult(self._products(query, k, skip), query, exclude=skip, unknown_words=unknown)
+
+    def refine(self, query: ComposedResult | torch.Tensor, good: Sequence[int] = (), bad: Sequence[int] = (),
+               k: int = 10, coefficients: tuple[float, float, float] = ROCCHIO) -> ComposedResult:
         """Re-rank a ``search`` result (or a query vector) towards the ``good`` and away from the ``bad``
-        gallery indices (Rocchio): see ``xmodal.compose.refine``."""
-        from .compose import refine
-        return refine(self, query, good=good, bad=bad, k=k)
+        gallery indices (Rocchio: see ``xmodal.query_vectors``).
+
+        Args:
+            query: a previous ``ComposedResult`` (its first query and judgements carry over; an item judged
+                again takes its latest judgement) or a query vector ``[D]``.
+            good, bad: gallery indices (``Hit.index``) judged in this round.
+        """
+        n = len(self.catalogue)
+        for i in [*good, *bad]:
+            if not 0 <= int(i) < n:
+                raise ValueError(f"item index {i} is outside the gallery (0..{n - 1})")
+        if isinstance(query, ComposedResult):
+            origin, exclude, rounds, unknown = query.origin, query.exclude, query.round, query.unknown_words
+            judged = {**{int(i): True for i in query.good}, **{int(i): False for i in query.bad}}
+        else:
+            origin, exclude, rounds, unknown, judged = unit(torch.as_tensor(query)), [], 0, [], {}
+        judged.update({int(i): True for i in good})
+        judged.update({int(i): False for i in bad})
+        good_all = [i for i, g in judged.items() if g]
+        bad_all = [i for i, g in judged.items() if not g]
+        emb = self.image_embeds
+        vector = rocchio(origin, emb[good_all] if good_all else None, emb[bad_all] if bad_all else None,
+                         coefficients)
+        return ComposedResult(self._products(vector, k, exclude), vector, origin, good_all, bad_all, exclude,
+                              unknown, rounds + 1)
 
 
 def load_run(run_dir: str | os.PathLike, data: str | None = None, device: str = "cpu",
