@@ -717,11 +717,11 @@ def test_embeddings_map_hovers_photos_from_sprite_sheets(with_run, tiny_catalogu
     job and says so, the map drawn meanwhile; once they are made, the hover-photo component gets the sheets
     of exactly the mapped items, served by this server."""
     import shutil as _shutil
-    from xmodal.dashboard import sprites
+    from xmodal.dashboard import sprite_job, sprites
     run_dir = with_run / "tiny-cmpm"
     started = []
-    real_start = sprites.start
-    monkeypatch.setattr(sprites, "start", lambda *a: started.append(a) or True)
+    real_start = sprite_job.start
+    monkeypatch.setattr(sprite_job, "start", lambda *a: started.append(a) or True)
     at = _app(tiny_catalogue)
     at.switch_page("pages/embeddings.py").run()  # makes the map here (a small PCA), or finds it copied
     _ok(at)
@@ -731,8 +731,8 @@ def test_embeddings_map_hovers_photos_from_sprite_sheets(with_run, tiny_catalogu
     assert started and started[-1][0] == run_dir
     assert any(c.value.startswith("Photos on hover: making the thumbnails") for c in at.caption)
     assert len(at.get("plotly_chart")) == 2 and not at.get("bidi_component")  # the map is drawn meanwhile
-    monkeypatch.setattr(sprites, "start", real_start)
-    assert sprites.main([str(started[-1][1])]) == 0  # what the background job runs
+    monkeypatch.setattr(sprite_job, "start", real_start)
+    assert sprite_job.main([str(started[-1][1])]) == 0  # what the background job runs
     at.run()
     _ok(at)
     hover = [e for e in at.get("bidi_component") if e.proto.component_name == "xmodal_map_hover"]

@@ -7,6 +7,8 @@
 - ``mapview``: map filters with counts, a point's neighbours, located items
 - ``embeds``: a run's whole catalogue embedded (``python -m xmodal.dashboard.embeds``, in the background)
 - ``projection``: the cached 2-D map of a run's joint space (``python -m xmodal.dashboard.projection``)
+- ``sprites``: thumbnail sheets for the map's hover photos; ``sprite_job`` makes them for a map that has none
+  (``python -m xmodal.dashboard.sprite_job``)
 - ``tasks``: background processes that report their phase and time left; ``bench_map``: the map at 100k points
 - ``jobs``: launch, list, stop and resume ``python -m xmodal.train``; ``queue`` runs several in turn
 - ``runmeta``: notes, tags, hiding, config diffs and safe deletion of run folders

@@ -167,7 +167,7 @@ def hover_photos(run_dir: Path, projection_file: Path, map_task: str, data: dict
     """Photos on hover for the map (``hover.py``): its sprite sheets when they are made, else a line saying
     they are being made in the background (by the map's own job, or a job started here for a map made
     before sheets existed); the page reruns by itself when they are in."""
-    from . import hover, sprites, tasks
+    from . import hover, sprite_job, sprites, tasks
     n = len(data["index"])
     if n > sprites.MAX_ITEMS:
         st.caption(f"Photos show on hover for maps of at most {sprites.MAX_ITEMS:,} products; click a point "
@@ -191,7 +191,7 @@ def hover_photos(run_dir: Path, projection_file: Path, map_task: str, data: dict
                 st.caption(f"Photos on hover could not be made: {md(rec.get('error') or 'unknown error')}")
                 return
             if rec.get("state") not in ("queued", "running"):
-                sprites.start(run_dir, projection_file, folder)
+                sprite_job.start(run_dir, projection_file, folder)
                 rec = tasks.read(run_dir, name)
         line, _ = tasks.describe(rec)
         st.caption(f"Photos on hover: making the thumbnails in the background ({md(line)}).")

@@ -8,23 +8,23 @@ hovers.
 
 Sheets belong to the catalogue, not to a run: ``<runs>/.sprites/<key>/`` (``key`` covers the catalogue's
 fingerprint and the mapped items), so every run of a catalogue with the same split shares them. They are
-made by the map's background job (``projection.compute``), or by ``python -m xmodal.dashboard.sprites
+made by the map's background job (``projection.compute``), or by ``python -m xmodal.dashboard.sprite_job
 PROJECTION_FILE`` for a map made before sheets existed; a folder is written under a temporary name and
 renamed, so a half-made set is never read. A photo that is missing or unreadable gets a grey cell.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+
+from ..runs import read_json
 
 VERSION = 1
 CELL = (60, 80)  # width, height of one thumbnail (the catalogue photos are 3:4)
@@ -121,7 +121,6 @@ def build(folder: Path, images: Sequence[str], progress: Callable[[int], None] |
 
 def fingerprint_of(run_dir: Path) -> str:
     """The content fingerprint of a run's catalogue (its config.json), or empty."""
-    from ..runs import read_json
     data = (read_json(Path(run_dir) / "config.json", default={}) or {}).get("data") or {}
     return str(data.get("fingerprint") or "") if isinstance(data, dict) else ""
 
@@ -135,28 +134,3 @@ def build_for_map(run_dir: Path, index: np.ndarray, images: Sequence[str], progr
     if progress:
         progress.phase("photo thumbnails for the map's hover", total=len(index))
     return build(folder, images, progress.advance if progress else None)
-
-
-def start(run_dir: Path, projection_file: Path, folder: Path) -> bool:
-    """Make the sheets of a map that has none in a background process; False when already under way."""
-    from . import tasks
-    return bool(tasks.start([Path(run_dir)], task_name(folder),
-                            ["-m", "xmodal.dashboard.sprites", str(projection_file)]))
-
-
-def main(argv: list[str] | None = None) -> int:
-    from . import projection, tasks
-    p = argparse.ArgumentParser(prog="python -m xmodal.dashboard.sprites", description=__doc__.split("\n\n")[0])
-    p.add_argument("projection", type=Path, metavar="PROJECTION_FILE", help="a run's projection_<key>.npz")
-    a = p.parse_args(argv)
-    if not a.projection.is_file():
-        p.error(f"{a.projection} is not a map file (projection_<key>.npz in a run folder)")
-    data = projection.load(a.projection)
-    run_dir = a.projection.parent
-    folder = sprite_folder(run_dir, fingerprint_of(run_dir), data["index"])
-    return tasks.run_each([str(run_dir)], task_name(folder),
-                          lambda d, progress: build_for_map(d, data["index"], data["images"], progress))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
