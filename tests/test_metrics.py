@@ -380,3 +380,17 @@ def test_both_ground_truths_at_once_equal_each_alone():
         alone = metrics.split_ranks(img, txt, captions, gt)
         for d in metrics.DIRECTIONS:
             np.testing.assert_array_equal(both[gt][d], alone[d])
+
+
+def test_report_compares_recipes_on_validation_from_the_chosen_checkpoints(trained_run, tmp_path, capsys):
+    """--split val pairs runs on their recorded validation ranks (recipes are chosen there, not on test)."""
+    import shutil
+    from xmodal.report import main
+    from xmodal.runs import read_best
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    assert main(["--split", "val", str(trained_run), str(copy)]) == 0
+    out = capsys.readouterr().out
+    n = len(read_best(trained_run)["val"]["ranks"]["caption"]["text_to_image"])
+    assert f"(the same {n} val queries): rsum +0.0 [+0.0, +0.0], inside the noise" in out
+    assert "over 2 runs, seeds [0]" in out

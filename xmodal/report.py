@@ -117,42 +117,43 @@ def table(run_dirs: list[Path], gt: str = "caption") -> str:
     return "\n".join(lines)
 
 
-def _test_ranks(d: Path, gt: str) -> tuple[dict | None, tuple]:
-    """A run's per-query test ranks under ``gt`` and what they were measured on (catalogue, test ids)."""
-    test, config, splits = (read_json(d / f) for f in ("test.json", "config.json", "splits.json"))
+def _test_ranks(d: Path, gt: str, split: str = "test") -> tuple[dict | None, tuple]:
+    """A run's per-query ranks under ``gt`` on ``split`` (test.json, or the chosen checkpoint's validation
+    record) and what they were measured on (catalogue, the split's item ids)."""
+    test, config, splits = _scores(d, split), read_json(d / "config.json"), read_json(d / "splits.json")
     if not all(isinstance(x, dict) for x in (test, config, splits)) or not isinstance(test.get("ranks"), dict):
         return None, ()
     ranks = test["ranks"].get(gt)
     if not isinstance(ranks, dict):
         return None, ()
-    where = ((config.get("data") or {}).get("fingerprint"), tuple(splits.get("test") or ()))
+    where = ((config.get("data") or {}).get("fingerprint"), tuple(splits.get(split) or ()))
     return {k: np.asarray(v) for k, v in ranks.items()}, where
 
 
 def paired_rows(run_dirs: list[Path], gt: str = "caption",
-                metrics_: tuple[str, ...] = ("rsum", "text_to_image/R@1")) -> list[dict]:
+                metrics_: tuple[str, ...] = ("rsum", "text_to_image/R@1"), split: str = "test") -> list[dict]:
     """Every pair of runs with its paired-bootstrap difference per metric (first minus second), or why the pair
-    is not compared (another catalogue or test split, or no recorded ranks)."""
-    runs = [(d, *_test_ranks(d, gt)) for d in run_dirs]
+    is not compared (another catalogue or split, or no recorded ranks)."""
+    runs = [(d, *_test_ranks(d, gt, split)) for d in run_dirs]
     rows = []
     for (da, ra, wa), (db, rb, wb) in itertools.combinations(runs, 2):
         if ra is None or rb is None:
-            rows.append({"a": da.name, "b": db.name, "compared": "no: no per-query ranks in test.json"})
+            rows.append({"a": da.name, "b": db.name, "compared": f"no: no per-query {split} ranks recorded"})
         elif wa != wb:
-            rows.append({"a": da.name, "b": db.name, "compared": "no: different catalogue or test split"})
+            rows.append({"a": da.name, "b": db.name, "compared": f"no: different catalogue or {split} split"})
         else:
             for key in metrics_:
                 p = metrics.paired_difference(ra, rb, key)
-                rows.append({"a": da.name, "b": db.name, "compared": f"yes: the same {len(wa[1])} test queries",
+                rows.append({"a": da.name, "b": db.name, "compared": f"yes: the same {len(wa[1])} {split} queries",
                              "metric": key, "difference": p["difference"], "lo": p["lo"], "hi": p["hi"],
                              "verdict": "different" if p["different"] else "inside the noise"})
     return rows
 
 
-def differences(run_dirs: list[Path], gt: str = "caption") -> list[str]:
+def differences(run_dirs: list[Path], gt: str = "caption", split: str = "test") -> list[str]:
     """:func:`paired_rows` as lines: whether each difference between runs on the same queries is real."""
     lines, pairs = [], {}
-    for row in paired_rows(run_dirs, gt):
+    for row in paired_rows(run_dirs, gt, split=split):
         pairs.setdefault((row["a"], row["b"]), []).append(row)
     for (a, b), rows in pairs.items():
         if "metric" not in rows[0]:
@@ -200,7 +201,7 @@ def seed_table(run_dirs: list[Path], gt: str = "caption", split: str = "test") -
         runs = f"{len(members)} runs, seeds {seeds}" if len(seeds) < len(members) else f"{len(members)} seeds {seeds}"
         lines.append(f"- {members[0][1].get('model')} over {runs}: " + "; ".join(parts))
     if lines:
-        lines.insert(0, f"Over seeds (same recipe, {gt}-level {split} metrics: mean ± sample sd (min-max)):")
+        lines[:0] = ["", f"Over seeds (same recipe, {gt}-level {split} metrics: mean ± sample sd (min-max)):"]
     return lines
 
 
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.split == "val":
         print(val_table(a.runs, a.gt))
-        spread = seed_table(a.runs, a.gt, "val")
+        spread = differences(a.runs, a.gt, "val") + seed_table(a.runs, a.gt, "val")
         if spread:
             print("\n" + "\n".join(spread))
     else:
