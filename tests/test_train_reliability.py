@@ -573,6 +573,7 @@ def test_nonfinite_gradients_in_a_row_stop_the_run():
 
 def test_xmodal_precision_sets_the_default_and_the_flag_wins(tiny_catalogue, tmp_path, monkeypatch, capsys):
     from xmodal.train_args import parse_args
+    monkeypatch.delenv("XMODAL_PRECISION", raising=False)  # the suite may itself run under XMODAL_PRECISION
     assert parse_args([]).cfg.precision == "auto"
     for value in ("fp32", "bf16", " BF16 ", "auto"):
         monkeypatch.setenv("XMODAL_PRECISION", value)
