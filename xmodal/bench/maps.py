@@ -24,16 +24,8 @@ def bench_umap(cfg: BenchConfig, cat) -> list[Row]:
     from ..text import Vocab
     rows = []
     points, _ = product_like(cfg.umap_points, cfg.dim, seed=1)
-    try:
-        from ..dashboard.projection import project
-        how = "xmodal.dashboard.projection.project"
-    except ImportError:  # the dashboard package is optional here: same settings, straight from umap
-        how = "umap-learn"
-
-        def project(x, method="umap"):
-            import umap
-            return umap.UMAP(n_components=2, n_neighbors=15, min_dist=0.1, metric="cosine", random_state=0,
-                             n_jobs=1).fit_transform(x), "umap"
+    from ..project2d import project  # the library's map, which the dashboard's Embeddings page draws
+    how = "xmodal.project2d.project"
     x = points.numpy()
     t = time.perf_counter()
     _, used = project(x, "umap")
