@@ -49,7 +49,8 @@ if len(chosen) >= 2:
     st.dataframe(pairs, hide_index=True, key="cmp_pairs")
     st.caption("First run minus second, on the same test queries: a paired bootstrap (1000 resamples of the "
                "queries). \"inside the noise\" when the 95% interval of the difference contains 0: do not rank "
-               "those two runs on this number.")
+               "those two runs on this number. It covers the test queries, not the training seed: two seeds of one "
+               "recipe can differ too, so compare recipes over seeds (xmodal.report).")
 
 st.header("Slices and disagreements", divider="gray")
 dirs = [r.path for r in chosen]

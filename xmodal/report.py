@@ -163,7 +163,8 @@ def differences(run_dirs: list[Path], gt: str = "caption", split: str = "test") 
         lines.append(f"- {a} vs {b} ({rows[0]['compared'][5:]}): " + "; ".join(parts))
     if lines:
         lines.insert(0, f"Paired differences ({gt}-level, first minus second, 95% paired bootstrap over the same "
-                        "queries; \"inside the noise\" when the interval contains 0):")
+                        "queries; \"inside the noise\" when the interval contains 0; it covers the queries, not "
+                        "the training seed: compare recipes over seeds too):")
     return lines
 
 
