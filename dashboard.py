@@ -38,7 +38,7 @@ def _quickstart(has_runs: bool) -> None:
     with box:
         if not has_runs:
             st.markdown("### No trained models yet\nTrain all five models on the built-in demo catalogue "
-                        "(2000 synthetic products), one after another: about 3 minutes on two idle CPU cores "
+                        "(2000 synthetic products), one after another: about 2 minutes on two idle CPU cores "
                         "(longer on a busy machine). "
                         "Progress shows here and in the sidebar; every other page fills in as runs finish.")
         epochs = ", ".join(f"{m} {e}" for m, e in jobs.DEMO_EPOCHS.items())
