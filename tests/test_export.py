@@ -122,6 +122,9 @@ def test_sprite_cells_shrink_for_big_catalogues():
 
 def test_clean_cell():
     assert clean_cell("a\tb\r\nc\x00d\u2028e") == "a b c d e"
+    # metadata.tsv wrote =HYPERLINK(...) verbatim: a spreadsheet ran it
+    assert clean_cell('=HYPERLINK("http://x", "y")') == '\'=HYPERLINK("http://x", "y")'
+    assert [clean_cell(v) for v in ("+1", "-2", "@sum", " =x", "1-2")] == ["'+1", "'-2", "'@sum", "'=x", "1-2"]
 
 
 @pytest.mark.parametrize("argv, says", [

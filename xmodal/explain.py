@@ -65,13 +65,10 @@ class Explanation:
 
 
 def word_spans(text: str, max_len: int | None = None) -> tuple[str, list[tuple[int, int]]]:
-    """The text to show and the character span of each word the model reads (``tokenize``'s words, the
-    first ``max_len``). Lower-casing that changes the length (a few non-ASCII letters) shows the lower-cased
-    text, so that spans and characters always agree."""
-    lowered = text.lower()
-    shown = text if len(lowered) == len(text) else lowered
+    """The text to show (``text`` itself) and the character span in it of each word the model reads
+    (``tokenize``'s words, the first ``max_len``)."""
     spans = token_spans(text)
-    return shown, spans[:max_len] if max_len is not None else spans
+    return text, spans[:max_len] if max_len is not None else spans
 
 
 @torch.no_grad()

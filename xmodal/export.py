@@ -46,8 +46,9 @@ _CONTROL = re.compile(r"[\t\r\n\x00-\x1f\x7f\u2028\u2029]+")
 
 
 def clean_cell(value: object) -> str:
-    """A metadata cell for a TSV file: tabs, line breaks and other control characters become one space."""
-    return _CONTROL.sub(" ", str(value)).strip()
+    """A metadata cell for a TSV file: tabs, line breaks and other control characters become one space, and a
+    leading formula character is neutralised (:func:`spreadsheet_safe`): the file opens in spreadsheets too."""
+    return spreadsheet_safe(_CONTROL.sub(" ", str(value)).strip())
 
 
 def spreadsheet_safe(value: str) -> str:

@@ -15,22 +15,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .normalise import fold, fold_chars
+
 PAD, UNK = 0, 1
-_TOKEN = re.compile(r"[a-z0-9]+")  # a word: ASCII letters and digits of the lower-cased text
+_TOKEN = re.compile(r"[a-z0-9]+")  # a word: ASCII letters and digits of the folded text (xmodal.normalise.fold)
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-case alphanumeric words: "Navy Blue T-Shirt" -> ["navy", "blue", "t", "shirt"]."""
-    return _TOKEN.findall(text.lower())
+    """Words of the folded text: "Navy Blue T-Shirt" -> ["navy", "blue", "t", "shirt"]; "Crème" -> ["creme"]
+    (accents, case, compatibility forms and invisible characters fold away: ``xmodal.normalise``)."""
+    return _TOKEN.findall(fold(text))
 
 
 def token_spans(text: str) -> list[tuple[int, int]]:
-    """Where each of ``tokenize(text)``'s words lies in ``text.lower()``: ``(start, end)`` character offsets.
+    """Where each of ``tokenize(text)``'s words lies in ``text`` itself: ``(start, end)`` character offsets.
 
-    ``text.lower()`` can be longer than ``text`` (a few non-ASCII letters, e.g. "İ"), so the offsets index the
-    lower-cased text; ``[text.lower()[a:b] for a, b in token_spans(text)] == tokenize(text)``.
+    ``fold(text[a:b])`` is the word (a zero-width space inside a word is inside its span, not a split).
     """
-    return [m.span() for m in _TOKEN.finditer(text.lower())]
+    folded, origin = fold_chars(text)
+    return [(origin[m.start()], origin[m.end() - 1] + 1) for m in _TOKEN.finditer(folded)]
 
 
 class UnknownQueryError(ValueError):
