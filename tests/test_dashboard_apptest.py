@@ -84,6 +84,24 @@ def test_home_with_a_run(with_run, tiny_catalogue, trained_run):
     assert len(at.sidebar.get("form_submit_button")) == 1  # the sidebar training form
 
 
+def test_every_page_survives_run_files_with_any_bytes(with_run, tiny_catalogue, trained_run):
+    """A status.json or metrics.jsonl with non-UTF-8 bytes crashed every page (UnicodeDecodeError): the run is
+    shown as damaged with the reason, and the good run beside it works."""
+    import shutil
+    bad = with_run / "damaged-run"
+    shutil.copytree(trained_run, bad)
+    (bad / "status.json").write_bytes(b'{"state": "fin\xff\xfeished"}')
+    (bad / "metrics.jsonl").write_bytes(b"\xff\xfe\x00garbage\n" + (trained_run / "metrics.jsonl").read_bytes())
+    at = _app(tiny_catalogue)
+    _ok(at)
+    table = at.dataframe[0].value.set_index("run")
+    assert table.loc[trained_run.name, "status"] == "finished"
+    assert "status.json is damaged (not UTF-8 text)" in table.loc["damaged-run", "error"]
+    for page in PAGES:
+        at.switch_page(page).run()
+        _ok(at)
+
+
 def test_home_when_empty_offers_demo_training(empty, tiny_catalogue):
     at = _app(tiny_catalogue)
     _ok(at)

@@ -419,6 +419,19 @@ def test_foreign_lock_and_status_files_never_crash_readers(tmp_path):
     assert read_status(run)["state"] == "unknown"
     (run / "status.json").write_text('{"state": "exploded"}')
     assert read_status(run)["state"] == "unknown"
+    # any bytes: not UTF-8, nested past the recursion limit, a folder where the file should be
+    from xmodal.runs import list_runs, read_json, read_metrics
+    (run / "status.json").write_bytes(b'{"state": "fin\xff\xfeished"}')
+    assert read_status(run) == {"state": "unknown", "error": "status.json is damaged (not UTF-8 text)"}
+    (run / "status.json").write_text("[" * 100_000)
+    assert read_status(run)["error"] == "status.json is damaged (not JSON)"
+    (run / "metrics.jsonl").write_bytes(b'{"kind": "epoch", "epoch": 1}\n\xff\xfe garbage\n[1, 2]\n{"kind": "step"}\n')
+    assert read_metrics(run) == [{"kind": "epoch", "epoch": 1}, {"kind": "step"}]
+    (run / "config.json").mkdir()
+    assert read_json(run / "config.json", default="d") == "d" and list_runs(tmp_path) == []
+    (run / "config.json").rmdir()
+    (run / "config.json").write_text('["a", "list"]')
+    assert list_runs(tmp_path) == []
     (run / ".lock").write_text("[]")
     assert read_lock(run) is None  # nobody holds it
     code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "

@@ -56,11 +56,28 @@ def _json_default(obj: Any):
     raise TypeError(f"not JSON serialisable: {type(obj)}")
 
 
-def read_json(path: Path, default: Any = None) -> Any:
+def json_problem(path: Path) -> tuple[Any, str]:
+    """A JSON file's value and, when it cannot be read, why (empty when it was read or is absent).
+
+    Run folders are untrusted: any bytes (not UTF-8, not JSON, nested past Python's recursion limit, a folder
+    where a file should be) give a reason, never an exception.
+    """
     try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return default
+        return json.loads(Path(path).read_bytes().decode("utf-8")), ""
+    except FileNotFoundError:
+        return None, ""
+    except UnicodeDecodeError:
+        return None, f"{Path(path).name} is damaged (not UTF-8 text)"
+    except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError
+        return None, f"{Path(path).name} is damaged (not JSON)"
+    except OSError as err:
+        return None, f"{Path(path).name} cannot be read ({err.strerror or type(err).__name__})"
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """A JSON file's value, or ``default`` when it is absent or damaged (see :func:`json_problem`)."""
+    value, problem = json_problem(path)
+    return default if problem or value is None and not Path(path).is_file() else value
 
 
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -269,14 +286,18 @@ def read_lock(run_dir: Path) -> dict | None:
 def read_metrics(run_dir: Path) -> list[dict]:
     """The rows of ``metrics.jsonl`` (an empty list if none yet)."""
     path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
+    try:
+        data = path.read_bytes()
+    except OSError:  # absent, a folder, unreadable
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in data.splitlines():  # a damaged line (not UTF-8, not JSON, not an object) is skipped alone
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError):
             continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 
@@ -308,7 +329,9 @@ def read_status(run_dir: Path) -> dict:
     A damaged or foreign ``status.json`` (not an object, an unknown state, numbers that are not numbers)
     is read as far as it makes sense: bad numeric fields are dropped, an unknown state is ``unknown``.
     """
-    status = read_json(Path(run_dir) / "status.json", default={"state": "unknown"})
+    status, problem = json_problem(Path(run_dir) / "status.json")
+    if problem:
+        return {"state": "unknown", "error": problem}
     if not isinstance(status, dict):
         status = {"state": "unknown"}
     status = {k: v for k, v in status.items()
@@ -350,8 +373,9 @@ def list_runs(root: str | Path | None = None) -> list[RunInfo]:
     runs = []
     for d in root.iterdir():
         config = read_json(d / "config.json") if d.is_dir() else None
-        if not config:
+        if not config or not isinstance(config, dict):
             continue
-        runs.append(RunInfo(d, config, read_status(d), read_json(d / "test.json"), read_best(d)))
+        test = read_json(d / "test.json")
+        runs.append(RunInfo(d, config, read_status(d), test if isinstance(test, dict) else None, read_best(d)))
     runs.sort(key=lambda r: r.config.get("created", 0), reverse=True)
     return runs

@@ -36,8 +36,11 @@ def embeds_path(run_dir: Path) -> Path | None:
     if not weights.is_file() or not config.is_file():
         return None
     try:
-        data = json.loads(config.read_text()).get("data") or {}
-    except (OSError, ValueError):
+        config_value = json.loads(config.read_bytes().decode("utf-8"))
+        data = (config_value.get("data") if isinstance(config_value, dict) else None) or {}
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
         return None
     stat = weights.stat()
     key = hashlib.sha256(f"{VERSION}|{stat.st_mtime_ns}|{stat.st_size}|{data.get('fingerprint', '')}".encode())
