@@ -394,3 +394,25 @@ def test_report_compares_recipes_on_validation_from_the_chosen_checkpoints(train
     n = len(read_best(trained_run)["val"]["ranks"]["caption"]["text_to_image"])
     assert f"(the same {n} val queries): rsum +0.0 [+0.0, +0.0], inside the noise" in out
     assert "over 2 runs, seeds [0]" in out
+
+
+def test_report_gives_one_line_per_bad_run_and_the_table_for_good_ones(trained_run, tmp_path, capsys):
+    import json
+    import shutil
+    from xmodal.report import main
+    bad = {}
+    for name, content in (("garbage", b"\xff\xfe{not json"), ("a-list", b"[1, 2]"), ("missing-keys", b'{"caption": {}}')):
+        d = tmp_path / name
+        shutil.copytree(trained_run, d)
+        (d / "test.json").write_bytes(content)
+        bad[name] = d
+    (tmp_path / "a-file").write_text("x")
+    assert main([str(trained_run), *map(str, bad.values()), str(tmp_path / "a-file"), str(tmp_path / "nope")]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ") and "---" not in line}
+    assert "damaged test.json (KeyError" in rows["missing-keys"]
+    assert "test.json is damaged (not UTF-8 text)" in rows["garbage"]
+    assert "test.json is damaged (not an object)" in rows["a-list"]
+    assert "not a run folder" in rows["a-file"] and "not a run folder" in rows["nope"]
+    good = json.loads((trained_run / "test.json").read_text())["caption"]["text_to_image/R@1"]
+    assert f"| {good:.1f} [" in rows[trained_run.name]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
-from .runs import read_best, read_json
+from .runs import json_problem, read_best, read_json
 
 COLUMNS = [("text_to_image", "R@1"), ("text_to_image", "R@5"), ("text_to_image", "R@10"),
            ("text_to_image", "median_rank"), ("image_to_text", "R@1"), ("image_to_text", "R@5"),
@@ -78,8 +78,12 @@ def val_table(run_dirs: list[Path], gt: str = "caption") -> str:
             lines.append(f"| {d.name} | {config.get('model', '?')} | {why or 'no checkpoint yet'} |" + " |" * 10)
             continue
         status = read_json(d / "status.json") or {}
-        m, ci = best["val"][gt], (best["val"].get("ci95") or {}).get(gt)
-        cells = [cell(m, ci, f"{d_}/R@{k}") for d_ in metrics.DIRECTIONS for k in metrics.KS]
+        try:
+            m, ci = best["val"][gt], (best["val"].get("ci95") or {}).get(gt)
+            cells = [cell(m, ci, f"{d_}/R@{k}") for d_ in metrics.DIRECTIONS for k in metrics.KS]
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+            lines.append(f"| {d.name} | {config.get('model', '?')} | damaged checkpoint record ({err}) |" + " |" * 10)
+            continue
         test = read_json(d / "test.json") or {}
         minutes = test.get("train_seconds", 0) / 60
         lines.append(f"| {d.name} | {config.get('model', '?')} | {backbone_description(config)} | " + " | ".join(cells)
@@ -96,13 +100,19 @@ def table(run_dirs: list[Path], gt: str = "caption") -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for d in run_dirs:
         config, why = _readable(d)
-        test = read_json(d / "test.json") if not why else None
+        test, problem = json_problem(d / "test.json") if not why else (None, "")
         name = config.get("model", d.name)
+        if not why and (problem or test is not None and not isinstance(test, dict)):
+            why = problem or "test.json is damaged (not an object)"
         if why or not isinstance(test, dict) or not isinstance(test.get(gt), dict):
-            lines.append(f"| {d.name} | {name} | {why or 'unfinished'} |" + " |" * 14)
+            lines.append(f"| {d.name} | {name} | {why or 'unfinished (no test.json yet)'} |" + " |" * 14)
             continue
         m, ci = test[gt], (test.get("ci95") or {}).get(gt)
-        cells = [cell(m, ci, f"{d_}/{k}") for d_, k in COLUMNS]
+        try:
+            cells = [cell(m, ci if isinstance(ci, dict) else None, f"{d_}/{k}") for d_, k in COLUMNS]
+        except (KeyError, TypeError, ValueError, IndexError) as err:  # a damaged or foreign test.json
+            lines.append(f"| {d.name} | {name} | damaged test.json ({type(err).__name__}: {err}) |" + " |" * 14)
+            continue
         u = test.get(UNSEEN[gt])
         unseen = (f"{u['text_to_image/R@1']:.1f} / {u['text_to_image/R@10']:.1f} ({test['unseen_queries']})"
                   if u else "-")
