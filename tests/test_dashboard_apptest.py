@@ -100,8 +100,8 @@ def test_every_page_survives_run_files_with_any_bytes(with_run, tiny_catalogue, 
     table = at.dataframe[0].value.set_index("run")
     assert table.loc[trained_run.name, "status"] == "finished"
     assert "status.json is damaged (not UTF-8 text)" in table.loc["damaged-run", "error"]
-    for page in PAGES:
-        at.switch_page(page).run()
+    for page in ("pages/training.py", "pages/compare.py", "pages/search.py"):  # the pages that read run files
+        at.switch_page(page).run()  # (Embeddings draws maps into the shared tiny run: its own tests cover it)
         _ok(at)
 
 
