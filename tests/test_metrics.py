@@ -401,7 +401,8 @@ def test_report_gives_one_line_per_bad_run_and_the_table_for_good_ones(trained_r
     import shutil
     from xmodal.report import main
     bad = {}
-    for name, content in (("garbage", b"\xff\xfe{not json"), ("a-list", b"[1, 2]"), ("missing-keys", b'{"caption": {}}')):
+    damaged = (("garbage", b"\xff\xfe{not json"), ("a-list", b"[1, 2]"), ("missing-keys", b'{"caption": {}}'))
+    for name, content in damaged:
         d = tmp_path / name
         shutil.copytree(trained_run, d)
         (d / "test.json").write_bytes(content)
@@ -409,7 +410,8 @@ def test_report_gives_one_line_per_bad_run_and_the_table_for_good_ones(trained_r
     (tmp_path / "a-file").write_text("x")
     assert main([str(trained_run), *map(str, bad.values()), str(tmp_path / "a-file"), str(tmp_path / "nope")]) == 0
     out = capsys.readouterr().out
-    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ") and "---" not in line}
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines()
+            if line.startswith("| ") and "---" not in line}
     assert "damaged test.json (KeyError" in rows["missing-keys"]
     assert "test.json is damaged (not UTF-8 text)" in rows["garbage"]
     assert "test.json is damaged (not an object)" in rows["a-list"]

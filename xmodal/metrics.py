@@ -74,21 +74,26 @@ def canonical_texts(text_embeds: Any, groups: np.ndarray) -> np.ndarray:
     float arithmetic makes them differ by an ulp. Merging them makes ties between identical captions exact.
     """
     txt = _numpy(text_embeds)
-    groups = np.asarray(groups)
-    first = np.full(int(groups.max()) + 1 if len(groups) else 0, -1, dtype=np.int64)
-    for i in range(len(groups) - 1, -1, -1):
-        first[groups[i]] = i
-    return txt[first[groups]]
+    if len(txt) == 0:
+        return txt
+    _, first, inverse = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
+    return txt[first[inverse.ravel()]]
 
 
 # ---------------------------------------------------------------- ranks
 
+def _beaten_by(sim: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rank rule on one block: ``sim`` ``[b, G]``, ``rel`` ``[b, G]`` bool. Returns the scores with
+    non-finite ones made the worst possible, and the wrong entries scoring at least as high as the best correct
+    one (all of them when that is -inf)."""
+    sim = np.where(np.isfinite(sim), sim, -np.inf)
+    best = np.where(rel, sim, -np.inf).max(1, keepdims=True)  # [b, 1]
+    return sim, (sim >= best - TIE_TOL) & ~rel
+
+
 def _ranks_from_scores(sim: np.ndarray, rel: np.ndarray) -> np.ndarray:
     """Ranks of one block: ``sim`` ``[b, G]`` float32, ``rel`` ``[b, G]`` bool."""
-    sim = np.where(np.isfinite(sim), sim, -np.inf)  # non-finite scores are the worst possible
-    best = np.where(rel, sim, -np.inf).max(1, keepdims=True)  # [b, 1]
-    ties = (sim >= best - TIE_TOL) & ~rel  # every wrong entry at least as good; all of them when best is -inf
-    return ties.sum(1).astype(np.int64) + 1
+    return _beaten_by(sim, rel)[1].sum(1).astype(np.int64) + 1
 
 
 def first_match_ranks(sim: Any, relevant: Any, chunk: int = 1024) -> np.ndarray:
@@ -225,12 +230,10 @@ def rank_of_match(scores: Any, correct: Sequence[int], show: int = 10) -> tuple[
     sim = _numpy(scores)[None, :]
     rel = np.zeros_like(sim, dtype=bool)
     rel[0, list(correct)] = True
-    rank = int(_ranks_from_scores(sim, rel)[0])
-    clean = np.where(np.isfinite(sim[0]), sim[0], -np.inf)
-    best = clean[rel[0]].max()
-    above = np.flatnonzero((clean >= best - TIE_TOL) & ~rel[0])
-    above = above[np.argsort(-clean[above], kind="stable")]
-    return rank, [int(i) for i in above[:show]]
+    clean, beaten = _beaten_by(sim, rel)
+    above = np.flatnonzero(beaten[0])
+    above = above[np.argsort(-clean[0, above], kind="stable")]
+    return len(above) + 1, [int(i) for i in above[:show]]
 
 
 # ---------------------------------------------------------------- summaries
@@ -308,6 +311,11 @@ def _resamples(n: int, reps: int, seed: int):
         yield rng.integers(0, n, size=(min(step, reps - s), n))
 
 
+def _medians(ranks: np.ndarray) -> np.ndarray:
+    """:func:`median_rank` of each row of resampled ranks ``[r, n]``: ``[r]``."""
+    return np.floor(np.median(ranks - 1, axis=1)) + 1
+
+
 def _stats(ranks: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
     """Every metric of :func:`summarise` (but mean rank) for each resample ``idx`` ``[r, n]``: arrays ``[r]``."""
     out: dict[str, np.ndarray] = {}
@@ -317,9 +325,20 @@ def _stats(ranks: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarra
         for k in KS:
             out[f"{d}/R@{k}"] = 100.0 * (r <= k).mean(1)
             rsum = rsum + out[f"{d}/R@{k}"]
-        out[f"{d}/median_rank"] = np.floor(np.median(r - 1, axis=1)) + 1
+        out[f"{d}/median_rank"] = _medians(r)
     out["rsum"] = rsum
     return out
+
+
+def bootstrap_median(ranks: np.ndarray, reps: int = BOOTSTRAP_REPS, seed: int = BOOTSTRAP_SEED,
+                     level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of one set of ranks' median rank (NaN, NaN for none): the slices' interval."""
+    ranks = np.asarray(ranks)
+    if len(ranks) == 0:
+        return float("nan"), float("nan")
+    meds = np.concatenate([_medians(ranks[idx]) for idx in _resamples(len(ranks), reps, seed)])
+    a = 100 * (1 - level) / 2
+    return float(np.percentile(meds, a)), float(np.percentile(meds, 100 - a))
 
 
 def bootstrap_intervals(ranks: dict[str, np.ndarray], reps: int = BOOTSTRAP_REPS, seed: int = BOOTSTRAP_SEED,

@@ -38,11 +38,7 @@ MAX_SLICES = 200
 
 def bootstrap_median(ranks: np.ndarray, reps: int = 200, seed: int = 0) -> tuple[float, float]:
     """2.5th and 97.5th percentiles of the median rank over ``reps`` resamples (seeded; the metrics core)."""
-    ranks = np.asarray(ranks)
-    if len(ranks) == 0:
-        return float("nan"), float("nan")
-    lo, hi = metrics.bootstrap_intervals({d: ranks for d in DIRECTIONS}, reps, seed)[f"{DIRECTIONS[0]}/median_rank"]
-    return lo, hi
+    return metrics.bootstrap_median(ranks, reps, seed)
 
 
 def slice_attributes(attributes: dict[str, Sequence[str]], max_values: int = MAX_VALUES) -> list[str]:
