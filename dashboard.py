@@ -12,7 +12,8 @@ import streamlit as st
 # None of these imports PyTorch (a test keeps it so): Home and the sidebar draw at once on a fresh server.
 # PyTorch then loads in the background (state.warm_pytorch); a page that needs a model before it is done
 # waits under a spinner.
-from xmodal.dashboard import analysis, catalogues, checks, jobs, manage, pickers, runmeta, sidebar, state, ui
+from xmodal.dashboard import analysis, catalogues, checks, manage, pickers, runmeta, sidebar, state, ui
+from xmodal.dashboard.jobs import training as jobs
 from xmodal.dashboard.escape import md
 from xmodal.data import make_splits
 from xmodal.runs import list_runs

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from xmodal.dashboard import analysis, catalogues, embeds, pickers, plots, runmeta, slices, state, ui
+from xmodal.dashboard import analysis, catalogues, pickers, plots, runmeta, slices, state, ui
+from xmodal.dashboard.maps import embeds
 from xmodal.dashboard.escape import md
 
 ui.page_guard("pages/compare.py")
@@ -50,7 +51,7 @@ if len(chosen) >= 2:
     st.caption("First run minus second, on the same test queries: a paired bootstrap (1000 resamples of the "
                "queries). \"inside the noise\" when the 95% interval of the difference contains 0: do not rank "
                "those two runs on this number. It covers the test queries, not the training seed: two seeds of one "
-               "recipe can differ too, so compare recipes over seeds (xmodal.report).")
+               "recipe can differ too, so compare recipes over seeds (xmodal.evaluation.report).")
 
 st.header("Slices and disagreements", divider="gray")
 dirs = [r.path for r in chosen]

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from xmodal.dashboard import (analysis, catalogues, colours, mapplot, mapui, mapview, pickers, plots,
-                              projection, slices, state, ui)
+from xmodal.dashboard import analysis, catalogues, pickers, plots, slices, state, ui
+from xmodal.dashboard.maps import colours, figure as mapplot, panels as mapui, view as mapview, projection
 from xmodal.dashboard.escape import md
 
 ui.page_guard("pages/embeddings.py")
@@ -113,7 +113,7 @@ if clicked is not None:
     mapui.point_details(data, clicked)
 elif chosen:
     mapui.selection(slice_dir, data, chosen)
-    from xmodal.dashboard.export_view import selection_download  # noqa: E402
+    from xmodal.dashboard.maps.export_view import selection_download  # noqa: E402
     selection_download(run.run_id, data, chosen)
 
 st.header("Modality gap", divider="gray")

@@ -17,8 +17,8 @@ if not runs:
     ui.no_runs_hint("the Search page")
     st.stop()
 ui.load_pytorch()  # a spinner the first time after the server starts; instant after that
-from xmodal.compose import DEFAULT_WEIGHT  # noqa: E402
-from xmodal.search import RunError, UnknownQueryError  # noqa: E402
+from xmodal.retrieval.compose import DEFAULT_WEIGHT  # noqa: E402
+from xmodal.retrieval.run import RunError, UnknownQueryError  # noqa: E402
 
 c1, c2, c3 = st.columns([3, 1.3, 1])
 with c1:

@@ -34,7 +34,7 @@ def tiny_catalogue(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tiny_catalogue, tmp_path_factory) -> Path:
     """A finished cmpm-efficientnet run (2 epochs) on the tiny catalogue."""
-    from xmodal.train import main
+    from xmodal.training.cli import main
     out = tmp_path_factory.mktemp("runs")
     assert main(["--model", "cmpm-efficientnet", "--data", str(tiny_catalogue), "--epochs", "2",
                  "--batch-size", "16", "--out", str(out), "--run-id", "tiny-cmpm", *TINY_SIZE]) == 0

@@ -44,7 +44,7 @@ def second_catalogue(root: Path) -> Path:
 
 
 def train(data: Path, out: Path, run_id: str, model: str = "cmpm-efficientnet") -> Path:
-    from xmodal.train import main
+    from xmodal.training.cli import main
     assert main(["--model", model, "--data", str(data), "--epochs", "2", "--batch-size", "16", "--out", str(out),
                  "--run-id", run_id, *TINY_SIZE]) == 0
     return out / run_id
@@ -85,7 +85,7 @@ def two_catalogues(trained_run: Path, tiny_catalogue: Path, tmp_path_factory) ->
             if extra.is_dir() and extra.name not in keep and not extra.name.startswith("."):
                 shutil.rmtree(extra, ignore_errors=True)
         return out
-    from xmodal.dashboard import embeds
+    from xmodal.dashboard.maps import embeds
     base = tmp_path_factory.mktemp("two_catalogues")
     other = second_catalogue(base)
     first = train(other, base / "trained", "tiny-second")
@@ -110,8 +110,8 @@ def real_and_demo(trained_run: Path, tmp_path_factory) -> dict:
     if "real" in _CACHE:
         return _CACHE["real"]
     from conftest import myntra_or_skip
-    from xmodal.dashboard import embeds
-    from xmodal.train import main as train_main
+    from xmodal.dashboard.maps import embeds
+    from xmodal.training.cli import main as train_main
     src = myntra_or_skip()
     base = tmp_path_factory.mktemp("real")
     cat = base / "myntra150"

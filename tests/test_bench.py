@@ -115,7 +115,7 @@ def test_compare_many_rotates_the_order():
 
 
 def test_features_rows_without_onnxruntime():
-    from xmodal.backbones import create_backbone
+    from xmodal.image.backbones import create_backbone
     model = create_backbone("mobilenet", pretrained=False)[0].eval()
     fns = bare_forwards(model, None, torch.randn(3, 3, 32, 24), torch.zeros(3, 3, 32, 24, dtype=torch.uint8), batch=2)
     assert list(fns) == ["torch", "torch channels_last"]

@@ -349,7 +349,7 @@ def hostile_server(tmp_path):
     _chromium()
     if os.environ.get("XMODAL_BROWSER_CHECKPOINTS"):
         pytest.skip("serving real runs: the hostile catalogue test trains its own")
-    from xmodal.train import main
+    from xmodal.training.cli import main
     data = _hostile_catalogue(tmp_path / "hostile catalogue")
     ckpt = tmp_path / "checkpoints"
     assert main(["--model", "cmpm-efficientnet", "--data", str(data), "--epochs", "1", "--batch-size", "16",

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from xmodal import cachefile
-from xmodal.backbones import create_backbone, image_transform, stem_module, weights_digest
-from xmodal.extraction import extract_features
-from xmodal.feature_cache import feature_cache_path
-from xmodal.gallery import Gallery, GalleryConfig
-from xmodal.pipeline import catalogue_features
+from xmodal.image.backbones import create_backbone, image_transform, stem_module, weights_digest
+from xmodal.image.extraction import extract_features
+from xmodal.image.feature_cache import feature_cache_path
+from xmodal.retrieval.gallery import Gallery, GalleryConfig
+from xmodal.models.embed import catalogue_features
 
 CPU = torch.device("cpu")
 SIZE = (64, 48)
@@ -129,7 +129,7 @@ def test_weights_digest():
 
 def test_two_arithmetics_never_share_features(cat, cache, monkeypatch):
     """Regression: features extracted under bf16 autocast on a GPU were filed under the key fp32 CPU runs read."""
-    import xmodal.feature_cache as fc
+    import xmodal.image.feature_cache as fc
     monkeypatch.setenv("XMODAL_RUNTIME", "torch")
     net = backbone(0)
     fp32 = catalogue_features(model_of(net), cat, CPU, progress=False)
@@ -151,8 +151,8 @@ def test_two_arithmetics_never_share_features(cat, cache, monkeypatch):
 
 def test_the_key_names_the_runtime(cat, monkeypatch):
     pytest.importorskip("onnxruntime")
-    from xmodal.extraction import ORT_FP32
-    from xmodal.feature_cache import extraction_arithmetic
+    from xmodal.image.extraction import ORT_FP32
+    from xmodal.image.feature_cache import extraction_arithmetic
     net, n = backbone(0), len(cat.images)
     paths = {}
     for runtime, expected in (("torch", "torch fp32"), ("onnxruntime", ORT_FP32)):
@@ -166,7 +166,7 @@ def test_the_key_names_the_runtime(cat, monkeypatch):
 
 
 def test_features_are_filed_under_the_arithmetic_that_ran(cat, cache, monkeypatch):
-    import xmodal.feature_cache as fc
+    import xmodal.image.feature_cache as fc
     monkeypatch.setenv("XMODAL_RUNTIME", "onnxruntime")
     real = fc.extract_features
 
@@ -359,7 +359,7 @@ def test_faiss_index_disk_full_keeps_old_index(tmp_path, caplog, monkeypatch):
 
 @pytest.mark.parametrize("how", DAMAGE)
 def test_projection_cache_heals(run_copy, caplog, how):
-    from xmodal.dashboard import projection
+    from xmodal.dashboard.maps import projection
     path = projection.compute(run_copy, "pca")
     first = projection.load(path)
     damage(path, how)
@@ -375,7 +375,7 @@ def test_projection_cache_heals(run_copy, caplog, how):
 
 
 def test_projection_rejects_bad_shapes(run_copy, caplog):
-    from xmodal.dashboard import projection
+    from xmodal.dashboard.maps import projection
     path = projection.compute(run_copy, "pca")
     first = projection.load(path)
     with np.load(path) as f:
@@ -389,7 +389,7 @@ def test_projection_rejects_bad_shapes(run_copy, caplog):
 
 
 def test_damaged_stale_projection_is_removed(run_copy):
-    from xmodal.dashboard import projection
+    from xmodal.dashboard.maps import projection
     stale = run_copy / "projection_0123456789ab.npz"  # a key no current method has
     stale.write_bytes(b"junk")
     with pytest.raises(FileNotFoundError, match="earlier weights"):
@@ -398,7 +398,7 @@ def test_damaged_stale_projection_is_removed(run_copy):
 
 
 def test_projection_disk_full_keeps_old_map(run_copy, disk_full):
-    from xmodal.dashboard import projection
+    from xmodal.dashboard.maps import projection
     path = projection.projection_path(run_copy, "pca")
     path.write_bytes(b"an older, good map")
     with pytest.raises(OSError, match="No space"):

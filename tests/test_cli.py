@@ -10,10 +10,10 @@ import pytest
 
 import xmodal
 from tests.conftest import TINY_SIZE
-from xmodal.evaluate import main as evaluate_cli
+from xmodal.evaluation.evaluate import main as evaluate_cli
 from xmodal.runs import read_json, read_metrics, read_status
-from xmodal.search import RunError, load_run
-from xmodal.train import main as train_cli
+from xmodal.retrieval.run import RunError, load_run
+from xmodal.training.cli import main as train_cli
 
 RUN_FILES = {"config.json", "vocab.json", "splits.json", "metrics.jsonl", "status.json", "best.safetensors",
              "best.json", "last.pt", "test.json"}
@@ -70,7 +70,7 @@ def test_evaluate_on_another_catalogue(trained_run, tmp_path, capsys):
 def test_evaluate_tells_another_demo_with_the_same_ids_from_the_runs_own(trained_run, tiny_catalogue, tmp_path):
     """Every demo catalogue names its items demo00000...: the same ids under other products are not the run's."""
     from xmodal.data import generate_demo, load_catalogue
-    from xmodal.evaluate import evaluate_run
+    from xmodal.evaluation.evaluate import evaluate_run
     other = generate_demo(tmp_path / "other", n=60, seed=2)  # the run's 60 ids, other products
     assert load_catalogue(other).item_ids == load_catalogue(tiny_catalogue).item_ids
     res = evaluate_run(trained_run, data=str(other), split="all")
@@ -86,7 +86,7 @@ def test_evaluate_recognises_an_edited_copy_of_the_runs_catalogue(trained_run, t
     import csv
     import shutil
 
-    from xmodal.evaluate import evaluate_run
+    from xmodal.evaluation.evaluate import evaluate_run
     copy = tmp_path / "edited"
     shutil.copytree(tiny_catalogue, copy)
     with open(tiny_catalogue / "captions.csv", newline="", encoding="utf-8") as f:
@@ -113,7 +113,7 @@ def test_evaluate_without_the_runs_catalogue_folder_does_not_trust_ids(trained_r
     evaluated as one it never saw, and says why."""
     import shutil
 
-    from xmodal.evaluate import evaluate_run
+    from xmodal.evaluation.evaluate import evaluate_run
     from xmodal.runs import atomic_write_json
     run = shutil.copytree(trained_run, tmp_path / "run")
     config = read_json(run / "config.json")
@@ -128,7 +128,7 @@ def test_evaluate_without_the_runs_catalogue_folder_does_not_trust_ids(trained_r
 
 
 def test_resume_after_interrupt(tiny_catalogue, tmp_path, monkeypatch):
-    import xmodal.train as train_mod
+    import xmodal.training.cli as train_mod
     real = train_mod.train_one_epoch
 
     def interrupted(*args, **kw):
@@ -196,7 +196,7 @@ def test_unusable_catalogue_is_one_line_and_writes_nothing(tmp_path, capsys):
 
 
 def test_a_failure_inside_the_run_is_recorded(tiny_catalogue, tmp_path, monkeypatch, capsys):
-    import xmodal.train as train_mod
+    import xmodal.training.cli as train_mod
 
     def boom(*args, **kw):
         raise RuntimeError("simulated fault in the loop")
@@ -225,7 +225,7 @@ def test_finetune_after_frozen_epochs(tiny_catalogue, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from xmodal.backbones import create_backbone
+    from xmodal.image.backbones import create_backbone
     argv = ["--model", "cmpm-efficientnet", "--finetune", "--freeze-epochs", "1", "--data", str(tiny_catalogue),
             "--epochs", "2", "--batch-size", "16", "--out", str(tmp_path), "--run-id", "ft", *TINY_SIZE]
     assert train_cli(argv) == 0
@@ -251,8 +251,8 @@ def test_finetune_after_frozen_epochs(tiny_catalogue, tmp_path):
 def test_precision_choice_is_applied_and_recorded(tiny_catalogue, tmp_path, monkeypatch, capsys):
     import torch
 
-    from xmodal import training
-    from xmodal.train_args import TrainConfig, parse_args
+    from xmodal.training import loop as training
+    from xmodal.training.args import TrainConfig, parse_args
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(training, "cpu_has_amx", lambda: False)
     assert not training.use_bf16("auto", cpu) and training.use_bf16("auto", cuda)
@@ -260,7 +260,7 @@ def test_precision_choice_is_applied_and_recorded(tiny_catalogue, tmp_path, monk
     assert training.use_bf16("auto", cpu) and training.use_bf16("bf16", cpu) and not training.use_bf16("fp32", cpu)
     seen = []
     real = training.train_one_epoch
-    monkeypatch.setattr("xmodal.train.train_one_epoch", lambda *a, **k: seen.append(k["amp"]) or real(*a, **k))
+    monkeypatch.setattr("xmodal.training.cli.train_one_epoch", lambda *a, **k: seen.append(k["amp"]) or real(*a, **k))
     argv = ["--model", "infonce-efficientnet", "--data", str(tiny_catalogue), "--epochs", "1", "--batch-size", "16",
             "--out", str(tmp_path), "--run-id", "p", "--precision", "bf16", *TINY_SIZE]
     assert train_cli(argv) == 0 and seen == [True]

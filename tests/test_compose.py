@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from streamlit.testing.v1 import AppTest
 
-from xmodal.compose import (DEFAULT_WEIGHT, ComposedResult, benchmark, benchmark_queries, choose_and_read,
+from xmodal.retrieval.compose import (DEFAULT_WEIGHT, ComposedResult, benchmark, benchmark_queries, choose_and_read,
                             compose_vectors, main, rocchio, score_spread)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def test_rocchio_by_hand():
 
 @pytest.fixture(scope="module")
 def run(trained_run):
-    from xmodal.search import load_run
+    from xmodal.retrieval.run import load_run
     return load_run(trained_run)
 
 
@@ -120,7 +120,7 @@ def test_benchmark_chooses_on_validation_and_reads_test_once(run):
 def test_benchmark_ties_count_against_the_query(trained_run):
     """A collapsed model (every photo the same vector) ties every product: the first wanted one ranks behind
     all the others (``first_match_ranks``), so no query succeeds, whatever order a top-k would break ties in."""
-    from xmodal.search import load_run
+    from xmodal.retrieval.run import load_run
     collapsed = load_run(trained_run)
     n, d = collapsed.image_embeds.shape
     collapsed._image_embeds = F.normalize(torch.ones(n, d), dim=-1)

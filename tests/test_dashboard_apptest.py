@@ -53,7 +53,7 @@ def _no_markup(at: AppTest) -> None:
 def with_run(trained_run, tiny_catalogue, tmp_path, monkeypatch) -> Path:
     """A checkpoints folder holding the tiny trained run, its catalogue embeddings made (as the background job
     would)."""
-    from xmodal.dashboard import embeds
+    from xmodal.dashboard.maps import embeds
     if not embeds.ready(trained_run):
         embeds.compute(trained_run)
     ckpt = tmp_path / "ckpt"
@@ -88,7 +88,7 @@ def test_every_page_survives_run_files_with_any_bytes(with_run, tiny_catalogue, 
     """A status.json or metrics.jsonl with non-UTF-8 bytes crashed every page (UnicodeDecodeError): the run is
     shown as damaged with the reason, and the good run beside it works."""
     import shutil
-    from xmodal.dashboard import embeds, projection, sprite_job
+    from xmodal.dashboard.maps import embeds, projection, sprite_job
     for module in (embeds, projection, sprite_job):  # no background job may outlive the test (shared run files)
         monkeypatch.setattr(module, "start", lambda *a, **k: True)
     bad = with_run / "damaged-run"
@@ -237,7 +237,7 @@ def test_training_form_refuses_a_folder_without_captions(empty, tiny_catalogue, 
 
 
 def test_train_all_five_button_queues_the_demo_models(empty, tiny_catalogue, monkeypatch):
-    from xmodal.dashboard import jobs
+    from xmodal.dashboard.jobs import training as jobs
     calls = []
     monkeypatch.setattr(jobs, "start_queue", lambda js, root=None, name="queue", prepare=False: calls.append(
         (js, name, prepare)))
@@ -250,7 +250,7 @@ def test_train_all_five_button_queues_the_demo_models(empty, tiny_catalogue, mon
 
 
 def test_training_form_launches_the_chosen_settings(empty, tiny_catalogue, monkeypatch):
-    from xmodal.dashboard import jobs
+    from xmodal.dashboard.jobs import training as jobs
     launched = []
     monkeypatch.setattr(jobs, "start_training", lambda job, root=None: launched.append(job) or empty / "x")
     at = _app(tiny_catalogue)
@@ -488,7 +488,7 @@ def test_compare_picks_healthy_runs_and_two_to_contrast(eight, tiny_catalogue):
 
 
 def test_compare_never_blocks_on_missing_embeddings(eight, tiny_catalogue, tmp_path, monkeypatch):
-    from xmodal.dashboard import embeds
+    from xmodal.dashboard.maps import embeds
     ckpt = tmp_path / "ckpt"
     shutil.copytree(eight["root"] / "demo-run0", ckpt / "fresh", copy_function=shutil.copy2)
     shutil.copytree(eight["root"] / "demo-run1", ckpt / "fresh2", copy_function=shutil.copy2)
@@ -576,7 +576,7 @@ def test_embeddings_whole_catalogue_colours_filters_and_located_items(eight, tin
     at.selectbox(key="emb_colour").set_value("colour").run()
     _ok(at)
     import json as _json
-    from xmodal.dashboard import colours
+    from xmodal.dashboard.maps import colours
     fig = _json.loads(at.get("plotly_chart")[0].proto.spec)
     drawn = {t["name"].rsplit(" (", 1)[0]: t["marker"]["color"] for t in fig["data"] if t.get("showlegend") is not False
              and t["type"] in ("scatter", "scattergl") and t["name"] not in ("pair",)}
@@ -607,7 +607,7 @@ def test_embeddings_rings_items_located_from_a_link(eight, tiny_catalogue):
 def test_point_details_and_selection_panels(eight, tmp_path):
     """A clicked point: its photo, title, ranks and its nearest photos and titles with the true pair marked;
     a selection: paged, saved as a slice, exported."""
-    from xmodal.dashboard import projection
+    from xmodal.dashboard.maps import projection
     run = eight["root"] / "demo-run0"
     path = projection.compute(run, projection.MapSettings("pca", "all"))
 
@@ -616,7 +616,7 @@ def test_point_details_and_selection_panels(eight, tmp_path):
 
         import streamlit as st
 
-        from xmodal.dashboard import mapui, projection
+        from xmodal.dashboard.maps import panels as mapui, projection
         data = projection.load(Path(st.session_state["path"]))
         mapui.point_details(data, 3)
         mapui.selection(Path(st.session_state["run"]), data, list(range(30)))
@@ -636,7 +636,7 @@ def test_point_details_and_selection_panels(eight, tmp_path):
     from xmodal.dashboard import slices
     assert list(slices.load_slices(tmp_path)) == ["blue <b>tops</b>"]
     assert at.get("download_button")
-    from xmodal.dashboard import mapview
+    from xmodal.dashboard.maps import view as mapview
     data = projection.load(path)
     word = data["captions"][0].split()[1]  # the gender word of the demo's titles: some of the 30, not all
     expect = mapview.find_in_titles([data["captions"][i] for i in range(30)], word)
@@ -717,7 +717,7 @@ def test_pages_open_in_under_a_second_after_the_first_visit(eight, tiny_catalogu
 def test_embeddings_map_waits_for_its_background_job(eight, tiny_catalogue, monkeypatch):
     """A UMAP of the whole catalogue is not computed in the page: the job starts in the background, the page
     says so with its progress, and each setting has its own cached map."""
-    from xmodal.dashboard import projection
+    from xmodal.dashboard.maps import projection
     started = []
     monkeypatch.setattr(projection, "start", lambda dirs, settings: started.append(settings) or True)
     at = _app(tiny_catalogue)
@@ -738,7 +738,7 @@ def test_embeddings_map_hovers_photos_from_sprite_sheets(with_run, tiny_catalogu
     job and says so, the map drawn meanwhile; once they are made, the hover-photo component gets the sheets
     of exactly the mapped items, served by this server."""
     import shutil as _shutil
-    from xmodal.dashboard import sprite_job, sprites
+    from xmodal.dashboard.maps import sprite_job, sprites
     run_dir = with_run / "tiny-cmpm"
     started = []
     real_start = sprite_job.start
@@ -778,7 +778,7 @@ def real_and_demo(trained_run, tmp_path_factory):
 def test_every_view_on_a_small_real_catalogue(real_and_demo, monkeypatch):
     """Home, Compare, Embeddings (map, named colours, hover photos, a clicked point) and Search on a real
     catalogue's run beside a demo run: one catalogue per view, Myntra's own attributes offered."""
-    from xmodal.dashboard import colours, sprites
+    from xmodal.dashboard.maps import colours, sprites
     monkeypatch.setenv("XMODAL_CHECKPOINTS", str(real_and_demo["root"]))
     at = _app(real_and_demo["catalogue"])
     _ok(at)

@@ -19,9 +19,10 @@ import pytest
 import torch
 from PIL import Image
 
-from xmodal.dashboard import (analysis, catalogues, checks, colours, embeds, jobs, mapplot, mapview, plots, projection,
-                              queries, runmeta, slices, state, tasks)
-from xmodal import metrics
+from xmodal.dashboard import analysis, catalogues, checks, plots, queries, runmeta, slices, state
+from xmodal.dashboard.maps import colours, embeds, figure as mapplot, view as mapview, projection
+from xmodal.dashboard.jobs import training as jobs, tasks
+from xmodal.evaluation import metrics
 from xmodal.dashboard.escape import md
 from xmodal.dashboard.escape import plotly as plotly_text
 from xmodal.dashboard.uploads import UploadError, read_upload
@@ -368,8 +369,8 @@ def test_a_dashboard_query_embeds_once_and_finds_what_search_finds(trained_run, 
     for name in ("embed_text", "embed_image"):
         real = getattr(run, name)
         monkeypatch.setattr(run, name, lambda x, real=real, name=name: calls.append(name) or real(x))
-    monkeypatch.setattr("xmodal.search.embed_texts", lambda *a, **k: calls.append("embed_texts") or
-                        __import__("xmodal.pipeline", fromlist=["x"]).embed_texts(*a, **k))
+    monkeypatch.setattr("xmodal.retrieval.run.embed_texts", lambda *a, **k: calls.append("embed_texts") or
+                        __import__("xmodal.models.embed", fromlist=["x"]).embed_texts(*a, **k))
     assert [h.index for h in queries.text_query(run, query, k=5).hits] == plain_text
     assert [h.index for h in queries.image_query(run, photo, k=5).hits] == plain_image
     assert calls == ["embed_text", "embed_texts", "embed_image"]  # one text encoding, one image forward
@@ -387,9 +388,9 @@ def test_log_progress_reads_the_last_progress_bar(tmp_path):
 
 # What Home, Training and the sidebar import; none may pull in PyTorch (4-8 s on a busy two-core machine).
 TORCH_FREE = ["xmodal", "xmodal.runs", "xmodal.data", "xmodal.paths", *(f"xmodal.dashboard.{m}" for m in (
-    "state", "analysis", "plots", "jobs", "sidebar", "ui", "queries", "uploads", "projection", "queue", "escape",
-    "checks", "catalogues", "colours", "embeds", "manage", "mapplot", "mapui", "mapview", "pickers", "runmeta",
-    "slices", "tasks"))]
+    "state", "analysis", "plots", "jobs.training", "sidebar", "ui", "queries", "uploads", "maps.projection",
+    "jobs.queue", "escape", "checks", "catalogues", "maps.colours", "maps.embeds", "manage", "maps.figure",
+    "maps.panels", "maps.view", "pickers", "runmeta", "slices", "jobs.tasks"))]
 
 
 def _python_ok(code: str) -> None:
@@ -401,9 +402,10 @@ def _python_ok(code: str) -> None:
 
 def test_home_modules_do_not_import_torch():
     code = (f"import sys, importlib\nfor m in {TORCH_FREE!r}: importlib.import_module(m)\n"
-            "from xmodal.dashboard import jobs\n"
+            "from xmodal.dashboard.jobs import training as jobs\n"
             "jobs.device_options() if not jobs.gpu_may_exist() else None\n"
-            "heavy = sorted(m for m in ('torch', 'torchvision', 'timm', 'umap', 'xmodal.search', 'xmodal.models') "
+            "heavy = sorted(m for m in ('torch', 'torchvision', 'timm', 'umap', 'xmodal.retrieval.run', "
+            "'xmodal.models') "
             "if m in sys.modules)\n"
             "assert not heavy, heavy\n")
     _python_ok(code)
@@ -411,8 +413,8 @@ def test_home_modules_do_not_import_torch():
 
 def test_torch_free_constants_match_the_library():
     import xmodal
-    from xmodal import search
-    from xmodal.metrics import KS
+    from xmodal.retrieval import run as search
+    from xmodal.evaluation.metrics import KS
     assert jobs.MODELS == tuple(xmodal.list_models())  # the sidebar's model list, without the registry
     assert analysis.KS == KS
     assert xmodal.load_run is search.load_run and "Run" in dir(xmodal)  # the lazy names of xmodal/__init__
@@ -885,7 +887,7 @@ def test_embeds_main_reports_through_its_task_file(trained_run, tmp_path):
 def test_fine_tuned_runs_are_embedded_in_counted_chunks(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
-    import xmodal.pipeline as pipeline
+    import xmodal.models.embed as pipeline
     calls = []
     monkeypatch.setattr(pipeline, "embed_catalogue_images",
                         lambda model, cat, idx, device: calls.append(len(idx)) or torch.ones(len(idx), 4))
@@ -907,7 +909,7 @@ def test_map_settings_are_checked():
 
 
 def test_bench_map_measures_a_synthetic_map():
-    from xmodal.dashboard import bench_map
+    from xmodal.dashboard.maps import bench_map
     out = bench_map.measure(4000, browser=False)
     assert out["points"] == 4000 and out["traces"] >= 2 * 16  # photos and titles of each of 16 colours
     assert out["build_s"] > 0 and out["json_mb"] > 0 and "first_draw_s" not in out
@@ -930,7 +932,7 @@ def test_slices_belong_to_the_catalogue_not_the_run(tmp_path):
 
 
 def test_find_in_titles():
-    from xmodal.dashboard import mapview
+    from xmodal.dashboard.maps import view as mapview
     titles = ["Roadster Men Navy Blue Shirt", "Nivora Women Red T-Shirt", "Kaveri Men Sweatshirt", "<b>Navy</b> Kurta"]
     assert mapview.find_in_titles(titles, "shirt") == [0, 1]
     assert mapview.find_in_titles(titles, "NAVY") == [0, 3]
@@ -944,7 +946,7 @@ def test_warm_children_run_a_module_like_python_dash_m(tmp_path, monkeypatch, fo
     """A job forked from the queue's process (or, with XMODAL_FORK=0, a subprocess) runs ``python -m MODULE
     ARGS``: its own pid, its output in its log, its exit code; SIGTERM reaches the job, not the queue."""
     import signal
-    from xmodal.dashboard import warm
+    from xmodal.dashboard.jobs import warm
     monkeypatch.setenv(warm.ENV, fork)
     pkg = tmp_path / "warmjob"
     pkg.mkdir()

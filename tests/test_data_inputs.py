@@ -366,7 +366,7 @@ def test_every_bad_image_gets_its_own_reason_in_the_report(tmp_path):
                                   "image path is a folder": 1, "missing image": 1}
     assert (np.asarray(cat.open_image(1)) == 255).mean() < 0.01  # the 16-bit PNG, not white
 
-    from xmodal.backbones import ImageFiles
+    from xmodal.image.backbones import ImageFiles
     pixels = ImageFiles([cat.image_path(1)], lambda im: np.asarray(im))[0]
     assert pixels.shape == (48, 64, 3) and (pixels == 255).mean() < 0.01
 

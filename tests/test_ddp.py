@@ -53,7 +53,7 @@ def test_loader_keeps_a_shard_smaller_than_the_batch():
     """Each rank's shard (not the whole data set) decides whether the last short batch is dropped."""
     from torch.utils.data import DistributedSampler
 
-    from xmodal.training import PairDataset, make_loader
+    from xmodal.training.loop import PairDataset, make_loader
 
     class RankZeroOfTwo:  # the sampler DistContext.sampler makes, without a process group
         def sampler(self, dataset, seed):
@@ -105,7 +105,7 @@ def _grads(model) -> dict[str, torch.Tensor]:
 def _grad_worker(rank: int, init_file: str, out_file: str) -> None:
     """One rank: its half of the batch through DDP, outputs gathered by ``DistContext.gather`` and the loss
     summed, as ``train_one_epoch`` does; rank 0 saves the gradients DDP leaves in the parameters."""
-    from xmodal.distributed import DistContext
+    from xmodal.training.distributed import DistContext
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     ctx = DistContext(rank=rank, world=WORLD)
@@ -140,7 +140,7 @@ def test_gather_gives_two_processes_the_one_process_gradient(tmp_path):
 
 @pytest.fixture(scope="module")
 def single_run(tiny_catalogue, tmp_path_factory) -> Path:
-    from xmodal.train import main
+    from xmodal.training.cli import main
     out = tmp_path_factory.mktemp("single")
     assert main(train_args(tiny_catalogue, out, "one")) == 0
     return out / "one"

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import TINY_SIZE
-from xmodal.backbones import create_backbone, hub_reachable
+from xmodal.image.backbones import create_backbone, hub_reachable
 from xmodal.data import load_catalogue, make_splits
-from xmodal.distill import DistillConfig, distill, distilled_backbone, needs_distillation
+from xmodal.image.distill import DistillConfig, distill, distilled_backbone, needs_distillation
 
 
 def test_offline_means_no_hub_and_mobilenet_needs_a_start():
@@ -23,8 +23,8 @@ def test_distillation_learns_and_is_cached(tiny_catalogue, monkeypatch):
     train = make_splits(cat)["train"]
     cfg = DistillConfig(epochs=3, batch_size=16, size=(64, 48), lr=3e-3)
     teacher, _ = create_backbone("efficientnet")
-    from xmodal.backbones import image_transform
-    from xmodal.extraction import extract_features
+    from xmodal.image.backbones import image_transform
+    from xmodal.image.extraction import extract_features
     targets = torch.from_numpy(extract_features(teacher, [cat.image_path(int(i)) for i in train],
                                                 image_transform("efficientnet", (64, 48)), torch.device("cpu"),
                                                 progress=False))
@@ -38,14 +38,14 @@ def test_distillation_learns_and_is_cached(tiny_catalogue, monkeypatch):
 
     def no_training(*a, **k):
         raise AssertionError("the cached student should be reused")
-    monkeypatch.setattr("xmodal.distill.distill", no_training)
+    monkeypatch.setattr("xmodal.image.distill.distill", no_training)
     again, _ = distilled_backbone("mobilenet", cat, train, torch.device("cpu"), cfg, progress=False)
     assert all(torch.equal(again[k], state[k]) for k in state)
 
 
 def test_cmpm_mobilenet_run_records_its_distilled_start(tiny_catalogue, tmp_path, capsys):
-    from xmodal.report import table
-    from xmodal.train import main
+    from xmodal.evaluation.report import table
+    from xmodal.training.cli import main
     assert main(["--model", "cmpm-mobilenet", "--data", str(tiny_catalogue), "--epochs", "2", "--batch-size", "16",
                  "--out", str(tmp_path), "--run-id", "mob", *TINY_SIZE]) == 0
     config = json.loads((tmp_path / "mob" / "config.json").read_text())
@@ -60,7 +60,7 @@ def test_cmpm_mobilenet_run_records_its_distilled_start(tiny_catalogue, tmp_path
 
 @pytest.mark.parametrize("flag", [["--set", "pretrained=false"]])
 def test_asking_for_random_init_skips_distillation(flag, tiny_catalogue, tmp_path):
-    from xmodal.train import main
+    from xmodal.training.cli import main
     assert main(["--model", "cmpm-mobilenet", "--data", str(tiny_catalogue), "--epochs", "1", "--batch-size", "16",
                  "--out", str(tmp_path), "--run-id", "rand", *TINY_SIZE, *flag]) == 0
     mc = json.loads((tmp_path / "rand" / "config.json").read_text())["model_config"]
@@ -68,7 +68,7 @@ def test_asking_for_random_init_skips_distillation(flag, tiny_catalogue, tmp_pat
 
 
 def _train(cat, out, *flags):
-    from xmodal.train import main
+    from xmodal.training.cli import main
     return main(["--model", "cmpm-mobilenet", "--data", str(cat), "--epochs", "1", "--batch-size", "16",
                  "--out", str(out), "--run-id", "w", *TINY_SIZE, *flags])
 
@@ -103,8 +103,8 @@ def test_a_forced_hub_start_offline_fails_at_once(tiny_catalogue, tmp_path, caps
 
 
 def test_a_forced_distilled_start_never_asks_the_hub(tiny_catalogue, tmp_path, monkeypatch):
-    import xmodal.backbones as backbones
-    import xmodal.train_model as train_model
+    import xmodal.image.backbones as backbones
+    import xmodal.training.build as train_model
 
     def no_probe(*a, **k):
         raise AssertionError("the hub was asked")
@@ -119,8 +119,8 @@ def test_a_forced_distilled_start_never_asks_the_hub(tiny_catalogue, tmp_path, m
 
 
 def test_a_forced_hub_start_takes_the_hub_weights_and_never_distils(tiny_catalogue, tmp_path, monkeypatch):
-    import xmodal.backbones as backbones
-    import xmodal.train_model as train_model
+    import xmodal.image.backbones as backbones
+    import xmodal.training.build as train_model
     monkeypatch.setattr(train_model, "hub_weights_cached", lambda name: True)  # as if fetched earlier
     monkeypatch.setattr(backbones, "_hub_weights", lambda model, timm_name, allow: f"imagenet (timm hub {timm_name})")
 
@@ -136,7 +136,7 @@ def test_a_forced_hub_start_takes_the_hub_weights_and_never_distils(tiny_catalog
 
 def test_a_distillation_that_ends_non_finite_is_never_a_start(tiny_catalogue, monkeypatch):
     """Regression: a weight made NaN by the last distillation step was returned (and cached) as the start."""
-    from xmodal.training import NonFiniteError
+    from xmodal.training.loop import NonFiniteError
     cat = load_catalogue(tiny_catalogue)
     train = make_splits(cat)["train"]
     assert len(train) <= 64  # one step in all: the poisoned one is the last

@@ -14,9 +14,9 @@ from PIL import Image, ImageDraw
 from streamlit.testing.v1 import AppTest
 from torch import nn
 
-from xmodal.explain import GRID, explain, explain_pair, occluded, overlay, word_spans
+from xmodal.retrieval.explain import GRID, explain, explain_pair, occluded, overlay, word_spans
 from xmodal.models import ModelConfig, create_model, list_models
-from xmodal.text import Vocab, tokenize
+from xmodal.text.vocabulary import Vocab, tokenize
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
@@ -83,7 +83,7 @@ def test_region_and_word_importance_are_exact_on_a_model_that_reads_one_cell_and
     assert expl.word_scores[2] > 0.05 and np.abs(np.delete(expl.word_scores, 2)).max() < 1e-6
     s, e = expl.spans[2]
     assert expl.display_text[s:e] == "RED"  # the span points at the word as written
-    from xmodal.backbones import image_transform
+    from xmodal.image.backbones import image_transform
     pixels = image_transform("efficientnet", size)(_bright_cell_photo(size, cell))[None]
     assert expl.score == pytest.approx(float(model.encode_text(vocab.encode([text])) @ model.encode_image(pixels).T))
     assert overlay(expl).size == (2 * size[1], 2 * size[0])
@@ -107,7 +107,7 @@ def test_every_model_is_explained_on_pixels(name):
     model = create_model(name, vocab_size=len(vocab), image_size=(64, 48)).eval()
     image = _bright_cell_photo((64, 48), (3, 2))
     expl = explain_pair(model, vocab, "red striped shirt", image)
-    from xmodal.pipeline import embed_pil, embed_texts
+    from xmodal.models.embed import embed_pil, embed_texts
     want = float(embed_texts(model, vocab, ["red striped shirt"], torch.device("cpu"))[0] @
                  embed_pil(model, [image], torch.device("cpu"))[0])
     assert expl.score == pytest.approx(want, abs=1e-4)
@@ -116,7 +116,7 @@ def test_every_model_is_explained_on_pixels(name):
 
 
 def test_explain_a_trained_run_matches_its_gallery_scores(trained_run):
-    from xmodal.search import load_run
+    from xmodal.retrieval.run import load_run
     run = load_run(trained_run)
     for i in (0, 7):
         expl = explain(run, run.catalogue.captions[i], i)
@@ -127,7 +127,7 @@ def test_explain_a_trained_run_matches_its_gallery_scores(trained_run):
 
 
 def test_bench_explain_times_one_pair(trained_run, monkeypatch):
-    from xmodal.explain import bench_explain
+    from xmodal.retrieval.explain import bench_explain
     monkeypatch.setenv("XMODAL_RUNTIME", "torch")  # no ONNX export for the test (bench_explain exports one)
     out = bench_explain(trained_run, repeats=1)
     assert 0 < out["seconds"] <= out["median_s"] < 60
@@ -179,7 +179,7 @@ def colour_run(tmp_path_factory) -> Path:
     few pixels while the garment's colour fills the photo, and (unlike word2vec vectors learnt from the titles,
     where every colour word has the same neighbours) GloVe tells the colours apart, so this run reads colour."""
     from xmodal.data import generate_demo
-    from xmodal.train import main
+    from xmodal.training.cli import main
     root = tmp_path_factory.mktemp("colour_run")
     cat = generate_demo(root / "cat", n=500, seed=5)
     assert main(["--model", "infonce-efficientnet", "--data", str(cat), "--epochs", "12", "--batch-size", "32",
@@ -199,7 +199,7 @@ def test_explanations_point_at_colour_words_and_the_garment(colour_run):
     rate than a search for "<brand> <garment>" finds that brand), so the explanations must agree with something
     measured without them; the exact cell and word positions are checked on hand-made models above."""
     from xmodal.data.demo import BRANDS, COLOURS
-    from xmodal.search import load_run
+    from xmodal.retrieval.run import load_run
     run = load_run(colour_run)
     cat = run.catalogue
     attrs = cat.attributes
@@ -250,7 +250,7 @@ def _no_markup(values: list[str]) -> None:
 
 def test_highlighted_words_are_escaped_text_in_our_colours():
     from xmodal.dashboard.explain_view import highlighted_words
-    from xmodal.explain import Explanation
+    from xmodal.retrieval.explain import Explanation
     text = "Red <img src=x onerror=alert(1)> [link](http://203.0.113.5/) **Shirt** :red[x] $y$"
     shown, spans = word_spans(text)
     scores = np.zeros(len(spans))
@@ -311,7 +311,7 @@ def _compare_script(run_dir: str) -> None:
     import streamlit as st  # noqa: F401
 
     from xmodal.dashboard.explain_view import disagreement_why
-    from xmodal.search import load_run
+    from xmodal.retrieval.run import load_run
     cat = load_run(run_dir).catalogue
     data = {"item_ids": cat.item_ids[:8], "captions": cat.captions[:8],
             "images": [str(cat.image_path(i)) for i in range(8)]}

@@ -17,13 +17,13 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from xmodal.export import (THUMB, clean_cell, frame_bytes, main, selection_frame, sprite_layout,
+from xmodal.retrieval.export import (THUMB, clean_cell, frame_bytes, main, selection_frame, sprite_layout,
                            true_match_ranks)
 
 
 @pytest.fixture(scope="module")
 def run(trained_run):
-    from xmodal.search import load_run
+    from xmodal.retrieval.run import load_run
     return load_run(trained_run)
 
 
@@ -164,7 +164,7 @@ def test_selection_downloads_round_trip():
 def _download_script() -> None:
     import numpy as np
 
-    from xmodal.dashboard.export_view import selection_download
+    from xmodal.dashboard.maps.export_view import selection_download
     data = {"item_ids": ["a", "b", "c"], "captions": ["Red <b>Shirt</b>", "Blue Kurta", "x"],
             "image_embeds": np.eye(3, 4, dtype=np.float32), "text_embeds": np.eye(3, 4, k=1, dtype=np.float32)}
     selection_download("run <1>", data, [0, 2])

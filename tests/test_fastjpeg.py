@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from tests.conftest import damaged
-from xmodal.backbones import image_transform, resize_pixels
+from xmodal.image.backbones import image_transform, resize_pixels
 from xmodal.data import fastjpeg
 from xmodal.data.images import ImageError, open_rgb, rgb_array
 

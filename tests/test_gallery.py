@@ -1,4 +1,4 @@
-"""xmodal.gallery: exact search against brute force, the faiss path's recall, its disk cache, edge cases."""
+"""xmodal.retrieval.gallery: exact search against brute force, the faiss path's recall, its disk cache, edge cases."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xmodal.gallery import Gallery, GalleryConfig, exact_topk, recall_at_k
+from xmodal.retrieval.gallery import Gallery, GalleryConfig, exact_topk, recall_at_k
 
 
 def unit(n: int, d: int, seed: int = 0) -> torch.Tensor:

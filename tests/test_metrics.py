@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xmodal import metrics
-from xmodal.metrics import first_match_ranks, rank_metrics, retrieval_metrics
-from xmodal.metrics import title_groups as caption_groups
+from xmodal.evaluation import metrics
+from xmodal.evaluation.metrics import first_match_ranks, rank_metrics, retrieval_metrics
+from xmodal.evaluation.metrics import title_groups as caption_groups
 
 
 def brute_force_ranks(sim: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -115,7 +115,7 @@ def test_unseen_title_metrics_in_test_json(trained_run):
     import json
     test = json.loads((trained_run / "test.json").read_text())
     assert "unseen_title" in test and test["unseen_queries"] <= test["gallery_size"]
-    from xmodal.report import table
+    from xmodal.evaluation.report import table
     text = table([trained_run])
     row = text.splitlines()[2]
     assert "frozen" in row and "split" not in row.split("|")[1]
@@ -123,7 +123,7 @@ def test_unseen_title_metrics_in_test_json(trained_run):
 
 
 def test_report_val_table_reads_the_chosen_checkpoint(trained_run, capsys):
-    from xmodal.report import main
+    from xmodal.evaluation.report import main
     from xmodal.runs import read_best
     assert main(["--split", "val", str(trained_run)]) == 0
     row = capsys.readouterr().out.strip().splitlines()[-1]
@@ -235,7 +235,7 @@ def test_one_title_grouping_for_split_ground_truth_and_training():
 
 
 def test_item_level_ceiling_by_hand():
-    from xmodal.pipeline import item_level_ceiling
+    from xmodal.evaluation.scoring import item_level_ceiling
     groups = np.array([0, 0, 0, 1, 2, 2, 3, 4, 5, 6])  # 10 items, 7 titles; sizes 3, 1, 2, 1, 1, 1, 1
     c = item_level_ceiling(groups)
     assert c["image_to_text/R@1"] == pytest.approx(50.0)  # only the 5 items with a title of their own
@@ -244,7 +244,7 @@ def test_item_level_ceiling_by_hand():
 
 
 def test_the_ceiling_is_reached_by_a_perfect_model_with_shared_titles():
-    from xmodal.pipeline import score_embeddings
+    from xmodal.evaluation.scoring import score_embeddings
     rng = np.random.default_rng(2)
     captions = ["a", "a", "b", "c", "c", "c", "d", "e"]
     groups = metrics.title_groups(captions)
@@ -303,7 +303,7 @@ def test_seed_spread():
 def test_metrics_core_imports_without_torch():
     import subprocess
     import sys
-    code = ("import sys, xmodal.metrics, xmodal.dashboard.analysis, xmodal.dashboard.slices; "
+    code = ("import sys, xmodal.evaluation.metrics, xmodal.dashboard.analysis, xmodal.dashboard.slices; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -327,7 +327,7 @@ def test_test_json_carries_intervals_ranks_and_the_ceiling(trained_run):
 def _fake_run(root, name, ranks, seed=0, fingerprint="cat-a", test_ids=None, model="infonce-efficientnet"):
     """A run folder with just what ``report`` reads: config, splits and a test.json scored by the core."""
     import json
-    from xmodal.pipeline import item_level_ceiling  # noqa: F401  (the module that writes test.json)
+    from xmodal.evaluation.scoring import item_level_ceiling  # noqa: F401  (the module that writes test.json)
     d = root / name
     d.mkdir()
     n = len(ranks["text_to_image"])
@@ -345,7 +345,7 @@ def _fake_run(root, name, ranks, seed=0, fingerprint="cat-a", test_ids=None, mod
 
 
 def test_report_shows_intervals_says_noise_and_spreads_seeds(tmp_path, capsys):
-    from xmodal.report import main
+    from xmodal.evaluation.report import main
     rng = np.random.default_rng(0)
     base = {d: rng.integers(1, 30, 1010) for d in metrics.DIRECTIONS}
     near = {d: r.copy() for d, r in base.items()}
@@ -385,7 +385,7 @@ def test_both_ground_truths_at_once_equal_each_alone():
 def test_report_compares_recipes_on_validation_from_the_chosen_checkpoints(trained_run, tmp_path, capsys):
     """--split val pairs runs on their recorded validation ranks (recipes are chosen there, not on test)."""
     import shutil
-    from xmodal.report import main
+    from xmodal.evaluation.report import main
     from xmodal.runs import read_best
     copy = tmp_path / "copy"
     shutil.copytree(trained_run, copy)
@@ -399,7 +399,7 @@ def test_report_compares_recipes_on_validation_from_the_chosen_checkpoints(train
 def test_report_gives_one_line_per_bad_run_and_the_table_for_good_ones(trained_run, tmp_path, capsys):
     import json
     import shutil
-    from xmodal.report import main
+    from xmodal.evaluation.report import main
     bad = {}
     damaged = (("garbage", b"\xff\xfe{not json"), ("a-list", b"[1, 2]"), ("missing-keys", b'{"caption": {}}'))
     for name, content in damaged:

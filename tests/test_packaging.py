@@ -17,8 +17,8 @@ from xmodal import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 # the CLIs the issue asks `xmodal` to reach; "dashboard" runs streamlit
-EXPECTED = {"train": "xmodal.train", "evaluate": "xmodal.evaluate", "report": "xmodal.report",
-            "data": "xmodal.data", "export": "xmodal.export", "compose": "xmodal.compose",
+EXPECTED = {"train": "xmodal.train", "evaluate": "xmodal.evaluate",
+            "report": "xmodal.report", "data": "xmodal.data", "export": "xmodal.export", "compose": "xmodal.compose",
             "bench": "xmodal.bench"}
 
 
@@ -182,7 +182,60 @@ def test_wheel_holds_the_library_and_no_tests(tmp_path):
         names = set(whl.namelist())
         entry_points = next(whl.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
     source = {p.relative_to(ROOT).as_posix() for p in (ROOT / "xmodal").rglob("*.py") if "__pycache__" not in p.parts}
-    assert {"xmodal/metrics.py", "xmodal/data/__init__.py", "xmodal/cli.py"} <= names
+    assert {"xmodal/evaluation/metrics.py", "xmodal/data/__init__.py", "xmodal/cli.py"} <= names
     assert source <= names, f"missing from the wheel: {sorted(source - names)[:10]}"
     assert not [n for n in names if n.split("/")[0] in ("tests", "pages", "dashboard.py", "checkpoints")]
     assert re.search(r"^xmodal = xmodal\.cli:main$", entry_points, re.M), entry_points
+
+
+def test_old_import_paths_warn_once_and_give_the_new_modules():
+    import importlib
+    import warnings
+
+    from xmodal import _moved
+    for old, targets in _moved.MOVED.items():
+        sys.modules.pop(old, None)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module = importlib.import_module(old)
+        assert [w.category for w in caught] == [DeprecationWarning], old
+        assert all(t in str(caught[0].message) for t in targets)
+        if len(targets) == 1:
+            assert module is importlib.import_module(targets[0])  # the same object: patches and isinstance agree
+        else:
+            for target in targets:
+                names = [n for n in vars(importlib.import_module(target)) if not n.startswith("_")]
+                assert all(getattr(module, n) is getattr(importlib.import_module(target), n) for n in names)
+    with pytest.warns(DeprecationWarning, match="xmodal.text.vocabulary.tokenize"):
+        from xmodal.text import tokenize  # noqa: F401
+    with pytest.warns(DeprecationWarning, match="xmodal.training.loop.train_one_epoch"):
+        from xmodal.training import train_one_epoch  # noqa: F401
+    with pytest.raises(ImportError):
+        from xmodal.training import no_such_name  # noqa: F401
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The absolute names of the xmodal modules and packages a source file imports (at any depth)."""
+    import ast
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    package = parts[:-1]  # a module's package; an __init__'s own package
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            names |= {module} | {f"{module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+    return {n for n in names if n.startswith("xmodal")}
+
+
+def test_layers_point_down_the_library_never_imports_the_dashboard():
+    # pages -> dashboard -> library; the bench sits on top (it times the dashboard too) and nothing imports it
+    for path in (ROOT / "xmodal").rglob("*.py"):
+        top = path.relative_to(ROOT / "xmodal").parts[0]
+        names = imported_modules(path)
+        if top not in ("dashboard", "bench"):
+            assert not [n for n in names if n.startswith("xmodal.dashboard")], f"{path.relative_to(ROOT)}"
+        if top != "bench":
+            assert not [n for n in names if n.startswith("xmodal.bench")], f"{path.relative_to(ROOT)}"

@@ -1,4 +1,4 @@
-"""xmodal.provenance: what a run records about the code, software and hardware that made it."""
+"""xmodal.training.provenance: what a run records about the code, software and hardware that made it."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from xmodal import provenance
-from xmodal.provenance import collect, describe
+from xmodal.training import provenance
+from xmodal.training.provenance import collect, describe
 
 VERSIONS = {"python", "torch", "timm", "onnxruntime", "faiss", "numpy", "gensim"}
 

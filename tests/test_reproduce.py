@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from xmodal.evaluate import evaluate_run
+from xmodal.evaluation.evaluate import evaluate_run
 from xmodal.runs import read_json
 
 # Recalls are shares of 6 test queries (steps of 16.7 points) and ranks are whole numbers: equal within this

@@ -1,4 +1,4 @@
-"""xmodal.runtime: the frozen backbone in ONNX Runtime computes PyTorch's features, its graph is cached and
+"""xmodal.image.runtime: the frozen backbone in ONNX Runtime computes PyTorch's features, its graph is cached and
 healed, and PyTorch takes over whenever ONNX Runtime cannot (missing, forced off, failing export).
 
 Tolerance: ONNX Runtime's outputs differ from PyTorch's by at most ``runtime.TOLERANCE`` (1e-4) relative to
@@ -17,9 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from xmodal import cachefile, onnx_export, runtime
-from xmodal.backbones import create_backbone, image_transform, stem_module, weights_digest
-from xmodal.extraction import extract_features
+from xmodal import cachefile
+from xmodal.image import onnx_export, runtime
+from xmodal.image.backbones import create_backbone, image_transform, stem_module, weights_digest
+from xmodal.image.extraction import extract_features
 
 CPU = torch.device("cpu")
 SIZE = (64, 48)
@@ -122,7 +123,7 @@ def runtime_image(path: Path):
 def test_lanes_give_every_image_its_own_features_in_order(graphs, photos, monkeypatch, tail_blocks):
     """Several lanes (each decoding a batch and running a one-thread session) return what one session fed by
     a decoding thread returns, row for row, for a job whose batches finish out of order."""
-    from xmodal import extraction
+    from xmodal.image import extraction
     model, _ = exported(graphs, "efficientnet", tail_blocks)
     paths = [photos[(i * 5) % len(photos)] for i in range(2 * extraction.LANE_BATCH * 3 + 5)]  # 53: a short last batch
     monkeypatch.setenv(runtime.ENV, "onnxruntime")
@@ -326,7 +327,7 @@ def test_auto_exports_only_jobs_that_repay_it(graphs, monkeypatch, tmp_path):
 
 
 def test_light_backbones_need_bigger_jobs_to_export():
-    from xmodal.backbones import create_backbone
+    from xmodal.image.backbones import create_backbone
     mobilenet, _ = create_backbone("mobilenet", pretrained=False, quiet=True)
     efficientnet, _ = create_backbone("efficientnet", pretrained=False, quiet=True)
     assert runtime.export_min_pixels(efficientnet) == runtime.EXPORT_MIN_PIXELS
@@ -432,7 +433,7 @@ def test_transform_halves_equal_torchvision_pipeline(photos, name):
     features keep their meaning whichever half runs where (the loader, the graph, the query)."""
     from torchvision import transforms
 
-    from xmodal.backbones import normalisation, resize_pixels
+    from xmodal.image.backbones import normalisation, resize_pixels
     mean, std = normalisation(name)
     reference = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
     tf = image_transform(name, SIZE)
@@ -447,7 +448,7 @@ def test_transform_halves_equal_torchvision_pipeline(photos, name):
 
 
 def test_decoded_batches_in_order_bounded_and_failing_loudly(tmp_path):
-    from xmodal.batching import decoded_batches
+    from xmodal.image.batching import decoded_batches
     seen = []
 
     def decode(i):

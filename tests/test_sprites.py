@@ -1,4 +1,4 @@
-"""Sprite sheets for the map's hover photos (xmodal/dashboard/sprites.py): each cell is its item's photo, in
+"""Sprite sheets for the map's hover photos (xmodal/dashboard/maps/sprites.py): each cell is its item's photo, in
 map order across sheets; unreadable photos get a grey cell; the key follows the catalogue and the items."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xmodal.dashboard import sprites
+from xmodal.dashboard.maps import sprites
 
 
 def _photos(folder, n):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY_SIZE
-from xmodal.search import Hit, SearchResult, UnknownQueryError
-from xmodal.text import Vocab, stable_hash, token_spans, tokenize
+from xmodal.retrieval.run import Hit, SearchResult, UnknownQueryError
+from xmodal.text.vocabulary import Vocab, stable_hash, token_spans, tokenize
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTIONS = ["Roadster Men Navy Blue Tshirt", "Nike Women Red Shoes", "Roadster Women Red Tshirt",
@@ -68,8 +68,8 @@ def test_token_spans_and_explanations_read_the_words_tokenize_reads():
     """One tokeniser: ``token_spans`` locates exactly ``tokenize``'s words in the text itself, and the
     explanation's highlighted spans (``explain.word_spans``) are those, on strings with letters that fold
     (İ, the Kelvin sign, ß, ligatures, accents), digits, emoji and invisible characters."""
-    from xmodal.explain import word_spans
-    from xmodal.normalise import fold
+    from xmodal.retrieval.explain import word_spans
+    from xmodal.text.normalise import fold
     assert tokenize("Navy Blue T-Shirt") == ["navy", "blue", "t", "shirt"]
     assert tokenize("İstanbul Kurta") == ["istanbul", "kurta"]  # was "i" "stanbul": the dot split the word
     assert tokenize("\u212aelvin K") == ["kelvin", "k"] and tokenize("ﬁt & Flare") == ["fit", "flare"]
@@ -91,8 +91,8 @@ def test_text_that_looks_the_same_reads_the_same():
     """Invisible characters inside a word no longer split it, accents keep their letters, NFD equals NFC, and
     the tokeniser, the title key and so the split and caption-level ground truth agree."""
     import unicodedata
-    from xmodal.metrics import title_groups
-    from xmodal.normalise import normalise_caption
+    from xmodal.evaluation.metrics import title_groups
+    from xmodal.text.normalise import normalise_caption
     assert tokenize("Ku\u200brta") == ["kurta"] and tokenize("Ku\u00adrta Set") == ["kurta", "set"]
     assert tokenize("Café Crème") == ["cafe", "creme"]  # was "caf" "cr" "me"
     nfd = unicodedata.normalize("NFD", "Crème Brûlée Kurta")
@@ -144,7 +144,7 @@ def test_trained_run_learnt_the_unknown_word(trained_run):
     """Word dropout in training moves <unk> away from its initial (random) word vector."""
     from safetensors.torch import load_file
 
-    from xmodal.text import UNK
+    from xmodal.text.vocabulary import UNK
     config = json.loads((trained_run / "config.json").read_text())
     assert config["model_config"]["word_dropout"] > 0
     weights = load_file(trained_run / "best.safetensors")["word_embed.weight"].numpy()  # [V, word_dim]
@@ -155,7 +155,7 @@ def test_trained_run_learnt_the_unknown_word(trained_run):
 
 _W2V = """
 import hashlib, sys
-from xmodal.text import Vocab, stable_hash, word2vec_vectors
+from xmodal.text.vocabulary import Vocab, stable_hash, word2vec_vectors
 caps = {caps!r}
 vocab = Vocab.build(caps)
 vectors = word2vec_vectors(vocab, caps, dim=16, seed=3, epochs=5)
@@ -217,8 +217,8 @@ def test_long_descriptions_are_read_far_enough_and_truncation_is_stated(tiny_cat
     import shutil
 
     from conftest import TINY_SIZE
-    from xmodal.text import MAX_LEN, auto_max_len
-    from xmodal.train import main
+    from xmodal.text.vocabulary import MAX_LEN, auto_max_len
+    from xmodal.training.cli import main
     assert auto_max_len(["Peter England Men Stripes Yellow Polo T-Shirt"] * 10) == 32
     filler = ("Soft everyday garment made from a cotton blend with a regular fit and a comfortable feel, "
               "easy to care for, machine washable at forty degrees and designed to last for many seasons.")
@@ -232,7 +232,7 @@ def test_long_descriptions_are_read_far_enough_and_truncation_is_stated(tiny_cat
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    from xmodal.text import tokenize
+    from xmodal.text.vocabulary import tokenize
     longest_ordinary = max(len(tokenize(r["caption"])) for r in rows[1:])
     assert 32 < longest_ordinary <= auto_max_len([r["caption"] for r in rows]) <= MAX_LEN
     assert main(["--model", "siamese", "--data", str(cat), "--epochs", "1", "--batch-size", "16",
@@ -241,7 +241,7 @@ def test_long_descriptions_are_read_far_enough_and_truncation_is_stated(tiny_cat
     text = config["text"]
     assert text["max_len"] >= longest_ordinary and text["longest"] > text["max_len"] and text["truncated"] >= 1
     assert "truncated" in capsys.readouterr().err
-    from xmodal.text import Vocab
+    from xmodal.text.vocabulary import Vocab
     vocab = Vocab.load(tmp_path / "runs" / "long" / "vocab.json")
     title_words = rows[5]["caption"][len(filler):].lower().split()
     read = vocab.read(rows[5]["caption"])
@@ -250,7 +250,7 @@ def test_long_descriptions_are_read_far_enough_and_truncation_is_stated(tiny_cat
 
 def test_word2vec_vectors_are_cached_and_heal(tmp_path, monkeypatch):
     """Trained once per vocabulary, captions and settings; read back equal; a damaged file is trained again."""
-    from xmodal import text
+    from xmodal.text import vocabulary as text
     monkeypatch.setenv("XMODAL_CACHE", str(tmp_path))
     captions = ["Roadster Men Navy Blue Shirt", "Nivora Women Red Striped Kurta", "Kaveri Men Black Jeans"] * 5
     vocab = Vocab.build(captions)

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_SIZE
-from xmodal.evaluate import main as evaluate_cli
+from xmodal.evaluation.evaluate import main as evaluate_cli
 from xmodal.runs import RunLock, read_json, read_lock, read_metrics, read_status
-from xmodal.train import main as train_cli
+from xmodal.training.cli import main as train_cli
 
 
 def base(cat: Path, out: Path, run_id: str = "r", model: str = "siamese", epochs: int = 2) -> list[str]:
@@ -126,7 +126,7 @@ def test_resume_honours_epochs_and_adds_train_time(tiny_catalogue, tmp_path):
 
 
 def test_stop_during_epoch_1_can_be_resumed(tiny_catalogue, tmp_path, monkeypatch):
-    import xmodal.train as train_mod
+    import xmodal.training.cli as train_mod
     real = train_mod.train_one_epoch
 
     def interrupted(*args, **kw):
@@ -266,9 +266,9 @@ def test_resume_with_a_cold_feature_cache_extracts_imagenet_features(tiny_catalo
     import numpy as np
     import torch
 
-    import xmodal.train as train_mod
-    from xmodal.backbones import create_backbone, image_transform
-    from xmodal.extraction import extract_features
+    import xmodal.training.cli as train_mod
+    from xmodal.image.backbones import create_backbone, image_transform
+    from xmodal.image.extraction import extract_features
     from xmodal.data import load_catalogue
     real = train_mod.train_one_epoch
 
@@ -492,7 +492,7 @@ def test_weights_that_turn_nan_stop_the_run_and_keep_the_last_good_checkpoint(wh
     import torch
     from safetensors.torch import load_file
 
-    import xmodal.train as train_mod
+    import xmodal.training.cli as train_mod
     from xmodal.runs import read_best
     real_optimizer, real_epoch = train_mod.make_optimizer, train_mod.train_one_epoch
     now: dict = {}
@@ -537,8 +537,8 @@ def _toy_epoch(bad_steps: set[int], steps: int = 6):
     after each step."""
     import torch
 
-    from xmodal.distributed import DistContext
-    from xmodal.training import train_one_epoch
+    from xmodal.training.distributed import DistContext
+    from xmodal.training.loop import train_one_epoch
 
     class Toy(torch.nn.Module):  # one layer and a loss: enough for train_one_epoch
         def __init__(self):
@@ -578,14 +578,14 @@ def test_a_step_with_a_nonfinite_gradient_norm_is_skipped():
 
 
 def test_nonfinite_gradients_in_a_row_stop_the_run():
-    from xmodal.training import MAX_SKIPPED_STEPS, NonFiniteError
+    from xmodal.training.loop import MAX_SKIPPED_STEPS, NonFiniteError
     with pytest.raises(NonFiniteError, match=f"gradient norm was nan for {MAX_SKIPPED_STEPS} steps in a row "
                                              r"\(epoch 1, steps 2-4\)"):
         _toy_epoch({2, 3, 4})
 
 
 def test_xmodal_precision_sets_the_default_and_the_flag_wins(tiny_catalogue, tmp_path, monkeypatch, capsys):
-    from xmodal.train_args import parse_args
+    from xmodal.training.args import parse_args
     monkeypatch.delenv("XMODAL_PRECISION", raising=False)  # the suite may itself run under XMODAL_PRECISION
     assert parse_args([]).cfg.precision == "auto"
     for value in ("fp32", "bf16", " BF16 ", "auto"):

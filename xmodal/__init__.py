@@ -8,15 +8,19 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import _moved
+
 if TYPE_CHECKING:
     from .models import ModelConfig, create_model, list_models, register_model
-    from .search import Run, load_run
+    from .retrieval.run import Run, load_run
 
 __all__ = ["ModelConfig", "create_model", "list_models", "register_model", "Run", "load_run"]
 __version__ = "0.1.0"
 
+_moved.install()  # the import paths from before the packages, for one release
+
 _LAZY = {"ModelConfig": ".models", "create_model": ".models", "list_models": ".models",
-         "register_model": ".models", "Run": ".search", "load_run": ".search"}
+         "register_model": ".models", "Run": ".retrieval.run", "load_run": ".retrieval.run"}
 
 
 def __getattr__(name: str) -> Any:

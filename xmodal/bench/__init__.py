@@ -3,8 +3,8 @@
 Prints one table. Each figure stands beside the limit it is judged against, and both are measured in the
 same run (the machine may be shared and noisy, so ratios count more than absolute numbers):
 
-1. the frozen backbone on JPEGs (``features.py``): ``xmodal.extraction.extract_features`` (a DataLoader over
-   JPEG files, the backbone in the runtime ``xmodal.runtime`` picks) against the bare forwards over the same
+1. the frozen backbone on JPEGs (``features.py``): ``xmodal.image.extraction.extract_features`` (a DataLoader over
+   JPEG files, the backbone in the runtime ``xmodal.image.runtime`` picks) against the bare forwards over the same
    images decoded beforehand (PyTorch eager, PyTorch channels_last, ONNX Runtime): the best of them is the
    limit; the ONNX export's cost; a photo file to its top-10 titles through ``search_image``;
 2. one training step of every registered model through ``make_loader`` + ``train_one_epoch`` against a bare

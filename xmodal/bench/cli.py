@@ -71,7 +71,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     from .. import bench
-    from ..runtime import ENV, RUNTIMES, onnxruntime_version, requested_runtime
+    from ..image.runtime import ENV, RUNTIMES, onnxruntime_version, requested_runtime
     p = argparse.ArgumentParser(prog="python -m xmodal.bench", description=bench.__doc__.split("\n\n")[1])
     p.add_argument("--quick", action="store_true", help="small sizes, no 1M gallery (about 2-4 minutes)")
     p.add_argument("--sizes", type=int, nargs="+", help="gallery sizes (default 10000 100000 1000000)")

@@ -134,7 +134,7 @@ def format_table(rows: list[Row]) -> str:
 def tiny_run(cfg: BenchConfig, work: Path) -> Path:
     """A cmpm-efficientnet run trained for one epoch on a tiny demo catalogue (at the backbone's default size)."""
     from ..data import generate_demo
-    from ..train import main as train
+    from ..training.cli import main as train
     data = generate_demo(work / "query_catalogue", n=cfg.query_run_items, seed=3)
     args = ["--model", "cmpm-efficientnet", "--data", str(data), "--epochs", "1", "--batch-size", "16",
             "--out", str(work / "runs"), "--run-id", "image-query", "--overwrite"]

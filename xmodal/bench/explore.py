@@ -1,8 +1,8 @@
 """Section 6 of ``python -m xmodal.bench``: the exploration views.
 
-- the Embeddings map at 100k points (``xmodal.dashboard.bench_map.measure``): building the WebGL figure,
+- the Embeddings map at 100k points (``xmodal.dashboard.maps.bench_map.measure``): building the WebGL figure,
   and in headless Chromium the first draw and the redraw after a colour change;
-- one explanation of one pair (word and region importance, ``xmodal.explain.bench_explain``) on the tiny
+- one explanation of one pair (word and region importance, ``xmodal.retrieval.explain.bench_explain``) on the tiny
   run, at the backbone's default image size, against its 2 s budget.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ def bench_explore(cfg: BenchConfig, work: Path) -> list[Row]:
     rows: list[Row] = []
     map_points = cfg.map_points
     try:
-        from ..dashboard.bench_map import measure
+        from ..dashboard.maps.bench_map import measure
         m = measure(map_points, browser=cfg.map_browser)
     except Exception as err:  # noqa: BLE001 - the dashboard extras (or a browser) are optional here
         rows.append(Row("6 explore", f"map of {map_points:,} points", f"skipped ({err})", "-", "-", "-", None))
@@ -34,7 +34,7 @@ def bench_explore(cfg: BenchConfig, work: Path) -> list[Row]:
         else:
             rows.append(Row("6 explore", "map in Chromium", f"skipped ({m.get('skipped', 'no browser')})", "-", "-",
                             "-", None))
-    from ..explain import bench_explain
+    from ..retrieval.explain import bench_explain
     e = bench_explain(tiny_run(cfg, work))
     size = f"{e['image_size'][0]}x{e['image_size'][1]}"
     rows.append(Row("6 explore", f"explain one pair ({e['model']}, {size}, {e['copies']} forward passes, "

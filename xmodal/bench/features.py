@@ -1,7 +1,7 @@
 """Section 1 of ``python -m xmodal.bench``: the frozen backbone on JPEGs.
 
-- Feature extraction through ``xmodal.extraction.extract_features`` (JPEG files decoded and run through the
-  backbone in the runtime ``xmodal.runtime`` picks: on several cores a lane per core, each decoding a batch and
+- Feature extraction through ``xmodal.image.extraction.extract_features`` (JPEG files decoded and run through the
+  backbone in the runtime ``xmodal.image.runtime`` picks: on several cores a lane per core, each decoding a batch and
   running it on one thread) against the bare forwards over the same images decoded beforehand: PyTorch
   eager, PyTorch ``channels_last``, ONNX Runtime on every core, and ONNX Runtime on one thread per core with a
   caller per core (the lanes without their decoding). The limit is the fastest of
@@ -32,7 +32,7 @@ SECTION = "1 features"
 
 def _backbone(cat, n: int):
     """The packaged ImageNet EfficientNet-Lite0, its input size, transform and ``n`` of the catalogue's JPEGs."""
-    from ..backbones import BACKBONES, create_backbone, image_transform
+    from ..image.backbones import BACKBONES, create_backbone, image_transform
     model, source = create_backbone("efficientnet")
     spec = BACKBONES["efficientnet"]
     size = spec.default_size if source else spec.scratch_size
@@ -44,7 +44,7 @@ def _graph(model, size: tuple[int, int]):
 
     The export is always timed; a graph the cache lacks is stored there so ``extract_features`` finds it.
     """
-    from .. import runtime
+    from ..image import runtime
     from ..cachefile import write_cache
     if runtime.onnxruntime_version() is None:
         return None, None, "onnxruntime not installed"
@@ -86,7 +86,7 @@ def bare_forwards(model, graph, pixels: torch.Tensor, raw: torch.Tensor, batch: 
     if lanes is not None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from ..extraction import LANE_BATCH
+        from ..image.extraction import LANE_BATCH
         small = [raw[s:s + LANE_BATCH].numpy() for s in range(0, len(raw), LANE_BATCH)]
         cores = max(1, torch.get_num_threads())
 
@@ -99,9 +99,9 @@ def bare_forwards(model, graph, pixels: torch.Tensor, raw: torch.Tensor, batch: 
 
 def bench_features(cfg: BenchConfig, cat, work: Path) -> list[Row]:
     """Extraction against the bare forwards of every runtime, the export, and image query latency."""
-    from .. import runtime
-    from ..backbones import BACKBONES
-    from ..extraction import LANE_BATCH, extract_features, lanes_for
+    from ..image import runtime
+    from ..image.backbones import BACKBONES
+    from ..image.extraction import LANE_BATCH, extract_features, lanes_for
     model, size, tf, paths = _backbone(cat, cfg.feature_images)
     batches = [paths[s:s + LANE_BATCH] for s in range(0, len(paths), LANE_BATCH)]
     raw = torch.cat([tf.load(b) for b in batches])  # [N, 3, H, W] uint8, decoded before the clock

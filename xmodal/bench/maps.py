@@ -20,12 +20,12 @@ def _bare_umap_seconds(x) -> float:
 
 def bench_umap(cfg: BenchConfig, cat) -> list[Row]:
     """The dashboard's UMAP of ``umap_points`` points, and embedding a gallery of ``embed_items``."""
-    from ..pipeline import embed_features, embed_texts
-    from ..text import Vocab
+    from ..models.embed import embed_features, embed_texts
+    from ..text.vocabulary import Vocab
     rows = []
     points, _ = product_like(cfg.umap_points, cfg.dim, seed=1)
-    from ..project2d import project  # the library's map, which the dashboard's Embeddings page draws
-    how = "xmodal.project2d.project"
+    from ..evaluation.project2d import project  # the library's map, which the dashboard's Embeddings page draws
+    how = "xmodal.evaluation.project2d.project"
     x = points.numpy()
     t = time.perf_counter()
     _, used = project(x, "umap")

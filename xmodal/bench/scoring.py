@@ -1,6 +1,6 @@
 """Bench section 7: the metrics core scoring a whole split (``evaluate --split all``) in bounded memory.
 
-Both ground truths, per-query ranks and the bootstrap intervals of ``xmodal.pipeline.score_embeddings`` on
+Both ground truths, per-query ranks and the bootstrap intervals of ``xmodal.evaluation.scoring.score_embeddings`` on
 synthetic embeddings of ``metrics_items`` items, with the peak of NumPy's allocations (``tracemalloc``) set
 against the ``[N, N]`` score matrix the core never builds.
 """
@@ -19,7 +19,7 @@ LIMIT_GB = 4.0
 
 def bench_scoring(cfg: BenchConfig) -> list[Row]:
     """One row: seconds and peak memory of scoring ``cfg.metrics_items`` items, against the 4 GB target."""
-    from ..pipeline import score_embeddings
+    from ..evaluation.scoring import score_embeddings
     n = cfg.metrics_items
     rng = np.random.default_rng(0)
     img = rng.normal(size=(n, DIM)).astype(np.float32)

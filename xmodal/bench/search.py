@@ -48,8 +48,8 @@ RECALL_RUN = ("--model", "infonce-efficientnet", "--epochs", "3", "--batch-size"
 def bench_search(cfg: BenchConfig, cat, work: Path, query_run: Path | None = None) -> list[Row]:
     """Text-to-top-10 latency: exact vs one memory pass, faiss build and latency, per gallery size; faiss
     recall@10 for the captions of ``query_run`` (default: a run trained here on ``cat``, see ``RECALL_RUN``)."""
-    from ..pipeline import embed_texts
-    from ..text import Vocab
+    from ..models.embed import embed_texts
+    from ..text.vocabulary import Vocab
     vocab = Vocab.build(cat.captions)
     model = text_model(len(vocab), cfg.dim)
     cpu = torch.device("cpu")
@@ -72,7 +72,7 @@ def bench_search(cfg: BenchConfig, cat, work: Path, query_run: Path | None = Non
 
 def _recall_run(cat, work: Path) -> Path:
     """A run trained on ``cat`` with ``RECALL_RUN`` (its output hidden), for ``real_query_recall``."""
-    from ..train import main as train
+    from ..training.cli import main as train
     args = [*RECALL_RUN, "--data", str(cat.root), "--out", str(work / "runs"), "--run-id", "recall-queries",
             "--overwrite"]
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -90,8 +90,8 @@ def real_query_recall(run_dir: Path, seed: int = 0) -> list[Row]:
     way) is shown beside it, with what its calibration promised. Every gallery size builds an index (the bench
     asks for faiss, whatever ``faiss_above`` says).
     """
-    from ..gallery import Gallery, GalleryConfig, exact_topk, recall_at_k
-    from ..search import load_run
+    from ..retrieval.gallery import Gallery, GalleryConfig, exact_topk, recall_at_k
+    from ..retrieval.run import load_run
     run = load_run(run_dir)
     images, texts = run.image_embeds, run.text_embeds  # [N, D] each: photos and their captions
     n = len(images)
@@ -117,7 +117,7 @@ def real_query_recall(run_dir: Path, seed: int = 0) -> list[Row]:
 def _search_rows(cfg: BenchConfig, n: int, encode: Callable[[str], torch.Tensor], texts: list[str], work: Path
                  ) -> list[Row]:
     """Exact search over ``n`` synthetic items against one memory pass; the faiss rows above the threshold."""
-    from ..gallery import Gallery, GalleryConfig
+    from ..retrieval.gallery import Gallery, GalleryConfig
     gallery, _ = product_like(n, cfg.dim, seed=n)  # [n, D]
     exact = Gallery.build(gallery, kind="exact")
     exact.search(encode(texts[0]), 10)
@@ -140,7 +140,7 @@ def _bench_faiss(gallery: torch.Tensor, cfg: BenchConfig, work: Path,
                  encode: Callable[[str], torch.Tensor], texts: list[str], exact_p50: float) -> list[Row]:
     """Build (and reload) the faiss index of ``gallery`` and time its queries (its recall is measured on real
     queries: ``real_query_recall``)."""
-    from ..gallery import Gallery
+    from ..retrieval.gallery import Gallery
     n = len(gallery)
     path = work / f"faiss_{n}.npz"
     path.unlink(missing_ok=True)
@@ -176,7 +176,7 @@ def _faiss_latency_row(index, encode: Callable[[str], torch.Tensor], texts: list
     ms at 1M, whichever searched), so each way goes first half of the time. One thread, as ``Gallery`` runs
     one query: two were no faster for one query (6.2 against 6.6 ms, 9.2 against 9.3 ms at 1M).
     """
-    from ..gallery import _FaissThreads
+    from ..retrieval.gallery import _FaissThreads
 
     def bare(v: torch.Tensor) -> object:
         with _FaissThreads(1):

@@ -20,8 +20,8 @@ from .common import BenchConfig, Row, compare, ms, timed
 def bench_training(cfg: BenchConfig, cat) -> list[Row]:
     """train_one_epoch over make_loader vs a bare forward+loss+backward+AdamW loop, per model."""
     from ..models import list_models
-    from ..metrics import title_groups
-    from ..text import Vocab
+    from ..evaluation.metrics import title_groups
+    from ..text.vocabulary import Vocab
     index = np.arange(cfg.train_batch * cfg.train_steps) % len(cat)
     vocab = Vocab.build(cat.captions)
     tokens = vocab.encode(cat.captions)[torch.as_tensor(index)]  # [n, L]
@@ -36,11 +36,11 @@ def bench_training(cfg: BenchConfig, cat) -> list[Row]:
 def _train_row(cfg: BenchConfig, cat, name: str, vocab_size: int, index: np.ndarray, tokens: torch.Tensor,
                labels: torch.Tensor) -> Row:
     """One model's training step, the real loop against the bare one, in the training command's arithmetic."""
-    from ..distributed import DistContext
+    from ..training.distributed import DistContext
     from ..models import create_model
-    from ..train_args import default_precision
-    from ..training import (CLIP_NORM, PairDataset, first_nonfinite, make_loader, make_optimizer, train_one_epoch,
-                            use_bf16)
+    from ..training.args import default_precision
+    from ..training.loop import (
+        CLIP_NORM, PairDataset, first_nonfinite, make_loader, make_optimizer, train_one_epoch, use_bf16)
     cpu, ctx, b, n = torch.device("cpu"), DistContext(), cfg.train_batch, len(index)
     bf16 = use_bf16(default_precision(), cpu)  # what python -m xmodal.train runs here without --precision
     arithmetic = "bf16 autocast" if bf16 else "fp32"

@@ -11,12 +11,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .. import metrics
+from ..evaluation import metrics
 from .. import runs as _runs
-from ..metrics import DIRECTIONS, KS
+from ..evaluation.metrics import DIRECTIONS, KS
 from ..runs import RunInfo
 
-# No PyTorch here: ranks come from xmodal.metrics, which is NumPy only, so no page that ranks or reads run
+# No PyTorch here: ranks come from xmodal.evaluation.metrics, which is NumPy only, so no page that ranks or reads run
 # folders waits for PyTorch to load.
 SHORT = {"text_to_image": "t2i", "image_to_text": "i2t"}
 STEP_KEYS = {"kind", "epoch", "step", "global_step", "lr", "time"}
@@ -37,7 +37,7 @@ def run_label(info: RunInfo) -> str:
 def backbone_label(config: dict) -> str:
     """Where a run's image backbone weights came from, and how it trained: never a silent switch (the report's
     ``backbone_description``: ImageNet from the hub or a package, distilled offline, or random init)."""
-    from ..report import backbone_description
+    from ..evaluation.report import backbone_description
     mcfg = config.get("model_config") or {}
     return f"{mcfg.get('backbone', '?')}: {backbone_description(config)}"
 
@@ -146,8 +146,9 @@ def with_intervals(table: pd.DataFrame) -> pd.DataFrame:
 
 def paired_table(runs: Sequence[RunInfo], ground_truth: str = "caption") -> pd.DataFrame:
     """Each pair of ``runs``: the paired-bootstrap difference of rsum and t2i R@1 on their shared test queries
-    (``xmodal.report.paired_rows``), labelled; pairs on other catalogues or splits say why they are not compared."""
-    from ..report import paired_rows
+    (``xmodal.evaluation.report.paired_rows``), labelled; pairs on other catalogues or splits say why they are not
+    compared."""
+    from ..evaluation.report import paired_rows
     names = {r.path.name: run_label(r) for r in runs}
     rows = paired_rows([r.path for r in runs], ground_truth)
     df = pd.DataFrame([{"A": names.get(x["a"], x["a"]), "B": names.get(x["b"], x["b"]), "metric": x.get("metric", ""),

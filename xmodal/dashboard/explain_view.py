@@ -1,4 +1,5 @@
-"""The dashboard's side of ``xmodal.explain`` and ``xmodal.compose``: "why did it match?" for Search hits and
+"""The dashboard's side of ``xmodal.retrieval.explain`` and ``xmodal.retrieval.compose``: "why did it match?" for
+Search hits and
 Compare's disagreement rows, and the Search page's photo + words and "more like this / less like this" views.
 
 Explanations are computed on demand (a result picked in a selectbox) and cached per pair with
@@ -22,9 +23,9 @@ from .escape import md
 if TYPE_CHECKING:
     from PIL import Image
 
-    from ..compose import ComposedResult
-    from ..explain import Explanation
-    from ..search import Hit, Run
+    from ..retrieval.compose import ComposedResult
+    from ..retrieval.explain import Explanation
+    from ..retrieval.run import Hit, Run
 
 _JOINER = "\u2060"  # as escape.md: keeps a word and a following "://", "." or "@" from becoming a link
 LEGEND = ("Orange words and regions pushed the score up (the match leans on them), blue ones pulled it down; "
@@ -66,7 +67,7 @@ def _escape_keep_spaces(piece: str) -> str:
 
 def overlay_png(expl: Explanation) -> bytes:
     """The photo with its region importance laid over it, as PNG bytes."""
-    from ..explain import overlay
+    from ..retrieval.explain import overlay
     buf = io.BytesIO()
     overlay(expl).save(buf, format="PNG")
     return buf.getvalue()
@@ -82,7 +83,7 @@ def image_key(image: Image.Image | str | Path) -> str:
 @st.cache_data(show_spinner="Explaining the match (each word and each region of the photo left out in turn)...",
                max_entries=256)
 def _explanation(run_dir: str, stamp: int, text: str, key: str, _image) -> Explanation:
-    from ..explain import explain
+    from ..retrieval.explain import explain
     return explain(state.run(run_dir), text, _image)
 
 
@@ -200,7 +201,7 @@ def result_column(title: str, hits: Sequence[Hit], image_width: int = 70) -> Non
 
 def side_by_side(run: Run, image, text: str, weight: float, k: int) -> None:
     """Photo only, words only and photo + words, in three columns."""
-    from ..compose import search
+    from ..retrieval.compose import search
     cols = st.columns(3)
     with cols[0]:
         result_column("Photo only", search(run, image=image, k=k))
@@ -221,7 +222,7 @@ def feedback(run: Run, query_key: str, start, k: int, columns: int = 4) -> None:
         query_key: identifies the query (run, photo, words, weight): a new one starts over.
         start: a function returning the first round's ``ComposedResult``.
     """
-    from ..compose import refine
+    from ..retrieval.compose import refine
     fb = st.session_state.get(FEEDBACK)
     if not fb or fb.get("key") != query_key:
         fb = st.session_state[FEEDBACK] = {"key": query_key, "rounds": [start()]}

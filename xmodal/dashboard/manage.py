@@ -11,7 +11,8 @@ from typing import Sequence
 import streamlit as st
 
 from ..runs import RunInfo
-from . import analysis, jobs, runmeta, state
+from . import analysis, runmeta, state
+from .jobs import training as jobs
 from .escape import md
 
 

@@ -14,10 +14,10 @@ import numpy as np
 from PIL import Image
 
 from ..data import normalise_caption
-from ..metrics import rank_of_match
+from ..evaluation.metrics import rank_of_match
 
 if TYPE_CHECKING:  # the run passed in has loaded PyTorch already; importing this module does not
-    from ..search import Hit, Run
+    from ..retrieval.run import Hit, Run
 
 
 @dataclass
@@ -31,7 +31,7 @@ class QueryResult:
 
 
 def _hit(run: Run, i: int, score: float) -> Hit:
-    from ..search import Hit
+    from ..retrieval.run import Hit
     cat = run.catalogue
     return Hit(int(i), float(score), cat.captions[i], cat.image_path(i), cat.item_ids[i])
 
@@ -78,7 +78,7 @@ def text_query(run: Run, query: str, k: int = 10, item_id: str | None = None, sh
     hits = run.search_text(query, k, vector=vector)
     scores = _restricted((run.image_embeds @ vector).numpy(), gallery)  # [N]
     if gallery is not None:
-        from ..search import SearchResult
+        from ..retrieval.run import SearchResult
         part = SearchResult(_top(run, scores, np.asarray(gallery), k), hits.query_words, hits.unknown_words)
         part.words_not_read = getattr(hits, "words_not_read", 0)
         hits = part

@@ -8,7 +8,8 @@ import streamlit as st
 
 from ..data.importers import IMPORTERS
 from ..paths import cache_dir
-from . import analysis, catalogues, checks, jobs, state, ui
+from . import analysis, catalogues, checks, state, ui
+from .jobs import training as jobs
 from .escape import md
 
 SOURCES = ("demo", "folder", "import")

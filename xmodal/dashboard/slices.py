@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from ..runs import atomic_write_json, read_json
-from .. import metrics
-from ..metrics import DIRECTIONS, KS, median_rank, wilson
+from ..evaluation import metrics
+from ..evaluation.metrics import DIRECTIONS, KS, median_rank, wilson
 
 MIN_N = 10  # queries below which a slice is flagged small and left out of the ranking
 Z95 = 1.959963984540054

@@ -23,12 +23,14 @@ import numpy as np
 import streamlit as st
 
 from ..data import Catalogue, CatalogueError, open_catalogue, resolve_data
-from ..metrics import split_ranks
+from ..evaluation.metrics import split_ranks
 from ..runs import read_json, read_metrics
-from . import analysis, embeds, jobs, projection
+from . import analysis
+from .maps import embeds, projection
+from .jobs import training as jobs
 
 if TYPE_CHECKING:
-    from ..search import Run
+    from ..retrieval.run import Run
 
 DEFAULT_CATALOGUE = "demo"
 _WARM_LOCK = threading.Lock()
@@ -36,24 +38,24 @@ _warming: list[threading.Thread] = []  # the one background import of PyTorch, o
 
 
 def warm_pytorch() -> None:
-    """Import ``xmodal.search`` (PyTorch, timm, the models) in a background thread, once per server.
+    """Import ``xmodal.retrieval.run`` (PyTorch, timm, the models) in a background thread, once per server.
 
     Called after a page has drawn, so the first visit to Compare, Embeddings or Search finds PyTorch loaded
     (or waits only for the rest of it). The thread only imports: it never calls Streamlit. A page that
-    imports ``xmodal.search`` meanwhile waits on Python's import lock for the same module.
+    imports ``xmodal.retrieval.run`` meanwhile waits on Python's import lock for the same module.
     """
     with _WARM_LOCK:
-        if _warming or "xmodal.search" in sys.modules:
+        if _warming or "xmodal.retrieval.run" in sys.modules:
             return
-        thread = threading.Thread(target=importlib.import_module, args=("xmodal.search",), daemon=True,
+        thread = threading.Thread(target=importlib.import_module, args=("xmodal.retrieval.run",), daemon=True,
                                   name="xmodal-warm-pytorch")
         _warming.append(thread)
         thread.start()
 
 
 def pytorch_loaded() -> bool:
-    """Whether ``xmodal.search`` has finished importing (not merely begun, in the background)."""
-    return "xmodal.search" in sys.modules and not any(t.is_alive() for t in _warming)
+    """Whether ``xmodal.retrieval.run`` has finished importing (not merely begun, in the background)."""
+    return "xmodal.retrieval.run" in sys.modules and not any(t.is_alive() for t in _warming)
 
 
 def _mtime(path: Path) -> int:
@@ -99,7 +101,7 @@ def _gallery_catalogue(run_dir: Path) -> Catalogue | None:
 
 @st.cache_resource(show_spinner="Loading the run (PyTorch loads on the first one)...", max_entries=16)
 def _run(run_dir: str, stamp: int, fingerprint: str, _catalogue: Catalogue | None) -> Run:
-    from ..search import load_run
+    from ..retrieval.run import load_run
     return load_run(run_dir, catalogue=_catalogue)
 
 

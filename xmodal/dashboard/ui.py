@@ -13,11 +13,12 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from ..runs import RunInfo, list_runs
-from . import analysis, catalogues, jobs, pickers, runmeta, state
+from . import analysis, catalogues, pickers, runmeta, state
+from .jobs import training as jobs
 from .escape import md
 
-if TYPE_CHECKING:  # xmodal.search imports PyTorch: the pages that show hits have loaded it already
-    from ..search import Hit
+if TYPE_CHECKING:  # xmodal.retrieval.run imports PyTorch: the pages that show hits have loaded it already
+    from ..retrieval.run import Hit
 
 ALL_RUNS = "All runs side by side"
 
@@ -35,7 +36,7 @@ def page_guard(page: str) -> None:
 
 
 def load_pytorch() -> None:
-    """Import ``xmodal.search`` (PyTorch, timm, the models) under a spinner, once per server.
+    """Import ``xmodal.retrieval.run`` (PyTorch, timm, the models) under a spinner, once per server.
 
     Home and Training never need it, and ``state.warm_pytorch`` imports it in the background after the
     first page; a page that needs a model before that is done waits for it (seconds on two busy cores)
@@ -45,7 +46,7 @@ def load_pytorch() -> None:
         return
     with st.spinner("Loading PyTorch (the first time a page needs a model after the server starts)...",
                     show_time=True):
-        import xmodal.search  # noqa: F401
+        import xmodal.retrieval.run  # noqa: F401
 
 
 def visible_runs() -> list[RunInfo]:
@@ -159,7 +160,7 @@ def background_work(what: str, folders: Sequence[Path], task: str, ready, start,
     Returns:
         Whether the work is done.
     """
-    from . import tasks
+    from .jobs import tasks
     if ready():
         return True
     records = {Path(f): tasks.read(f, task) for f in folders}

@@ -21,7 +21,7 @@ from PIL import Image
 from . import images as img
 from .images import MAX_IMAGE_PIXELS, check_image, open_rgb
 from .table import CatalogueError, Record, read_table
-from ..normalise import normalise_caption  # noqa: F401  (re-exported: xmodal.data.normalise_caption)
+from ..text.normalise import normalise_caption  # noqa: F401  (re-exported: xmodal.data.normalise_caption)
 
 REQUIRED_COLUMNS = ("image", "caption")
 KNOWN_COLUMNS = ("image", "caption", "item_id", "split")  # the rest are attributes kept for slicing

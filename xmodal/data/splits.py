@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import metrics
+from ..evaluation import metrics
 from .catalogue import SPLITS, Catalogue, CatalogueError, normalise_caption
 
 GROUPINGS = ("title", "item")
@@ -47,7 +47,7 @@ def _item_split(n: int, seed: int, fractions: tuple[float, float, float]) -> dic
 
 
 def title_groups(cat: Catalogue) -> np.ndarray:
-    """Group id per item of ``cat``: :func:`xmodal.metrics.title_groups` of its captions."""
+    """Group id per item of ``cat``: :func:`xmodal.evaluation.metrics.title_groups` of its captions."""
     return metrics.title_groups(cat.captions)
 
 

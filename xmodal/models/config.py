@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 class ModelConfig:
     """Everything needed to rebuild a model (saved beside its weights as JSON)."""
 
-    backbone: str = "efficientnet"  # image backbone name, see xmodal.backbones.BACKBONES
+    backbone: str = "efficientnet"  # image backbone name, see xmodal.image.backbones.BACKBONES
     pretrained: bool = True  # ask for ImageNet weights for the backbone
     weights_source: str | None = None  # where the backbone's weights came from (None: random init)
     finetune: bool = False  # train the backbone end to end (else frozen, features cached on disk)

@@ -5,8 +5,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..backbones import BACKBONES, create_backbone, stem_forward, tail_forward, tail_modules
-from ..text import PAD, UNK
+from ..image.backbones import BACKBONES, create_backbone, stem_forward, tail_forward, tail_modules
+from ..text.vocabulary import PAD, UNK
 from .config import ModelConfig
 
 

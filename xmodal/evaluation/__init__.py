@@ -1,0 +1,7 @@
+"""Measuring the joint space.
+
+- ``metrics``: the one metrics core (ranks, title groups, R@K, median rank, intervals, paired tests)
+- ``scoring``: every number of a split from its embeddings, as written to ``test.json``
+- ``evaluate`` (``python -m xmodal.evaluate``) and ``report`` (``python -m xmodal.report``): the CLIs
+- ``project2d``: points of the joint space -> 2-D (UMAP or PCA) for maps
+"""

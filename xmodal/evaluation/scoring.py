@@ -1,0 +1,92 @@
+"""Every number of one split from its embeddings (``score_embeddings``), or from a model (``evaluate_split``).
+
+What training writes to ``test.json``, what ``python -m xmodal.evaluate`` prints and what the bench times.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import Catalogue, normalise_caption
+from ..models.embed import embed_catalogue_images, embed_texts
+from ..text.vocabulary import Vocab
+from . import metrics
+
+
+def item_level_ceiling(groups: np.ndarray) -> dict[str, float]:
+    """The best R@K item-level ground truth allows when titles repeat (percent).
+
+    Identical titles embed identically and ties count against the model, so an image whose title is shared
+    by m items ranks its own caption at m at best, and of m identical text queries at most one can find
+    its own image first: image-to-text R@K <= share of items whose title group has at most K members;
+    text-to-image R@K <= sum over groups of min(m, K) / N.
+    """
+    sizes = np.bincount(groups)
+    m = sizes[groups]  # group size of each item
+    n = max(len(groups), 1)
+    out = {}
+    for k in metrics.KS:
+        out[f"text_to_image/R@{k}"] = float(100.0 * np.minimum(sizes, k).sum() / n)
+        out[f"image_to_text/R@{k}"] = float(100.0 * (m <= k).sum() / n)
+    return out
+
+
+def score_embeddings(img: np.ndarray | torch.Tensor, txt: np.ndarray | torch.Tensor, captions: list[str],
+                     unseen: np.ndarray | None = None, intervals: bool = True) -> dict:
+    """Every number of one split from its embeddings: both ground truths, their intervals and per-query ranks.
+
+    Args:
+        img, txt: ``[N, D]`` image and caption embeddings, row i being item i.
+        captions: the N titles (caption-level ground truth groups identical normalised titles).
+        unseen: boolean ``[N]``: the queries whose title never occurs in the train split (or None).
+        intervals: add the bootstrap intervals (``ci95``).
+
+    Returns:
+        ``item``, ``caption`` (flat metric dicts), ``similarity``, ``gallery_size``, ``item_ceiling``,
+        ``ranks`` (``{ground truth: {direction: [N] ranks}}``, in the order of ``captions``),
+        ``nonfinite_embeddings``; with ``unseen``: ``unseen_queries``, ``unseen_title`` (caption-level) and
+        ``unseen_title_item`` (item-level); with ``intervals``: ``ci95`` (per ground truth, key -> [lo, hi])
+        and ``ci_method``.
+    """
+    groups = metrics.title_groups(captions)
+    img, txt = metrics._numpy(img), metrics._numpy(txt)
+    bad = int((~np.isfinite(img).all(1)).sum() + (~np.isfinite(txt).all(1)).sum())
+    ranks = metrics.ranks_by_ground_truth(img, txt, captions)
+    out = {"item": metrics.summarise(ranks["item"]), "caption": metrics.summarise(ranks["caption"]),
+           "similarity": metrics.similarity_stats(img, txt), "gallery_size": int(len(captions)),
+           "item_ceiling": item_level_ceiling(groups), "nonfinite_embeddings": bad}
+    subsets = {"item": ranks["item"], "caption": ranks["caption"]}
+    if unseen is not None:
+        unseen = np.asarray(unseen, dtype=bool)
+        out["unseen_queries"] = int(unseen.sum())
+        for key, gt in (("unseen_title", "caption"), ("unseen_title_item", "item")):
+            sub = {d: r[unseen] for d, r in ranks[gt].items()}
+            out[key] = metrics.summarise(sub) if unseen.any() else None
+            if unseen.any():
+                subsets[key] = sub
+    if intervals:
+        out["ci95"] = {key: metrics.bootstrap_intervals(r) for key, r in subsets.items()}
+        out["ci_method"] = metrics.INTERVAL_METHOD
+    out["ranks"] = {gt: {d: r.tolist() for d, r in ranks[gt].items()} for gt in ("item", "caption")}
+    return out
+
+
+def evaluate_split(model: nn.Module, vocab: Vocab, cat: Catalogue, index: np.ndarray, device: torch.device,
+                   features: torch.Tensor | None = None, train_captions: list[str] | None = None,
+                   intervals: bool = True) -> dict:
+    """Retrieval metrics on items ``index`` of ``cat``, both directions, both ground truths (see
+    :func:`score_embeddings`).
+
+    Args:
+        train_captions: the run's train titles; given, ``unseen_title`` scores only the queries whose
+            normalised title never occurs among them, against the same whole gallery.
+    """
+    img = embed_catalogue_images(model, cat, index, device, features)
+    captions = [cat.captions[int(i)] for i in index]
+    txt = embed_texts(model, vocab, captions, device)
+    unseen = None
+    if train_captions is not None:
+        seen = {normalise_caption(c) for c in train_captions}
+        unseen = np.array([normalise_caption(c) not in seen for c in captions], dtype=bool)
+    return score_embeddings(img, txt, captions, unseen, intervals)

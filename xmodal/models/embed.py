@@ -1,0 +1,83 @@
+"""From catalogue items to joint-space embeddings with a model and its vocabulary.
+
+Frozen-backbone models read the on-disk feature cache; fine-tuned ones run their backbone on pixels.
+Training, evaluation and search all embed through these functions.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data import Catalogue
+from ..image.backbones import ImageFiles, image_transform, loader_workers
+from ..image.feature_cache import cached_features
+from ..text.vocabulary import Vocab
+
+
+
+def catalogue_features(model: nn.Module, cat: Catalogue, device: torch.device, progress: bool = True
+                       ) -> torch.Tensor:
+    """Frozen backbone features ``[N, F]`` of every item of ``cat`` (from the disk cache, keyed on the
+    backbone's actual weights: call it after they are loaded)."""
+    cfg = model.cfg
+    feats = cached_features(model.backbone, cfg.backbone, tuple(cfg.image_size), cat.root, cat.images,
+                            cat.fingerprint, device, progress=progress, tail_blocks=cfg.tune_blocks)
+    return torch.from_numpy(feats)
+
+
+@torch.no_grad()
+def embed_texts(model: nn.Module, vocab: Vocab, texts: list[str], device: torch.device, batch: int = 512
+                ) -> torch.Tensor:
+    """Text embeddings ``[N, D]`` (CPU, float32)."""
+    model.eval()
+    out = [model.encode_text(vocab.encode(texts[s:s + batch]).to(device)).float().cpu()
+           for s in range(0, len(texts), batch)]
+    return torch.cat(out) if out else torch.zeros(0, model.cfg.embed_dim)
+
+
+@torch.no_grad()
+def embed_features(model: nn.Module, feats: torch.Tensor, device: torch.device, batch: int = 512) -> torch.Tensor:
+    """Image embeddings ``[N, D]`` from cached backbone features ``[N, F]`` (or maps ``[N, C, h, w]``)."""
+    model.eval()
+    return torch.cat([model.encode_image(feats[s:s + batch].to(device)).float().cpu()
+                      for s in range(0, len(feats), batch)])
+
+
+@torch.no_grad()
+def embed_pil(model: nn.Module, images: list, device: torch.device) -> torch.Tensor:
+    """Image embeddings ``[N, D]`` of decoded images (uploads, single queries): PIL images, or RGB arrays
+    ``[H, W, 3]`` uint8 as ``xmodal.data.images.rgb_array`` gives."""
+    if model.training:  # walking the module tree to set eval mode costs ~4 ms a query
+        model.eval()
+    tf = image_transform(model.cfg.backbone, tuple(model.cfg.image_size))
+    from ..data.images import to_rgb
+    raw = torch.stack([tf.to_uint8(to_rgb(im) if isinstance(im, Image.Image) else im)
+                       for im in images]).to(device)  # [N, 3, H, W] uint8
+    if model.image_input == "features" and device.type == "cpu":  # frozen backbone: the fastest runtime
+        from ..image.runtime import backbone_features
+        feats = backbone_features(model.backbone, raw, model.cfg.tune_blocks, transform=tf)  # [N, F] or maps
+        return model.encode_image(feats).float().cpu()
+    return model.encode_image(tf.normalise(raw)).float().cpu()
+
+
+@torch.no_grad()
+def embed_catalogue_images(model: nn.Module, cat: Catalogue, index: np.ndarray, device: torch.device,
+                           features: torch.Tensor | None = None, batch: int = 128,
+                           progress: bool = False) -> torch.Tensor:
+    """Image embeddings ``[n, D]`` of items ``index`` of ``cat``."""
+    if model.image_input == "features":
+        if features is None:
+            features = catalogue_features(model, cat, device, progress=progress)
+        return embed_features(model, features[torch.as_tensor(index, dtype=torch.long)], device)
+    model.eval()
+    tf = image_transform(model.cfg.backbone, tuple(model.cfg.image_size))
+    loader = DataLoader(ImageFiles([cat.image_path(int(i)) for i in index], tf), batch_size=batch,
+                        num_workers=loader_workers(), generator=torch.Generator())  # leaves the global RNG alone
+    out = []
+    for pixels in loader:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(model.encode_image(pixels.to(device, non_blocking=True)).float().cpu())
+    return torch.nn.functional.normalize(torch.cat(out), dim=-1)

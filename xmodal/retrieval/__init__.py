@@ -1,0 +1,8 @@
+"""Querying a trained run.
+
+- ``run``: ``load_run(dir)`` -> ``Run`` with ``search_text``, ``search_image``, ``search`` and ``refine``
+- ``gallery``: top-k over unit vectors, exact or a faiss IVF index
+- ``query_vectors`` and ``compose``: a photo plus words, relevance feedback, and their benchmark
+- ``explain``: word and region importance of a (caption, photo) score
+- ``export``: a run's embeddings as parquet or for TensorBoard's projector
+"""

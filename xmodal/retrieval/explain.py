@@ -1,0 +1,257 @@
+"""Why did a (caption, photo) pair score as it did: word importance and region importance.
+
+Both measure what the model does when part of its input goes missing, for any of the registered models:
+
+- **Word importance**: each word the model reads is replaced by ``<unk>`` in turn (what the model makes of a
+  word it does not know: word dropout trains the sequence models for it, and the bag-of-words models leave
+  ``<unk>`` out of their mean, so there it removes the word); a word's importance is the drop of the pair's
+  cosine score. All the variants go through the text tower in one batch.
+- **Region importance**: occlusion sensitivity (Zeiler & Fergus, ECCV 2014). The photo, resized as the model
+  sees it, is cut into a ``rows x cols`` grid; each cell in turn is painted grey (the photo's own mean
+  colour, see ``occluded``) and the photo goes through the image tower, backbone and head, on pixels
+  (even for models trained on cached features: ``encode_image`` takes pooled backbone features, and the
+  backbone runs here); a cell's importance is the drop of the score. One batch: the photo and its
+  ``rows * cols`` occluded copies.
+
+A positive value means the word or region pushes the score up (the match leans on it); a negative one that
+the model would like the pair better without it. ``GRID`` (7 x 5 = 35 occluded copies) keeps one
+explanation at the default 224x168 under 2 s on two CPU cores (``bench_explain``).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ..image.backbones import image_transform
+from ..text.vocabulary import PAD, UNK, Vocab, token_spans
+
+if TYPE_CHECKING:
+    from .run import Run
+
+GRID = (7, 5)  # (rows, cols) of occluded cells: 35 copies of the photo, portrait like the catalogue's photos
+FILLS = ("mean", "grey")  # what an occluded cell is painted with (see ``occluded``)
+
+
+@dataclass
+class Explanation:
+    """Why one caption and one photo scored as they did (see the module docstring)."""
+
+    text: str  # the caption, as given
+    score: float  # cosine similarity of the pair
+    words: list[str]  # the words the model reads, in order
+    spans: list[tuple[int, int]]  # character span of each word in ``display_text``
+    display_text: str  # ``text``, or its lower-cased form when lower-casing changes its length
+    word_scores: np.ndarray  # [len(words)] score drop when each word is read as <unk>
+    regions: np.ndarray  # [rows, cols] score drop when each grid cell is greyed out
+    photo: np.ndarray  # [H, W, 3] uint8: the photo resized to the model's input size
+    seconds: float  # time taken
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """``(rows, columns)`` of the region-importance grid."""
+        return tuple(self.regions.shape)
+
+    def top_words(self, n: int = 3) -> list[tuple[str, float]]:
+        """The ``n`` words with the largest effect either way, with their score drops, largest ``|drop|`` first."""
+        order = np.argsort(-np.abs(self.word_scores), kind="stable")[:n]
+        return [(self.words[i], float(self.word_scores[i])) for i in order]
+
+
+def word_spans(text: str, max_len: int | None = None) -> tuple[str, list[tuple[int, int]]]:
+    """The text to show (``text`` itself) and the character span in it of each word the model reads
+    (``tokenize``'s words, the first ``max_len``)."""
+    spans = token_spans(text)
+    return text, spans[:max_len] if max_len is not None else spans
+
+
+@torch.no_grad()
+def word_importance(model: nn.Module, vocab: Vocab, text: str, image_embed: torch.Tensor,
+                    device: torch.device | str = "cpu") -> tuple[list[str], np.ndarray, float]:
+    """Each read word's share of the score of ``text`` against ``image_embed`` ``[D]``.
+
+    Returns:
+        (words as read, score drop per word ``[L]`` when it is read as ``<unk>``, the pair's score).
+        Words the vocabulary lacks are ``<unk>`` already: their drop is 0.
+    """
+    model.eval()
+    tokens = vocab.encode([text])[0]  # [L]
+    words = vocab.read(text) or ["<unk>"]
+    n = len(words)
+    variants = tokens.repeat(n + 1, 1)  # [n + 1, L]: the text, then one copy per word read as <unk>
+    pos = torch.arange(n)
+    variants[pos + 1, pos] = torch.where(variants[pos + 1, pos] == PAD, PAD, UNK)
+    emb = model.encode_text(variants.to(device)).float().cpu()  # [n + 1, D]
+    scores = emb @ image_embed.float().cpu()  # [n + 1]
+    return words, (scores[0] - scores[1:]).numpy(), float(scores[0])
+
+
+def _image_tower(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Joint-space vectors ``[B, D]`` of pixels ``[B, 3, H, W]`` through backbone and head.
+
+    A frozen backbone runs in the fastest runtime the machine has (``xmodal.image.runtime``, when present: a
+    cached ONNX graph checked against PyTorch), and its pooled features go through ``encode_image``.
+    """
+    cfg = model.cfg
+    if cfg.finetune or cfg.tune_blocks or pixels.device.type != "cpu":
+        return model.encode_image(pixels).float().cpu()
+    try:
+        from ..image.runtime import backbone_features
+    except ImportError:  # no runtime module: PyTorch
+        feats = model.backbone(pixels)
+    else:
+        feats = backbone_features(model.backbone, pixels)
+    return model.encode_image(feats.float()).float().cpu()  # [B, D]
+
+
+def occluded(pixels: torch.Tensor, grid: tuple[int, int] = GRID, fill: str = "mean") -> torch.Tensor:
+    """``pixels`` ``[3, H, W]`` (normalised) followed by one copy per grid cell with that cell painted over:
+    ``[1 + rows * cols, 3, H, W]``, row-major over the cells.
+
+    Args:
+        fill: ``mean``: the photo's own mean colour (a grey for most photos; it hides the cell without
+            pasting a dark square onto a light backdrop, which a model reads as an object of its own);
+            ``grey``: the backbone's normalisation mean (0 after normalisation).
+    """
+    if fill not in FILLS:
+        raise ValueError(f"unknown fill {fill!r}; choose one of {FILLS}")
+    value = pixels.mean((1, 2))[:, None, None] if fill == "mean" else 0.0  # [3, 1, 1] or a scalar
+    rows, cols = grid
+    _, h, w = pixels.shape
+    ys = np.linspace(0, h, rows + 1).round().astype(int)
+    xs = np.linspace(0, w, cols + 1).round().astype(int)
+    batch = pixels.repeat(1 + rows * cols, 1, 1, 1)  # [1 + R*C, 3, H, W]
+    for r in range(rows):
+        for c in range(cols):
+            batch[1 + r * cols + c, :, ys[r]:ys[r + 1], xs[c]:xs[c + 1]] = value
+    return batch
+
+
+@torch.no_grad()
+def region_importance(model: nn.Module, pixels: torch.Tensor, text_embed: torch.Tensor,
+                      grid: tuple[int, int] = GRID, batch: int = 64, fill: str = "mean"
+                      ) -> tuple[np.ndarray, float]:
+    """Occlusion sensitivity of the score of ``pixels`` ``[3, H, W]`` against ``text_embed`` ``[D]``.
+
+    Returns:
+        (score drop per cell ``[rows, cols]`` when the cell is greyed out, the pair's score).
+    """
+    drops, score, _ = _occlusion(model, pixels, text_embed, grid, batch, fill)
+    return drops, score
+
+
+def _occlusion(model: nn.Module, pixels: torch.Tensor, text_embed: torch.Tensor, grid: tuple[int, int],
+               batch: int, fill: str) -> tuple[np.ndarray, float, torch.Tensor]:
+    """``region_importance``, and the photo's own joint-space vector ``[D]``."""
+    model.eval()
+    device = next(model.parameters()).device
+    copies = occluded(pixels, grid, fill)  # [1 + R*C, 3, H, W]
+    emb = torch.cat([_image_tower(model, copies[s:s + batch].to(device)) for s in range(0, len(copies), batch)])
+    scores = emb @ text_embed.float().cpu()  # [1 + R*C]
+    return (scores[0] - scores[1:]).reshape(grid).numpy(), float(scores[0]), emb[0]
+
+
+def explain_pair(model: nn.Module, vocab: Vocab, text: str, image: Image.Image, grid: tuple[int, int] = GRID,
+                 device: torch.device | str = "cpu") -> Explanation:
+    """Word and region importance of one caption and one photo (a PIL image, any size)."""
+    from ..data.images import to_rgb
+    t = time.perf_counter()
+    model.eval()
+    device = torch.device(device)
+    h, w = model.cfg.image_size
+    image = to_rgb(image)
+    pixels = image_transform(model.cfg.backbone, (h, w))(image)  # [3, H, W]
+    with torch.no_grad():
+        text_embed = model.encode_text(vocab.encode([text]).to(device)).float().cpu()[0]  # [D]
+    with torch.no_grad():
+        regions, score, image_embed = _occlusion(model, pixels, text_embed, grid, batch=64, fill="mean")
+    words, drops, _ = word_importance(model, vocab, text, image_embed, device)
+    shown, spans = word_spans(text, vocab.max_len)
+    if len(spans) != len(words):  # a text with no word: the model read one <unk>
+        spans = []
+    photo = np.asarray(image.resize((w, h), Image.BILINEAR), dtype=np.uint8)
+    return Explanation(text=text, score=score, words=words, spans=spans, display_text=shown, word_scores=drops,
+                       regions=regions, photo=photo, seconds=time.perf_counter() - t)
+
+
+def _as_image(run: Run, image: Image.Image | str | os.PathLike | bytes | int) -> Image.Image:
+    from ..data.images import open_rgb, to_rgb
+    if isinstance(image, (int, np.integer)):
+        return run.catalogue.open_image(int(image))
+    return to_rgb(image) if isinstance(image, Image.Image) else open_rgb(image)
+
+
+def explain(run: Run, text: str, image: Image.Image | str | os.PathLike | bytes | int,
+            grid: tuple[int, int] = GRID) -> Explanation:
+    """Why ``text`` and ``image`` (a PIL image, a path, the file's bytes, or an item index of the run's
+    catalogue) score as they do under ``run``'s model."""
+    return explain_pair(run.model, run.vocab, text, _as_image(run, image), grid, run.device)
+
+
+def heat_colours(values: np.ndarray, scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """RGB ``[..., 3]`` (uint8) and opacity ``[...]`` (0-1) for importance values: warm (orange to red) where
+    a part pushes the score up, cool (blue) where it pulls it down, opacity growing with ``|value| / scale``
+    (``scale``: the largest ``|value|`` unless given)."""
+    v = np.asarray(values, dtype=np.float32)
+    scale = float(scale if scale is not None else np.abs(v).max(initial=0.0)) or 1.0
+    level = np.clip(v / scale, -1, 1)
+    warm = np.array([255, 140, 0], np.float32) + np.array([-25, -120, 0], np.float32) * level[..., None].clip(0, 1)
+    cool = np.broadcast_to(np.array([30, 90, 230], np.float32), warm.shape)
+    rgb = np.where(level[..., None] >= 0, warm, cool).astype(np.uint8)
+    return rgb, np.abs(level)
+
+
+def overlay(expl: Explanation, scale: int = 2, max_alpha: float = 0.75) -> Image.Image:
+    """The photo as the model saw it, in grey (so that the heat shows on a garment of any colour), with the
+    region importance laid over it in colour, ``scale`` times its size."""
+    h, w = expl.photo.shape[:2]
+    size = (w * scale, h * scale)
+    smooth = np.asarray(Image.fromarray(expl.regions.astype(np.float32), mode="F").resize(size, Image.BILINEAR))
+    rgb, alpha = heat_colours(smooth, scale=np.abs(expl.regions).max(initial=0.0))
+    grey = Image.fromarray(expl.photo).convert("L").resize(size, Image.BILINEAR)
+    photo = 60 + 0.75 * np.asarray(grey.convert("RGB"), dtype=np.float32)  # lighter, lower contrast
+    a = (alpha * max_alpha)[..., None]
+    out = photo * (1 - a) + rgb.astype(np.float32) * a
+    rows, cols = expl.grid
+    for r in range(1, rows):  # faint grid lines: which cell is which
+        out[int(round(r * size[1] / rows)), :, :] *= 0.8
+    for c in range(1, cols):
+        out[:, int(round(c * size[0] / cols)), :] *= 0.8
+    return Image.fromarray(out.clip(0, 255).astype(np.uint8))
+
+
+def bench_explain(run_dir: str | os.PathLike, repeats: int = 3, data: str | None = None) -> dict:
+    """Seconds for one explanation of one pair (an item's own caption and photo) at the run's image size.
+
+    The first call (which loads weights and warms the runtime) is left out; ``seconds`` is the best of
+    ``repeats`` and ``median_s`` their median.
+
+    Returns:
+        ``{"seconds", "median_s", "image_size", "grid", "copies", "model", "runtime", "threads"}``; ``runtime``
+        says what ran the frozen backbone (``onnxruntime`` when ``xmodal.image.runtime`` has its graph, else torch).
+    """
+    from .run import load_run
+    run = load_run(Path(run_dir), data=data)
+    cfg = run.model.cfg
+    runtime = "torch"
+    if not (cfg.finetune or cfg.tune_blocks):
+        try:  # as the dashboard finds it once the run's features were extracted: the backbone's graph on disk
+            from ..image.runtime import load_graph, requested_runtime
+        except ImportError:
+            pass
+        else:
+            if requested_runtime() != "torch" and load_graph(run.model.backbone, tuple(cfg.image_size)) is not None:
+                runtime = "onnxruntime"
+    text, image = run.catalogue.captions[0], run.catalogue.open_image(0)
+    explain(run, text, image)  # warm-up
+    times = [explain(run, text, image).seconds for _ in range(repeats)]
+    return {"seconds": min(times), "median_s": float(np.median(times)), "image_size": list(cfg.image_size),
+            "grid": list(GRID), "copies": 1 + GRID[0] * GRID[1], "model": run.name, "runtime": runtime,
+            "threads": torch.get_num_threads()}

