@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import socket
 import time
@@ -206,46 +207,42 @@ LOCK_FILE = ".lock"
 
 
 class RunLock:
-    """One writer per run folder: an exclusive ``flock`` on ``<run>/.lock``.
+    """One writer per run folder: an exclusive ``flock`` on the run folder itself and on ``<run>/.lock``.
 
-    The kernel releases the lock when its process exits in any way (kill -9 included), so a lock left by
-    a dead process is never in the way; the file names the holder (pid, host, start, command) for
-    ``read_lock``. Use ``RunLock.acquire(run_dir, command)`` and ``release()`` (or ``with``).
+    The kernel releases both when their process exits in any way (kill -9 included), so a lock left by a dead
+    process is never in the way. The folder's lock holds even when someone deletes ``.lock`` during a run (a
+    second writer would otherwise lock a new file of the same name); the file's lock keeps out writers of
+    earlier versions, and the file names the holder (pid, host, start, command) for ``read_lock``. Use
+    ``RunLock.acquire(run_dir, command)`` and ``release()`` (or ``with``).
     """
 
-    def __init__(self, run_dir: Path, fd: int):
-        self.run_dir, self._fd = Path(run_dir), fd
+    def __init__(self, run_dir: Path, fds: tuple[int, ...]):
+        self.run_dir, self._fds = Path(run_dir), fds
 
     @classmethod
     def acquire(cls, run_dir: Path, command: str = "") -> "RunLock":
         """Take the lock of ``run_dir`` (which must exist) or raise ``RunLocked`` naming the holder."""
-        import fcntl
-        path = Path(run_dir) / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        for attempt in range(3):  # a reader's brief shared lock (read_lock) is not a holder: retry
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if attempt < 2:
-                    time.sleep(0.05)
-        else:
-            os.close(fd)
-            holder = read_lock(run_dir) or {}
-            started = holder.get("started")
-            since = time.strftime("%H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
-            raise RunLocked(f"run folder {run_dir} is in use by process {holder.get('pid', '?')} on "
-                            f"{holder.get('host', '?')} since {since}; wait for it to finish, or stop it "
-                            "(Stop in the dashboard, or kill that process), then try again") from None
+        run_dir = Path(run_dir)
+        fds: list[int] = []
+        try:
+            for path, flags in ((run_dir, os.O_RDONLY | os.O_DIRECTORY), (run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT)):
+                fds.append(os.open(path, flags, 0o644))
+                if not _flock_exclusive(fds[-1]):
+                    raise RunLocked(_holder_line(run_dir))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": command}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        return cls(run_dir, fd)
+        os.ftruncate(fds[1], 0)
+        os.pwrite(fds[1], json.dumps(info).encode(), 0)
+        clean_dead_temps(run_dir)  # we are the writer now: what a killed writer left half-written goes
+        return cls(run_dir, tuple(fds))
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
-            self._fd = None
+        for fd in self._fds:
+            os.close(fd)  # closing a descriptor drops its flock
+        self._fds = ()
 
     def __enter__(self) -> "RunLock":
         return self
@@ -254,33 +251,91 @@ class RunLock:
         self.release()
 
 
+def _flock_exclusive(fd: int) -> bool:
+    import fcntl
+    for attempt in range(3):  # a reader's brief shared lock (read_lock) is not a holder: retry
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt < 2:
+                time.sleep(0.05)
+    return False
+
+
+def _holder_line(run_dir: Path) -> str:
+    holder = read_lock(run_dir) or {}
+    started = holder.get("started")
+    since = time.strftime("%H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
+    return (f"run folder {run_dir} is in use by process {holder.get('pid', '?')} on {holder.get('host', '?')} "
+            f"since {since}; wait for it to finish, or stop it (Stop in the dashboard, or kill that process), "
+            "then try again")
+
+
+def _held(path: Path, flags: int) -> bool | None:
+    """Whether a live process holds a ``flock`` on ``path``; None when it cannot be opened."""
+    import fcntl
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def read_lock(run_dir: Path) -> dict | None:
     """``{"pid", "host", "started", "command"}`` of the live process holding ``run_dir``; None when free.
 
     A lock file left by a process that has died is free (the kernel dropped its ``flock``).
     """
-    import fcntl
-    path = Path(run_dir) / LOCK_FILE
+    run_dir = Path(run_dir)
+    if not (_held(run_dir, os.O_RDONLY | os.O_DIRECTORY) or _held(run_dir / LOCK_FILE, os.O_RDONLY)):
+        return None
     try:
-        fd = os.open(path, os.O_RDONLY)
+        info = json.loads((run_dir / LOCK_FILE).read_bytes() or b"{}")
+    except (OSError, ValueError, RecursionError):  # deleted, not UTF-8, not JSON
+        info = {}
+    if not isinstance(info, dict):  # a lock file written by someone else: the holder is unnamed
+        info = {}
+    return {"pid": info.get("pid"), "host": info.get("host"), "started": info.get("started"),
+            "command": info.get("command", "")}
+
+
+TEMP_FILE = re.compile(r"^\..+\.(\d+)\.tmp$")  # atomic_write_bytes's temporary files: .<name>.<pid>.tmp
+TEMP_GRACE_S = 60.0  # younger temporary files are left alone whoever wrote them (another host's writer)
+
+
+def clean_dead_temps(run_dir: Path) -> list[str]:
+    """Remove the temporary files of writers that died mid-write (``kill -9`` during a checkpoint).
+
+    A file goes only when its writer's pid is not alive on this host and it has not changed for a minute.
+
+    Returns:
+        The names removed.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(run_dir))
     except OSError:
-        return None
-    try:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = TEMP_FILE.match(entry.name)
+        if not match or int(match.group(1)) == os.getpid() or pid_alive(int(match.group(1))):
+            continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:  # held by a live process
-            try:
-                info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                info = {}
-            if not isinstance(info, dict):  # a lock file written by someone else: the holder is unnamed
-                info = {}
-            return {"pid": info.get("pid"), "host": info.get("host"), "started": info.get("started"),
-                    "command": info.get("command", "")}
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+            if entry.is_file(follow_symlinks=False) and now - entry.stat(follow_symlinks=False).st_mtime > TEMP_GRACE_S:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except OSError:
+            continue
+    return removed
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -375,6 +430,7 @@ def list_runs(root: str | Path | None = None) -> list[RunInfo]:
         config = read_json(d / "config.json") if d.is_dir() else None
         if not config or not isinstance(config, dict):
             continue
+        clean_dead_temps(d)
         test = read_json(d / "test.json")
         runs.append(RunInfo(d, config, read_status(d), test if isinstance(test, dict) else None, read_best(d)))
     runs.sort(key=lambda r: r.config.get("created", 0), reverse=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from ..data.importers import IMPORTERS
+from ..data.writing import TargetExists, fresh_folder
 from ..paths import cache_dir
 from . import analysis, catalogues, checks, state, ui
 from .jobs import training as jobs
@@ -49,16 +50,21 @@ def _catalogue_picker() -> str:
 def _import_form() -> None:
     layout = st.selectbox("Layout", sorted(IMPORTERS), key="imp_layout",
                           help="kaggle: styles.csv + images/<id>.jpg; research: images.csv + <id>.jpg")
-    src = st.text_input("Folder to import", key="imp_src")
-    default_out = str(cache_dir() / "imports" / (Path(src).name or "catalogue")) if src else ""
-    out = st.text_input("Write the catalogue to", value=default_out, key="imp_out")
-    if st.button("Import", key="imp_go", disabled=not src.strip()):
+    src = st.text_input("Folder to import", key="imp_src").strip()
+    # a new folder by default, never the source: an import must not replace a catalogue the user made
+    default_out = str(fresh_folder(cache_dir() / "imports" / (Path(src).name or "catalogue"))) if src else ""
+    out = st.text_input("Write the catalogue to", key="imp_out", placeholder=default_out or "a new folder",
+                        help="a new folder; left empty, the suggested new folder shown").strip() or default_out
+    overwrite = st.checkbox("Replace a catalogue already in that folder", key="imp_overwrite",
+                            help="never replaces a folder that holds other files")
+    if st.button("Import", key="imp_go", disabled=not src):
         try:
             with st.spinner("Importing..."):
-                res = IMPORTERS[layout](src.strip(), out.strip() or None)
+                res = IMPORTERS[layout](src, out, overwrite=overwrite,
+                                        flag="the 'Replace a catalogue already in that folder' box")
         except checks.LOAD_ERRORS as err:
-            st.error(md(f"Import failed: {' '.join(str(err).split())}. Check the folder and the layout, then "
-                        "import again."), icon=":material/error:")
+            todo = "" if isinstance(err, TargetExists) else " Check the folder and the layout, then import again."
+            st.error(md(f"Import failed: {' '.join(str(err).split())}.{todo}"), icon=":material/error:")
             return
         dropped = ", ".join(f"{n} {why}" for why, n in res.dropped.items()) or "none"
         st.session_state["_imported"] = str(res.out_dir)

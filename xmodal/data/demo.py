@@ -10,12 +10,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from .catalogue import Catalogue, load_catalogue
+from .writing import write_catalogue
 
 WIDTH, HEIGHT = 150, 200
 
@@ -130,9 +132,26 @@ def caption_for(brand: str, gender: str, pattern: str, c1: str, c2: str | None, 
     return f"{brand} {gender} {colour} {pat}{garment}"
 
 
-def generate_demo(out_dir: str | os.PathLike, n: int = 2000, seed: int = 0) -> Path:
-    """Write a demo catalogue of ``n`` items into ``out_dir`` (captions.csv + images/)."""
-    out = Path(out_dir)
+MAX_DEMO_ITEMS = 200_000  # about 1.2 GB of photos; more is a typo, not a demo
+DEMO_BYTES_PER_ITEM = 8_000  # a generous upper bound of one photo and its row, to check the disk first
+
+
+def check_demo_size(n: int, out: Path | None = None) -> None:
+    """Raise ``ValueError`` naming the problem when ``n`` demo items cannot or should not be written."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_DEMO_ITEMS:
+        raise ValueError(f"--n must be a whole number from 1 to {MAX_DEMO_ITEMS:,}, got {n!r}")
+    if out is not None:
+        probe = out
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+        if free < n * DEMO_BYTES_PER_ITEM:
+            raise ValueError(f"{n:,} demo items need about {n * DEMO_BYTES_PER_ITEM / 1e9:.1f} GB and {probe} has "
+                             f"{free / 1e9:.1f} GB free; ask for fewer with --n, or free some space")
+
+
+def _write_demo(out: Path, n: int, seed: int) -> None:
+    """Render ``n`` items into the empty folder ``out`` (captions.csv + images/ + demo.json)."""
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     colour_names = list(COLOURS)
@@ -156,14 +175,25 @@ def generate_demo(out_dir: str | os.PathLike, n: int = 2000, seed: int = 0) -> P
                                                            say_solid=bool(rng.random() < 0.3)),
                      "item_id": f"demo{i:05d}", "gender": gender, "master_category": garment,
                      "colour": c1, "pattern": pattern, "brand": brand})
-    tmp = out / "captions.csv.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with open(out / "captions.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, out / "captions.csv")
     (out / "demo.json").write_text(json.dumps({"n": n, "seed": seed}))
-    return out
+
+
+def generate_demo(out_dir: str | os.PathLike, n: int = 2000, seed: int = 0, overwrite: bool = False) -> Path:
+    """Write a demo catalogue of ``n`` items into the new folder ``out_dir`` (captions.csv + images/).
+
+    Raises:
+        ValueError: ``n`` out of range or more than the disk holds; a negative ``seed``.
+        writing.TargetExists: ``out_dir`` holds something, and ``overwrite`` does not allow replacing it.
+    """
+    out = Path(out_dir).expanduser()
+    check_demo_size(n, out)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"--seed must be a whole number >= 0, got {seed!r}")
+    return write_catalogue(out, lambda folder: _write_demo(folder, n, seed), overwrite)
 
 
 def demo_dir(n: int = 2000, seed: int = 0) -> Path:
@@ -179,11 +209,11 @@ def ensure_demo(n: int = 2000, seed: int = 0) -> Path:
         return path
     # Generate beside it and rename into place, so concurrent runs never see half a catalogue.
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)  # a dead process's half-made copy under our pid
     generate_demo(tmp, n=n, seed=seed)
     try:
         os.rename(tmp, path)
     except OSError:  # another process finished first
-        import shutil
         shutil.rmtree(tmp, ignore_errors=True)
     return path
 
