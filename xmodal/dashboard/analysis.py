@@ -13,6 +13,7 @@ import pandas as pd
 
 from ..evaluation import metrics
 from .. import runs as _runs
+from ..data.images import thumbnail_jpeg
 from ..evaluation.metrics import DIRECTIONS, KS
 from ..runs import RunInfo
 
@@ -303,17 +304,9 @@ def modality_gap(image_embeds: Any, text_embeds: Any, seed: int = 0) -> dict[str
 
 
 def thumbnail_uri(path: str | Path, height: int = 64) -> str:
-    """A small JPEG of the image at ``path`` as a ``data:`` URI (for image columns in tables)."""
+    """A small upright JPEG of the image at ``path`` as a ``data:`` URI (for image columns in tables)."""
     import base64
-    import io
-
-    from PIL import Image
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        im.thumbnail((height * 4, height))
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    return "data:image/jpeg;base64," + base64.b64encode(thumbnail_jpeg(path, (height * 4, height), 80)).decode()
 
 
 def format_eta(seconds: float | None) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 import streamlit as st
 
 from ..data import Catalogue, CatalogueError, open_catalogue, resolve_data
+from ..data.images import thumbnail_jpeg
 from ..evaluation.metrics import split_ranks
 from ..runs import read_json, read_metrics
 from . import analysis
@@ -213,6 +214,21 @@ def thumbnail(path: str, height: int = 64) -> str | None:
         return analysis.thumbnail_uri(path, height)
     except (OSError, ValueError):  # a photo deleted since the catalogue was loaded, or one PIL cannot decode
         return None
+
+
+@st.cache_data(show_spinner=False, max_entries=4000)
+def _photo(path: str, width: int, stamp: int) -> bytes:
+    return thumbnail_jpeg(path, (width, 4 * width), quality=90)
+
+
+def photo(path: str | Path, width: int) -> bytes:
+    """A product photo as an upright JPEG at most ``width`` px wide (``thumbnail_jpeg``), made once for every
+    session and re-made when the file changes.
+
+    Raises:
+        ImageError: the file is missing, unreadable or not an image (``reason`` says which).
+    """
+    return _photo(str(path), int(width), _mtime(Path(path)))
 
 
 def clear_runs() -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Sequence
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
+from ..data.images import IS_FOLDER, MISSING, ImageError
 from ..runs import RunInfo, list_runs
 from . import analysis, catalogues, pickers, runmeta, state
 from .jobs import training as jobs
@@ -96,21 +97,18 @@ def show_failure(run_dir: Path, status: dict, compact: bool = False) -> None:
 
 def photo(path: str | Path, width: int, where: DeltaGenerator | None = None, caption: str | None = None
           ) -> None:
-    """A product photo from a local file, handed to Streamlit as its bytes.
+    """A product photo from a local file, handed to Streamlit as the bytes of an upright JPEG (``state.photo``).
 
     A path string that looks like a URL would reach the browser as one (and be fetched); bytes never do.
     A missing, unreadable or undecodable file (changed since the catalogue was checked) shows a short note.
     """
     where = where if where is not None else st
     try:
-        data = Path(path).read_bytes()
-    except OSError:
-        where.caption("(photo missing)")
+        data = state.photo(path, width)
+    except ImageError as err:
+        where.caption("(photo missing)" if err.reason in (MISSING, IS_FOLDER) else "(photo unreadable)")
         return
-    try:
-        where.image(data, width=width, caption=caption)
-    except (OSError, ValueError):  # PIL's UnidentifiedImageError is an OSError
-        where.caption("(photo unreadable)")
+    where.image(data, width=width, caption=caption)
 
 
 def hit_card(hit: Hit, title: str | None = None, image_width: int = 90) -> None:

@@ -1,6 +1,8 @@
 """The one image decoder: every image the library reads (catalogue checks, training, search, uploads)
 goes through :func:`open_rgb` (or :func:`rgb_array`, the same pixels as an array, faster for plain JPEGs),
-so they all see the same 8-bit RGB pixels.
+so they all see the same 8-bit RGB pixels, upright: the EXIF orientation is applied in one place,
+:func:`upright`, and thumbnails (:func:`thumbnail_jpeg`: tables, result cards, map sprites) are made from
+the same decoded pixels, so no reader shows or embeds a photo sideways.
 
 It turns what product photos arrive as into plain RGB: 16-bit and 32-bit greyscale scaled to 8 bits
 (a plain ``convert("RGB")`` clips them to white), float images, transparency composited on white,
@@ -118,19 +120,59 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, HSV
 
 
-def open_rgb(source: Source, max_pixels: int | None = None) -> Image.Image:
+_ORIENTATION = 0x0112  # EXIF tag: how the stored pixels are turned for display (1: as stored)
+_SIDEWAYS = (5, 6, 7, 8)  # orientations that swap width and height
+
+
+def orientation(im: Image.Image) -> int:
+    """The EXIF orientation of an opened image (1-8; 1, shown as stored, when absent or unreadable)."""
+    try:
+        value = im.getexif().get(_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block: the image is kept as stored
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """``im`` (loaded) turned, in place, the way its EXIF orientation says it is shown, and returned; the one
+    place the orientation is applied (``PIL.ImageOps.exif_transpose``). Unchanged when it has none or
+    the EXIF block is damaged."""
+    try:
+        ImageOps.exif_transpose(im, in_place=True)
+    except Exception:  # a damaged EXIF block must not lose an image that decodes: keep it as stored
+        pass
+    return im
+
+
+def open_rgb(source: Source, max_pixels: int | None = None, draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode an image into 8-bit RGB, upright, transparency on white.
 
     Args:
         source: a path, the file's bytes, or a binary file object.
         max_pixels: refuse larger images (default ``MAX_IMAGE_PIXELS``), checked from the header
             before any pixel is decoded.
+        draft: (width, height) of a thumbnail to be made: a JPEG is then decoded at the smallest of
+            libjpeg's scales (1/2, 1/4, 1/8) that still covers this size upright. None: full size.
 
     Raises:
         ImageError: missing, empty, not an image, unsupported, too large, truncated or corrupt;
             ``reason`` says which.
     """
-    return _decode(source, max_pixels, keep=True)
+    return _decode(source, max_pixels, keep=True, draft=draft)
+
+
+def thumbnail_jpeg(source: Source, size: tuple[int, int], quality: int = 85) -> bytes:
+    """An upright JPEG of the image fitted within ``size`` (width, height), never enlarged: what the
+    dashboard shows for a product photo (its bytes, so no path or URL ever reaches the browser).
+
+    Raises:
+        ImageError: as :func:`open_rgb`.
+    """
+    im = open_rgb(source, draft=size)
+    im.thumbnail((max(1, int(size[0])), max(1, int(size[1]))), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
 
 
 _FAST_MAX_BYTES = 32 << 20  # larger files are left to Pillow, which reads a file as it decodes it
@@ -172,7 +214,8 @@ def check_image(source: Source, max_pixels: int | None = None) -> str | None:
     return None
 
 
-def _decode(source: Source, max_pixels: int | None, keep: bool, name: str | None = None) -> Image.Image | None:
+def _decode(source: Source, max_pixels: int | None, keep: bool, name: str | None = None,
+            draft: tuple[int, int] | None = None) -> Image.Image | None:
     limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     name = name or _name(source)
     fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
@@ -183,12 +226,10 @@ def _decode(source: Source, max_pixels: int | None, keep: bool, name: str | None
             if im.width * im.height > limit:
                 raise ImageError(TOO_LARGE, f"{im.width}x{im.height} = {im.width * im.height:,} pixels, over "
                                  f"the {limit:,}-pixel limit against decompression bombs: downscale it", name)
+            if draft is not None and im.format == "JPEG":  # the box as stored: sideways photos swap it
+                im.draft("RGB", tuple(draft[::-1]) if orientation(im) in _SIDEWAYS else tuple(draft))
             im.load()  # decodes every pixel: truncated or corrupt data fails here
-            try:
-                ImageOps.exif_transpose(im, in_place=True)
-            except Exception:  # a damaged EXIF block must not lose an image that decodes: keep it as stored
-                pass
-            rgb = to_rgb(im)
+            rgb = to_rgb(upright(im))
             if not keep:
                 return None
             return rgb if rgb is not im else im.copy()  # closing the file invalidates ``im`` itself
@@ -217,4 +258,5 @@ def _decode(source: Source, max_pixels: int | None, keep: bool, name: str | None
         raise ImageError(CORRUPT, f"{type(err).__name__}: {err}"[:200], name) from err
 
 
-__all__ = ["MAX_IMAGE_PIXELS", "ImageError", "open_rgb", "rgb_array", "to_rgb", "check_image"]
+__all__ = ["MAX_IMAGE_PIXELS", "ImageError", "open_rgb", "rgb_array", "to_rgb", "check_image", "orientation",
+           "upright", "thumbnail_jpeg"]

@@ -4,7 +4,8 @@ A map of n items gets ``ceil(n / PER_SHEET)`` JPEG sheets of ``COLS`` x ``ROWS``
 photo fitted into ``CELL`` (60 x 80 px, white margins), in the map's item order: the browser fetches a sheet
 the first time a point on it is hovered, then shows that item's cell (``hover.py``). This is the Embedding
 Projector's sprite idea, cut into sheets so that a whole catalogue costs the browser only the sheets it
-hovers.
+hovers. Photos are decoded by the library's one decoder (``xmodal.data.images.open_rgb``): upright, in
+the pixels that were embedded.
 
 Sheets belong to the catalogue, not to a run: ``<runs>/.sprites/<key>/`` (``key`` covers the catalogue's
 fingerprint and the mapped items), so every run of a catalogue with the same split shares them. They are
@@ -24,9 +25,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ...data.images import open_rgb
 from ...runs import read_json
 
-VERSION = 1
+VERSION = 2  # 2: photos upright (EXIF orientation applied); sheets of version 1 are made again
 CELL = (60, 80)  # width, height of one thumbnail (the catalogue photos are 3:4)
 COLS, ROWS = 32, 32  # cells per sheet: 1920 x 2560 px, about 1-2 MB as JPEG
 PER_SHEET = COLS * ROWS
@@ -68,12 +70,10 @@ def read_meta(folder: Path) -> dict | None:
 
 
 def thumbnail(path: str | Path, cell: tuple[int, int] = CELL):
-    """One photo fitted into ``cell`` on white; None when it cannot be read."""
+    """One photo, upright, fitted into ``cell`` on white; None when it cannot be read."""
     from PIL import Image, ImageOps
     try:
-        with Image.open(path) as im:
-            im.draft("RGB", (cell[0] * 2, cell[1] * 2))  # JPEG: decode at a fraction of full size
-            rgb = im.convert("RGB")
+        rgb = open_rgb(path, draft=(cell[0] * 2, cell[1] * 2))  # JPEG: decode at a fraction of full size
         return ImageOps.pad(rgb, cell, method=Image.Resampling.BILINEAR, color=(255, 255, 255))
     except Exception:  # missing, truncated, not an image, decompression bomb: the caller draws a grey cell
         return None
