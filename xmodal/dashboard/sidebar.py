@@ -6,6 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from ..data import DEMO, make_splits
 from ..data.importers import IMPORTERS
 from ..data.writing import TargetExists, fresh_folder
 from ..paths import cache_dir
@@ -73,6 +74,19 @@ def _import_form() -> None:
     st.caption("The demo is used until an import finishes.")
 
 
+def _train_problem(spec: str) -> str | None:
+    """Why a run on ``spec`` would die at once: Home's reason (the folder, then loading and splitting it)."""
+    if problem := checks.folder_problem(spec):
+        return problem
+    if spec == DEMO:  # made on first use, always usable
+        return None
+    try:
+        make_splits(state.catalogue(spec), seed=0)  # the cached catalogue Home shows; a split it cannot make
+    except checks.LOAD_ERRORS as err:
+        return checks.load_problem(spec, err)
+    return None
+
+
 def _training_form(spec: str) -> None:
     models = list(jobs.MODELS)  # xmodal.list_models() needs PyTorch; this constant does not
     with st.form("train_form", border=False):
@@ -87,7 +101,7 @@ def _training_form(spec: str) -> None:
                                help="train the CNN end to end (slow on CPU); otherwise its features are cached")
         start = st.form_submit_button("Start training", type="primary", width="stretch")
     if start:
-        if problem := checks.folder_problem(spec):
+        if problem := _train_problem(spec):
             st.error(md(f"Cannot train: {problem}"), icon=":material/error:")
             return
         job = jobs.TrainJob(model=model, data=spec, epochs=int(epochs), batch_size=int(batch), lr=float(lr),

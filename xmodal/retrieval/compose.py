@@ -18,11 +18,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data import CatalogueError
 from ..evaluation.metrics import first_match_ranks, wilson
 from .query_vectors import DEFAULT_WEIGHT, ROCCHIO, SPREAD_SAMPLE, compose_vectors, rocchio, score_spread, unit
 from ..runs import read_json
-from .run import ComposedResult, Run, RunError, load_run
+from .run import RUN_INPUT_ERRORS, ComposedResult, Run, load_run, run_error_line
 
 WEIGHTS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)  # the benchmark's sweep
 
@@ -210,9 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     for run_dir in a.run:
         try:
             results.append(choose_and_read(load_run(run_dir, data=a.data), a.n, a.seed, type_col=a.type_column))
-        except (RunError, CatalogueError, ValueError, OSError, KeyError) as err:
-            detail = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
-            print(f"error: {run_dir}: {detail}", file=sys.stderr)
+        except RUN_INPUT_ERRORS as err:  # a damaged or foreign run folder: one line, never a traceback
+            print(f"error: {run_dir}: {run_error_line(err, run_dir)}", file=sys.stderr)
             return 2
     print(json.dumps(results, indent=1) if a.json else format_table(results))
     return 0

@@ -30,8 +30,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..data.images import open_rgb, to_rgb
 from ..image.backbones import image_transform
 from ..text.vocabulary import PAD, UNK, Vocab, token_spans
+from .arguments import check_index
 
 if TYPE_CHECKING:
     from .run import Run
@@ -182,16 +184,25 @@ def explain_pair(model: nn.Module, vocab: Vocab, text: str, image: Image.Image, 
 
 
 def _as_image(run: Run, image: Image.Image | str | os.PathLike | bytes | int) -> Image.Image:
-    from ..data.images import open_rgb, to_rgb
-    if isinstance(image, (int, np.integer)):
-        return run.catalogue.open_image(int(image))
+    if isinstance(image, (int, np.integer)):  # bool included: refused by check_index
+        return run.catalogue.open_image(check_index(image, len(run.catalogue), "image (an item index)"))
     return to_rgb(image) if isinstance(image, Image.Image) else open_rgb(image)
 
 
 def explain(run: Run, text: str, image: Image.Image | str | os.PathLike | bytes | int,
             grid: tuple[int, int] = GRID) -> Explanation:
     """Why ``text`` and ``image`` (a PIL image, a path, the file's bytes, or an item index of the run's
-    catalogue) score as they do under ``run``'s model."""
+    catalogue) score as they do under ``run``'s model.
+
+    Raises:
+        ValueError: ``text`` is not a string; ``image`` is an index outside the catalogue, or a file that cannot
+            be opened (``ImageError``); ``grid`` is not two whole numbers from 1 to 32.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a string of words; got {type(text).__name__}")
+    if (not isinstance(grid, (tuple, list)) or len(grid) != 2
+            or not all(isinstance(g, int) and not isinstance(g, bool) and 1 <= g <= 32 for g in grid)):
+        raise ValueError(f"grid must be (rows, columns), two whole numbers from 1 to 32; got {grid!r}")
     return explain_pair(run.model, run.vocab, text, _as_image(run, image), grid, run.device)
 
 

@@ -28,11 +28,12 @@ from ..image.backbones import weights_digest
 from ..cachefile import check_array, warn_rebuild, write_cache
 from ..data import Catalogue, CatalogueError, load_catalogue, resolve_data
 from ..data.images import rgb_array, to_rgb
+from .arguments import check_index, check_indices, check_k, check_vector
 from .gallery import Gallery, GalleryConfig
-from ..models import rebuild_model
+from ..models import ModelConfig, rebuild_model
 from ..models.embed import embed_catalogue_images, embed_pil, embed_texts
 from .query_vectors import DEFAULT_WEIGHT, ROCCHIO, compose_vectors, rocchio, unit
-from ..runs import read_json
+from ..runs import check_record, read_json
 from ..text.vocabulary import tokenize, UnknownQueryError, Vocab  # noqa: F401  (UnknownQueryError: raised by search_text)
 
 
@@ -111,10 +112,16 @@ def load_model(run_dir: str | os.PathLike, device: torch.device | str = "cpu", w
     """
     run_dir = Path(run_dir)
     config = read_json(run_dir / "config.json")
-    if not config:
-        raise RunError(f"{run_dir} is not a run folder: config.json is missing or unreadable")
+    if not config or not isinstance(config, dict):
+        raise RunError(f"{run_dir} is not a run folder: config.json is missing, unreadable or not an object")
     if not (run_dir / weights).is_file():
         raise RunError(f"{run_dir} has no {weights} yet: the run has not finished an epoch")
+    if not isinstance(config.get("model"), str) or not isinstance(config.get("model_config"), dict):
+        raise RunError(f"{run_dir / 'config.json'} is damaged: it lacks the model's name or its 'model_config'")
+    try:
+        check_record("model_config", config["model_config"], ModelConfig)
+    except ValueError as err:
+        raise RunError(f"{run_dir / 'config.json'} is damaged: {err}") from None
     vocab = Vocab.load(run_dir / "vocab.json")
     model = rebuild_model(config["model"], config["model_config"])
     from safetensors import SafetensorError
@@ -234,6 +241,7 @@ class Run:
         return self._galleries[kind]
 
     def _hits(self, kind: str, query: torch.Tensor, k: int) -> list[Hit]:
+        query = check_vector(query, self.image_embeds.shape[1])
         scores, indices = self.gallery(kind).search(query[None], k)  # [1, k] each
         return [Hit(int(i), float(s), self.catalogue.captions[int(i)], self.catalogue.image_path(int(i)),
                     self.catalogue.item_ids[int(i)]) for s, i in zip(scores[0], indices[0])]
@@ -266,6 +274,7 @@ class Run:
             UnknownQueryError: (a ``ValueError``) the query has no words (empty, punctuation, emoji) or
                 none the model knows; its message names them and suggests words the model knows.
         """
+        k = check_k(k)
         words, unknown = self.vocab.check_query(query)
         if vector is None:
             vector = embed_texts(self.model, self.vocab, [query], self.device)[0]  # [D]
@@ -278,11 +287,12 @@ class Run:
                      ) -> list[Hit]:
         """The ``k`` gallery captions that best describe ``image`` (a PIL image or a path); ``vector``:
         ``embed_image(image)`` where the caller has it already (not computed again)."""
-        return self._hits("texts", self.embed_image(image) if vector is None else vector, k)
+        return self._hits("texts", self.embed_image(image) if vector is None else vector, check_k(k))
 
     def _products(self, query: torch.Tensor, k: int, exclude: Sequence[int] = ()) -> list[Hit]:
         """The ``k`` products whose photos best match ``query`` ``[D]``, leaving out ``exclude``."""
         skip = set(int(i) for i in exclude)
+        query = check_vector(query, self.image_embeds.shape[1])
         scores, idx = self.gallery("images").search(query[None], k + len(skip))  # [1, k + e] each
         cat = self.catalogue
         hits = [Hit(int(i), float(s), cat.captions[int(i)], cat.image_path(int(i)), cat.item_ids[int(i)])
@@ -292,10 +302,8 @@ class Run:
     def _image_vector(self, image) -> tuple[torch.Tensor, list[int]]:
         """The photo's vector and what to leave out: an item index of the catalogue uses (and leaves out)
         that item; a PIL image, path or bytes is embedded."""
-        if isinstance(image, (int, np.integer)):
-            i = int(image)
-            if not 0 <= i < len(self.catalogue):
-                raise ValueError(f"item index {i} is outside the gallery (0..{len(self.catalogue) - 1})")
+        if isinstance(image, (int, np.integer)):  # bool included: refused by check_index
+            i = check_index(image, len(self.catalogue), "image (an item index)")
             return self.image_embeds[i], [i]
         return self.embed_image(image), []
 
@@ -315,6 +323,9 @@ class Run:
             ValueError: neither ``image`` nor ``text``; a weight outside [0, 1]; ``UnknownQueryError`` for words
                 the model cannot read; ``ImageError`` for a photo it cannot open.
         """
+        k, exclude = check_k(k), check_indices(exclude, len(self.catalogue), "exclude")
+        if text is not None and not isinstance(text, str):
+            raise ValueError(f"text must be a string of words; got {type(text).__name__}")
         if image is None and not (text and text.strip()):
             raise ValueError("give a photo, words, or both")
         weight = DEFAULT_WEIGHT if weight is None else float(weight)
@@ -344,15 +355,14 @@ class Run:
                 again takes its latest judgement) or a query vector ``[D]``.
             good, bad: gallery indices (``Hit.index``) judged in this round.
         """
-        n = len(self.catalogue)
-        for i in [*good, *bad]:
-            if not 0 <= int(i) < n:
-                raise ValueError(f"item index {i} is outside the gallery (0..{n - 1})")
+        n, k = len(self.catalogue), check_k(k)
+        good, bad = check_indices(good, n, "good"), check_indices(bad, n, "bad")
         if isinstance(query, ComposedResult):
             origin, exclude, rounds, unknown = query.origin, query.exclude, query.round, query.unknown_words
             judged = {**{int(i): True for i in query.good}, **{int(i): False for i in query.bad}}
         else:
-            origin, exclude, rounds, unknown, judged = unit(torch.as_tensor(query)), [], 0, [], {}
+            origin = unit(check_vector(query, self.image_embeds.shape[1]))
+            exclude, rounds, unknown, judged = [], 0, [], {}
         judged.update({int(i): True for i in good})
         judged.update({int(i): False for i in bad})
         good_all = [i for i, g in judged.items() if g]

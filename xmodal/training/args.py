@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 
 from ..models import ModelConfig, list_models, model_config
 from ..paths import checkpoints_dir
+from ..runs import check_record
 
 
 class ArgError(ValueError):
@@ -54,14 +55,26 @@ class TrainConfig:
 
     @classmethod
     def from_saved(cls, saved: dict) -> "TrainConfig":
-        """The config recorded in a run's config.json (``train``); unknown keys are an ``ArgError``."""
+        """The config recorded in a run's config.json (``train``).
+
+        Raises:
+            ArgError: an unknown key, a value of the wrong type or out of its range, naming the field.
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(saved) - known)
         if unknown:
             raise ArgError(f"unknown keys {unknown} in the run's config.json 'train' section")
+        try:
+            check_record("train", saved, cls)
+        except ValueError as err:
+            raise ArgError(str(err)) from None
         cfg = cls(**{"precision": "fp32", **saved})  # runs from before the flag trained in fp32 on CPU
         cfg.split = tuple(cfg.split)
         cfg.image_size = tuple(cfg.image_size) if cfg.image_size else None
+        try:
+            validate(cfg)
+        except ArgError as err:
+            raise ArgError(f"'train' section: {err}") from None
         return cfg
 
 

@@ -15,8 +15,9 @@ import torch
 
 from ..data import Catalogue, CatalogueError, describe_split, make_splits, open_catalogue
 from ..evaluation.metrics import title_groups
-from ..runs import LOCK_FILE, RunLock, new_run_id, read_json, read_status
+from ..runs import LOCK_FILE, RunLock, check_record, new_run_id, read_json, read_status
 from ..text.vocabulary import Vocab
+from ..models import ModelConfig
 from .args import Args, TrainConfig
 
 
@@ -92,6 +93,12 @@ def plan_run(args: Args, check: bool = True) -> Plan:
         saved = json.loads((run_dir / "config.json").read_text())
         if not isinstance(saved, dict) or not isinstance(saved.get("train"), dict):
             raise ValueError("no 'train' section")
+        for section in ("model_config", "data", "split"):  # read later as objects
+            if not isinstance(saved.get(section, {}), dict):
+                raise ValueError(f"its '{section}' section is not an object")
+        if not isinstance(saved.get("model_config"), dict):
+            raise ValueError("no 'model_config' section")
+        check_record("model_config", saved["model_config"], ModelConfig)
         cfg = TrainConfig.from_saved(saved["train"])
     except FileNotFoundError:
         raise RunFolderError(f"--resume {run_dir}: not a run folder (no config.json)") from None
