@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -9,7 +10,7 @@ import streamlit as st
 from ..data import DEMO, make_splits
 from ..data.importers import IMPORTERS
 from ..data.writing import TargetExists, fresh_folder
-from ..paths import cache_dir
+from ..paths import cache_dir, checkpoints_dir
 from . import analysis, catalogues, checks, state, ui
 from .jobs import training as jobs
 from .escape import md
@@ -87,9 +88,29 @@ def _train_problem(spec: str) -> str | None:
     return None
 
 
+DOUBLE_LAUNCH_S = 15  # an identical launch this soon after another is a double click, not a wish for two runs
+
+
+def _recent_twin(job: "jobs.TrainJob") -> str | None:
+    """The run folder of an identical launch in the last ``DOUBLE_LAUNCH_S`` seconds (any session), or None."""
+    root = checkpoints_dir()
+    if not root.is_dir():
+        return None
+    asked = {k: v for k, v in vars(job).items() if k != "run_id"}
+    now = time.time()
+    for run_dir in root.iterdir():
+        rec = jobs.read_launch(run_dir) if run_dir.is_dir() else {}
+        launched = rec.get("launched")
+        if (isinstance(launched, (int, float)) and 0 <= now - launched <= DOUBLE_LAUNCH_S
+                and all(rec.get(k) == v for k, v in asked.items())):
+            return run_dir.name
+    return None
+
+
 def _training_form(spec: str) -> None:
     models = list(jobs.MODELS)  # xmodal.list_models() needs PyTorch; this constant does not
-    with st.form("train_form", border=False):
+    # enter_to_submit=False: Enter in a number box must not launch a run; only the button does
+    with st.form("train_form", border=False, enter_to_submit=False):
         model = st.selectbox("Model", models, index=models.index("cmpm-efficientnet"), key="tf_model")
         c1, c2 = st.columns(2)
         epochs = c1.number_input("Epochs", 1, 500, 8, key="tf_epochs")
@@ -106,6 +127,10 @@ def _training_form(spec: str) -> None:
             return
         job = jobs.TrainJob(model=model, data=spec, epochs=int(epochs), batch_size=int(batch), lr=float(lr),
                             finetune=bool(finetune), device=device)
+        if twin := _recent_twin(job):
+            st.warning(md(f"Not started: an identical run ({twin}) was launched {DOUBLE_LAUNCH_S} s ago or less. "
+                          "Change a setting, or wait a few seconds, to start another."), icon=":material/block:")
+            return
         try:
             run_dir = jobs.start_training(job)
         except OSError as err:
