@@ -138,6 +138,25 @@ def _cell(m: dict, ci: dict, key: str) -> str:
     return f"{m[key]:.1f} [{lo_hi[0]:.1f}-{lo_hi[1]:.1f}]" if lo_hi else f"{m[key]:.1f}"
 
 
+def _fixed_gallery_lines(res: dict) -> list[str]:
+    """The fixed-gallery rows and the two protocols' notes (none for results from before them)."""
+    if not res.get("dedup"):
+        return []
+    lines = []
+    fixed = res.get("fixed_gallery")
+    if fixed:
+        m, ci, label = fixed["metrics"], fixed.get("ci95", {}), f"gallery of {fixed['size']}"
+        for d in DIRECTIONS:
+            lines.append(f"{label:<23}{d:<15}" + "".join(f" {_cell(m, ci, f'{d}/R@{k}'):>19}" for k in (1, 5, 10)))
+        lines.append(f"{label:<23}{'rsum':<15} {_cell(m, ci, 'rsum'):>19}")
+    lines.append(f"(title-deduplicated: one product per distinct title, {res['dedup_gallery_size']} of "
+                 f"{res['gallery_size']}; the proxy for products nobody has seen"
+                 + (f"; gallery of {fixed['size']}: its recall averaged over {fixed['reps']} seeded galleries of "
+                    f"{fixed['size']} of them, interval over products)" if fixed else
+                    "; fewer distinct titles than a fixed gallery needs)"))
+    return lines
+
+
 def format_table(res: dict) -> str:
     """The human table of :func:`evaluate_run`: every recall and median rank with its 95 % interval."""
     ci_all = res.get("ci95") or {}
@@ -147,6 +166,8 @@ def format_table(res: dict) -> str:
     rows = [("item", "item"), ("caption", "caption")]
     if res.get("unseen_title"):
         rows += [("unseen_title_item", "unseen title, item"), ("unseen_title", "unseen title, caption")]
+    if res.get("dedup"):
+        rows.append(("dedup", "title-deduplicated"))
     for key, label in rows:
         m, ci = res.get(key), ci_all.get(key, {})
         if not m:
@@ -160,6 +181,7 @@ def format_table(res: dict) -> str:
     if res.get("unseen_title"):
         lines.append(f"(unseen title: the {res['unseen_queries']} queries whose title never occurs in the run's train "
                      "split, same gallery)")
+    lines += _fixed_gallery_lines(res)
     ceiling = res.get("item_ceiling") or {}
     if ceiling and ceiling.get("image_to_text/R@1", 100.0) < 100.0:
         lines.append(f"(item level: titles repeat in this gallery, so i2t R@1 cannot exceed "

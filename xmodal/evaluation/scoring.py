@@ -12,6 +12,7 @@ from ..data import Catalogue, normalise_caption
 from ..models.embed import embed_catalogue_images, embed_texts
 from ..text.vocabulary import Vocab
 from . import metrics
+from .protocols import protocol_numbers
 
 
 def item_level_ceiling(groups: np.ndarray) -> dict[str, float]:
@@ -45,9 +46,11 @@ def score_embeddings(img: np.ndarray | torch.Tensor, txt: np.ndarray | torch.Ten
     Returns:
         ``item``, ``caption`` (flat metric dicts), ``similarity``, ``gallery_size``, ``item_ceiling``,
         ``ranks`` (``{ground truth: {direction: [N] ranks}}``, in the order of ``captions``),
-        ``nonfinite_embeddings``; with ``unseen``: ``unseen_queries``, ``unseen_title`` (caption-level) and
-        ``unseen_title_item`` (item-level); with ``intervals``: ``ci95`` (per ground truth, key -> [lo, hi])
-        and ``ci_method``.
+        ``nonfinite_embeddings``, ``dedup`` (the title-deduplicated gallery's metrics) with
+        ``dedup_gallery_size``, ``fixed_gallery`` (recall at a fixed gallery size, or None), ``protocols``
+        (their names: ``xmodal.evaluation.protocols``); with ``unseen``: ``unseen_queries``, ``unseen_title``
+        (caption-level) and ``unseen_title_item`` (item-level); with ``intervals``: ``ci95`` (per ground
+        truth, key -> [lo, hi]) and ``ci_method``.
     """
     groups = metrics.title_groups(captions)
     img, txt = metrics._numpy(img), metrics._numpy(txt)
@@ -65,8 +68,11 @@ def score_embeddings(img: np.ndarray | torch.Tensor, txt: np.ndarray | torch.Ten
             out[key] = metrics.summarise(sub) if unseen.any() else None
             if unseen.any():
                 subsets[key] = sub
+    proto = protocol_numbers(img, txt, captions, intervals)
+    out.update({k: proto[k] for k in ("dedup", "dedup_gallery_size", "fixed_gallery", "protocols")})
     if intervals:
         out["ci95"] = {key: metrics.bootstrap_intervals(r) for key, r in subsets.items()}
+        out["ci95"]["dedup"] = proto["dedup_ci95"]
         out["ci_method"] = metrics.INTERVAL_METHOD
     out["ranks"] = {gt: {d: r.tolist() for d, r in ranks[gt].items()} for gt in ("item", "caption")}
     return out

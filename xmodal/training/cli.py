@@ -234,7 +234,9 @@ def finish(plan: Plan, data: Data, model, features, device: torch.device, loop: 
         "chosen_on": f"validation caption-level rsum (epoch {best.get('epoch')}, rsum {best.get('val_rsum', 0):.1f})",
         "protocol": "1:1 gallery of the test split; item = only the item's own pair is correct; "
                     "caption = items with identical captions are all correct; unseen_title = caption-level, "
-                    "only the queries whose title never occurs in the train split, same gallery",
+                    "only the queries whose title never occurs in the train split, same gallery; dedup = one "
+                    "product per distinct title (the proxy for new products); fixed_gallery = recall of those "
+                    "in seeded galleries of a fixed size",
         **test, "train_seconds": loop.train_seconds})
     write_status(run_dir, "finished", epoch=epochs, epochs=epochs)
     c = test["caption"]
@@ -243,6 +245,8 @@ def finish(plan: Plan, data: Data, model, features, device: torch.device, loop: 
           f"i2t R@1/5/10 {c['image_to_text/R@1']:.1f}/{c['image_to_text/R@5']:.1f}/{c['image_to_text/R@10']:.1f}"
           + (f"\n[xmodal] unseen titles ({test['unseen_queries']} queries): t2i R@1/10 "
              f"{u['text_to_image/R@1']:.1f}/{u['text_to_image/R@10']:.1f}" if (u := test.get("unseen_title")) else "")
+          + (f"\n[xmodal] title-deduplicated ({test['dedup_gallery_size']} products): t2i R@1/10 "
+             f"{d['text_to_image/R@1']:.1f}/{d['text_to_image/R@10']:.1f}" if (d := test.get("dedup")) else "")
           + f"\n[xmodal] run folder: {run_dir}", file=sys.stderr)
 
 

@@ -1,0 +1,62 @@
+"""The protocols that predict new products: a title-deduplicated gallery and recall at a fixed gallery size."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xmodal.evaluation import metrics, protocols
+from xmodal.evaluation.scoring import score_embeddings
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_one_product_per_title_seeded_and_normalised():
+    captions = ["Red Shirt", "red  shirt", "Blue Kurta", "Red Shi\u00adrt", "Green Top"]
+    keep = protocols.one_per_title(captions, seed=0)
+    assert len(keep) == 3  # the soft hyphen and spacing make no new title
+    assert sorted(metrics.title_groups([captions[i] for i in keep]).tolist()) == [0, 1, 2]
+    assert (keep == protocols.one_per_title(captions, seed=0)).all()
+    picks = {int(i) for s in range(20) for i in protocols.one_per_title(captions, seed=s) if i in (0, 1, 3)}
+    assert picks == {0, 1, 3}  # which copy is kept depends on the seed only
+
+
+def test_dedup_takes_away_the_free_matches_of_repeated_titles():
+    eye = np.eye(8, dtype=np.float32)
+    img = eye[[7, 1, 2, 3, 4, 5]]  # product 0's photo looks like nothing; the rest are perfect
+    txt = eye[[1, 1, 2, 3, 4, 5]]  # products 0 and 1 share a title, so their texts embed alike
+    captions = ["Red Shirt", "Red Shirt", "Blue Kurta", "Green Top", "Black Jeans", "White Cap"]
+    caption = metrics.summarise(metrics.split_ranks(img, txt, captions, "caption"))
+    assert caption["text_to_image/R@1"] == 100.0  # product 0's title finds product 1's photo: counted correct
+    for seed in range(8):
+        ranks, keep = protocols.dedup_ranks(img, txt, captions, seed=seed)
+        expected = 100.0 if 1 in keep else 80.0  # kept product 0 must be found by its own photo
+        assert len(keep) == 5 and metrics.summarise(ranks)["text_to_image/R@1"] == pytest.approx(expected)
+
+
+def test_fixed_gallery_equals_the_dedup_gallery_at_its_full_size_and_is_seeded():
+    rng = np.random.default_rng(1)
+    img = _unit(rng.normal(size=(60, 8)).astype(np.float32))
+    txt = _unit(img + rng.normal(scale=0.6, size=img.shape).astype(np.float32))
+    captions = [f"title {i}" for i in range(60)]
+    whole = metrics.summarise(protocols.dedup_ranks(img, txt, captions)[0])
+    full = protocols.fixed_gallery(img, txt, captions, size=60, reps=3)
+    for key, value in full["metrics"].items():
+        assert value == pytest.approx(whole[key]), key
+    small = protocols.fixed_gallery(img, txt, captions, size=20, reps=10)
+    assert small == protocols.fixed_gallery(img, txt, captions, size=20, reps=10)
+    assert small["metrics"]["text_to_image/R@1"] > whole["text_to_image/R@1"]  # fewer distractors
+    lo, hi = small["ci95"]["rsum"]
+    assert lo <= small["metrics"]["rsum"] <= hi and hi - lo > 0
+    assert protocols.fixed_gallery(img, txt, captions, size=61) is None
+
+
+def test_every_split_score_carries_both_protocols():
+    rng = np.random.default_rng(2)
+    img = _unit(rng.normal(size=(40, 8)).astype(np.float32))
+    captions = [f"title {i % 30}" for i in range(40)]
+    out = score_embeddings(img, img.copy(), captions)
+    assert out["dedup_gallery_size"] == 30 and out["dedup"]["rsum"] == pytest.approx(600.0)
+    assert out["fixed_gallery"] is None  # 30 distinct titles: fewer than a fixed gallery needs
+    assert "dedup" in out["ci95"] and out["protocols"]["dedup"] == protocols.DEDUP_NAME
