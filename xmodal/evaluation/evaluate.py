@@ -101,7 +101,8 @@ def split_index(cat, run_config: dict, split: str, run_dir: Path) -> tuple[np.nd
     return index, {"source": f"the {split} split of a catalogue this run never saw (its own split)", **about}
 
 
-def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "test", device: str = "cpu") -> dict:
+def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "test", device: str = "cpu",
+                 hubness: str = "none") -> dict:
     """Metrics dict for one run (see module docstring)."""
     run_dir = Path(run_dir)
     model, vocab, config = load_model(run_dir, device)
@@ -111,11 +112,13 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "tes
     index, info = split_index(cat, config, split, run_dir)
     if len(index) == 0:
         raise ValueError(f"the {split} split of {path} is empty ({info['source']})")
-    train_caps = None
+    train_caps = bank = None
     if info.get("train_ids") is not None:
         train_ids = set(info.pop("train_ids"))
         train_caps = [c for c, x in zip(cat.captions, cat.item_ids) if x in train_ids]
-    res = evaluate_split(model, vocab, cat, index, torch.device(device), train_captions=train_caps)
+        bank = np.array([i for i, x in enumerate(cat.item_ids) if x in train_ids], dtype=np.int64)
+    res = evaluate_split(model, vocab, cat, index, torch.device(device), train_captions=train_caps,
+                         hubness=hubness, bank_index=bank if bank is not None and len(bank) else None)
     notes = []
     if info.get("new_since_training") or info.get("gone_since_training"):
         changed = info.get("image_changed_since_training", 0)
@@ -160,7 +163,10 @@ def _fixed_gallery_lines(res: dict) -> list[str]:
 def format_table(res: dict) -> str:
     """The human table of :func:`evaluate_run`: every recall and median rank with its 95 % interval."""
     ci_all = res.get("ci95") or {}
+    hub = res.get("hubness")
     lines = [f"{res['model']} ({res['run']}) on {res['catalogue']}", f"protocol: {res['protocol']}",
+             *([f"ranked with {hub['method'].upper()} hubness reduction (k={hub['k']}, weight {hub['weight']}, "
+                f"offsets from {hub['bank']})"] if hub else []),
              *(f"note: {n}" for n in res.get("notes", [])),
              f"{'ground truth':<23}{'direction':<15}{'R@1':>20}{'R@5':>20}{'R@10':>20}{'medR':>15}{'meanR':>8}"]
     rows = [("item", "item"), ("caption", "caption")]
@@ -200,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="catalogue to evaluate on (default: the run's own)")
     p.add_argument("--split", choices=["test", "val", "all"], default="test")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--hubness", choices=["none", "csls"], default="none",
+                   help="rank with CSLS hubness reduction, learnt from the train split's embeddings")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--ranks", action="store_true", help="with --json: also every query's rank (for paired tests)")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks (also XMODAL_DEBUG=1)")
@@ -208,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
-        res = evaluate_run(a.run, a.data, a.split, a.device)
+        res = evaluate_run(a.run, a.data, a.split, a.device, a.hubness)
     except RUN_INPUT_ERRORS as err:
         if debug:
             traceback.print_exc()

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..data import Catalogue, normalise_caption
 from ..models.embed import embed_catalogue_images, embed_texts
+from ..retrieval.hubness import CSLS_K, CSLS_WEIGHT, csls_offsets
 from ..text.vocabulary import Vocab
 from . import metrics
 from .protocols import protocol_numbers
@@ -78,21 +79,51 @@ def score_embeddings(img: np.ndarray | torch.Tensor, txt: np.ndarray | torch.Ten
     return out
 
 
+def with_offsets(img: np.ndarray, txt: np.ndarray, off_img: np.ndarray, off_txt: np.ndarray,
+                 weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings whose inner products are ``img . txt - weight * (off_img[i] + off_txt[t])``.
+
+    The term of the query's own side is the same for every gallery entry, so each direction ranks by its
+    gallery's corrected score: the metrics core scores hubness-corrected retrieval unchanged.
+    """
+    ones = np.ones((len(img), 1), np.float32)
+    img2 = np.concatenate([img, -weight * off_img[:, None], ones], 1).astype(np.float32)
+    txt2 = np.concatenate([txt, np.ones((len(txt), 1), np.float32), -weight * off_txt[:, None]], 1).astype(np.float32)
+    return img2, txt2
+
+
 def evaluate_split(model: nn.Module, vocab: Vocab, cat: Catalogue, index: np.ndarray, device: torch.device,
                    features: torch.Tensor | None = None, train_captions: list[str] | None = None,
-                   intervals: bool = True) -> dict:
+                   intervals: bool = True, hubness: str = "none", bank_index: np.ndarray | None = None) -> dict:
     """Retrieval metrics on items ``index`` of ``cat``, both directions, both ground truths (see
     :func:`score_embeddings`).
 
     Args:
         train_captions: the run's train titles; given, ``unseen_title`` scores only the queries whose
             normalised title never occurs among them, against the same whole gallery.
+        hubness: ``csls`` ranks with CSLS hubness reduction (``xmodal.retrieval.hubness``), its offsets learnt
+            from the items ``bank_index`` (the train split; default the scored items themselves).
     """
-    img = embed_catalogue_images(model, cat, index, device, features)
+    img = metrics._numpy(embed_catalogue_images(model, cat, index, device, features))
     captions = [cat.captions[int(i)] for i in index]
-    txt = embed_texts(model, vocab, captions, device)
+    txt = metrics._numpy(embed_texts(model, vocab, captions, device))
     unseen = None
     if train_captions is not None:
         seen = {normalise_caption(c) for c in train_captions}
         unseen = np.array([normalise_caption(c) not in seen for c in captions], dtype=bool)
-    return score_embeddings(img, txt, captions, unseen, intervals)
+    if hubness == "none":
+        return score_embeddings(img, txt, captions, unseen, intervals)
+    if hubness != "csls":
+        raise ValueError(f"unknown hubness reduction {hubness!r}; choose none or csls")
+    if bank_index is None:
+        bank_img, bank_txt = img, txt
+    else:
+        bank_img = metrics._numpy(embed_catalogue_images(model, cat, bank_index, device, features))
+        bank_txt = metrics._numpy(embed_texts(model, vocab, [cat.captions[int(i)] for i in bank_index], device))
+    off_img = csls_offsets(bank_txt, img).numpy()  # image gallery, text queries
+    off_txt = csls_offsets(bank_img, txt).numpy()  # text gallery, image queries
+    out = score_embeddings(*with_offsets(img, txt, off_img, off_txt, CSLS_WEIGHT), captions, unseen, intervals)
+    out["similarity"] = metrics.similarity_stats(img, txt)  # of the model's own space, not the corrected one
+    out["hubness"] = {"method": "csls", "k": CSLS_K, "weight": CSLS_WEIGHT,
+                      "bank": "the train split" if bank_index is not None else "the scored items themselves"}
+    return out

@@ -30,6 +30,7 @@ from ..data import Catalogue, CatalogueError, load_catalogue, resolve_data
 from ..data.images import rgb_array, to_rgb
 from .arguments import check_index, check_indices, check_k, check_vector
 from .gallery import Gallery, GalleryConfig
+from .hubness import csls_offsets, csls_topk
 from ..models import ModelConfig, rebuild_model
 from ..models.embed import embed_catalogue_images, embed_pil, embed_texts
 from .query_vectors import DEFAULT_WEIGHT, ROCCHIO, compose_vectors, rocchio, unit
@@ -167,6 +168,8 @@ class Run:
         self._text_embeds: torch.Tensor | None = None
         self._galleries: dict[str, Gallery] = {}
         self.gallery_config = GalleryConfig()  # how both galleries are searched (exact or faiss, calibration)
+        self.hubness = "none"  # "csls": rank with CSLS hubness reduction (exact search; xmodal.retrieval.hubness)
+        self._offsets: dict[str, torch.Tensor] = {}
 
     def _cache_path(self, kind: str) -> Path:
         """``gallery_<kind>_<key>.safetensors`` in the run folder. The key covers the catalogue's content and
@@ -240,9 +243,21 @@ class Run:
             self._galleries[kind] = gallery
         return self._galleries[kind]
 
+    def _search(self, kind: str, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores and indices ``[1, k]`` of the gallery ``kind``, hubness-corrected when ``self.hubness`` asks."""
+        if self.hubness == "none":
+            return self.gallery(kind).search(query[None], k)
+        if self.hubness != "csls":
+            raise ValueError(f"unknown hubness reduction {self.hubness!r}; choose none or csls")
+        gallery, bank = ((self.image_embeds, self.text_embeds) if kind == "images"
+                         else (self.text_embeds, self.image_embeds))  # the bank: the queries' modality
+        if kind not in self._offsets:
+            self._offsets[kind] = csls_offsets(bank, gallery)
+        return csls_topk(query, gallery, self._offsets[kind], k)
+
     def _hits(self, kind: str, query: torch.Tensor, k: int) -> list[Hit]:
         query = check_vector(query, self.image_embeds.shape[1])
-        scores, indices = self.gallery(kind).search(query[None], k)  # [1, k] each
+        scores, indices = self._search(kind, query, k)  # [1, k] each
         return [Hit(int(i), float(s), self.catalogue.captions[int(i)], self.catalogue.image_path(int(i)),
                     self.catalogue.item_ids[int(i)]) for s, i in zip(scores[0], indices[0])]
 
@@ -293,7 +308,7 @@ class Run:
         """The ``k`` products whose photos best match ``query`` ``[D]``, leaving out ``exclude``."""
         skip = set(int(i) for i in exclude)
         query = check_vector(query, self.image_embeds.shape[1])
-        scores, idx = self.gallery("images").search(query[None], k + len(skip))  # [1, k + e] each
+        scores, idx = self._search("images", query, k + len(skip))  # [1, k + e] each
         cat = self.catalogue
         hits = [Hit(int(i), float(s), cat.captions[int(i)], cat.image_path(int(i)), cat.item_ids[int(i)])
                 for s, i in zip(scores[0], idx[0]) if int(i) not in skip]
