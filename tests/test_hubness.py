@@ -64,3 +64,16 @@ def test_evaluate_and_search_with_csls(trained_run, capsys):
     run.hubness = "bogus"
     with pytest.raises(ValueError, match="hubness"):
         run.search_text(run.catalogue.captions[0], k=5)
+
+
+def test_hubness_stats_against_a_hand_made_distribution():
+    from xmodal.retrieval.hubness import hubness_stats, k_occurrence
+    eye = np.eye(4, dtype=np.float32)
+    queries = eye[[0, 0, 0, 1]]  # three queries point at item 0
+    counts = k_occurrence(queries, eye, k=1)
+    assert counts.tolist() == [3, 1, 0, 0]
+    stats = hubness_stats(counts, k=1, top=2)
+    c = counts.astype(float)
+    assert stats["skewness"] == pytest.approx(((c - c.mean()) ** 3).mean() / c.std() ** 3)
+    assert stats["anti_hub_share"] == 50.0 and stats["max"] == 3 and stats["max_share"] == 75.0
+    assert stats["top"] == [[0, 3], [1, 1]]

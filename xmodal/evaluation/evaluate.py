@@ -18,6 +18,7 @@ import torch
 
 from ..data import CatalogueError, load_catalogue, make_splits
 from ..runs import read_json
+from .failures import describe, failure_clusters
 from .scoring import evaluate_split
 from ..retrieval.run import RUN_INPUT_ERRORS, RunError, load_model, run_catalogue_path, run_error_line
 
@@ -102,7 +103,7 @@ def split_index(cat, run_config: dict, split: str, run_dir: Path) -> tuple[np.nd
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "test", device: str = "cpu",
-                 hubness: str = "none") -> dict:
+                 hubness: str = "none", failures_k: int | None = None) -> dict:
     """Metrics dict for one run (see module docstring)."""
     run_dir = Path(run_dir)
     model, vocab, config = load_model(run_dir, device)
@@ -129,6 +130,11 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "tes
         notes.append(f"not the run's own catalogue: {info['recognised']}")
     if info.get("seen_in_training"):
         notes.append(f"{info['seen_in_training']} of these items were trained or validated on")
+    if failures_k:
+        attrs = {c: [values[int(i)] for i in index] for c, values in cat.attributes.items()}
+        res["failure_clusters"] = {d: failure_clusters(res["ranks"]["caption"][d], attrs,
+                                                       [cat.captions[int(i)] for i in index], k=failures_k)
+                                   for d in DIRECTIONS}
     return {"run": run_dir.name, "model": config["model"], "catalogue": str(path),
             "trained_on_this_catalogue": same, "split": split, "items": info, "notes": notes, **res,
             "protocol": f"{info['source']}; 1:1 gallery of {res['gallery_size']} items; item-level: only the "
@@ -195,8 +201,18 @@ def format_table(res: dict) -> str:
                      f"{ceiling['text_to_image/R@1']:.1f})")
     if res.get("nonfinite_embeddings"):
         lines.append(f"warning: {res['nonfinite_embeddings']} embeddings are NaN or infinite; their queries rank last")
+    for d, occ in ((hub or {}).get("k_occurrence") or {}).items():
+        b, a = occ["before"], occ["after"]
+        lines.append(f"hubness {d}: N_10 skewness {b['skewness']:.2f} -> {a['skewness']:.2f}, items never in a "
+                     f"top 10 {b['anti_hub_share']:.1f}% -> {a['anti_hub_share']:.1f}%, biggest hub reaches "
+                     f"{b['max_share']:.1f}% -> {a['max_share']:.1f}% of queries")
     if ci_all:
         lines.append(f"[lo-hi]: {res.get('ci_method', 'a 95% interval')}")
+    for d, fc in (res.get("failure_clusters") or {}).items():
+        lines.append(f"failure clusters, {d} (rank past {fc['k']}, caption-level): {fc['failures']} of {fc['items']} "
+                     f"queries fail, base rate {fc['base_rate']:.1f}%; groups by {fc['by']} whose failure rate's 95% "
+                     "interval lies above it")
+        lines += [f"  {describe(c)}" for c in fc["clusters"]] or ["  none"]
     return "\n".join(lines)
 
 
@@ -206,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="catalogue to evaluate on (default: the run's own)")
     p.add_argument("--split", choices=["test", "val", "all"], default="test")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--failures", type=int, metavar="K",
+                   help="also name the kinds of product whose queries rank their match past K (caption-level)")
     p.add_argument("--hubness", choices=["none", "csls"], default="none",
                    help="rank with CSLS hubness reduction, learnt from the train split's embeddings")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -216,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
-        res = evaluate_run(a.run, a.data, a.split, a.device, a.hubness)
+        if a.failures is not None and a.failures < 1:
+            raise ValueError(f"--failures must be at least 1; got {a.failures}")
+        res = evaluate_run(a.run, a.data, a.split, a.device, a.hubness, a.failures)
     except RUN_INPUT_ERRORS as err:
         if debug:
             traceback.print_exc()

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..data import Catalogue, normalise_caption
 from ..models.embed import embed_catalogue_images, embed_texts
-from ..retrieval.hubness import CSLS_K, CSLS_WEIGHT, csls_offsets
+from ..retrieval.hubness import CSLS_K, CSLS_WEIGHT, csls_offsets, hubness_stats, k_occurrence
 from ..text.vocabulary import Vocab
 from . import metrics
 from .protocols import protocol_numbers
@@ -120,10 +120,15 @@ def evaluate_split(model: nn.Module, vocab: Vocab, cat: Catalogue, index: np.nda
     else:
         bank_img = metrics._numpy(embed_catalogue_images(model, cat, bank_index, device, features))
         bank_txt = metrics._numpy(embed_texts(model, vocab, [cat.captions[int(i)] for i in bank_index], device))
-    off_img = csls_offsets(bank_txt, img).numpy()  # image gallery, text queries
-    off_txt = csls_offsets(bank_img, txt).numpy()  # text gallery, image queries
+    off_img_t, off_txt_t = csls_offsets(bank_txt, img), csls_offsets(bank_img, txt)  # per image / caption gallery
+    off_img, off_txt = off_img_t.numpy(), off_txt_t.numpy()
     out = score_embeddings(*with_offsets(img, txt, off_img, off_txt, CSLS_WEIGHT), captions, unseen, intervals)
     out["similarity"] = metrics.similarity_stats(img, txt)  # of the model's own space, not the corrected one
     out["hubness"] = {"method": "csls", "k": CSLS_K, "weight": CSLS_WEIGHT,
-                      "bank": "the train split" if bank_index is not None else "the scored items themselves"}
+                      "bank": "the train split" if bank_index is not None else "the scored items themselves",
+                      "k_occurrence": {  # N_10 of each gallery, before and after the correction
+                          "text_to_image": {"before": hubness_stats(k_occurrence(txt, img)),
+                                            "after": hubness_stats(k_occurrence(txt, img, offsets=off_img_t))},
+                          "image_to_text": {"before": hubness_stats(k_occurrence(img, txt)),
+                                            "after": hubness_stats(k_occurrence(img, txt, offsets=off_txt_t))}}}
     return out

@@ -53,3 +53,35 @@ def csls_topk(queries: Any, gallery: Any, offsets: torch.Tensor, k: int, weight:
     q = q[None] if q.ndim == 1 else q
     gal = torch.as_tensor(np.asarray(gallery, dtype=np.float32))
     return corrected(q @ gal.T, offsets, weight).topk(min(k, len(gal)), dim=1)
+
+
+def k_occurrence(queries: Any, gallery: Any, k: int = 10, offsets: torch.Tensor | None = None,
+                 weight: float = CSLS_WEIGHT, block: int = 4096) -> np.ndarray:
+    """How many queries put each gallery row in their top ``k`` ``[N]`` (with CSLS when ``offsets`` are given)."""
+    q = torch.as_tensor(np.asarray(queries, dtype=np.float32))
+    gal = torch.as_tensor(np.asarray(gallery, dtype=np.float32))
+    counts = torch.zeros(len(gal), dtype=torch.int64)
+    for s in range(0, len(q), block):
+        scores = q[s:s + block] @ gal.T  # [b, N]
+        if offsets is not None:
+            scores = corrected(scores, offsets, weight)
+        counts += torch.bincount(scores.topk(min(k, len(gal)), dim=1).indices.flatten(), minlength=len(gal))
+    return counts.numpy()
+
+
+def hubness_stats(counts: np.ndarray, k: int = 10, top: int = 5) -> dict:
+    """The standard hubness measures of a k-occurrence distribution (Radovanovic et al., JMLR 2010).
+
+    Returns:
+        ``skewness`` (of N_k; 0 for a symmetric distribution, large for hubs), ``anti_hub_share`` (percent of
+        gallery items no query retrieves in its top k), ``max`` (the biggest hub's N_k, ``max_share``: the
+        percent of queries it reaches), ``top`` (the ``top`` hubs' ``[index, N_k]``), ``k``.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    sd = c.std()
+    n_queries = c.sum() / k if k else 0
+    order = np.argsort(-c, kind="stable")[:top]
+    return {"k": k, "skewness": float(((c - c.mean()) ** 3).mean() / sd ** 3) if sd > 0 else 0.0,
+            "anti_hub_share": float(100 * (c == 0).mean()), "max": int(c.max(initial=0)),
+            "max_share": float(100 * c.max(initial=0) / n_queries) if n_queries else 0.0,
+            "top": [[int(i), int(c[i])] for i in order]}
