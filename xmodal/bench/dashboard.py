@@ -5,8 +5,11 @@ Without Chromium or Playwright the section gives a ``skipped (reason)`` row.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from .common import BenchConfig, Row
@@ -19,11 +22,11 @@ def dashboard_skip_reason(entry: Path) -> str | None:
     if not Path("/usr/bin/chromium").is_file():
         return "/usr/bin/chromium not installed"
     try:
-        import playwright.sync_api  # noqa: F401
+        import playwright.sync_api  # noqa: F401 - lazy: Playwright, optional (a test extra)
     except ImportError:
         return "playwright not installed"
     try:
-        import streamlit  # noqa: F401
+        import streamlit  # noqa: F401 - lazy: the bench runs without the dashboard's Streamlit
     except ImportError:
         return "streamlit not installed"
     return None
@@ -43,7 +46,6 @@ def bench_dashboard(cfg: BenchConfig, work: Path) -> list[Row]:
 
 
 def _free_port() -> int:
-    import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -72,10 +74,7 @@ def _settled(page, timeout_s: float = 120.0, quiet_s: float = 0.5) -> float:
 
 
 def _time_dashboard(entry: Path, work: Path) -> list[Row]:
-    import subprocess
-    import urllib.request
-
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import sync_playwright  # lazy: Playwright, optional (a test extra)
     port = _free_port()
     env = {**os.environ, "XMODAL_CHECKPOINTS": str(work / "dashboard_runs")}
     cmd = [sys.executable, "-m", "streamlit", "run", str(entry), "--server.headless", "true",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..retrieval.explain import bench_explain
 from .common import BenchConfig, Row, tiny_run
 
 
@@ -16,7 +17,7 @@ def bench_explore(cfg: BenchConfig, work: Path) -> list[Row]:
     rows: list[Row] = []
     map_points = cfg.map_points
     try:
-        from ..dashboard.maps.bench_map import measure
+        from ..dashboard.maps.bench_map import measure  # lazy: the map's Plotly and pandas, optional here
         m = measure(map_points, browser=cfg.map_browser)
     except Exception as err:  # noqa: BLE001 - the dashboard extras (or a browser) are optional here
         rows.append(Row("6 explore", f"map of {map_points:,} points", f"skipped ({err})", "-", "-", "-", None))
@@ -34,7 +35,6 @@ def bench_explore(cfg: BenchConfig, work: Path) -> list[Row]:
         else:
             rows.append(Row("6 explore", "map in Chromium", f"skipped ({m.get('skipped', 'no browser')})", "-", "-",
                             "-", None))
-    from ..retrieval.explain import bench_explain
     e = bench_explain(tiny_run(cfg, work))
     size = f"{e['image_size'][0]}x{e['image_size'][1]}"
     rows.append(Row("6 explore", f"explain one pair ({e['model']}, {size}, {e['copies']} forward passes, "

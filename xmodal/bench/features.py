@@ -19,12 +19,19 @@ from __future__ import annotations
 
 import copy
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from ..cachefile import write_cache
+from ..data.images import rgb_array
+from ..image import runtime
+from ..image.backbones import BACKBONES, create_backbone, image_transform
+from ..image.extraction import LANE_BATCH, extract_features, lanes_for
+from ..retrieval.run import load_run
 from .common import BenchConfig, Row, compare_many, ms, tiny_run
 
 SECTION = "1 features"
@@ -32,7 +39,6 @@ SECTION = "1 features"
 
 def _backbone(cat, n: int):
     """The packaged ImageNet EfficientNet-Lite0, its input size, transform and ``n`` of the catalogue's JPEGs."""
-    from ..image.backbones import BACKBONES, create_backbone, image_transform
     model, source = create_backbone("efficientnet")
     spec = BACKBONES["efficientnet"]
     size = spec.default_size if source else spec.scratch_size
@@ -44,8 +50,6 @@ def _graph(model, size: tuple[int, int]):
 
     The export is always timed; a graph the cache lacks is stored there so ``extract_features`` finds it.
     """
-    from ..image import runtime
-    from ..cachefile import write_cache
     if runtime.onnxruntime_version() is None:
         return None, None, "onnxruntime not installed"
     try:
@@ -84,9 +88,6 @@ def bare_forwards(model, graph, pixels: torch.Tensor, raw: torch.Tensor, batch: 
         arrays = [raw[s:s + batch].numpy() for s in range(0, len(raw), batch)]  # uint8, as the loader gives
         fns["onnxruntime"] = lambda: [graph.raw(x) for x in arrays]
     if lanes is not None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from ..image.extraction import LANE_BATCH
         small = [raw[s:s + LANE_BATCH].numpy() for s in range(0, len(raw), LANE_BATCH)]
         cores = max(1, torch.get_num_threads())
 
@@ -99,9 +100,6 @@ def bare_forwards(model, graph, pixels: torch.Tensor, raw: torch.Tensor, batch: 
 
 def bench_features(cfg: BenchConfig, cat, work: Path) -> list[Row]:
     """Extraction against the bare forwards of every runtime, the export, and image query latency."""
-    from ..image import runtime
-    from ..image.backbones import BACKBONES
-    from ..image.extraction import LANE_BATCH, extract_features, lanes_for
     model, size, tf, paths = _backbone(cat, cfg.feature_images)
     batches = [paths[s:s + LANE_BATCH] for s in range(0, len(paths), LANE_BATCH)]
     raw = torch.cat([tf.load(b) for b in batches])  # [N, 3, H, W] uint8, decoded before the clock
@@ -121,7 +119,7 @@ def bench_features(cfg: BenchConfig, cat, work: Path) -> list[Row]:
     n, real, decode = len(paths), times.pop("xmodal"), times.pop("decode")
     best = min(times, key=times.get)
     # The real limit: the best bare forward plus the JPEGs' decoding spread over the cores that forward uses
-    # (on two cores decoding is ~20% of ONNX Runtime's forward, so the bare forward alone is out of reach).
+    # (decoding is a real share of the forward's time on few cores, so the bare forward alone is out of reach).
     limit = times[best] + decode / max(1, threads)
     ratio = real / limit
     others = ", ".join(f"{name} {n / t:.1f}" for name, t in times.items() if name != best)
@@ -154,8 +152,6 @@ def _export_row(export_s: float | None, why: str | None, times: dict[str, float]
 
 def image_query_row(cfg: BenchConfig, cat, work: Path, model, graph, tf) -> Row:
     """``search_image`` on photo files against decode + preprocessing + the best bare forward of one image."""
-    from .. import load_run
-    from ..data.images import rgb_array
     measure = f"image -> top-10 titles: search_image(photo file), tiny run ({cfg.query_run_items} items)"
     try:
         run = load_run(tiny_run(cfg, work))

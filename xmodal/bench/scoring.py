@@ -11,6 +11,7 @@ import tracemalloc
 
 import numpy as np
 
+from ..evaluation.scoring import score_embeddings
 from .common import BenchConfig, Row
 
 DIM = 64  # the matmul's width does not change the blocks' memory; a narrow one keeps the section short
@@ -19,7 +20,6 @@ LIMIT_GB = 4.0
 
 def bench_scoring(cfg: BenchConfig) -> list[Row]:
     """One row: seconds and peak memory of scoring ``cfg.metrics_items`` items, against the 4 GB target."""
-    from ..evaluation.scoring import score_embeddings
     n = cfg.metrics_items
     rng = np.random.default_rng(0)
     img = rng.normal(size=(n, DIM)).astype(np.float32)

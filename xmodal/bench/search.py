@@ -15,6 +15,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..models.embed import embed_texts
+from ..retrieval.gallery import Gallery, GalleryConfig, _FaissThreads, exact_topk, recall_at_k
+from ..retrieval.run import load_run
+from ..text.vocabulary import Vocab
+from ..training.cli import main as train
 from .common import BenchConfig, Row, ms, product_like, text_model, timed
 
 
@@ -41,15 +46,13 @@ def _latency(encode: Callable[[str], torch.Tensor], search: Callable[[torch.Tens
 
 
 # The run whose captions are the recall row's queries: trained in the bench on its catalogue, small images and
-# few epochs to stay bounded (about a minute on 2 cores for the 2,000-item demo), but a real modality gap.
+# few epochs to stay bounded, but a real modality gap.
 RECALL_RUN = ("--model", "infonce-efficientnet", "--epochs", "3", "--batch-size", "64", "--image-size", "112", "84")
 
 
 def bench_search(cfg: BenchConfig, cat, work: Path, query_run: Path | None = None) -> list[Row]:
     """Text-to-top-10 latency: exact vs one memory pass, faiss build and latency, per gallery size; faiss
     recall@10 for the captions of ``query_run`` (default: a run trained here on ``cat``, see ``RECALL_RUN``)."""
-    from ..models.embed import embed_texts
-    from ..text.vocabulary import Vocab
     vocab = Vocab.build(cat.captions)
     model = text_model(len(vocab), cfg.dim)
     cpu = torch.device("cpu")
@@ -72,7 +75,6 @@ def bench_search(cfg: BenchConfig, cat, work: Path, query_run: Path | None = Non
 
 def _recall_run(cat, work: Path) -> Path:
     """A run trained on ``cat`` with ``RECALL_RUN`` (its output hidden), for ``real_query_recall``."""
-    from ..training.cli import main as train
     args = [*RECALL_RUN, "--data", str(cat.root), "--out", str(work / "runs"), "--run-id", "recall-queries",
             "--overwrite"]
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -90,8 +92,6 @@ def real_query_recall(run_dir: Path, seed: int = 0) -> list[Row]:
     way) is shown beside it, with what its calibration promised. Every gallery size builds an index (the bench
     asks for faiss, whatever ``faiss_above`` says).
     """
-    from ..retrieval.gallery import Gallery, GalleryConfig, exact_topk, recall_at_k
-    from ..retrieval.run import load_run
     run = load_run(run_dir)
     images, texts = run.image_embeds, run.text_embeds  # [N, D] each: photos and their captions
     n = len(images)
@@ -117,7 +117,6 @@ def real_query_recall(run_dir: Path, seed: int = 0) -> list[Row]:
 def _search_rows(cfg: BenchConfig, n: int, encode: Callable[[str], torch.Tensor], texts: list[str], work: Path
                  ) -> list[Row]:
     """Exact search over ``n`` synthetic items against one memory pass; the faiss rows above the threshold."""
-    from ..retrieval.gallery import Gallery, GalleryConfig
     gallery, _ = product_like(n, cfg.dim, seed=n)  # [n, D]
     exact = Gallery.build(gallery, kind="exact")
     exact.search(encode(texts[0]), 10)
@@ -140,7 +139,6 @@ def _bench_faiss(gallery: torch.Tensor, cfg: BenchConfig, work: Path,
                  encode: Callable[[str], torch.Tensor], texts: list[str], exact_p50: float) -> list[Row]:
     """Build (and reload) the faiss index of ``gallery`` and time its queries (its recall is measured on real
     queries: ``real_query_recall``)."""
-    from ..retrieval.gallery import Gallery
     n = len(gallery)
     path = work / f"faiss_{n}.npz"
     path.unlink(missing_ok=True)
@@ -172,11 +170,10 @@ def _faiss_latency_row(index, encode: Callable[[str], torch.Tensor], texts: list
     ``nprobe`` on one thread (the IVF scan itself: the limit of any search through this index).
 
     Each text is encoded and searched both ways, each behind its own encoding, the order alternating from
-    one text to the next: the second search of a vector finds its probed lists in the cache (5.6 against 8.2
-    ms at 1M, whichever searched), so each way goes first half of the time. One thread, as ``Gallery`` runs
-    one query: two were no faster for one query (6.2 against 6.6 ms, 9.2 against 9.3 ms at 1M).
+    one text to the next: the second search of a vector finds its probed lists in the cache, whichever
+    searched, so each way goes first half of the time. One thread, as ``Gallery`` runs one query (two are no
+    faster for one query).
     """
-    from ..retrieval.gallery import _FaissThreads
 
     def bare(v: torch.Tensor) -> object:
         with _FaissThreads(1):

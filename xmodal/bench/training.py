@@ -14,14 +14,18 @@ import gc
 import numpy as np
 import torch
 
+from ..evaluation.metrics import title_groups
+from ..models import create_model, list_models
+from ..text.vocabulary import Vocab
+from ..training.args import default_precision
+from ..training.distributed import DistContext
+from ..training.loop import (
+    CLIP_NORM, PairDataset, first_nonfinite, make_loader, make_optimizer, train_one_epoch, use_bf16)
 from .common import BenchConfig, Row, compare, ms, timed
 
 
 def bench_training(cfg: BenchConfig, cat) -> list[Row]:
     """train_one_epoch over make_loader vs a bare forward+loss+backward+AdamW loop, per model."""
-    from ..models import list_models
-    from ..evaluation.metrics import title_groups
-    from ..text.vocabulary import Vocab
     index = np.arange(cfg.train_batch * cfg.train_steps) % len(cat)
     vocab = Vocab.build(cat.captions)
     tokens = vocab.encode(cat.captions)[torch.as_tensor(index)]  # [n, L]
@@ -36,11 +40,6 @@ def bench_training(cfg: BenchConfig, cat) -> list[Row]:
 def _train_row(cfg: BenchConfig, cat, name: str, vocab_size: int, index: np.ndarray, tokens: torch.Tensor,
                labels: torch.Tensor) -> Row:
     """One model's training step, the real loop against the bare one, in the training command's arithmetic."""
-    from ..training.distributed import DistContext
-    from ..models import create_model
-    from ..training.args import default_precision
-    from ..training.loop import (
-        CLIP_NORM, PairDataset, first_nonfinite, make_loader, make_optimizer, train_one_epoch, use_bf16)
     cpu, ctx, b, n = torch.device("cpu"), DistContext(), cfg.train_batch, len(index)
     bf16 = use_bf16(default_precision(), cpu)  # what python -m xmodal.train runs here without --precision
     arithmetic = "bf16 autocast" if bf16 else "fp32"
@@ -83,8 +82,8 @@ def _train_row(cfg: BenchConfig, cat, name: str, vocab_size: int, index: np.ndar
             sched.step()
 
     real(warm)  # warm-up: first LSTM/backbone calls, allocator
-    # Steps of a few ms time a few tens of ms a round, which one hiccup of a busy host decides: each round
-    # repeats them to ~0.4 s (corrnet: 1.04-1.10x in quiet runs, 1.21x in one slow-host run with 4 steps).
+    # A round of steps of a few ms each is short enough for one hiccup of a busy machine to decide it: each
+    # round repeats them to ~0.4 s.
     repeat = int(np.clip(np.ceil(0.4 / max(timed(bare, 1), 1e-6)), 1, 16))
     t_bare, t_real = (t / repeat for t in compare(lambda: [bare() for _ in range(repeat)],
                                                   lambda: [real() for _ in range(repeat)], cfg.reps))

@@ -4,6 +4,7 @@ Metrics per slice are in ``slices``.
 """
 from __future__ import annotations
 
+import base64
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -15,7 +16,9 @@ from ..evaluation import metrics
 from .. import runs as _runs
 from ..data.images import thumbnail_jpeg
 from ..evaluation.metrics import DIRECTIONS, KS
+from ..evaluation.report import backbone_description, paired_rows
 from ..runs import RunInfo
+from .jobs.tasks import format_eta
 
 # No PyTorch here: ranks come from xmodal.evaluation.metrics, which is NumPy only, so no page that ranks or reads run
 # folders waits for PyTorch to load.
@@ -38,7 +41,6 @@ def run_label(info: RunInfo) -> str:
 def backbone_label(config: dict) -> str:
     """Where a run's image backbone weights came from, and how it trained: never a silent switch (the report's
     ``backbone_description``: ImageNet from the hub or a package, distilled offline, or random init)."""
-    from ..evaluation.report import backbone_description
     mcfg = config.get("model_config") or {}
     return f"{mcfg.get('backbone', '?')}: {backbone_description(config)}"
 
@@ -149,7 +151,6 @@ def paired_table(runs: Sequence[RunInfo], ground_truth: str = "caption") -> pd.D
     """Each pair of ``runs``: the paired-bootstrap difference of rsum and t2i R@1 on their shared test queries
     (``xmodal.evaluation.report.paired_rows``), labelled; pairs on other catalogues or splits say why they are not
     compared."""
-    from ..evaluation.report import paired_rows
     names = {r.path.name: run_label(r) for r in runs}
     rows = paired_rows([r.path for r in runs], ground_truth)
     df = pd.DataFrame([{"A": names.get(x["a"], x["a"]), "B": names.get(x["b"], x["b"]), "metric": x.get("metric", ""),
@@ -305,18 +306,7 @@ def modality_gap(image_embeds: Any, text_embeds: Any, seed: int = 0) -> dict[str
 
 def thumbnail_uri(path: str | Path, height: int = 64) -> str:
     """A small upright JPEG of the image at ``path`` as a ``data:`` URI (for image columns in tables)."""
-    import base64
     return "data:image/jpeg;base64," + base64.b64encode(thumbnail_jpeg(path, (height * 4, height), 80)).decode()
-
-
-def format_eta(seconds: float | None) -> str:
-    """``1h02m``, ``3m05s``, ``42s``; ``?`` when unknown."""
-    if seconds is None or not np.isfinite(seconds):
-        return "?"
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def age(updated: float | None, now: float | None = None) -> float:

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 from ..runs import RunInfo, read_status
 from .analysis import DIRECTIONS, catalogue_label, detect_collapse
+from .jobs.training import read_launch, run_folders
 
 CHANCE_FACTOR = 2.0  # test R@10 at most this many times chance (10 / gallery size) counts as collapsed
 
@@ -119,7 +120,6 @@ class PendingRun:
 
 def pending_runs(root: Path | None = None) -> list[PendingRun]:
     """Run folders under ``root`` (the checkpoints folder) that are running but too young for a config."""
-    from .jobs.training import read_launch, run_folders
     out = []
     for d in run_folders(root):
         if (d / "config.json").is_file():
@@ -137,7 +137,6 @@ def runs_signature(root: Path | None = None) -> tuple:
     """What the pages show about the run folders, cheaply (a status read and a few stats per folder): it
     changes when a run appears, goes, changes state, gets its config, new best weights or test metrics, or is
     hidden; the sidebar's poll reruns the page then, so new runs appear by themselves."""
-    from .jobs.training import run_folders
     sig = []
     for d in run_folders(root):
         stamps = []

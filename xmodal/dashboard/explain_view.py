@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import streamlit as st
 
+from ..data import normalise_caption
 from . import state, ui
 from .escape import md
 
@@ -67,7 +68,7 @@ def _escape_keep_spaces(piece: str) -> str:
 
 def overlay_png(expl: Explanation) -> bytes:
     """The photo with its region importance laid over it, as PNG bytes."""
-    from ..retrieval.explain import overlay
+    from ..retrieval.explain import overlay  # lazy: PyTorch, only once an explanation is drawn
     buf = io.BytesIO()
     overlay(expl).save(buf, format="PNG")
     return buf.getvalue()
@@ -83,7 +84,7 @@ def image_key(image: Image.Image | str | Path) -> str:
 @st.cache_data(show_spinner="Explaining the match (each word and each region of the photo left out in turn)...",
                max_entries=256)
 def _explanation(run_dir: str, stamp: int, text: str, key: str, _image) -> Explanation:
-    from ..retrieval.explain import explain
+    from ..retrieval.explain import explain  # lazy: PyTorch, only once a pair is explained
     return explain(state.run(run_dir), text, _image)
 
 
@@ -160,7 +161,6 @@ def disagreement_why(runs: dict[str, str], data: dict, rows: Sequence[int], dire
                      format_func=lambda i: "pick a query" if i is None else f"{ids[i]} · {captions[i]}")
     if q is None:
         return
-    from ..data import normalise_caption
     for col, (run_dir, label) in zip(st.columns(len(runs)), runs.items()):
         with col:
             st.markdown(f"**{md(label)}**")
@@ -201,7 +201,7 @@ def result_column(title: str, hits: Sequence[Hit], image_width: int = 70) -> Non
 
 def side_by_side(run: Run, image, text: str, weight: float, k: int) -> None:
     """Photo only, words only and photo + words, in three columns."""
-    from ..retrieval.compose import search
+    from ..retrieval.compose import search  # lazy: PyTorch, only once a composed query runs
     cols = st.columns(3)
     with cols[0]:
         result_column("Photo only", search(run, image=image, k=k))
@@ -222,7 +222,7 @@ def feedback(run: Run, query_key: str, start, k: int, columns: int = 4) -> None:
         query_key: identifies the query (run, photo, words, weight): a new one starts over.
         start: a function returning the first round's ``ComposedResult``.
     """
-    from ..retrieval.compose import refine
+    from ..retrieval.compose import refine  # lazy: PyTorch, only once a composed query runs
     fb = st.session_state.get(FEEDBACK)
     if not fb or fb.get("key") != query_key:
         fb = st.session_state[FEEDBACK] = {"key": query_key, "rounds": [start()]}

@@ -15,7 +15,7 @@ from streamlit.delta_generator import DeltaGenerator
 from ..data.images import IS_FOLDER, MISSING, ImageError
 from ..runs import RunInfo, list_runs
 from . import analysis, catalogues, pickers, runmeta, state
-from .jobs import training as jobs
+from .jobs import tasks, training as jobs
 from .escape import md
 
 if TYPE_CHECKING:  # xmodal.retrieval.run imports PyTorch: the pages that show hits have loaded it already
@@ -40,14 +40,14 @@ def load_pytorch() -> None:
     """Import ``xmodal.retrieval.run`` (PyTorch, timm, the models) under a spinner, once per server.
 
     Home and Training never need it, and ``state.warm_pytorch`` imports it in the background after the
-    first page; a page that needs a model before that is done waits for it (seconds on two busy cores)
-    and says so, instead of showing the previous page greyed out.
+    first page; a page that needs a model before that is done waits for it (seconds) and says so, instead
+    of showing the previous page greyed out.
     """
     if state.pytorch_loaded():
         return
     with st.spinner("Loading PyTorch (the first time a page needs a model after the server starts)...",
                     show_time=True):
-        import xmodal.retrieval.run  # noqa: F401
+        import xmodal.retrieval.run  # noqa: F401 - lazy: PyTorch, which this function exists to load
 
 
 def visible_runs() -> list[RunInfo]:
@@ -158,7 +158,6 @@ def background_work(what: str, folders: Sequence[Path], task: str, ready, start,
     Returns:
         Whether the work is done.
     """
-    from .jobs import tasks
     if ready():
         return True
     records = {Path(f): tasks.read(f, task) for f in folders}

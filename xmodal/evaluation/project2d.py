@@ -17,10 +17,10 @@ UMAP_MIN_POINTS = 50  # below this UMAP's graph is too thin to mean much: PCA in
 def import_umap():
     """``umap`` with its numba kernels' compiled code cached on disk (numba's own cache, beside umap-learn's
     and pynndescent's files or in numba's user-wide cache, like Python's .pyc): each new process otherwise
-    compiles them again, 11-17 s on two cores before a map of a few hundred points (0.5 s once cached).
-    Kernels that numba cannot cache simply compile as before."""
+    compiles them again, many seconds before even a small map. Kernels that numba cannot cache simply
+    compile as before."""
     import umap  # lazy: a heavy optional dependency (numba), imported only to draw a UMAP map
-    from numba.core.registry import CPUDispatcher
+    from numba.core.registry import CPUDispatcher  # lazy: numba, loaded by umap above
     global _UMAP_CACHING
     if not _UMAP_CACHING:
         _UMAP_CACHING = True

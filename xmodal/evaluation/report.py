@@ -17,6 +17,7 @@ import numpy as np
 
 from . import metrics
 from ..runs import json_problem, read_best, read_json
+from ..training.provenance import describe
 
 COLUMNS = [("text_to_image", "R@1"), ("text_to_image", "R@5"), ("text_to_image", "R@10"),
            ("text_to_image", "median_rank"), ("image_to_text", "R@1"), ("image_to_text", "R@5"),
@@ -218,7 +219,6 @@ def seed_table(run_dirs: list[Path], gt: str = "caption", split: str = "test") -
 
 def provenance(run_dirs: list[Path]) -> list[str]:
     """What made each run: the project's commit, library versions, hardware and arithmetic."""
-    from ..training.provenance import describe
     lines = []
     for d in run_dirs:
         config = read_json(d / "config.json")

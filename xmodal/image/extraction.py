@@ -27,7 +27,7 @@ def one_thread() -> None:
     torch.set_num_threads(1)
 
 
-LANE_BATCH = 8  # images per batch of a lane (measured: 4-32 run within 5% of each other; 8 keeps 2 lanes busy)
+LANE_BATCH = 8  # images per batch of a lane (4 to 32 run about as fast; 8 keeps 2 lanes busy)
 
 
 def lanes_for(images: int) -> int:
@@ -58,8 +58,8 @@ def extract_features(model: nn.Module, paths: list[Path], transform, device: tor
     On CPU the backbone runs in the fastest runtime available (``xmodal.image.runtime.select_runtime``: its ONNX
     graph in ONNX Runtime, equal to PyTorch's outputs within ``xmodal.image.runtime.TOLERANCE``) on uint8 pixels that
     the graph normalises inside itself. With several cores (``lanes_for``), a lane per core decodes a batch and
-    runs it through a one-thread session, batches in order: on two cores this beats one two-thread session
-    fed by a decoding thread by 20-30% (its parallel sections waited for the core the decoding took). In
+    runs it through a one-thread session, batches in order: this beats one session on every core fed by a
+    decoding thread (whose parallel sections wait for the core the decoding takes). In
     PyTorch, or on one core, a decoding thread (``decoded_batches``) prepares the next batches. On a GPU a
     DataLoader's worker processes decode, into pinned memory.
     """
@@ -88,7 +88,7 @@ def extract_features(model: nn.Module, paths: list[Path], transform, device: tor
                 return run(load(paths[start:start + LANE_BATCH]))
             starts = range(0, len(paths), LANE_BATCH)
             threads = torch.get_num_threads()
-            try:  # a lane's resize stays on its core: a two-thread one took the other lane's core (~4%, measured)
+            try:  # a lane's resize stays on its core (a two-thread one would take the other lane's core)
                 return torch.cat(list(bar(ordered_map(lane, starts, lanes, 2 * lanes, initializer=one_thread),
                                           total=len(starts)))).numpy()
             finally:  # torch hands the last set_num_threads to threads started later: give it back

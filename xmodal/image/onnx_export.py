@@ -86,10 +86,10 @@ def export_graph(model: nn.Module, size: tuple[int, int], tail_blocks: int, key:
     The batch axis is dynamic; the output is ``features`` ``[B, F]``, or ``[B, C, h, w]`` with a cut. The
     key is stored in the graph's metadata (``xmodal_key``) so that a file under another key is caught.
 
-    The exporter traces a dynamic batch axis symbolically, which doubles its time (17 s against 9 s for
-    EfficientNet-Lite0 on two cores), so the graph is first exported at a fixed batch of ``EXPORT_BATCH`` and
-    its batch axis freed afterwards (``_free_batch``), then run at two other batch sizes against PyTorch;
-    a graph that cannot be freed or does not match is exported again with the dynamic axis.
+    The exporter traces a dynamic batch axis symbolically, which doubles its time, so the graph is first
+    exported at a fixed batch of ``EXPORT_BATCH`` and its batch axis freed afterwards (``_free_batch``), then
+    run at two other batch sizes against PyTorch; a graph that cannot be freed or does not match is exported
+    again with the dynamic axis.
     """
     module = _FromRaw(_runnable(model, tail_blocks), (tuple(key["input"]["mean"]), tuple(key["input"]["std"])))
     with _eval(model):
@@ -123,7 +123,7 @@ def _free_batch(proto):
     """``proto`` exported at batch ``EXPORT_BATCH`` with its batch axis made dynamic, in place; raises
     ``ValueError`` where the batch is baked in anywhere but the input, the output and a ``Reshape``'s first
     entry (the flatten before pooled features, which becomes -1)."""
-    from onnx import numpy_helper
+    from onnx import numpy_helper  # lazy: onnx, only when a graph is exported
     graph = proto.graph
     for value in (*graph.input, *graph.output):
         dim = value.type.tensor_type.shape.dim[0]
@@ -159,7 +159,7 @@ def _free_batch(proto):
 
 def _matches(proto, module: nn.Module, size: tuple[int, int]) -> bool:
     """Whether ONNX Runtime on ``proto`` computes ``module`` (raw pixels in) at batches 1 and 3."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: ONNX Runtime, only when a graph is exported
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     for batch in (1, 3):
         x = torch.randint(0, 256, (batch, 3, *size), generator=torch.Generator().manual_seed(batch)).float()

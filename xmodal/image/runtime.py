@@ -2,7 +2,7 @@
 
 Feature extraction (``xmodal.image.extraction.extract_features``: the feature cache, evaluation on a new catalogue)
 runs the frozen backbone forward only, so on CPU it can run the backbone's exported ONNX graph instead of
-PyTorch: 1.5-1.9x the throughput on two idle cores, 3.5-7x on busy ones (docs/performance.md). The graph
+PyTorch, at a higher throughput, the more so on busy cores (docs/performance.md). The graph
 computes the same function: each one is checked against PyTorch on a probe batch whenever it is loaded, to
 ``TOLERANCE``; the feature cache still keys on the runtime and arithmetic that made the features
 (``xmodal.image.feature_cache``), so a cached number always says how it was computed.
@@ -13,7 +13,7 @@ computes the same function: each one is checked against PyTorch on a probe batch
   ``weights_digest`` of the part that runs, input size and stage cut. With a cut (``tail_blocks`` > 0) the
   graph is ``stem_forward``: the feature map before the last stages. A graph that is damaged (truncated,
   garbled, another key's) is exported again with a warning.
-- **Export costs seconds** (4-9 s for EfficientNet-Lite0 on two cores, 20-25 s when they are busy), so
+- **Export costs seconds** (docs/performance.md), so
   ``auto`` exports only for jobs big enough to repay it (``export_min_pixels``: about where the seconds the
   graph saves add up to its export, per backbone); a graph already on disk is used for any job.
 - **When**: on CPU, when ``onnxruntime`` (and, to export, ``onnxscript``) imports, with float32 weights.
@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from . import onnx_export
@@ -50,8 +51,8 @@ ENV = "XMODAL_RUNTIME"
 RUNTIMES = ("auto", "torch", "onnxruntime")
 GRAPH_VERSION = 2  # bump when the export (exporter, opset, graph layout) changes meaning
 EXPORT_MIN_PIXELS = 512 * 224 * 168  # auto exports a graph for jobs of at least ~512 images at 224x168
-# Backbones whose light eager forward repays the export later (two cores, 224x168, from JPEGs: MobileNetV3-small
-# 5.7 vs 1.8 ms/image in ONNX Runtime's lanes, export + load 6.1 s: from ~1,550 images; EfficientNet-Lite0 ~300).
+# Backbones whose light eager forward repays the export only later: at 224x168 from JPEGs, MobileNetV3-small
+# after about 1,550 images (EfficientNet-Lite0 after about 300).
 EXPORT_MIN_IMAGES = {"mobilenet": 1600}
 PROBE_SEED = 20240611  # the probe batch: 2 images of uniform random raw pixels (0-255)
 _SESSIONS: OrderedDict[tuple[str, int], OrtBackbone] = OrderedDict()  # graph path, threads -> loaded graph
@@ -78,7 +79,7 @@ def requested_runtime() -> str:
 def onnxruntime_version() -> str | None:
     """The installed ``onnxruntime``'s version, or None when it does not import."""
     try:
-        import onnxruntime
+        import onnxruntime  # lazy: ONNX Runtime, only when a backbone may run in it
     except ImportError:
         return None
     return onnxruntime.__version__
@@ -89,7 +90,6 @@ def mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     name = backbone_name(model)
     if name in BACKBONES:
         return normalisation(name)
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
     return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
 
 
@@ -106,7 +106,7 @@ _RECENT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _tensors(model: nn.Module) -> list[torch.Tensor]:
-    """``model``'s parameters and buffers, listed once per module (walking ~300 submodules costs ~1 ms a query).
+    """``model``'s parameters and buffers, listed once per module (not walked again on every query).
 
     Changes made in place (``copy_``, ``load_state_dict``, optimiser steps) are seen through the tensors'
     version counters; a tensor replaced by assignment after the first call is not (nothing in xmodal does that
@@ -123,8 +123,8 @@ _FLOAT32: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (
 
 
 def _state(model: nn.Module) -> tuple:
-    """Every tensor's storage address and version counter (``map`` over C methods: ~0.1 ms for a backbone's
-    ~300 tensors, where a generator of tuples took ~0.4 ms of each image query)."""
+    """Every tensor's storage address and version counter (``map`` over C methods: several times faster than
+    a generator of tuples, and it runs on every image query)."""
     tensors = _tensors(model)
     return tuple(map(torch.Tensor.data_ptr, tensors)), tuple(map(_VERSION, tensors))
 
@@ -143,8 +143,8 @@ def _digest(model: nn.Module, tail_blocks: int) -> str:
     """``weights_digest(stem_module(model, tail_blocks))``, remembered while no tensor of ``model`` changes.
 
     A tensor's storage address and version counter (bumped by every in-place change: ``copy_``,
-    ``load_state_dict``, an optimiser step) stand for its bytes, so a single query does not hash 13 MB of
-    weights (~20 ms) each time, and a changed weight is never missed.
+    ``load_state_dict``, an optimiser step) stand for its bytes, so a single query does not hash the weights
+    each time, and a changed weight is never missed.
     """
     state = _state(model)
     memo = _DIGESTS.setdefault(model, {})
@@ -184,12 +184,12 @@ class OrtBackbone:
     """
 
     def __init__(self, graph: bytes, path: Path, threads: int):
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: ONNX Runtime, only when a graph is loaded
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         # No spin-waiting between parallel sections: on a shared machine, and beside the DataLoader's decoding
-        # workers, spinning threads burnt ~20% more CPU for the same work (docs/performance.md)
+        # workers, spinning threads burn more CPU for the same work (docs/performance.md)
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
@@ -332,7 +332,7 @@ def select_runtime(model: nn.Module, device: torch.device, size: tuple[int, int]
     recent = _RECENT.setdefault(model, {})
     hit = recent.get((size, tail_blocks, threads))
     if hit is not None and hit[0] == state and hit[1] in _SESSIONS:  # the same weights as last time
-        return _SESSIONS[hit[1]]  # skips the float32 check and the key's digest, json and hash (~0.4 ms a query)
+        return _SESSIONS[hit[1]]  # skips the float32 check and the key's digest, json and hash
     if not _float32(model):
         return None
     export = choice == "onnxruntime" or images * size[0] * size[1] >= export_min_pixels(model)

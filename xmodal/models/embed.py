@@ -12,8 +12,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import Catalogue
+from ..data.images import to_rgb
 from ..image.backbones import ImageFiles, image_transform, loader_workers
 from ..image.feature_cache import cached_features
+from ..image.runtime import backbone_features
 from ..text.vocabulary import Vocab
 
 
@@ -50,14 +52,12 @@ def embed_features(model: nn.Module, feats: torch.Tensor, device: torch.device, 
 def embed_pil(model: nn.Module, images: list, device: torch.device) -> torch.Tensor:
     """Image embeddings ``[N, D]`` of decoded images (uploads, single queries): PIL images, or RGB arrays
     ``[H, W, 3]`` uint8 as ``xmodal.data.images.rgb_array`` gives."""
-    if model.training:  # walking the module tree to set eval mode costs ~4 ms a query
+    if model.training:  # walking the module tree to set eval mode is not free on every query
         model.eval()
     tf = image_transform(model.cfg.backbone, tuple(model.cfg.image_size))
-    from ..data.images import to_rgb
     raw = torch.stack([tf.to_uint8(to_rgb(im) if isinstance(im, Image.Image) else im)
                        for im in images]).to(device)  # [N, 3, H, W] uint8
     if model.image_input == "features" and device.type == "cpu":  # frozen backbone: the fastest runtime
-        from ..image.runtime import backbone_features
         feats = backbone_features(model.backbone, raw, model.cfg.tune_blocks, transform=tf)  # [N, F] or maps
         return model.encode_image(feats).float().cpu()
     return model.encode_image(tf.normalise(raw)).float().cpu()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 import os
 import re
@@ -30,8 +31,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+from PIL import Image
 
+from ..data.catalogue import SPLITS
+from ..data.images import open_rgb
 from ..evaluation import metrics
+from ..runs import read_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -67,12 +72,17 @@ def true_match_ranks(image_embeds, text_embeds, captions: Sequence[str]) -> dict
     return {"t2i_rank": ranks["text_to_image"], "i2t_rank": ranks["image_to_text"]}
 
 
+def split_of_items(run_dir: str | Path, item_ids: Sequence[str]) -> list[str]:
+    """Each of ``item_ids``' split in the run at ``run_dir`` (``train`` / ``val`` / ``test``, from its
+    ``splits.json``; empty for an item the run never saw)."""
+    splits = read_json(Path(run_dir) / "splits.json", default={}) or {}
+    where = {x: s for s in SPLITS for x in (splits.get(s) or []) if isinstance(x, str)}
+    return [where.get(x, "") for x in item_ids]
+
+
 def item_splits(run: Run) -> list[str]:
     """Each gallery item's split in the run (``train`` / ``val`` / ``test``; empty when the run never saw it)."""
-    from ..runs import read_json
-    splits = read_json(run.dir / "splits.json", default={}) or {}
-    where = {x: s for s in ("train", "val", "test") for x in splits.get(s, []) if isinstance(x, str)}
-    return [where.get(x, "") for x in run.catalogue.item_ids]
+    return split_of_items(run.dir, run.catalogue.item_ids)
 
 
 def metadata_columns(run: Run) -> dict[str, list]:
@@ -87,16 +97,14 @@ def metadata_columns(run: Run) -> dict[str, list]:
 
 
 def _embedding_array(x: np.ndarray) -> pa.Array:
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: pyarrow, only when a parquet file is written
     x = np.ascontiguousarray(x, dtype=np.float32)
     return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), type=pa.float32()), x.shape[1])
 
 
 def embeddings_table(run: Run) -> pa.Table:
     """The parquet file's table (see the module docstring)."""
-    import json
-
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: pyarrow, only when a parquet file is written
     cols = metadata_columns(run)
     arrays = {k: pa.array(v, type=pa.int64() if k.endswith("_rank") else pa.string()) for k, v in cols.items()}
     arrays["image_embedding"] = _embedding_array(run.image_embeds.numpy())
@@ -109,7 +117,7 @@ def embeddings_table(run: Run) -> pa.Table:
 
 def write_parquet(run: Run, out: Path) -> Path:
     """``out/embeddings.parquet``; returns its path."""
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # lazy: pyarrow, only when a parquet file is written
     out.mkdir(parents=True, exist_ok=True)
     path = out / "embeddings.parquet"
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -129,9 +137,6 @@ def sprite_layout(n: int, thumb: tuple[int, int] = THUMB) -> tuple[int, tuple[in
 def sprite_image(paths: Sequence[Path], thumb: tuple[int, int] = THUMB) -> tuple[np.ndarray, tuple[int, int]]:
     """The sprite sheet ``[side * h, side * w, 3]`` (uint8) of the photos at ``paths``, each letterboxed into
     its cell on white; a photo that cannot be read leaves a grey cell. Returns the sheet and the cell size."""
-    from PIL import Image
-
-    from ..data.images import open_rgb
     side, (w, h) = sprite_layout(len(paths), thumb)
     sheet = np.full((side * h, side * w, 3), 255, dtype=np.uint8)
     for i, path in enumerate(paths):
@@ -167,7 +172,6 @@ PBTXT_ENTRY = """embeddings {{
 
 def write_projector(run: Run, out: Path, thumb: tuple[int, int] = THUMB) -> Path:
     """The TensorBoard Embedding Projector folder ``out/projector`` (see the module docstring); returns it."""
-    from PIL import Image
     folder = out / "projector"
     folder.mkdir(parents=True, exist_ok=True)
     cols = metadata_columns(run)
@@ -190,7 +194,7 @@ def write_projector(run: Run, out: Path, thumb: tuple[int, int] = THUMB) -> Path
 
 def selection_frame(item_ids: Sequence[str], captions: Sequence[str], image_embeds, text_embeds) -> pd.DataFrame:
     """A table of chosen items: ``item_id``, ``caption``, ``image_embedding``, ``text_embedding`` (lists)."""
-    import pandas as pd
+    import pandas as pd  # lazy: pandas, only for a download
     img, txt = np.asarray(image_embeds, np.float32), np.asarray(text_embeds, np.float32)
     return pd.DataFrame({"item_id": list(item_ids), "caption": list(captions),
                          "image_embedding": list(img), "text_embedding": list(txt)})
@@ -199,7 +203,7 @@ def selection_frame(item_ids: Sequence[str], captions: Sequence[str], image_embe
 def frame_bytes(frame: pd.DataFrame, fmt: str) -> bytes:
     """``frame`` as a ``csv`` file (embeddings as columns ``image_0..``, ``text_0..``; text cells that a
     spreadsheet would read as a formula start with ``'``) or a ``parquet`` file (embeddings as lists)."""
-    import pandas as pd
+    import pandas as pd  # lazy: pandas, only for a download
     if fmt == "parquet":
         buf = io.BytesIO()
         frame.to_parquet(buf, index=False)
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--debug", action="store_true", help="show Python tracebacks (also XMODAL_DEBUG=1)")
     a = p.parse_args(argv)
     debug = a.debug or os.environ.get("XMODAL_DEBUG", "") not in ("", "0")
-    from .run import RUN_INPUT_ERRORS, RunError, load_run, run_error_line
+    from .run import RUN_INPUT_ERRORS, RunError, load_run, run_error_line  # lazy: PyTorch, only in the CLI
     try:
         if not Path(a.run).is_dir():
             raise RunError(f"{a.run} is not a folder: give a run folder (checkpoints/<run-id>)")

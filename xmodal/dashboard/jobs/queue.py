@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from ...runs import atomic_write_json, read_json, read_status, write_status
+from ..maps import embeds, projection
 from . import tasks, warm
 from .training import LOG_NAME, TrainJob
 
@@ -83,7 +84,6 @@ def _prepare(path: Path, queue: dict, root: Path, cancelled: list, child: list) 
     """Embed each finished run's catalogue, then map its test split (one process each for all the runs:
     PyTorch loads once, numba compiles once), so the Compare, Embeddings and Search pages open fast. The
     pages see these as their own background tasks (``xmodal.dashboard.jobs.tasks``) and wait for them."""
-    from ..maps import embeds, projection
     runs = [root / j["run_id"] for j in queue["jobs"] if j["state"] == "finished"]
     settings = projection.MapSettings()
     for phase, name, argv in (

@@ -9,6 +9,7 @@ measures (the backbone's one-time feature extraction) takes its fraction and tim
 """
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 from ...runs import atomic_write_json, pid_alive, read_json
+from . import warm
 from .training import log_progress, reap, spawn
 
 TASK_DIR = ".tasks"
@@ -74,7 +76,6 @@ def start(folders: list[Path], name_of: dict[str, str] | str, argv: list[str], f
     first = task_file(todo[0], names[str(todo[0])])
     first.parent.mkdir(parents=True, exist_ok=True)
     if fork:  # from the training queue: forked from its warm process (never from the server: threads)
-        from . import warm
         proc = warm.start([sys.executable, *argv], first.with_suffix(".log"))
     else:
         proc = spawn([sys.executable, *argv], first.with_suffix(".log"))
@@ -159,9 +160,18 @@ def run_each(run_dirs: list[Path], name: str, work) -> int:
     return 1 if failed else 0
 
 
+def format_eta(seconds: float | None) -> str:
+    """``1h02m``, ``3m05s``, ``42s``; ``?`` when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
 def describe(rec: dict) -> tuple[str, float | None]:
     """A task record as (one line of plain text, fraction done or None): what it is doing and the time left."""
-    from ..analysis import format_eta
     if not rec:
         return "not started", None
     if rec.get("state") == "queued":

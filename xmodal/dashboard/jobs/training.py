@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...paths import checkpoints_dir
-from ...runs import atomic_write_json, read_json, read_status, write_status
+from ...runs import atomic_write_json, read_json, read_lock, read_status, write_status
 
 # The registered models, in registration order: xmodal.list_models() without importing PyTorch (the registry
 # imports the models), so the sidebar's form draws before torch has loaded. A test keeps the two equal.
@@ -61,7 +61,7 @@ class TrainJob:
 
 
 # Signs that a GPU driver is installed (NVIDIA; ROCm's /dev/kfd; WSL's /dev/dxg). Without any of them
-# torch.cuda cannot find a device, so asking it (an import of PyTorch, seconds on two cores) is skipped.
+# torch.cuda cannot find a device, so asking it (an import of PyTorch, which takes seconds) is skipped.
 GPU_SIGNS = ("/proc/driver/nvidia/gpus/*", "/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")
 
 
@@ -74,7 +74,7 @@ def device_options() -> list[str]:
     """``auto`` and ``cpu``, plus ``cuda`` only when a CUDA GPU is visible."""
     if not gpu_may_exist():
         return ["auto", "cpu"]
-    import torch
+    import torch  # lazy: PyTorch, only where a GPU driver shows
     return ["auto", "cpu", "cuda"] if torch.cuda.is_available() else ["auto", "cpu"]
 
 
@@ -125,7 +125,6 @@ def read_launch(run_dir: Path) -> dict:
 
 def can_resume(run_dir: Path, status: dict | None = None) -> str | None:
     """Why ``run_dir`` cannot be resumed now, or None when it can (stopped or failed, with a config, unlocked)."""
-    from ...runs import read_lock
     run_dir = Path(run_dir)
     status = read_status(run_dir) if status is None else status
     if status.get("state") not in ("stopped", "failed"):

@@ -1,7 +1,7 @@
 """Warm children for the training queue: each job forked from a process that imported PyTorch once.
 
-Every ``python -m xmodal.train`` (and each dashboard job after the queue) spent about 5 s of two cores
-importing PyTorch, timm and torchvision before doing anything; the one-click demo starts seven of them.
+Every ``python -m xmodal.train`` (and each dashboard job after the queue) spent seconds importing PyTorch,
+timm and torchvision before doing anything; the one-click demo starts seven of them.
 The queue process imports them once (``preload``) and runs each job in a *forked* child (``start``):
 the child has its own pid, its own ``train.log`` (its stdout and stderr), and runs
 ``python -m MODULE ARGS`` as that command would (``runpy``), so a Stop (SIGTERM to the run's pid), a
@@ -13,14 +13,19 @@ PyTorch operation (no thread pool yet), never from the Streamlit server (threads
 """
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import runpy
 import signal
 import subprocess
 import sys
+import threading
 import traceback
 from pathlib import Path
+
+from ...data import open_catalogue
+from ...data.demo import demo_dir
 
 ENV = "XMODAL_FORK"
 PRELOAD = ("torch", "timm", "xmodal.training.cli", "xmodal.retrieval.run", "xmodal.dashboard.maps.embeds")
@@ -37,15 +42,9 @@ def preload(catalogues=()) -> None:
     check is remembered (``xmodal.data.catalogue``), so no job decodes it again. No PyTorch operation runs."""
     if not available():
         return
-    import importlib
-    import threading
-
-    from ...data import open_catalogue
-
     specs = list(dict.fromkeys(catalogues))
     demo = None
     if "demo" in specs:  # generating it is pure Python and PIL: in a process of its own, beside the imports
-        from ...data.demo import demo_dir
         if not (demo_dir() / "demo.json").is_file():
             demo = subprocess.Popen([sys.executable, "-c", "from xmodal.data import ensure_demo; ensure_demo()"],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

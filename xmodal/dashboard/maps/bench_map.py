@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import plotly
 
 from . import colours, figure as mapplot
 
@@ -84,10 +85,9 @@ def _browser(figures: dict, chromium: str | None, timeout_s: float) -> dict:
     if not chromium:
         return {"skipped": "no Chromium (apt-get install chromium, or set XMODAL_CHROMIUM)"}
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import sync_playwright  # lazy: Playwright, optional (a test extra)
     except ImportError:
         return {"skipped": "no playwright (pip install playwright: the Python package only)"}
-    import plotly
     js = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
     with tempfile.TemporaryDirectory() as tmp:
         page_path = Path(tmp) / "map.html"

@@ -21,11 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from ...cachefile import atomic_write, check_array, warn_rebuild
+from ...data import CatalogueError, load_catalogue
+from ...data.demo import demo_dir
+from ...retrieval.export import split_of_items
+from ...runs import read_json
 from ..jobs import tasks
 
 VERSION = 1  # bump when the file's layout changes
 TASK = "embeds"
-SPLITS = ("train", "val", "test")
 CHUNK = 512  # photos embedded per step of a fine-tuned (pixel) model, for progress
 
 
@@ -55,17 +58,14 @@ def ready(run_dir: Path) -> bool:
 
 def split_labels(run_dir: Path, item_ids: list[str]) -> np.ndarray:
     """Per catalogue item, the split it belongs to in this run (``train``/``val``/``test``, or empty)."""
-    from ...runs import read_json
-    splits = read_json(Path(run_dir) / "splits.json", default={}) or {}
-    where = {x: s for s in SPLITS for x in (splits.get(s) or [])}
-    return np.array([where.get(x, "") for x in item_ids], dtype=str)
+    return np.array(split_of_items(run_dir, item_ids), dtype=str)
 
 
 def _image_embeds(run, progress: tasks.Progress | None) -> np.ndarray:
     """The run's catalogue photo embeddings ``[N, D]``, with progress: the feature cache's progress bar for a
     frozen backbone (then the run's own gallery cache, which Search shares), counted chunks for a fine-tuned
     one."""
-    from ...models.embed import catalogue_features, embed_catalogue_images
+    from ...models.embed import catalogue_features, embed_catalogue_images  # lazy: PyTorch, only in the job
     cat = run.catalogue
     if run.model.image_input == "features":
         if progress:
@@ -87,11 +87,9 @@ _CATALOGUES: dict[str, object] = {}  # catalogue folder -> Catalogue, loaded (an
 
 def _shared_catalogue(run_dir: Path):
     """The run's catalogue, loaded and checked once per process for all the runs trained on it (checking
-    2,000 photos takes about 1.4 s, and the queue embeds five runs of one catalogue); None when it cannot be
+    every photo takes a while, and the queue embeds several runs of one catalogue); None when it cannot be
     loaded here (``load_run`` then loads it itself and reports the error)."""
-    from ...data import CatalogueError, load_catalogue
-    from ...runs import read_json
-    from ...retrieval.run import run_catalogue_path
+    from ...retrieval.run import run_catalogue_path  # lazy: PyTorch, only in the job
     config = read_json(Path(run_dir) / "config.json", default={}) or {}
     try:
         folder = str(Path(run_catalogue_path(config)).resolve())
@@ -111,7 +109,7 @@ def compute(run_dir: Path, run=None, progress: tasks.Progress | None = None) -> 
     if run is None:
         if progress:
             progress.phase("loading the run (PyTorch and the model)")
-        from ...retrieval.run import load_run
+        from ...retrieval.run import load_run  # lazy: PyTorch, only in the job
         run = load_run(run_dir, catalogue=_shared_catalogue(run_dir))
     img = _image_embeds(run, progress)
     if progress:
@@ -147,11 +145,9 @@ def _catalogue_root(run_dir: Path, stored: str) -> Path:
     root = Path(stored)
     if root.is_dir():
         return root
-    from ...runs import read_json
     data = (read_json(Path(run_dir) / "config.json", default={}) or {}).get("data") or {}
     if isinstance(data, dict):
         if data.get("name") == "demo":
-            from ...data.demo import demo_dir
             candidate = demo_dir()
         else:
             candidate = Path(str(data.get("path") or "")).expanduser()

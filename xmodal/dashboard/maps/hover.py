@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import streamlit as st
+from streamlit import runtime
 
 from . import sprites
 
@@ -105,7 +106,6 @@ def _sheet_bytes(path: str, mtime_ns: int) -> bytes:
 
 def sheet_url(path: Path, coordinates: str) -> str | None:
     """A URL on this server for one sheet (Streamlit's media endpoint), None outside a running app."""
-    from streamlit import runtime
     if not runtime.exists():
         return None
     data = _sheet_bytes(str(path), path.stat().st_mtime_ns)

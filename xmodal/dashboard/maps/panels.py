@@ -13,9 +13,11 @@ from typing import Sequence
 import numpy as np
 import streamlit as st
 
-from . import view as mapview
+from . import hover, sprite_job, sprites, view as mapview
 from .. import slices, ui
+from ..analysis import selected_items
 from ..escape import md
+from ..jobs import tasks
 
 PAGE_SIZE = 24  # products per page of a selection
 NEIGHBOURS = 8
@@ -157,7 +159,6 @@ def saved_slices(run_dir: Path, item_ids: Sequence[str], captions: Sequence[str]
 
 def clicked_item(points: Sequence[dict], box: Sequence, lasso: Sequence, n: int) -> tuple[int | None, list[int]]:
     """(the item a click chose, the items a box or lasso chose) from a plotly selection event."""
-    from ..analysis import selected_items
     items = selected_items(points, n)
     if box or lasso:
         return None, items
@@ -168,8 +169,6 @@ def hover_photos(run_dir: Path, projection_file: Path, map_task: str, data: dict
     """Photos on hover for the map (``hover.py``): its sprite sheets when they are made, else a line saying
     they are being made in the background (by the map's own job, or a job started here for a map made
     before sheets existed); the page reruns by itself when they are in."""
-    from . import hover, sprite_job, sprites
-    from ..jobs import tasks
     n = len(data["index"])
     if n > sprites.MAX_ITEMS:
         st.caption(f"Photos show on hover for maps of at most {sprites.MAX_ITEMS:,} products; click a point "

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from PIL import Image, ImageOps
 
 from ...data.images import open_rgb
 from ...runs import read_json
@@ -71,7 +72,6 @@ def read_meta(folder: Path) -> dict | None:
 
 def thumbnail(path: str | Path, cell: tuple[int, int] = CELL):
     """One photo, upright, fitted into ``cell`` on white; None when it cannot be read."""
-    from PIL import Image, ImageOps
     try:
         rgb = open_rgb(path, draft=(cell[0] * 2, cell[1] * 2))  # JPEG: decode at a fraction of full size
         return ImageOps.pad(rgb, cell, method=Image.Resampling.BILINEAR, color=(255, 255, 255))
@@ -81,7 +81,6 @@ def thumbnail(path: str | Path, cell: tuple[int, int] = CELL):
 
 def build(folder: Path, images: Sequence[str], progress: Callable[[int], None] | None = None) -> Path:
     """Write the sheets of ``images`` (in map order) to ``folder`` (nothing when a complete set is there)."""
-    from PIL import Image
     folder = Path(folder)
     if read_meta(folder) is not None:
         return folder
