@@ -60,3 +60,12 @@ def test_every_split_score_carries_both_protocols():
     assert out["dedup_gallery_size"] == 30 and out["dedup"]["rsum"] == pytest.approx(600.0)
     assert out["fixed_gallery"] is None  # 30 distinct titles: fewer than a fixed gallery needs
     assert "dedup" in out["ci95"] and out["protocols"]["dedup"] == protocols.DEDUP_NAME
+
+
+def test_report_shows_the_title_deduplicated_column(trained_run, capsys):
+    from xmodal.evaluation.report import main as report_cli
+    assert report_cli([str(trained_run)]) == 0
+    out = capsys.readouterr().out
+    assert "title-deduplicated t2i R@1 / R@10 (products)" in out and "(test.json from before" not in out
+    assert report_cli([str(trained_run), "--gt", "dedup"]) == 0
+    assert "one product per distinct title" in capsys.readouterr().out

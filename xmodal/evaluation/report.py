@@ -96,8 +96,8 @@ def val_table(run_dirs: list[Path], gt: str = "caption") -> str:
 def table(run_dirs: list[Path], gt: str = "caption") -> str:
     """The markdown table for ``run_dirs`` (runs without test.json are listed as unfinished)."""
     head = ("| run | model | backbone | t2i R@1 | t2i R@5 | t2i R@10 | t2i medR | i2t R@1 | i2t R@5 | i2t R@10 "
-            f"| i2t medR | unseen-title t2i R@1 / R@10 ({gt}-level; queries) | test items | catalogue | split "
-            "| chosen on | train time |")
+            f"| i2t medR | unseen-title t2i R@1 / R@10 ({gt}-level; queries) | title-deduplicated t2i R@1 / R@10 "
+            "(products) | test items | catalogue | split | chosen on | train time |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for d in run_dirs:
         config, why = _readable(d)
@@ -106,25 +106,31 @@ def table(run_dirs: list[Path], gt: str = "caption") -> str:
         if not why and (problem or test is not None and not isinstance(test, dict)):
             why = problem or "test.json is damaged (not an object)"
         if why or not isinstance(test, dict) or not isinstance(test.get(gt), dict):
-            lines.append(f"| {d.name} | {name} | {why or 'unfinished (no test.json yet)'} |" + " |" * 14)
+            lines.append(f"| {d.name} | {name} | {why or 'unfinished (no test.json yet)'} |" + " |" * 15)
             continue
         m, ci = test[gt], (test.get("ci95") or {}).get(gt)
         try:
             cells = [cell(m, ci if isinstance(ci, dict) else None, f"{d_}/{k}") for d_, k in COLUMNS]
         except (KeyError, TypeError, ValueError, IndexError) as err:  # a damaged or foreign test.json
-            lines.append(f"| {d.name} | {name} | damaged test.json ({type(err).__name__}: {err}) |" + " |" * 14)
+            lines.append(f"| {d.name} | {name} | damaged test.json ({type(err).__name__}: {err}) |" + " |" * 15)
             continue
-        u = test.get(UNSEEN[gt])
+        u = test.get(UNSEEN.get(gt, ""))
         unseen = (f"{u['text_to_image/R@1']:.1f} / {u['text_to_image/R@10']:.1f} ({test['unseen_queries']})"
                   if u else "-")
+        dd = test.get("dedup")
+        dedup = (f"{cell(dd, (test.get('ci95') or {}).get('dedup'), 'text_to_image/R@1')} / "
+                 f"{dd['text_to_image/R@10']:.1f} ({test.get('dedup_gallery_size', '?')})"
+                 if isinstance(dd, dict) else "- (test.json from before the protocol)")
         split = test.get("split_source") or (config.get("split") or {}).get("source", "?")
         epoch = test.get("chosen_on", "").split("(")[-1].split(",")[0]
         catalogue = Path(str((config.get("data") or {}).get("name") or "?")).name
         lines.append(f"| {d.name} | {name} | {backbone_description(config)} | " + " | ".join(cells) + f" | {unseen} | "
-                     f"{test['gallery_size']} | {catalogue} | {split} | val rsum, {epoch} | "
+                     f"{dedup} | {test['gallery_size']} | {catalogue} | {split} | val rsum, {epoch} | "
                      f"{test.get('train_seconds', 0) / 60:.1f} min |")
-    truth = "identical titles all count as correct" if gt == "caption" else "only the item's own pair is correct"
-    lines += ["", f"Test split, {gt}-level ground truth ({truth}); [lo-hi]: {metrics.INTERVAL_METHOD}."]
+    truth = {"caption": "identical titles all count as correct", "item": "only the item's own pair is correct",
+             "dedup": "one product per distinct title, the proxy for new products"}[gt]
+    lines += ["", f"Test split, {gt}-level ground truth ({truth}); title-deduplicated: one product per distinct "
+              f"title, the proxy for products nobody has seen; [lo-hi]: {metrics.INTERVAL_METHOD}."]
     return "\n".join(lines)
 
 
@@ -230,11 +236,14 @@ def provenance(run_dirs: list[Path]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xmodal.report", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path)
-    p.add_argument("--gt", choices=["caption", "item"], default="caption")
+    p.add_argument("--gt", choices=["caption", "item", "dedup"], default="caption",
+                   help="dedup: the title-deduplicated protocol (test split only)")
     p.add_argument("--split", choices=["test", "val"], default="test",
                    help="val: the chosen checkpoint's validation metrics (to compare recipes without touching test)")
     p.add_argument("--provenance", action="store_true", help="also print what software and hardware made each run")
     a = p.parse_args(argv)
+    if a.split == "val" and a.gt == "dedup":
+        p.error("--gt dedup reads test.json; on validation run python -m xmodal.evaluate --split val")
     if a.split == "val":
         print(val_table(a.runs, a.gt))
         spread = differences(a.runs, a.gt, "val") + seed_table(a.runs, a.gt, "val")
