@@ -30,7 +30,8 @@ from ..data import Catalogue, CatalogueError, load_catalogue, resolve_data
 from ..data.images import rgb_array, to_rgb
 from .arguments import check_index, check_indices, check_k, check_vector
 from .gallery import Gallery, GalleryConfig
-from .hubness import csls_offsets, csls_topk
+from .filters import exact_rows, where_mask
+from .hubness import csls_offsets
 from ..models import ModelConfig, rebuild_model
 from ..models.embed import embed_catalogue_images, embed_pil, embed_texts
 from .query_vectors import DEFAULT_WEIGHT, ROCCHIO, compose_vectors, rocchio, unit
@@ -42,8 +43,7 @@ class RunError(ValueError):
     """A run folder that cannot be loaded (missing files, bad weights)."""
 
 
-# What a CLI given a run folder reports as the user's input error (one line, exit 2), not as a bug: a damaged
-# or foreign run folder shows as missing config keys or values of the wrong type.
+# A CLI's one-line input errors for a run folder (a damaged or foreign one: missing keys, wrong types).
 RUN_INPUT_ERRORS = (RunError, CatalogueError, ValueError, OSError, KeyError, TypeError)
 
 
@@ -148,8 +148,7 @@ def run_catalogue_path(config: dict, data: str | None = None) -> Path:
 class Run:
     """A trained run with a searchable gallery."""
 
-    GALLERY_CACHE_VERSION = 3  # gallery_*.safetensors: bump when their layout or the meaning of their key changes
-    # (3: image embeddings of pixels resized by PyTorch, no longer Pillow: see FEATURE_CACHE_VERSION)
+    GALLERY_CACHE_VERSION = 3  # gallery_*.safetensors: bump when their layout or their key's meaning changes
 
     def __init__(self, run_dir: str | os.PathLike, data: str | None = None, device: str = "cpu",
                  catalogue: Catalogue | None = None):
@@ -243,21 +242,23 @@ class Run:
             self._galleries[kind] = gallery
         return self._galleries[kind]
 
-    def _search(self, kind: str, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores and indices ``[1, k]`` of the gallery ``kind``, hubness-corrected when ``self.hubness`` asks."""
-        if self.hubness == "none":
-            return self.gallery(kind).search(query[None], k)
-        if self.hubness != "csls":
+    def _search(self, kind: str, query: torch.Tensor, k: int, where: dict | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores and indices ``[1, k]`` of gallery ``kind`` (CSLS if ``self.hubness`` asks; among ``where``'s)."""
+        keep = where_mask(self.catalogue, where)
+        if self.hubness not in ("none", "csls"):
             raise ValueError(f"unknown hubness reduction {self.hubness!r}; choose none or csls")
+        if self.hubness == "none" and keep is None:
+            return self.gallery(kind).search(query[None], k)
         gallery, bank = ((self.image_embeds, self.text_embeds) if kind == "images"
                          else (self.text_embeds, self.image_embeds))  # the bank: the queries' modality
-        if kind not in self._offsets:
+        if self.hubness == "csls" and kind not in self._offsets:
             self._offsets[kind] = csls_offsets(bank, gallery)
-        return csls_topk(query, gallery, self._offsets[kind], k)
+        return exact_rows(gallery, query, k, self._offsets.get(kind) if self.hubness == "csls" else None, keep)
 
-    def _hits(self, kind: str, query: torch.Tensor, k: int) -> list[Hit]:
+    def _hits(self, kind: str, query: torch.Tensor, k: int, where: dict | None = None) -> list[Hit]:
         query = check_vector(query, self.image_embeds.shape[1])
-        scores, indices = self._search(kind, query, k)  # [1, k] each
+        scores, indices = self._search(kind, query, k, where)  # [1, k] each
         return [Hit(int(i), float(s), self.catalogue.captions[int(i)], self.catalogue.image_path(int(i)),
                     self.catalogue.item_ids[int(i)]) for s, i in zip(scores[0], indices[0])]
 
@@ -279,11 +280,13 @@ class Run:
         image = to_rgb(image) if isinstance(image, Image.Image) else rgb_array(image)
         return embed_pil(self.model, [image], self.device)[0]  # [D]
 
-    def search_text(self, query: str, k: int = 10, vector: torch.Tensor | None = None) -> SearchResult:
+    def search_text(self, query: str, k: int = 10, vector: torch.Tensor | None = None, where: dict | None = None
+                    ) -> SearchResult:
         """The ``k`` gallery products whose images best match ``query``, best first.
 
         Words the model does not know are read as ``<unk>`` and listed in the result's ``unknown_words``.
-        ``vector``: ``embed_text(query)`` where the caller has it already (not computed again).
+        ``vector``: ``embed_text(query)`` where the caller has it already (not computed again). ``where``:
+        only products whose attribute columns take these values (``{"gender": "Women"}``; a list for any of).
 
         Raises:
             UnknownQueryError: (a ``ValueError``) the query has no words (empty, punctuation, emoji) or
@@ -293,37 +296,38 @@ class Run:
         words, unknown = self.vocab.check_query(query)
         if vector is None:
             vector = embed_texts(self.model, self.vocab, [query], self.device)[0]  # [D]
-        hits = self._hits("images", vector, k)
+        hits = self._hits("images", vector, k, where)
         result = SearchResult(hits, words, unknown)
         result.words_not_read = max(0, len(tokenize(query)) - self.vocab.max_len)
         return result
 
-    def search_image(self, image: Image.Image | str | os.PathLike, k: int = 10, vector: torch.Tensor | None = None
-                     ) -> list[Hit]:
+    def search_image(self, image: Image.Image | str | os.PathLike, k: int = 10, vector: torch.Tensor | None = None,
+                     where: dict | None = None) -> list[Hit]:
         """The ``k`` gallery captions that best describe ``image`` (a PIL image or a path); ``vector``:
-        ``embed_image(image)`` where the caller has it already (not computed again)."""
-        return self._hits("texts", self.embed_image(image) if vector is None else vector, check_k(k))
+        ``embed_image(image)`` where the caller has it; ``where``: as ``search_text``."""
+        return self._hits("texts", self.embed_image(image) if vector is None else vector, check_k(k), where)
 
-    def _products(self, query: torch.Tensor, k: int, exclude: Sequence[int] = ()) -> list[Hit]:
+    def _products(self, query: torch.Tensor, k: int, exclude: Sequence[int] = (), where: dict | None = None
+                  ) -> list[Hit]:
         """The ``k`` products whose photos best match ``query`` ``[D]``, leaving out ``exclude``."""
         skip = set(int(i) for i in exclude)
         query = check_vector(query, self.image_embeds.shape[1])
-        scores, idx = self._search("images", query, k + len(skip))  # [1, k + e] each
+        scores, idx = self._search("images", query, k + len(skip), where)  # [1, k + e] each
         cat = self.catalogue
         hits = [Hit(int(i), float(s), cat.captions[int(i)], cat.image_path(int(i)), cat.item_ids[int(i)])
                 for s, i in zip(scores[0], idx[0]) if int(i) not in skip]
         return hits[:k]
 
     def _image_vector(self, image) -> tuple[torch.Tensor, list[int]]:
-        """The photo's vector and what to leave out: an item index of the catalogue uses (and leaves out)
-        that item; a PIL image, path or bytes is embedded."""
+        """The photo's vector and what to leave out (an item index: that item; else nothing)."""
         if isinstance(image, (int, np.integer)):  # bool included: refused by check_index
             i = check_index(image, len(self.catalogue), "image (an item index)")
             return self.image_embeds[i], [i]
         return self.embed_image(image), []
 
     def search(self, image: Image.Image | str | os.PathLike | bytes | int | None = None, text: str | None = None,
-               weight: float | None = None, k: int = 10, exclude: Sequence[int] = ()) -> ComposedResult:
+               weight: float | None = None, k: int = 10, exclude: Sequence[int] = (), where: dict | None = None
+               ) -> ComposedResult:
         """Products for a photo, words, or a photo changed by words ("in red"): see ``xmodal.retrieval.query_vectors``.
 
         Args:
@@ -333,6 +337,7 @@ class Run:
             weight: the words' share, 0 (photo only) to 1 (words only); default ``DEFAULT_WEIGHT``. Ignored when
                 only one of ``image`` and ``text`` is given.
             exclude: more gallery indices to leave out.
+            where: only products whose attribute columns take these values (as ``search_text``).
 
         Raises:
             ValueError: neither ``image`` nor ``text``; a weight outside [0, 1]; ``UnknownQueryError`` for words
@@ -358,7 +363,7 @@ class Run:
             query = compose_vectors(img, txt, weight, self.image_embeds)
         else:
             query = unit(img if img is not None else txt)
-        return ComposedResult(self._products(query, k, skip), query, exclude=skip, unknown_words=unknown)
+        return ComposedResult(self._products(query, k, skip, where), query, exclude=skip, unknown_words=unknown)
 
     def refine(self, query: ComposedResult | torch.Tensor, good: Sequence[int] = (), bad: Sequence[int] = (),
                k: int = 10, coefficients: tuple[float, float, float] = ROCCHIO) -> ComposedResult:
