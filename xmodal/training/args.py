@@ -44,6 +44,7 @@ class TrainConfig:
     tune_blocks: int | None = None  # frozen backbone: train its last N stages on cached maps (None: default)
     seed: int = 0  # initialisation and batch order
     split_seed: int = 0  # train/val/test split
+    snapshots: int = 500  # validation products whose embeddings are kept per epoch (fp16; 0: none)
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # fractions when the csv has no split column
     device: str = "auto"  # auto, cpu or cuda
     precision: str = "auto"  # training arithmetic: auto (bf16 autocast on CUDA and on CPUs with AMX), fp32, bf16
@@ -214,6 +215,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ArgError(f"--freeze-epochs {cfg.freeze_epochs} leaves no fine-tuning epoch of --epochs {cfg.epochs}")
     _check_range("--seed", cfg.seed, 0, 2**32 - 1)
     _check_range("--split-seed", cfg.split_seed, 0, 2**32 - 1)
+    _check_range("--snapshots", cfg.snapshots, 0, 20_000)
     if cfg.run_id is not None and not RUN_ID.match(cfg.run_id):
         raise ArgError(f"--run-id {cfg.run_id!r}: use letters, digits, '.', '_' and '-' (at most 100, "
                        "not starting with '.' or '-')")
@@ -268,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any other model config field, e.g. --set margin=1.0 --set corr_weight=0.5")
     p.add_argument("--seed", type=int)
     p.add_argument("--split-seed", type=int)
+    p.add_argument("--snapshots", type=int, metavar="N",
+                   help="keep N validation products' embeddings each epoch, for the map over epochs (default 500, "
+                        "0: none)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", choices=PRECISIONS,
                    help="training arithmetic (default $XMODAL_PRECISION, else auto: bf16 autocast on CUDA and on "
@@ -317,6 +322,7 @@ def parse_args(argv: list[str] | None) -> Args:
         image_size=tuple(a.image_size) if a.image_size else None, cmpc_weight=a.cmpc_weight,
         tune_blocks=a.tune_blocks, seed=d.seed if a.seed is None else a.seed,
         split_seed=d.split_seed if a.split_seed is None else a.split_seed, device=a.device or d.device,
+        snapshots=d.snapshots if a.snapshots is None else a.snapshots,
         precision=a.precision or default_precision(),
         download_weights=bool(a.download_weights), out=a.out or str(checkpoints_dir()), run_id=a.run_id,
         model_args=model_args)

@@ -31,6 +31,7 @@ from ..data import CatalogueError, resolve_data
 from ..models.embed import catalogue_features
 from ..evaluation.scoring import evaluate_split
 from .provenance import collect
+from .snapshots import snapshot_epoch
 from ..runs import (
     BackgroundWriter, MetricsLog, RunLocked, atomic_write_json, new_run_id, read_best, read_metrics, save_best,
     save_torch, snapshot, write_status)
@@ -183,16 +184,15 @@ def run_epochs(plan: Plan, data: Data, model, features, ctx, device: torch.devic
 
 def end_of_epoch(plan: Plan, data: Data, model, features, device, log: MetricsLog, opt, sched, loop: LoopState,
                  epoch: int, train_seconds, skipped_steps: int = 0) -> None:
-    """Validate, log, keep the best weights (with their record, as one file) and the resume state.
-
-    ``train_seconds()`` is the run's training time so far (earlier sessions included). Weights or buffers
-    that are not finite raise ``NonFiniteError`` first: they are never validated, chosen or saved.
-    """
+    """Validate, log, keep the best weights (with their record, as one file) and the resume state; weights
+    that are not finite raise ``NonFiniteError`` first. ``train_seconds()``: training time so far, all sessions."""
     run_dir = plan.run_dir
     bad = first_nonfinite_state(model.state_dict())
     if bad is not None:
         raise NonFiniteError(f"{bad} is not finite at the end of epoch {epoch}; lower --lr or check the data")
     val = evaluate_split(model, data.vocab, data.cat, data.splits["val"], device, features)
+    if plan.cfg.snapshots:  # the joint space over epochs: a fixed sample of validation, every epoch
+        snapshot_epoch(run_dir, epoch, plan.cfg, data, model, device, features)
     rsum = val["caption"]["rsum"]
     log.add({"kind": "epoch", "epoch": epoch, "time": time.time(), "split": "val", "skipped_steps": skipped_steps,
              **{f"val/{k}": v for k, v in val["caption"].items()},
