@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..cachefile import warn_rebuild, write_cache
+from . import kernels
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class GalleryConfig:
     calibration_queries: int = 256  # queries used to calibrate nprobe (and to report the recall)
     calibration_noise: float = 1.0  # without real calibration queries: gallery rows plus noise of this norm
     block_scores: int = 1 << 24  # exact search: at most this many scores in memory at once (64 MiB)
+    precision: str = "fp32"  # exact search's stored embeddings: fp32, or fp16 (half the memory and bytes read)
+    kernel: str = "auto"  # exact search's product: auto (the fastest measured at build), torch, numpy[:chunked]
     threads: int | None = None  # faiss threads for builds and batches; None: torch.get_num_threads()
     seed: int = 0  # training sample, k-means and calibration queries
 
@@ -73,9 +76,10 @@ def _as_matrix(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
     return t.detach().to("cpu", torch.float32).contiguous()
 
 
-def exact_topk(gallery: torch.Tensor, queries: torch.Tensor, k: int, block_scores: int = 1 << 24
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact inner-product top-``k`` (brute force), holding at most ``block_scores`` scores at once.
+def exact_topk(gallery: torch.Tensor, queries: torch.Tensor, k: int, block_scores: int = 1 << 24,
+               kernel: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact inner-product top-``k`` (brute force), holding at most ``block_scores`` scores at once; the products
+    by ``kernel`` (``xmodal.retrieval.kernels``; a float16 ``gallery`` is searched in half precision).
 
     Returns:
         Scores ``[Q, k]`` (descending) and gallery indices ``[Q, k]`` (int64), ``k`` capped at ``N``.
@@ -85,14 +89,14 @@ def exact_topk(gallery: torch.Tensor, queries: torch.Tensor, k: int, block_score
     q_block = max(1, min(q, block_scores // max(k, 1024)))
     g_block = max(k, block_scores // q_block)
     if 0 < q <= q_block and n <= g_block:  # one block (a single query below 16M items): no merging to do
-        top = torch.topk(queries @ gallery.T, k, dim=1)
+        top = torch.topk(kernels.scores(gallery, queries, kernel), k, dim=1)
         return top.values, top.indices
     out_s, out_i = [], []
     for qs in range(0, q, q_block):
         qb = queries[qs:qs + q_block]  # [b, D]
         best_s = best_i = None
         for gs in range(0, n, g_block):
-            scores = qb @ gallery[gs:gs + g_block].T  # [b, g]
+            scores = kernels.scores(gallery[gs:gs + g_block], qb, kernel)  # [b, g]
             top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
             cand_s, cand_i = top.values, top.indices + gs
             if best_s is not None:
@@ -152,11 +156,12 @@ class Gallery:
 
     def __init__(self, embeds: torch.Tensor, kind: str, cfg: GalleryConfig, index=None,
                  info: dict | None = None):
-        self.embeds = embeds  # [N, D] float32, kept for exact search and for IVF rows it cannot fill
+        self.embeds = embeds  # [N, D] float32 (float16 for an fp16 exact gallery): exact search, IVF misses
         self.kind = kind  # "exact" or "faiss"
         self.cfg = cfg
         self.index = index  # faiss.IndexIVFFlat when kind == "faiss"
-        self.info = info or {}  # how it was built: nlist, nprobe, calibration recall, seconds, cache
+        self.info = info or {}  # how it was built: nlist, nprobe, calibration recall, seconds, cache, kernel
+        self.kernel = "torch"  # exact search's product (``_build_exact`` measures the fastest)
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
@@ -205,9 +210,18 @@ class Gallery:
                     log.warning("%s; searching %d items exactly instead", err, x.shape[0])
                     kind = "exact"
         if kind == "exact":
-            return cls(x, "exact", cfg, info={"kind": "exact", "n": x.shape[0]})
+            return cls._build_exact(x, cfg)
         calib = calibration_queries() if callable(calibration_queries) else calibration_queries
         return cls._build_faiss(x, cfg, Path(cache_path) if cache_path else None, calib)
+
+    @classmethod
+    def _build_exact(cls, x: torch.Tensor, cfg: GalleryConfig) -> "Gallery":
+        stored = kernels.store(x, cfg.precision)
+        kernel, timings = kernels.choose(stored) if cfg.kernel == "auto" else (cfg.kernel, {})
+        gallery = cls(stored, "exact", cfg, info={"kind": "exact", "n": x.shape[0], "precision": cfg.precision,
+                                                  "kernel": kernel, "kernel_ms": timings})
+        gallery.kernel = kernel
+        return gallery
 
     @classmethod
     def _build_faiss(cls, x: torch.Tensor, cfg: GalleryConfig, cache: Path | None, calib) -> "Gallery":
@@ -216,7 +230,8 @@ class Gallery:
         nlist = cfg.nlist or max(1, min(int(round(2 * math.sqrt(n))), n // 8))
         if nlist > n:
             raise ValueError(f"nlist={nlist} is more than the {n} gallery items; lower GalleryConfig.nlist")
-        settings = {k: v for k, v in asdict(cfg).items() if k not in ("faiss_above", "block_scores", "threads")}
+        settings = {k: v for k, v in asdict(cfg).items() if k not in ("faiss_above", "block_scores", "threads",
+                                                                          "precision", "kernel")}
         key = hashlib.blake2b(json.dumps({"v": CACHE_VERSION, "data": fingerprint(x), "nlist": nlist,
                                           "settings": settings, "calib": None if calib is None else
                                           fingerprint(_as_matrix(calib, "calibration queries"))},
@@ -346,7 +361,7 @@ class Gallery:
                              "embed them with the same model")
         k = min(k, len(self))
         if self.kind == "exact":
-            return exact_topk(self.embeds, q, k, self.cfg.block_scores)
+            return exact_topk(self.embeds, q, k, self.cfg.block_scores, self.kernel)
         return self._faiss_search(q, k)
 
     def __repr__(self) -> str:
