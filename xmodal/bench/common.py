@@ -135,7 +135,8 @@ def tiny_run(cfg: BenchConfig, work: Path) -> Path:
     """A cmpm-efficientnet run trained for one epoch on a tiny demo catalogue (at the backbone's default size)."""
     from ..data import generate_demo
     from ..training.cli import main as train
-    data = generate_demo(work / "query_catalogue", n=cfg.query_run_items, seed=3)
+    folder = work / "query_catalogue"  # made once per work folder: later sections reuse it
+    data = folder if (folder / "demo.json").is_file() else generate_demo(folder, n=cfg.query_run_items, seed=3)
     args = ["--model", "cmpm-efficientnet", "--data", str(data), "--epochs", "1", "--batch-size", "16",
             "--out", str(work / "runs"), "--run-id", "image-query", "--overwrite"]
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
