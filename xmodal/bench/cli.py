@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from .common import QUICK, SECTIONS, BenchConfig, Row, format_table
+from .common import EXTRA_SECTIONS, QUICK, SECTIONS, BenchConfig, Row, format_table
 
 
 def _sections(cfg: BenchConfig, cat, work: Path) -> dict[str, Callable[[], list[Row]]]:
@@ -44,23 +44,27 @@ def _sections(cfg: BenchConfig, cat, work: Path) -> dict[str, Callable[[], list[
     def metrics():
         from .scoring import bench_scoring
         return bench_scoring(cfg)
+
+    def load():
+        from .load import bench_load
+        return bench_load(cfg, work)
     return {"features": features, "training": training, "search": search, "umap": umap, "dashboard": dashboard,
-            "explore": explore, "metrics": metrics}
+            "explore": explore, "metrics": metrics, "load": load}
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> list[Row]:
     """Run the asked-for sections and return their rows."""
     from ..data import open_catalogue
-    unknown = set(cfg.sections) - set(SECTIONS)
+    unknown = set(cfg.sections) - set(SECTIONS + EXTRA_SECTIONS)
     if unknown:
-        raise ValueError(f"unknown bench sections {sorted(unknown)}; choose from {SECTIONS}")
+        raise ValueError(f"unknown bench sections {sorted(unknown)}; choose from {SECTIONS + EXTRA_SECTIONS}")
     cat = open_catalogue(cfg.data)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="xmodal-bench-") as tmp:
         work = Path(cfg.work_dir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         steps = _sections(cfg, cat, work)
-        for name in SECTIONS:
+        for name in SECTIONS + EXTRA_SECTIONS:
             if name in cfg.sections:
                 t = time.perf_counter()
                 log(f"[bench] {name}...")
@@ -75,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xmodal.bench", description=bench.__doc__.split("\n\n")[1])
     p.add_argument("--quick", action="store_true", help="small sizes, no 1M gallery (about 2-4 minutes)")
     p.add_argument("--sizes", type=int, nargs="+", help="gallery sizes (default 10000 100000 1000000)")
-    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--sections", nargs="+", choices=SECTIONS + EXTRA_SECTIONS, default=list(SECTIONS),
+                   help=f"default: all but {', '.join(EXTRA_SECTIONS)} (many dashboard sessions at once: ask for it)")
+    p.add_argument("--load-run", metavar="DIR", help="run folder the load section serves (default: a tiny run)")
+    p.add_argument("--load-sessions", type=int, default=BenchConfig.load_sessions,
+                   help="sessions searching at the same moment in the load section (default: %(default)s)")
     p.add_argument("--data", default="demo", help="catalogue folder for JPEGs and captions (default: demo)")
     p.add_argument("--dashboard", default=BenchConfig.dashboard,
                    help="Streamlit entry point to time (default: this checkout's dashboard.py, from any folder)")
@@ -85,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     cfg = BenchConfig(**(QUICK if a.quick else {}))
     cfg.sections, cfg.data, cfg.dashboard = tuple(a.sections), a.data, a.dashboard
+    cfg.load_run, cfg.load_sessions = a.load_run, a.load_sessions
     if a.sizes:
         cfg.sizes = tuple(a.sizes)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 SECTIONS = ("features", "training", "search", "umap", "dashboard", "explore", "metrics")
+EXTRA_SECTIONS = ("load",)  # run only when asked for (--sections load): a server, many sessions, minutes
 
 
 @dataclass
@@ -37,10 +38,17 @@ class BenchConfig:
     sections: tuple[str, ...] = SECTIONS  # which parts to run
     dashboard: str = str(Path(__file__).resolve().parents[2] / "dashboard.py")  # this checkout's Streamlit app
     work_dir: str | None = None  # where faiss indexes, the tiny run and dashboard state go (None: a temp folder)
+    load_run: str | None = None  # run folder the load section serves (None: the tiny run; it is copied first)
+    load_sessions: int = 20  # browser sessions searching at the same moment
+    load_single: int = 20  # searches of one session alone (the reference)
+    load_rounds: int = 3  # times every session searches at the same moment
+    load_soak: int = 500  # searches between the two memory readings
+    load_timeout_s: float = 180.0  # time limit of each of its five phases; what is unfinished then is reported
 
 
 QUICK = dict(sizes=(10_000, 100_000), feature_images=128, image_queries=20, train_batch=32, train_steps=3,
-             latency_queries=40, metrics_items=10_000, umap_points=2_000, embed_items=2_000, reps=2)
+             latency_queries=40, metrics_items=10_000, umap_points=2_000, embed_items=2_000, reps=2,
+             load_rounds=2, load_soak=200)
 
 
 @dataclass

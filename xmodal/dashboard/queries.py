@@ -4,11 +4,18 @@ catalogue item (caption-level: items with an identical caption also count as the
 The gallery is the run's whole catalogue, or a part of it (``gallery``: catalogue positions, e.g. the test
 split, the gallery that Compare and the run's test.json rank against): hits and ranks then come from those
 items alone, and ``gallery_line`` says which was searched.
+
+Every session's query runs on one thread (``on_query_thread``), one query at a time, with PyTorch on one
+intra-op thread: sessions searching at the same moment queue there instead of each running PyTorch's thread
+pool on the same cores. One caption or one photo is too small to share out: on two cores, a caption's BiLSTM
+took 75-205 ms on two threads inside the server against 6 ms on one. A query's model work is a few to a few
+tens of milliseconds, so the queue moves quickly; the page drawing around it stays in each session's thread.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -18,6 +25,31 @@ from ..evaluation.metrics import rank_of_match
 
 if TYPE_CHECKING:  # the run passed in has loaded PyTorch already; importing this module does not
     from ..retrieval.run import Hit, Run
+
+
+T = TypeVar("T")
+
+
+_QUERIES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmodal-query")  # the one query thread
+
+
+def _on_one_torch_thread(fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    """``fn`` with PyTorch (and any ONNX Runtime session it opens) on one intra-op thread, the count given back
+    after: PyTorch hands its last count to threads started later, which must not inherit this one."""
+    import torch  # lazy: importing this module does not load PyTorch; the first query has loaded it already
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def on_query_thread(fn: Callable[..., T], *args, **kwargs) -> T:
+    """``fn(*args, **kwargs)`` run on the dashboard's one query thread (PyTorch on one intra-op thread there),
+    after the queries queued before it; its result, or its exception raised here. ``fn`` must not call
+    Streamlit (it runs outside the session)."""
+    return _QUERIES.submit(_on_one_torch_thread, fn, args, kwargs).result()
 
 
 @dataclass
@@ -73,7 +105,12 @@ def _locate(run: Run, scores: np.ndarray, item_id: str | None, show: int) -> tup
 def text_query(run: Run, query: str, k: int = 10, item_id: str | None = None, show_above: int = 10,
                gallery: np.ndarray | None = None) -> QueryResult:
     """Products whose images best match ``query``; with ``item_id``, where that item's image landed; with
-    ``gallery`` (catalogue positions), among those products only."""
+    ``gallery`` (catalogue positions), among those products only. Runs on the query thread."""
+    return on_query_thread(_text_query, run, query, k, item_id, show_above, gallery)
+
+
+def _text_query(run: Run, query: str, k: int, item_id: str | None, show_above: int,
+                gallery: np.ndarray | None) -> QueryResult:
     vector = run.embed_text(query)  # [D], once: the hits and the true match's rank both come from it
     hits = run.search_text(query, k, vector=vector)
     scores = _restricted((run.image_embeds @ vector).numpy(), gallery)  # [N]
@@ -89,7 +126,12 @@ def text_query(run: Run, query: str, k: int = 10, item_id: str | None = None, sh
 def image_query(run: Run, image: Image.Image, k: int = 10, item_id: str | None = None,
                 show_above: int = 10, gallery: np.ndarray | None = None) -> QueryResult:
     """Captions that best describe ``image``; with ``item_id``, where that item's caption landed; with
-    ``gallery`` (catalogue positions), among those products' captions only."""
+    ``gallery`` (catalogue positions), among those products' captions only. Runs on the query thread."""
+    return on_query_thread(_image_query, run, image, k, item_id, show_above, gallery)
+
+
+def _image_query(run: Run, image: Image.Image, k: int, item_id: str | None, show_above: int,
+                 gallery: np.ndarray | None) -> QueryResult:
     vector = run.embed_image(image)  # [D], once: the backbone's forward is most of a query
     scores = _restricted((run.text_embeds @ vector).numpy(), gallery)  # [N]
     hits = run.search_image(image, k, vector=vector) if gallery is None else \
