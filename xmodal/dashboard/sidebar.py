@@ -12,7 +12,7 @@ from ..data.importers import IMPORTERS
 from ..data.writing import TargetExists, fresh_folder
 from ..paths import cache_dir, checkpoints_dir
 from . import analysis, catalogues, checks, state, ui
-from .jobs import training as jobs
+from .jobs import tasks, training as jobs
 from .escape import md
 
 SOURCES = ("demo", "folder", "import")
@@ -140,18 +140,56 @@ def _training_form(spec: str) -> None:
         st.toast(f"Started {md(run_dir.name)}", icon=":material/rocket_launch:")
 
 
+def _queue_line(q: dict) -> tuple[str, float]:
+    """A queue's line and bar: its jobs done, and in its last steps (embedding, maps) that step's own progress."""
+    jobs_ = q.get("jobs") or []
+    done = sum(j.get("state") not in ("pending", "running") for j in jobs_)
+    now = next((j.get("model") for j in jobs_ if j.get("state") == "running"), None)
+    text = f"Queue **{md(q.get('name', '?'))}**: {done}/{len(jobs_)} trained"
+    if now is not None:
+        return f"{text}, now {md(now)}", done / max(len(jobs_), 1)
+    root = Path(str(q.get("root") or "."))
+    records = [tasks.read(root / str(j.get("run_id")), f.stem) for j in jobs_ if j.get("state") == "finished"
+               for f in sorted((root / str(j.get("run_id")) / tasks.TASK_DIR).glob("*.json"))]
+    running = [r for r in records if r.get("state") in ("queued", "running")]
+    if running:  # the step's own record: what it does, how far, the time left
+        line, frac = tasks.describe(running[0])
+        return f"{text}; {md(q.get('phase') or 'preparing the pages')}: {md(line)}", frac or 0.0
+    return f"{text}, now {md(q.get('phase') or 'starting')}", done / max(len(jobs_), 1)
+
+
+def _run_line(name: str, run_dir: Path, status: dict) -> tuple[str, float | None]:
+    """A running run's line and bar fraction (None: nothing measures this phase, so no bar)."""
+    if status.get("phase") == "training":
+        epoch, epochs = status.get("epoch") or 0, status.get("epochs") or 0
+        step, steps = status.get("step") or 0, status.get("steps_per_epoch") or 0
+        step = min(step, steps) if steps else step
+        frac = ((epoch - 1) + step / steps) / epochs if epoch and steps and epochs else 0.0
+        eta = status.get("eta_s")
+        if isinstance(eta, (int, float)):
+            eta = max(eta - max(time.time() - float(status.get("updated") or time.time()), 0.0), 0.0)
+        return (f"**{md(name)}**: epoch {epoch}/{epochs}, step {step}/{steps}, loss {status.get('loss', 0):.4g}, "
+                f"{analysis.format_eta(eta)} left"), min(max(frac, 0.0), 1.0)
+    p = jobs.phase_progress(run_dir, status)
+    if p is None:
+        return f"**{md(name)}**: {md(status.get('phase') or 'starting')}", None
+    text = f"**{md(name)}**: {md(p.text)}"
+    if p.fraction is not None:
+        text += f" · {p.fraction:.0%}" + (f", {md(p.left)} left" if p.left else "")
+    return text, p.fraction
+
+
 def progress_panel(key: str = "sb") -> bool:
-    """Queues and runs that are going on (or ended in the last half hour), with stop buttons.
+    """Queues and runs that are going on (or ended in the last half hour), with stop buttons. Each phase of a
+    run shows its own progress and time left (``jobs.phase_progress``), or says it reads a cache.
 
     Returns:
         Whether anything is still running.
     """
     queues = jobs.active_queues()
     for path, q in queues:
-        done = sum(j["state"] not in ("pending", "running") for j in q["jobs"])
-        now = next((j["model"] for j in q["jobs"] if j["state"] == "running"), q.get("phase") or "starting")
-        st.progress(done / max(len(q["jobs"]), 1),
-                    text=f"Queue **{md(q.get('name', '?'))}**: {done}/{len(q['jobs'])} done, now {md(now)}")
+        text, frac = _queue_line(q)
+        st.progress(min(max(frac, 0.0), 1.0), text=text)
         if st.button("Cancel queue", key=f"{key}-cq-{path.stem}", icon=":material/cancel:"):
             jobs.stop_queue(path)
             st.toast("Cancelling the queue: the current run stops after its step")
@@ -159,18 +197,11 @@ def progress_panel(key: str = "sb") -> bool:
     for run_dir, status in runs:
         name, state_ = run_dir.name, status.get("state")
         if state_ == "running":
-            epoch, epochs = status.get("epoch") or 0, status.get("epochs") or 0
-            step, steps = status.get("step") or 0, status.get("steps_per_epoch") or 0
-            frac = ((epoch - 1) + step / steps) / epochs if epoch and steps and epochs else 0.0
-            phase = status.get("phase", "")
-            if phase == "training":
-                text = (f"**{md(name)}**: epoch {epoch}/{epochs}, step {step}/{steps}, "
-                        f"loss {status.get('loss', 0):.4g}, {analysis.format_eta(status.get('eta_s'))} left")
+            text, frac = _run_line(name, run_dir, status)
+            if frac is None:  # a phase nothing measures (or a cache being read): its words, no empty bar
+                st.caption(text)
             else:
-                text = f"**{md(name)}**: {md(phase)}"
-                if bar := jobs.log_progress(run_dir):  # e.g. the one-time feature extraction
-                    text, frac = f"{text}: {bar[1]:.0%}, {md(bar[2])} left", bar[1]
-            st.progress(min(max(frac, 0.0), 1.0), text=text)
+                st.progress(min(max(frac, 0.0), 1.0), text=text)
             if holder := analysis.lock_holder(run_dir):
                 st.caption(f"lock held by {md(holder)}")
             if st.button("Stop", key=f"{key}-stop-{name}", icon=":material/stop_circle:"):

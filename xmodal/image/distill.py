@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .backbones import BACKBONES, create_backbone, image_transform, weights_digest
 from .batching import decoded_batches
-from .feature_cache import cached_features
+from .feature_cache import cached_features, extraction_arithmetic, feature_cache_path
 from ..cachefile import warn_rebuild, write_cache
 from ..training.loop import NonFiniteError, cpu_decoding_workers, first_nonfinite_state
 from ..paths import cache_dir
@@ -80,8 +80,13 @@ def _cache_path(student: str, cat, train_index: np.ndarray, teacher_digest: str,
 
 
 def distilled_backbone(student: str, cat, train_index: np.ndarray, device: torch.device,
-                       cfg: DistillConfig | None = None, progress: bool = True) -> tuple[dict, str]:
+                       cfg: DistillConfig | None = None, progress: bool = True, reporter=None) -> tuple[dict, str]:
     """Weights of backbone ``student`` distilled on the images ``train_index`` of ``cat`` (cached).
+
+    Args:
+        reporter: told each step's progress (``xmodal.training.status.StatusReporter``: ``phase`` and
+            ``advance``): the cached weights, the teacher's features (cached, or their extraction's bar), the
+            student's training steps.
 
     Returns:
         (state dict for the timm backbone, ``weights_source`` description).
@@ -94,33 +99,46 @@ def distilled_backbone(student: str, cat, train_index: np.ndarray, device: torch
     path = _cache_path(student, cat, train_index, weights_digest(teacher), cfg)
     note = describe(student, cfg.epochs)
     if path.is_file():
+        if reporter is not None:
+            reporter.phase(f"distilled {student} weights: cached by an earlier run, reading them", cached=True)
         try:
             return load_file(path), note
         except Exception as err:  # damaged: distil again
             warn_rebuild(path, err)
+    if reporter is not None:
+        first = "distilling a start for the backbone, step 1 of 2: the teacher's image features"
+        size = tuple(cfg.size)
+        arithmetic = extraction_arithmetic(teacher, device, size, len(cat.images))
+        if feature_cache_path(teacher, TEACHER, size, cat.images, cat.fingerprint, 0, arithmetic).is_file():
+            reporter.phase(f"{first}: cached by an earlier run, reading them", cached=True)
+        else:
+            reporter.phase(f"{first} of {len(cat.images):,} photos (cached for later runs)", bar="image features")
     teacher_feats = torch.from_numpy(cached_features(teacher, TEACHER, cfg.size, cat.root, cat.images, cat.fingerprint,
                                                      device, progress=progress))[torch.as_tensor(train_index)]
-    state, _ = distill(student, [cat.image_path(int(i)) for i in train_index], teacher_feats, device, cfg, progress)
+    state, _ = distill(student, [cat.image_path(int(i)) for i in train_index], teacher_feats, device, cfg, progress,
+                       reporter)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_cache(path, lambda f: f.write(save(state, metadata={"weights_source": note})))
     return state, note
 
 
 def distill(student: str, paths: list[Path], targets: torch.Tensor, device: torch.device, cfg: DistillConfig,
-            progress: bool = True) -> tuple[dict[str, torch.Tensor], list[float]]:
+            progress: bool = True, reporter=None) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Train a randomly initialised ``student`` so that a linear map of its pooled features ``[N, F_s]``
     predicts the standardised teacher features ``targets`` ``[N, F_t]`` (mean squared error).
+
+    ``reporter`` (see ``distilled_backbone``) is told the steps done of all epochs', after each step.
 
     Returns:
         The student's state dict (CPU tensors) and the mean loss of each epoch.
     """
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         torch.manual_seed(cfg.seed)
-        return _distill(student, paths, targets, device, cfg, progress)
+        return _distill(student, paths, targets, device, cfg, progress, reporter)
 
 
 def _distill(student: str, paths: list[Path], targets: torch.Tensor, device: torch.device, cfg: DistillConfig,
-             progress: bool) -> tuple[dict[str, torch.Tensor], list[float]]:
+             progress: bool, reporter=None) -> tuple[dict[str, torch.Tensor], list[float]]:
     model, _ = create_backbone(student, pretrained=False)
     dim = getattr(model, "head_hidden_size", None) or model.num_features
     mean, std = targets.mean(0), targets.std(0).clamp_min(1e-3)
@@ -142,6 +160,9 @@ def _distill(student: str, paths: list[Path], targets: torch.Tensor, device: tor
                                               0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
     t0 = time.time()
     history = []
+    if reporter is not None:
+        reporter.phase(f"distilling a start for the backbone, step 2 of 2: training {student} on {len(paths):,} "
+                       f"photos for {cfg.epochs} epochs", total=cfg.epochs * steps, unit="steps")
     for epoch in range(1, cfg.epochs + 1):
         losses = []
         order = torch.randperm(len(paths), generator=order_rng)[:per_epoch]
@@ -166,6 +187,8 @@ def _distill(student: str, paths: list[Path], targets: torch.Tensor, device: tor
             sched.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if reporter is not None:
+                reporter.advance((epoch - 1) * steps + len(losses))
         history.append(float(np.mean(losses)))
         if progress:
             print(f"[xmodal] distilling {student} from {TEACHER}: epoch {epoch}/{cfg.epochs}, mse "

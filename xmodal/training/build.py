@@ -71,8 +71,10 @@ def model_overrides(cfg: TrainConfig, data: Data) -> dict:
     return out
 
 
-def build_model(plan: Plan, data: Data, ctx) -> torch.nn.Module:
+def build_model(plan: Plan, data: Data, ctx, status=None) -> torch.nn.Module:
     """A fresh model (pretrained backbone, word vectors), or a resumed one with ``last.pt``'s weights loaded.
+
+    ``status`` (a ``StatusReporter``) is told the distillation's progress, when there is one.
 
     A resumed run without ``last.pt`` (stopped during epoch 1) is built fresh from its saved flags,
     which gives the same initialisation as its first start. A backbone without packaged weights starts from
@@ -105,7 +107,8 @@ def build_model(plan: Plan, data: Data, ctx) -> torch.nn.Module:
         with torch.random.fork_rng(devices=[]):
             state, note = distilled_backbone(backbone, data.cat, data.splits["train"], resolve_device(cfg.device)
                                              if ctx.world == 1 else ctx.device,
-                                             DistillConfig(size=size, seed=cfg.seed), progress=ctx.is_main)
+                                             DistillConfig(size=size, seed=cfg.seed), progress=ctx.is_main,
+                                             reporter=status if ctx.is_main else None)
         if ctx.is_main:
             ctx.barrier()
     torch.manual_seed(cfg.seed + ctx.rank)  # the same initialisation whatever the caches held

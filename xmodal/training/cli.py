@@ -42,6 +42,7 @@ from .loop import (
 from .loop import steps_per_epoch as epoch_steps
 from .build import build_model, check_weights_source, frozen_epochs, resolve_device, truncation_note
 from .plan import Data, Plan, RunFolderError, already_finished, claim_run_folder, open_data, plan_run
+from .status import StatusReporter, catalogue_check_estimate, features_cached, owns_status
 
 __all__ = ["TrainConfig", "main"]
 
@@ -56,13 +57,18 @@ class Stop(Exception):
 # ----------------------------------------------------------------------------------------------------
 # Phase 4, continued: the frozen features, if the model trains on them (the model itself: ``train_model``).
 
-def extract(model, data: Data, cfg: TrainConfig, ctx, device: torch.device, run_dir: Path) -> torch.Tensor | None:
+def extract(model, data: Data, cfg: TrainConfig, ctx, device: torch.device, status: StatusReporter
+            ) -> torch.Tensor | None:
     """Frozen backbone features of every item (rank 0 builds the cache, the others read it), if needed."""
     if frozen_epochs(cfg, model.cfg) == 0 and model.image_input != "features":
         return None
     features = None
     if ctx.is_main:
-        write_status(run_dir, "running", phase="extracting image features (cached for later runs)")
+        if features_cached(model, data.cat, device):
+            status.phase("image features: cached by an earlier run, reading them", cached=True)
+        else:
+            status.phase(f"extracting the image features of {len(data.cat):,} photos (cached for later runs)",
+                         bar="image features")
         features = catalogue_features(model, data.cat, device)
     ctx.barrier()
     if not ctx.is_main:
@@ -108,6 +114,7 @@ class LoopState:
     start_epoch: int = 1
     best_rsum: float = -1.0
     train_seconds: float = 0.0  # training time of earlier sessions of this run
+    val_seconds: float | None = None  # how long the last validation took (foretells the test's length)
     writer: BackgroundWriter | None = field(default=None, repr=False)  # the checkpoints' writes (rank 0)
 
 
@@ -126,7 +133,7 @@ def restore(plan: Plan, opt, sched) -> LoopState:
 
 
 def run_epochs(plan: Plan, data: Data, model, features, ctx, device: torch.device, stop_requested: list,
-               writer: BackgroundWriter) -> LoopState:
+               writer: BackgroundWriter, status: StatusReporter) -> LoopState:
     """Train from the restored epoch to ``cfg.epochs``, validating, keeping best and last after each epoch."""
     cfg, run_dir, mcfg = plan.cfg, plan.run_dir, model.cfg
     epochs, n_frozen = cfg.epochs, frozen_epochs(cfg, mcfg)
@@ -159,9 +166,9 @@ def run_epochs(plan: Plan, data: Data, model, features, ctx, device: torch.devic
         log.add({"kind": "step", "epoch": epoch, "step": step, "global_step": (epoch - 1) * steps_per_epoch + step,
                  "lr": opt.param_groups[0]["lr"], "time": time.time(), **terms})
         if step % 5 == 0 or step == steps_per_epoch:
-            write_status(run_dir, "running", phase="training", epoch=epoch, epochs=epochs, step=step,
-                         steps_per_epoch=steps_per_epoch, loss=terms["loss"],
-                         eta_s=(time.time() - t_start) / max(done, 1) * (total - done))
+            status.write(phase="training", epoch=epoch, epochs=epochs, step=step, steps_per_epoch=steps_per_epoch,
+                         loss=terms["loss"], done=done, total=total, unit="steps",
+                         eta_s=max(0.0, (time.time() - t_start) / max(done, 1) * (total - done)))
 
     loaders: dict = {}
     if plan.checkpoint is None:  # setup (feature extraction, a cold or warm cache) never changes training
@@ -190,7 +197,9 @@ def end_of_epoch(plan: Plan, data: Data, model, features, device, log: MetricsLo
     bad = first_nonfinite_state(model.state_dict())
     if bad is not None:
         raise NonFiniteError(f"{bad} is not finite at the end of epoch {epoch}; lower --lr or check the data")
+    t_val = time.time()
     val = evaluate_split(model, data.vocab, data.cat, data.splits["val"], device, features)
+    loop.val_seconds = time.time() - t_val
     if plan.cfg.snapshots:  # the joint space over epochs: a fixed sample of validation, every epoch
         snapshot_epoch(run_dir, epoch, plan.cfg, data, model, device, features)
     rsum = val["caption"]["rsum"]
@@ -219,11 +228,14 @@ def end_of_epoch(plan: Plan, data: Data, model, features, device, log: MetricsLo
 # ----------------------------------------------------------------------------------------------------
 # Phase 7: finish (the test split, once, from the best weights).
 
-def finish(plan: Plan, data: Data, model, features, device: torch.device, loop: LoopState) -> None:
+def finish(plan: Plan, data: Data, model, features, device: torch.device, loop: LoopState,
+           status: StatusReporter) -> None:
     from safetensors.torch import load_file
     run_dir, epochs = plan.run_dir, plan.cfg.epochs
     loop.writer.close()  # the last epoch's checkpoints are on disk
-    write_status(run_dir, "running", phase="testing the best checkpoint")
+    sizes = {s: len(data.splits[s]) for s in ("val", "test")}
+    foreseen = loop.val_seconds * sizes["test"] / max(sizes["val"], 1) if loop.val_seconds is not None else None
+    status.phase(f"testing the best checkpoint on {sizes['test']:,} test items", eta_s=foreseen)
     model.load_state_dict(load_file(run_dir / "best.safetensors"))
     best = read_best(run_dir) or {}
     test = evaluate_split(model, data.vocab, data.cat, data.splits["test"], device, features,
@@ -267,13 +279,17 @@ def train(args: Args, stop_requested: list) -> int:
         device = ctx.device if ctx.world > 1 else resolve_device(plan.cfg.device)
         if plan.checkpoint is None:
             check_weights_source(plan.cfg)
+        status = StatusReporter(plan.run_dir, enabled=ctx.is_main and owns_status(plan.run_dir),
+                                model=plan.cfg.model, data=plan.cfg.data)
+        check_catalogue_phase(status, plan.cfg.data)  # a launcher's run only: the folder is not ours yet
         data = open_data(plan)
         torch.manual_seed(plan.cfg.seed + ctx.rank)
         np.random.seed(plan.cfg.seed)
         lock = claim_run_folder(plan) if ctx.is_main else None
+        status.enabled = ctx.is_main
         ctx.barrier()
         try:
-            return _train_in_folder(plan, data, ctx, device, stop_requested)
+            return _train_in_folder(plan, data, ctx, device, stop_requested, status)
         finally:
             if lock:
                 lock.release()
@@ -281,12 +297,27 @@ def train(args: Args, stop_requested: list) -> int:
         ctx.close()
 
 
-def _train_in_folder(plan: Plan, data: Data, ctx, device: torch.device, stop_requested: list) -> int:
+def check_catalogue_phase(status: StatusReporter, spec: str) -> None:
+    """Say that the catalogue's photos are being checked, with the time it should take (``status.py``)."""
+    if not status.enabled:
+        return
+    try:
+        folder = resolve_data(spec)
+    except CatalogueError:  # open_data reports it
+        return
+    estimate = catalogue_check_estimate(folder)
+    if estimate is None:
+        status.phase("checking the catalogue's photos")
+    else:
+        status.phase(f"checking the catalogue's {estimate[0]:,} photos", eta_s=estimate[1])
+
+
+def _train_in_folder(plan: Plan, data: Data, ctx, device: torch.device, stop_requested: list,
+                     status: StatusReporter) -> int:
     run_dir, writer = plan.run_dir, BackgroundWriter()
     try:
-        if ctx.is_main:
-            write_status(run_dir, "running", phase="building the model")
-        model = build_model(plan, data, ctx)
+        status.phase("building the model")
+        model = build_model(plan, data, ctx, status)
         mcfg = model.cfg
         plan.cfg.epochs = plan.cfg.epochs or (10 if mcfg.finetune else 30)
         if ctx.is_main:
@@ -298,12 +329,13 @@ def _train_in_folder(plan: Plan, data: Data, ctx, device: torch.device, stop_req
                   + (f"; resuming after epoch {plan.checkpoint['epoch']}" if plan.checkpoint else
                      "; restarting from epoch 1 (no completed epoch was kept)" if plan.resuming else ""),
                   file=sys.stderr)
-        features = extract(model, data, plan.cfg, ctx, device, run_dir)
+        features = extract(model, data, plan.cfg, ctx, device, status)
         if ctx.is_main:
             write_run_files(plan, data, model, ctx, device)
-        loop = run_epochs(plan, data, model, features, ctx, device, stop_requested, writer)
+            status.phase("starting the epochs")
+        loop = run_epochs(plan, data, model, features, ctx, device, stop_requested, writer, status)
         if ctx.is_main:
-            finish(plan, data, model, features, device, loop)
+            finish(plan, data, model, features, device, loop, status)
         return 0
     except (KeyboardInterrupt, Stop):
         try:

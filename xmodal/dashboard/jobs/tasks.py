@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ...runs import atomic_write_json, pid_alive, read_json
 from . import warm
-from .training import log_progress, reap, spawn
+from .training import format_seconds, log_progress, reap, spawn
 
 TASK_DIR = ".tasks"
 STATES = ("queued", "running", "finished", "failed")
@@ -45,7 +45,10 @@ def read(folder: Path, name: str) -> dict:
     if rec["state"] in ("queued", "running") and rec.get("host") == socket.gethostname() and not _alive(rec.get("pid")):
         rec = {**rec, "state": "failed", "error": rec.get("error") or "the background process ended without finishing"}
     if rec["state"] == "running" and not rec.get("total"):  # e.g. feature extraction: its progress bar says
-        bar = log_progress(Path(folder), log=task_file(folder, name).with_suffix(".log"))
+        offset = rec.get("log_offset")  # only a bar written since the phase began is this phase's
+        if not isinstance(offset, (int, float)) or isinstance(offset, bool):
+            offset = None
+        bar = log_progress(Path(folder), log=task_file(folder, name).with_suffix(".log"), offset=offset)
         if bar:
             rec = {**rec, "bar": bar[0], "fraction": bar[1], "left": bar[2]}
     return rec
@@ -121,16 +124,22 @@ class Progress:
             self._written = now
 
     def phase(self, text: str, total: int | None = None, eta_s: float | None = None) -> None:
-        """Start a step: ``total`` items to go through (None: not counted), ``eta_s`` a guess of its length."""
+        """Start a step: ``total`` items to go through (None: not counted), ``eta_s`` a guess of its length.
+        The log's size now is kept, so that a progress bar of an earlier step is never read as this one's."""
         self._phase_start = time.time()
-        self.rec.update(phase=text, done=0, total=total, eta_s=eta_s)
+        log = self.path.with_suffix(".log")
+        self.rec.update(phase=text, done=0, total=total, eta_s=None if eta_s is None else max(float(eta_s), 0.0),
+                        phase_started=self._phase_start,
+                        log_offset=log.stat().st_size if log.is_file() else None)
         self._write(force=True)
 
     def advance(self, done: int) -> None:
-        """``done`` items of the phase's total are through; the time left follows from the pace so far."""
+        """``done`` items of the phase's total are through (never more than the total); the time left follows
+        from the pace so far."""
         total = self.rec.get("total") or 0
+        done = min(max(int(done), 0), total) if total else max(int(done), 0)
         elapsed = time.time() - self._phase_start
-        self.rec.update(done=int(done), eta_s=elapsed / done * (total - done) if done and total else None)
+        self.rec.update(done=done, eta_s=elapsed / done * (total - done) if done and total else None)
         self._write(force=done >= total)
 
     def finish(self, **fields) -> None:
@@ -161,17 +170,20 @@ def run_each(run_dirs: list[Path], name: str, work) -> int:
 
 
 def format_eta(seconds: float | None) -> str:
-    """``1h02m``, ``3m05s``, ``42s``; ``?`` when unknown."""
+    """``1h02m``, ``3m05s``, ``42s``; ``?`` when unknown; never negative (``training.format_seconds``)."""
     if seconds is None or not math.isfinite(seconds):
         return "?"
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+    return format_seconds(seconds)
 
 
-def describe(rec: dict) -> tuple[str, float | None]:
-    """A task record as (one line of plain text, fraction done or None): what it is doing and the time left."""
+def _count(value: object) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def describe(rec: dict, now: float | None = None) -> tuple[str, float | None]:
+    """A task record as (one line of plain text, fraction done or None): what it is doing and the time left.
+    Counts never pass the total, a fraction never 100 % before the end, the time left never goes below zero."""
     if not rec:
         return "not started", None
     if rec.get("state") == "queued":
@@ -180,15 +192,24 @@ def describe(rec: dict) -> tuple[str, float | None]:
         return f"failed: {rec.get('error') or 'unknown error'}", None
     if rec.get("state") == "finished":
         return "done", 1.0
+    now = time.time() if now is None else now
     phase = rec.get("phase") or "working"
-    total, done = rec.get("total"), rec.get("done") or 0
-    if total:
-        frac = done / max(total, 1)
-        return f"{phase}: {done:,}/{total:,}, {format_eta(rec.get('eta_s'))} left", frac
+    total, done = _count(rec.get("total")), _count(rec.get("done")) or 0.0
+    if total and total > 0:
+        done = min(max(done, 0.0), total)
+        eta = _count(rec.get("eta_s"))
+        since = max(now - (_count(rec.get("updated")) or now), 0.0)
+        left = format_eta(None if eta is None else max(eta - since, 0.0))
+        return f"{phase}: {int(done):,}/{int(total):,}, {left} left", done / total
     if "fraction" in rec:
-        return f"{phase} ({rec.get('bar')}): {rec['fraction']:.0%}, {rec.get('left')} left", rec["fraction"]
-    eta = rec.get("eta_s")
+        frac = min(max(float(rec["fraction"]), 0.0), 1.0)
+        return f"{phase} ({rec.get('bar')}): {frac:.0%}, {rec.get('left')} left", frac
+    eta, started = _count(rec.get("eta_s")), _count(rec.get("phase_started"))
     if eta:
-        elapsed = time.time() - float(rec.get("updated") or time.time())
-        return f"{phase}: about {format_eta(max(eta - elapsed, 0))} left", None
+        elapsed = max(now - (started or _count(rec.get("updated")) or now), 0.0)
+        if elapsed <= eta:
+            return f"{phase}: about {format_eta(eta - elapsed)} left", None
+        return f"{phase}: longer than the {format_eta(eta)} foreseen, {format_eta(elapsed)} so far", None
+    if started:
+        return f"{phase} ({format_eta(max(now - started, 0.0))} so far)", None
     return phase, None

@@ -9,6 +9,7 @@ SIGTERM, which the trainer turns into a clean "stopped" state.
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 import secrets
@@ -20,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ...paths import checkpoints_dir
 from ...runs import atomic_write_json, read_json, read_lock, read_status, write_status
@@ -118,9 +120,14 @@ def write_launch(run_dir: Path, job: TrainJob) -> None:
 
 
 def read_launch(run_dir: Path) -> dict:
-    """A run folder's ``launch.json`` (``{}`` when absent or not an object)."""
+    """A run folder's ``launch.json`` (``{}`` when absent or not an object). A run the queue started has none:
+    its ``model`` and ``data`` then come from the trainer's status.json, which names them from its first phase."""
     rec = read_json(Path(run_dir) / LAUNCH_NAME, default={})
-    return rec if isinstance(rec, dict) else {}
+    if isinstance(rec, dict) and rec:
+        return rec
+    status = read_json(Path(run_dir) / "status.json", default={})
+    status = status if isinstance(status, dict) else {}
+    return {k: status[k] for k in ("model", "data") if isinstance(status.get(k), str) and status[k]}
 
 
 def can_resume(run_dir: Path, status: dict | None = None) -> str | None:
@@ -191,26 +198,115 @@ def recent_runs(root: Path | None = None, within_s: float = 1800.0) -> list[tupl
     return out
 
 
-_TQDM = re.compile(r"([A-Za-z][\w ]*?):\s+(\d+)%\|[^|]*\|\s*(\d+)/(\d+)\s*\[([\d:]+)<([\d:?]+)")
+# a tqdm bar: "<what>:  45%|####      | 16/32 [00:10<00:12,  1.6batch/s]" (what may hold "(1/3)")
+_TQDM = re.compile(r"([A-Za-z][^\r\n|:\[\]]*?):\s+(\d+)%\|[^|\r\n]*\|\s*(\d+)/(\d+)\s*\[([\d:]+)<([\d:?]+)")
 
 
-def log_progress(run_dir: Path, tail_bytes: int = 4096, log: Path | None = None) -> tuple[str, float, str] | None:
-    """(what, fraction done, time left) of the last progress bar in a run's train.log (or ``log``), if any.
-
-    Shows progress in phases that status.json only names, such as the one-time feature extraction.
-    """
-    path = Path(log) if log else Path(run_dir) / LOG_NAME
+def _log_bars(path: Path, offset: float | None = None, name: str | None = None, tail_bytes: int = 4096) -> list:
+    """The progress bars in the end of ``path`` written after byte ``offset`` (those of one phase), optionally
+    only those whose description starts with ``name``."""
     try:
+        size = path.stat().st_size
+        start = max(0, size - tail_bytes, int(offset or 0))
         with open(path, "rb") as f:
-            f.seek(max(0, path.stat().st_size - tail_bytes))
+            f.seek(start)
             text = f.read().decode(errors="replace")
-    except FileNotFoundError:
-        return None
+    except (OSError, ValueError, OverflowError):
+        return []
     found = _TQDM.findall(text)
+    return [b for b in found if not name or b[0].strip().startswith(name)]
+
+
+def log_progress(run_dir: Path, tail_bytes: int = 4096, log: Path | None = None,
+                 offset: float | None = None) -> tuple[str, float, str] | None:
+    """(what, fraction done, time left) of a running run's current phase, or of the last progress bar in a log.
+
+    For a run folder (no ``log``): its status.json's own count (``phase_progress``), else the last bar of its
+    train.log. With ``log`` (a task's): the last bar written after byte ``offset`` of it.
+    """
+    if log is None:
+        status = read_status(Path(run_dir))
+        if status.get("state") == "running" and "phase_started" in status:  # a trainer that reports each phase
+            p = phase_progress(run_dir, status)
+            return (p.text, p.fraction, p.left or "?") if p is not None and p.fraction is not None else None
+    found = _log_bars(Path(log) if log else Path(run_dir) / LOG_NAME, offset, tail_bytes=tail_bytes)
     if not found:
         return None
     what, _, done, total, _, left = found[-1]
-    return what.strip(), int(done) / max(int(total), 1), left
+    return what.strip(), min(int(done) / max(int(total), 1), 1.0), left
+
+
+@dataclass
+class PhaseProgress:
+    """How far a running run's current phase is, for a progress line."""
+
+    text: str  # the phase, with its count when it has one
+    fraction: float | None  # 0 to 1; None when nothing measures the phase (a bar would lie)
+    left: str | None  # time left in words ("3m05s", "about 20s"); None when unknown
+
+
+def _number(status: dict, key: str) -> float | None:
+    """A finite number from an untrusted status.json, else None."""
+    v = status.get(key)
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else None
+
+
+def _left(seconds: float | None) -> str | None:
+    return None if seconds is None else format_seconds(max(seconds, 0.0))
+
+
+def phase_progress(run_dir: Path, status: dict[str, Any] | None = None, now: float | None = None
+                   ) -> PhaseProgress | None:
+    """The progress of a running run's current phase (``xmodal.training.status``), None when it is not running.
+
+    A counted phase gives ``done/total`` (clamped: never past 100 %) and the time left counted down since the
+    status was written; a phase measured by a bar in train.log gives that bar (only one written since the
+    phase began); a foreseen one counts down its estimate and says so when it runs over; a cached one says
+    nothing more than its text (no bar); any other says how long it has taken so far.
+    """
+    status = read_status(run_dir) if status is None else status
+    if status.get("state") != "running":
+        return None
+    now = time.time() if now is None else now
+    phase = str(status.get("phase") or "starting")
+    started, updated = _number(status, "phase_started"), _number(status, "updated") or now
+    eta = _number(status, "eta_s")
+    since_update = max(now - updated, 0.0)
+    if status.get("cached") is True:
+        return PhaseProgress(phase, None, None)
+    total, done = _number(status, "total"), _number(status, "done")
+    if total and total > 0 and done is not None:
+        done = min(max(done, 0.0), total)
+        unit = str(status.get("unit") or "")
+        return PhaseProgress(f"{phase}: {int(done):,}/{int(total):,}{f' {unit}' if unit else ''}", done / total,
+                             _left(None if eta is None else eta - since_update))
+    if isinstance(status.get("bar"), str) and status["bar"]:
+        bars = _log_bars(Path(run_dir) / LOG_NAME, _number(status, "log_offset"), status["bar"])
+        if bars:
+            _, _, d, t, _, left = bars[-1]
+            return PhaseProgress(phase, min(int(d) / max(int(t), 1), 1.0), None if "?" in left else left)
+    if status.get("estimated") is True and eta is not None and started is not None:
+        elapsed = max(now - started, 0.0)
+        if elapsed < eta:
+            return PhaseProgress(phase, min(elapsed / max(eta, 1e-9), 0.99), f"about {format_seconds(eta - elapsed)}")
+        return PhaseProgress(f"{phase}: longer than the {format_seconds(eta)} foreseen, "
+                             f"{format_seconds(elapsed)} so far", None, None)
+    if started is not None:
+        return PhaseProgress(f"{phase} ({format_seconds(max(now - started, 0.0))} so far)", None, None)
+    bars = _log_bars(Path(run_dir) / LOG_NAME)  # a trainer that names its phase only: the log's last bar
+    if bars:
+        _, _, d, t, _, left = bars[-1]
+        return PhaseProgress(phase, min(int(d) / max(int(t), 1), 1.0), None if "?" in left else left)
+    return PhaseProgress(phase, None, None)
+
+
+def format_seconds(seconds: float) -> str:
+    """``1h02m``, ``3m05s``, ``42s``; never negative."""
+    s = int(round(max(float(seconds), 0.0)))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def failure_detail(run_dir: Path, lines: int = 25) -> str:
