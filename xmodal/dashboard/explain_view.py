@@ -6,6 +6,12 @@ Explanations are computed on demand (a result picked in a selectbox) and cached 
 ``st.cache_data``, keyed on the run folder, the weights' modification time, the caption and the photo.
 Catalogue text is escaped (``escape.md``) before it reaches Markdown; the only markup added is our own
 constant colour directives around escaped words, and the heatmap is a PNG handed to Streamlit as bytes.
+
+Every panel, of every model, draws on one absolute scale (``xmodal.retrieval.explain.SCALE``) with its colour
+bar; each word's effect is listed with its sign against a stated baseline; the photo is shown beside its heat
+map; the score is placed among the catalogue (rank and standard score), since raw cosines of two models cannot
+be compared; and when a credited word names an attribute value the product does not have, the page says how
+reliably the model reads that attribute instead of presenting the heat as the reason for the match.
 """
 from __future__ import annotations
 
@@ -29,32 +35,52 @@ if TYPE_CHECKING:
     from ..retrieval.run import Hit, Run
 
 _JOINER = "\u2060"  # as escape.md: keeps a word and a following "://", "." or "@" from becoming a link
-LEGEND = ("Orange words and regions pushed the score up (the match leans on them), blue ones pulled it down; "
-          "the stronger the colour, the larger the effect. Words: the score's drop when the word is read as "
-          "unknown. Regions: the drop when that cell of the photo is greyed out.")
+LEGEND = ("Orange words and regions pushed the score up (the match leans on them), blue ones pulled it down. One "
+          "scale for every model and panel: full colour at a change of {scale:.2f} in the cosine score (the bar), "
+          "paler for less; a word is tinted from {faint:.3f}, highlighted from {weak:.2f}, bold from {strong:.2f}. "
+          "Words: the score minus the score with that word read as unknown. Regions: the "
+          "score minus the score with that cell of the photo greyed out.")
+SCORES = ("Scores are cosine similarities on each model's own scale: they order one model's results but cannot be "
+          "compared across models (a siamese model scores every hit near 1). Comparable across models: each "
+          "result's standard score, how many standard deviations it stands above this query's mean score over "
+          "the catalogue's {n:,} {what}: {zs}.")
+
+
+def _scale(scale: float | None) -> float:
+    if scale is not None:
+        return float(scale)
+    from ..retrieval.explain import SCALE  # lazy: PyTorch, only once an explanation is drawn
+    return SCALE
 
 
 # ----------------------------------------------------------------------------------------- why did it match
 
-def highlighted_words(expl: Explanation, strong: float = 0.5, weak: float = 0.15) -> str:
-    """The caption as Markdown with each read word highlighted by its importance.
+STRONG, WEAK, FAINT = 0.5, 0.15, 0.025  # shares of the scale from which a word is bold, highlighted, tinted
 
-    Every piece of catalogue text goes through ``escape.md``; the only markup is ours: ``:orange-background``
-    (pushes the score up) or ``:blue-background`` (pulls it down) around a word whose ``|importance|`` is at
-    least ``weak`` of the largest, in bold from ``strong`` of it.
+
+def highlighted_words(expl: Explanation, strong: float = STRONG, weak: float = WEAK, faint: float = FAINT,
+                      scale: float | None = None) -> str:
+    """The caption as Markdown with each read word marked by its importance, on the absolute ``scale`` shared
+    by every model (``explain.SCALE``): a word worth +0.011 is only tinted where one worth +0.228 is bold.
+
+    Every piece of catalogue text goes through ``escape.md``; the only markup is ours, orange where the word
+    pushes the score up and blue where it pulls it down: coloured text (``:orange[...]``) from ``faint`` of
+    ``scale``, a coloured background (``:orange-background[...]``) from ``weak`` of it, in bold from ``strong``.
     """
     text, spans = expl.display_text, expl.spans
     if not spans:
         return md(text)
-    top = float(np.abs(expl.word_scores).max(initial=0.0)) or 1.0
+    top = _scale(scale)
     out, last = [], 0
     for (s, e), value in zip(spans, expl.word_scores):
         out.append(_escape_keep_spaces(text[last:s]))
         word = md(text[s:e])
         level = float(value) / top
+        colour = "orange" if level > 0 else "blue"
         if abs(level) >= weak:
-            colour = "orange" if level > 0 else "blue"
             word = f":{colour}-background[{f'**{word}**' if abs(level) >= strong else word}]"
+        elif abs(level) >= faint:
+            word = f":{colour}[{word}]"
         out.append(word + (_JOINER if text[e:e + 1] in (":", ".", "@") else ""))
         last = e
     out.append(_escape_keep_spaces(text[last:]))
@@ -66,12 +92,47 @@ def _escape_keep_spaces(piece: str) -> str:
     return " ".join(md(p) for p in " ".join(piece.split("\n")).replace("\t", " ").split(" "))
 
 
-def overlay_png(expl: Explanation) -> bytes:
-    """The photo with its region importance laid over it, as PNG bytes."""
-    from ..retrieval.explain import overlay  # lazy: PyTorch, only once an explanation is drawn
+def word_effects(expl: Explanation) -> str:
+    """Every read word with its signed effect, in caption order (escaped), against the stated baseline."""
+    from ..retrieval.explain import BASELINE  # lazy: PyTorch, only once an explanation is drawn
+    words = " · ".join(f"'{md(w)}' {v:+.3f}" for w, v in zip(expl.words, expl.word_scores))
+    return f"Each word's effect, the score minus {md(BASELINE)}: {words}"
+
+
+def _png(image) -> bytes:
     buf = io.BytesIO()
-    overlay(expl).save(buf, format="PNG")
+    image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def overlay_png(expl: Explanation) -> bytes:
+    """The photo with its region importance laid over it on the absolute scale, as PNG bytes."""
+    from ..retrieval.explain import overlay  # lazy: PyTorch, only once an explanation is drawn
+    return _png(overlay(expl))
+
+
+def photo_png(expl: Explanation) -> bytes:
+    """The photo as the model saw it, twice its size, in colour, as PNG bytes (shown beside its heat map)."""
+    from PIL import Image
+    h, w = expl.photo.shape[:2]
+    return _png(Image.fromarray(expl.photo).resize((2 * w, 2 * h), Image.BILINEAR))
+
+
+def legend_png(scale: float | None = None) -> bytes:
+    """The colour bar shared by every panel, ``-scale`` to ``+scale``, as PNG bytes."""
+    from ..retrieval.explain import legend  # lazy: PyTorch, only once an explanation is drawn
+    return _png(legend(_scale(scale)))
+
+
+def score_line(expl: Explanation) -> str:
+    """The pair's score, and where it stands among the catalogue (what can be compared across models)."""
+    line = f"score {expl.score:.3f} (cosine, on this model's own scale)"
+    cal = getattr(expl, "calibration", None)
+    if cal is not None:
+        what = ("photos for this title" if cal.query == "text" else "titles for this photo")
+        line += (f" · rank {cal.rank:,} of the catalogue's {cal.gallery:,} {what}, {cal.z:+.1f} standard deviations "
+                 "from its mean score (comparable across models)")
+    return line
 
 
 def image_key(image: Image.Image | str | Path) -> str:
@@ -83,30 +144,101 @@ def image_key(image: Image.Image | str | Path) -> str:
 
 @st.cache_data(show_spinner="Explaining the match (each word and each region of the photo left out in turn)...",
                max_entries=256)
-def _explanation(run_dir: str, stamp: int, text: str, key: str, _image) -> Explanation:
+def _explanation(run_dir: str, stamp: int, text: str, key: str, query: str, _image) -> Explanation:
     from ..retrieval.explain import explain  # lazy: PyTorch, only once a pair is explained
-    return explain(state.run(run_dir), text, _image)
+    return explain(state.run(run_dir), text, _image, query=query)
 
 
-def explanation(run_dir: str | Path, text: str, image: Image.Image | str | Path) -> Explanation:
-    """Why ``text`` and ``image`` (a PIL image or a photo's path) match under the run, cached per pair."""
+def explanation(run_dir: str | Path, text: str, image: Image.Image | str | Path, query: str = "text") -> Explanation:
+    """Why ``text`` and ``image`` (a PIL image or a photo's path) match under the run, cached per pair; its
+    calibration from the side of ``query`` (``text`` or ``image``)."""
     stamp = state._mtime(Path(run_dir) / "best.safetensors")
-    return _explanation(str(run_dir), stamp, text, image_key(image), image)
+    return _explanation(str(run_dir), stamp, text, image_key(image), query, image)
 
 
-def show_explanation(expl: Explanation, stacked: bool = False) -> None:
-    """The photo with its heatmap beside (or, ``stacked``, above) the highlighted caption, score and legend."""
+@st.cache_data(show_spinner="Measuring how well the model reads this attribute over the catalogue...",
+               max_entries=64)
+def _reading(run_dir: str, stamp: int, attribute: str) -> dict:
+    from ..retrieval.explain import attribute_reading  # lazy: PyTorch, only once an explanation is checked
+    return attribute_reading(state.run(run_dir), attribute)
+
+
+def sanity_check(run_dir: str | Path, expl: Explanation, item: int | None) -> list | None:
+    """``explain.reading_check`` of an explanation whose photo is catalogue item ``item`` of the run (each
+    attribute's reading cached per run); None when the photo is not a catalogue product."""
+    if item is None:
+        return None
+    from ..retrieval.explain import reading_check  # lazy: PyTorch, only once an explanation is checked
+    stamp = state._mtime(Path(run_dir) / "best.safetensors")
+    return reading_check(state.run(run_dir), expl, int(item),
+                         reading=lambda _run, attribute: _reading(str(run_dir), stamp, attribute))
+
+
+def contradiction_text(c) -> str:
+    """What the page says when the model credits a word the product contradicts (escaped Markdown)."""
+    r, word, attr = c.reading or {}, md(c.word), md(c.attribute)
+    named = ", ".join(md(v) for v in c.named[:3]) + (" ..." if len(c.named) > 3 else "")
+    line = (f"The model credits '{word}' ({c.effect:+.3f}), but this product's {attr} is {md(c.value)}, not "
+            f"{named}: the model does not read '{word}' reliably, so do not take the heat as the reason for the "
+            "match.")
+    if r:
+        line += (f" Giving each of the catalogue's {r['items']:,} photos the {attr} whose name scores highest, it "
+                 f"is right for {r['accuracy']:.0%} (always answering the most common {attr}: {r['majority']:.0%})")
+        per = r.get("per_value", {}).get(c.named[0]) if c.named else None
+        if per and per.get("n"):
+            line += f"; of the {per['n']:,} {md(c.named[0])} photos it names {per['recall']:.0%} so"
+        line += "."
+    return line
+
+
+def show_explanation(expl: Explanation, stacked: bool = False, check: list | None = None,
+                     scale: float | None = None) -> None:
+    """The photo and its heat map beside (or, ``stacked``, above) the highlighted caption, every word's signed
+    effect, the score placed among the catalogue, the colour bar of the scale every panel shares, and the
+    sanity check (``check``: ``sanity_check``'s list; None when the photo is not a catalogue product)."""
     left, right = (st.container(), st.container()) if stacked else st.columns([1, 2])
-    left.image(overlay_png(expl), width="stretch", caption="regions")
-    right.markdown(highlighted_words(expl))
+    left.image([photo_png(expl), overlay_png(expl)], caption=["photo", "regions"], width=120 if stacked else 110)
+    for c in check or []:
+        right.warning(contradiction_text(c), icon=":material/report:")
+    right.markdown(highlighted_words(expl, scale=scale))
     top = ", ".join(f"'{md(w)}' {v:+.3f}" for w, v in expl.top_words(3))
-    right.caption(f"score {expl.score:.3f} · largest word effects: {top} · computed in {expl.seconds:.1f} s")
-    right.caption(LEGEND)
+    right.caption(f"{score_line(expl)} · largest word effects: {top} · computed in {expl.seconds:.1f} s")
+    right.caption(word_effects(expl))
+    right.image(legend_png(scale), width=200)
+    right.caption(f"−{_scale(scale):.2f} ← score change → +{_scale(scale):.2f} · " + LEGEND.format(
+        scale=_scale(scale), faint=FAINT * _scale(scale), weak=WEAK * _scale(scale), strong=STRONG * _scale(scale)))
+    if check is not None and not check:
+        right.caption("Sanity check: no credited word names an attribute value this product lacks.")
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _query_scores(run_dir: str, stamp: int, text: str | None, key: str, _image) -> tuple[float, float, int]:
+    """(mean, standard deviation, count) of a query's scores over the run's whole catalogue."""
+    run = state.run(run_dir)
+    if text is not None:
+        vector, gallery = run.embed_text(text), run.image_embeds
+    else:
+        vector, gallery = run.embed_image(_image), run.text_embeds
+    scores = gallery.float().numpy() @ vector.float().numpy()  # [N]
+    return float(scores.mean()), float(scores.std()), len(scores)
+
+
+def standard_scores(run_dir: str | Path, hits: Sequence[Hit], text: str | None = None, image=None
+                    ) -> tuple[list[float], int] | None:
+    """Each hit's standard score against the query's scores over the run's catalogue, and the catalogue's size:
+    unlike the raw cosine, comparable across models. None when the query cannot be embedded."""
+    stamp = state._mtime(Path(run_dir) / "best.safetensors")
+    try:
+        mean, std, n = _query_scores(str(run_dir), stamp, text, "" if image is None else image_key(image), image)
+    except (OSError, ValueError):  # a query the model cannot read, a photo that went
+        return None
+    return [(h.score - mean) / std if std > 0 else 0.0 for h in hits], n
 
 
 def why_it_matched(run_dir: str | Path, candidates: Sequence[tuple[str, Hit]], key: str,
                    text: str | None = None, image: Image.Image | None = None, stacked: bool = False) -> None:
-    """A selectbox over ``candidates`` ((label, hit) pairs); the picked pair's explanation.
+    """The results' scores made comparable across models, then a selectbox over ``candidates`` ((label, hit)
+    pairs) and the picked pair's explanation.
 
     Args:
         text: the query, for text -> products (each candidate's photo is explained against it).
@@ -116,6 +248,10 @@ def why_it_matched(run_dir: str | Path, candidates: Sequence[tuple[str, Hit]], k
     if not candidates:
         return
     labels = [label for label, _ in candidates]
+    hits = [h for _, h in candidates]
+    if (z := standard_scores(run_dir, hits, text, image)) is not None:
+        shown = [f"{label.split(' · ')[0]} {v:+.1f}" for label, v in zip(labels, z[0])]
+        st.caption(SCORES.format(n=z[1], what="photos" if text is not None else "titles", zs=md(", ".join(shown))))
     choice = st.selectbox("Why did it match?", [None, *range(len(labels))], key=key,
                           format_func=lambda i: "pick a result to explain" if i is None else labels[i])
     if choice is None:
@@ -123,13 +259,18 @@ def why_it_matched(run_dir: str | Path, candidates: Sequence[tuple[str, Hit]], k
     hit = candidates[choice][1]
     try:
         if text is not None:
-            expl = explanation(run_dir, text, str(hit.image))
+            expl = explanation(run_dir, text, str(hit.image), "text")
+            check = sanity_check(run_dir, expl, hit.index)
         else:
-            expl = explanation(run_dir, hit.caption, image)
+            expl = explanation(run_dir, hit.caption, image, "image")
+            check = None  # the photo is the query: no catalogue attributes to check the words against
     except (OSError, ValueError) as err:  # the photo changed or went since the catalogue was checked
         st.error(md(f"Cannot explain this pair: {err}"), icon=":material/error:")
         return
-    show_explanation(expl, stacked)
+    show_explanation(expl, stacked, check)
+    if check is None:
+        st.caption("Sanity check: the photo is the query, not a catalogue product, so there are no attributes to "
+                   "check the credited words against.")
 
 
 def hit_candidates(hits: Sequence[Hit], true_hit: Hit | None = None, above: Sequence[Hit] = ()
@@ -161,30 +302,42 @@ def disagreement_why(runs: dict[str, str], data: dict, rows: Sequence[int], dire
                      format_func=lambda i: "pick a query" if i is None else f"{ids[i]} · {captions[i]}")
     if q is None:
         return
+    query = "text" if direction == "text_to_image" else "image"
+    st.caption("Every model's panels share one colour scale (the bar): a paler colour is a smaller effect, "
+               "whichever model it is.")
     for col, (run_dir, label) in zip(st.columns(len(runs)), runs.items()):
         with col:
             st.markdown(f"**{md(label)}**")
             try:
+                sel = _positions(run_dir, ids)  # catalogue index of each shared item under this run
                 st.caption("the query and its true match")
-                show_explanation(explanation(run_dir, captions[q], images[q]), stacked=len(runs) > 2)
-                first = _first_result(run_dir, ids, q, direction)
+                expl = explanation(run_dir, captions[q], images[q], query)
+                show_explanation(expl, len(runs) > 2, sanity_check(run_dir, expl, None if sel is None else sel[q]))
+                first = _first_result(run_dir, sel, q, direction)
                 if first is None or normalise_caption(captions[first]) == normalise_caption(captions[q]):
                     st.caption("this model put the true match (or an identical title) first")
                     continue
                 st.caption(f"what this model put first instead: {md(ids[first])}")
+                photo = first if direction == "text_to_image" else q
                 pair = (captions[q], images[first]) if direction == "text_to_image" else (captions[first], images[q])
-                show_explanation(explanation(run_dir, *pair), stacked=len(runs) > 2)
+                expl = explanation(run_dir, *pair, query)
+                show_explanation(expl, len(runs) > 2, sanity_check(run_dir, expl, None if sel is None else sel[photo]))
             except (OSError, ValueError) as err:
                 st.error(md(f"Cannot explain this query: {err}"), icon=":material/error:")
 
 
-def _first_result(run_dir: str, item_ids: Sequence[str], q: int, direction: str) -> int | None:
-    """The position (in ``item_ids``) of the run's first result for query ``q`` over those items."""
-    run = state.run(run_dir)
-    pos = {x: i for i, x in enumerate(run.catalogue.item_ids)}
-    if not all(x in pos for x in item_ids):
+def _positions(run_dir: str, item_ids: Sequence[str]) -> np.ndarray | None:
+    """The run's catalogue index of each of ``item_ids``; None when its catalogue lacks one of them."""
+    pos = {x: i for i, x in enumerate(state.run(run_dir).catalogue.item_ids)}
+    return np.array([pos[x] for x in item_ids]) if all(x in pos for x in item_ids) else None
+
+
+def _first_result(run_dir: str, sel: np.ndarray | None, q: int, direction: str) -> int | None:
+    """The position (in ``sel``, the shared items' catalogue indices) of the run's first result for query ``q``
+    over those items."""
+    if sel is None:
         return None
-    sel = np.array([pos[x] for x in item_ids])
+    run = state.run(run_dir)
     img, txt = run.image_embeds.numpy()[sel], run.text_embeds.numpy()[sel]  # [n, D] each, in item_ids' order
     scores = img @ txt[q] if direction == "text_to_image" else txt @ img[q]
     return int(np.argmax(scores))
@@ -247,6 +400,6 @@ def feedback(run: Run, query_key: str, start, k: int, columns: int = 4) -> None:
         for col, (i, hit) in zip(st.columns(columns), enumerate(current[start_i:start_i + columns], start=start_i + 1)):
             ui.photo(hit.image, 110, where=col)
             col.markdown(f"**#{i}** {md(hit.caption)}")
-            col.caption(f"score {hit.score:.3f}")
+            col.caption(f"score {hit.score:.3f} (this model's own scale)")
             col.checkbox("more like this", key=f"fb_good_{n}_{hit.index}", value=hit.index in current.good)
             col.checkbox("less like this", key=f"fb_bad_{n}_{hit.index}", value=hit.index in current.bad)

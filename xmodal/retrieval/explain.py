@@ -16,6 +16,14 @@ Both measure what the model does when part of its input goes missing, for any of
 A positive value means the word or region pushes the score up (the match leans on it); a negative one that
 the model would like the pair better without it. ``GRID`` (7 x 5 = 35 occluded copies) keeps one
 explanation at the default 224x168 under 2 s on two CPU cores (``bench_explain``).
+
+Explanations of different models are drawn on one absolute scale (``SCALE``: a change of the cosine score),
+so a word worth +0.011 to one model never looks like a word worth +0.228 to another. A raw cosine cannot be
+compared across models either (a siamese model scores every hit near 0.998), so ``explain`` also places the
+pair among the catalogue (``Calibration``: its rank and how many standard deviations it stands above the
+query's mean score). ``reading_check`` says when an explanation contradicts the photo: a word credited by the
+model names an attribute value the product does not have ("navy" on a red shirt), and how well the model
+reads that attribute over the catalogue (``attribute_reading``).
 """
 from __future__ import annotations
 
@@ -32,7 +40,8 @@ from torch import nn
 
 from ..data.images import open_rgb, to_rgb
 from ..image.backbones import image_transform
-from ..text.vocabulary import PAD, UNK, Vocab, token_spans
+from ..models.embed import embed_texts
+from ..text.vocabulary import PAD, UNK, Vocab, token_spans, tokenize
 from .arguments import check_index
 
 if TYPE_CHECKING:
@@ -40,6 +49,21 @@ if TYPE_CHECKING:
 
 GRID = (7, 5)  # (rows, cols) of occluded cells: 35 copies of the photo, portrait like the catalogue's photos
 FILLS = ("mean", "grey")  # what an occluded cell is painted with (see ``occluded``)
+SCALE = 0.2  # change of the cosine score drawn at full colour, for every model (words and regions alike)
+BASELINE = "the score with that word read as unknown (<unk>)"  # what a word's effect is measured against
+CREDIT = 0.25  # a word is credited when its effect is positive and at least this share of the largest one
+
+
+@dataclass
+class Calibration:
+    """Where a pair's score stands among the query's scores over a gallery: what can be compared across models."""
+
+    query: str  # "text" (the caption searched the photos) or "image" (the photo searched the captions)
+    rank: int  # 1 + how many gallery entries score above the pair
+    gallery: int  # entries in the gallery (the run's catalogue)
+    z: float  # (score - the query's mean score over the gallery) / their standard deviation
+    mean: float  # the query's mean score over the gallery
+    std: float  # their standard deviation
 
 
 @dataclass
@@ -55,6 +79,9 @@ class Explanation:
     regions: np.ndarray  # [rows, cols] score drop when each grid cell is greyed out
     photo: np.ndarray  # [H, W, 3] uint8: the photo resized to the model's input size
     seconds: float  # time taken
+    text_vector: np.ndarray | None = None  # [D] the caption's joint-space vector
+    image_vector: np.ndarray | None = None  # [D] the photo's joint-space vector
+    calibration: Calibration | None = None  # the pair among the catalogue (``explain`` fills it in)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -180,7 +207,8 @@ def explain_pair(model: nn.Module, vocab: Vocab, text: str, image: Image.Image, 
         spans = []
     photo = np.asarray(image.resize((w, h), Image.BILINEAR), dtype=np.uint8)
     return Explanation(text=text, score=score, words=words, spans=spans, display_text=shown, word_scores=drops,
-                       regions=regions, photo=photo, seconds=time.perf_counter() - t)
+                       regions=regions, photo=photo, seconds=time.perf_counter() - t,
+                       text_vector=text_embed.numpy(), image_vector=image_embed.numpy())
 
 
 def _as_image(run: Run, image: Image.Image | str | os.PathLike | bytes | int) -> Image.Image:
@@ -190,20 +218,118 @@ def _as_image(run: Run, image: Image.Image | str | os.PathLike | bytes | int) ->
 
 
 def explain(run: Run, text: str, image: Image.Image | str | os.PathLike | bytes | int,
-            grid: tuple[int, int] = GRID) -> Explanation:
+            grid: tuple[int, int] = GRID, query: str = "text") -> Explanation:
     """Why ``text`` and ``image`` (a PIL image, a path, the file's bytes, or an item index of the run's
-    catalogue) score as they do under ``run``'s model.
+    catalogue) score as they do under ``run``'s model, with the pair's ``calibration`` among the catalogue
+    from the side of ``query`` (``text``: the caption searched the photos; ``image``: the photo the captions).
 
     Raises:
         ValueError: ``text`` is not a string; ``image`` is an index outside the catalogue, or a file that cannot
-            be opened (``ImageError``); ``grid`` is not two whole numbers from 1 to 32.
+            be opened (``ImageError``); ``grid`` is not two whole numbers from 1 to 32; ``query`` is neither.
     """
+    if query not in ("text", "image"):
+        raise ValueError(f"query must be 'text' or 'image'; got {query!r}")
     if not isinstance(text, str):
         raise ValueError(f"text must be a string of words; got {type(text).__name__}")
     if (not isinstance(grid, (tuple, list)) or len(grid) != 2
             or not all(isinstance(g, int) and not isinstance(g, bool) and 1 <= g <= 32 for g in grid)):
         raise ValueError(f"grid must be (rows, columns), two whole numbers from 1 to 32; got {grid!r}")
-    return explain_pair(run.model, run.vocab, text, _as_image(run, image), grid, run.device)
+    expl = explain_pair(run.model, run.vocab, text, _as_image(run, image), grid, run.device)
+    expl.calibration = calibrate(run, expl, query)
+    return expl
+
+
+def calibrate(run: Run, expl: Explanation, query: str = "text") -> Calibration | None:
+    """The pair's rank and standard score among ``query``'s scores over the run's catalogue (its cached gallery
+    embeddings): a number that means the same for every model, where a raw cosine does not."""
+    if expl.text_vector is None or expl.image_vector is None:
+        return None
+    gallery = run.image_embeds if query == "text" else run.text_embeds  # [N, D]
+    vector = expl.text_vector if query == "text" else expl.image_vector  # [D]
+    scores = gallery.float().numpy() @ np.asarray(vector, dtype=np.float32)  # [N]
+    if not len(scores):
+        return None
+    mean, std = float(scores.mean()), float(scores.std())
+    return Calibration(query=query, rank=int((scores > expl.score + 1e-6).sum()) + 1, gallery=len(scores),
+                       z=(expl.score - mean) / std if std > 0 else 0.0, mean=mean, std=std)
+
+
+@dataclass
+class Contradiction:
+    """A word the model credits that names an attribute value the photo's product does not have."""
+
+    word: str  # the credited word, as read
+    effect: float  # its score drop (positive: the match leans on it)
+    attribute: str  # the catalogue column whose values it names (``colour``)
+    value: str  # the product's own value of that column (``Red``)
+    named: list[str]  # the column's values the word is part of (``Navy Blue``)
+    reading: dict  # ``attribute_reading`` of the column: how well the model reads it over the catalogue
+
+
+def credited_words(expl: Explanation, share: float = CREDIT) -> list[tuple[str, float]]:
+    """The words the explanation credits: a positive effect of at least ``share`` of the largest one."""
+    top = float(np.max(expl.word_scores, initial=0.0))
+    if top <= 0:
+        return []
+    return [(w, float(v)) for w, v in zip(expl.words, expl.word_scores) if v > 0 and v >= share * top]
+
+
+def attribute_reading(run: Run, attribute: str) -> dict:
+    """How well the model reads ``attribute`` over its catalogue: each product's photo is given the value whose
+    words (``Navy Blue``, read as a caption) score highest against it, among the column's values.
+
+    Returns:
+        ``{"attribute", "accuracy", "majority", "values", "items", "per_value": {value: {"recall", "precision",
+        "n"}}}``: ``accuracy`` is the share of products given their own value, ``majority`` what always
+        answering the most common value would score; empty for a column with fewer than two values.
+    """
+    column = run.catalogue.attributes.get(attribute) or []
+    labelled = [(i, v) for i, v in enumerate(column) if v]
+    values = sorted({v for _, v in labelled})
+    if len(values) < 2:
+        return {}
+    names = embed_texts(run.model, run.vocab, values, run.device).numpy()  # [V, D]
+    idx = np.array([i for i, _ in labelled])
+    truth = np.array([values.index(v) for _, v in labelled])
+    guess = (run.image_embeds.float().numpy()[idx] @ names.T).argmax(1)  # [n]
+    per_value = {}
+    for j, v in enumerate(values):
+        own, called = truth == j, guess == j
+        per_value[v] = {"n": int(own.sum()), "recall": float((called & own).sum() / max(own.sum(), 1)),
+                        "precision": float((called & own).sum() / called.sum()) if called.any() else float("nan")}
+    majority = float(np.bincount(truth, minlength=len(values)).max() / len(truth))
+    return {"attribute": attribute, "accuracy": float((guess == truth).mean()), "majority": majority,
+            "values": len(values), "items": len(truth), "per_value": per_value}
+
+
+def reading_check(run: Run, expl: Explanation, item: int, reading=attribute_reading) -> list[Contradiction]:
+    """The credited words of ``expl`` (whose photo is item ``item`` of the run's catalogue) that name a value of
+    an attribute column other than the product's own (credit for "navy" on a product whose colour is Red).
+
+    Each comes with ``reading(run, column)`` (default ``attribute_reading``), so the page can say how reliably
+    the model reads that column instead of presenting the heat as the reason for the match.
+    """
+    item = check_index(item, len(run.catalogue), "item")
+    out = []
+    for word, effect in credited_words(expl):
+        for attribute, column in run.catalogue.attributes.items():
+            own = column[item] if item < len(column) else ""
+            named = sorted({v for v in set(column) if v and word in tokenize(v)})
+            if not own or not named or word in tokenize(own):
+                continue
+            if len(named) > 50:  # a word in most values (a brand's "of"): it names none of them
+                continue
+            out.append(Contradiction(word, effect, attribute, own, named, reading(run, attribute)))
+    return out
+
+
+def legend(scale: float = SCALE, width: int = 240, height: int = 14) -> Image.Image:
+    """The colour bar of ``overlay`` and of the highlighted words, from ``-scale`` (left) through 0 to ``+scale``
+    (right), over a mid grey: what each colour means, the same for every panel."""
+    values = np.linspace(-scale, scale, width, dtype=np.float32)[None, :].repeat(height, 0)  # [h, w]
+    rgb, alpha = heat_colours(values, scale)
+    out = 160 * (1 - alpha[..., None]) + rgb.astype(np.float32) * alpha[..., None]
+    return Image.fromarray(out.clip(0, 255).astype(np.uint8))
 
 
 def heat_colours(values: np.ndarray, scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -219,15 +345,24 @@ def heat_colours(values: np.ndarray, scale: float | None = None) -> tuple[np.nda
     return rgb, np.abs(level)
 
 
-def overlay(expl: Explanation, scale: int = 2, max_alpha: float = 0.75) -> Image.Image:
+def overlay(expl: Explanation, scale: int = 2, max_alpha: float = 0.5, heat_scale: float | None = SCALE
+            ) -> Image.Image:
     """The photo as the model saw it, in grey (so that the heat shows on a garment of any colour), with the
-    region importance laid over it in colour, ``scale`` times its size."""
+    region importance laid over it in colour, ``scale`` times its size.
+
+    Args:
+        max_alpha: the heat's opacity at full colour: the photo keeps at least ``1 - max_alpha`` of its contrast
+            under the strongest cell.
+        heat_scale: the score change drawn at full colour (``SCALE`` for every model: one legend for all
+            panels); None draws this explanation's own largest change at full colour.
+    """
     h, w = expl.photo.shape[:2]
     size = (w * scale, h * scale)
     smooth = np.asarray(Image.fromarray(expl.regions.astype(np.float32), mode="F").resize(size, Image.BILINEAR))
-    rgb, alpha = heat_colours(smooth, scale=np.abs(expl.regions).max(initial=0.0))
+    rgb, alpha = heat_colours(smooth, scale=heat_scale if heat_scale is not None
+                              else np.abs(expl.regions).max(initial=0.0))
     grey = Image.fromarray(expl.photo).convert("L").resize(size, Image.BILINEAR)
-    photo = 60 + 0.75 * np.asarray(grey.convert("RGB"), dtype=np.float32)  # lighter, lower contrast
+    photo = 20 + 0.9 * np.asarray(grey.convert("RGB"), dtype=np.float32)  # a little lighter, contrast kept
     a = (alpha * max_alpha)[..., None]
     out = photo * (1 - a) + rgb.astype(np.float32) * a
     rows, cols = expl.grid
