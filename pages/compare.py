@@ -34,15 +34,17 @@ if all(analysis.recall_table_coincides(r.test) for r in chosen):
                "the same.")
 table = analysis.test_metrics_table(chosen, gt).drop(columns=["catalogue"])
 shown = analysis.with_intervals(table)
-st.dataframe(shown, hide_index=True, key="cmp_table", column_order=[c for c in shown.columns if c != "model"],
+st.dataframe(shown, hide_index=True, key="cmp_table",
+             column_order=[c for c in shown.columns if c not in ("model", "interval")],
              column_config={
                  "rsum": st.column_config.NumberColumn(format="%.1f", width=62),
                  "gallery": st.column_config.NumberColumn(width=62),
                  "run": st.column_config.TextColumn(pinned=True, width="medium")})
+sources = analysis.interval_sources(table) or "none recorded"
 st.caption(f"Test split of {md(catalogues.describe(group))} ({gt}-level ground truth), weights chosen on validation "
-           "rsum. Recall in %, with its 95% interval in brackets (bootstrap over the test queries); median rank is "
-           "1-based (1 = the true match is usually first). The backbone column says where each run's image weights "
-           "came from.")
+           f"rsum. Recall in %, with its 95% interval in brackets and as the bars' error bars ({md(sources)}); "
+           "median rank is 1-based (1 = the true match is usually first). The backbone column says where each run's "
+           "image weights came from. Each run keeps its colour on every chart.")
 st.plotly_chart(plots.metric_bars(table), key="cmp_bars")
 if len(chosen) >= 2:
     st.subheader("Is the difference real?")
@@ -80,9 +82,8 @@ else:
     attr = c1.selectbox("Slice by", attrs, key="cmp_attr", bind="query-params")
     metric = c2.selectbox("Metric", ["R@1", "R@5", "R@10", "median_rank"], index=2, key="cmp_metric",
                           bind="query-params")
-    parts = [slices.slice_metrics(data["ranks"][d], {attr: data["attributes"][attr]}).assign(run=labels[d])
-             for d in labels if data["ranks"].get(d)]
-    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    table = slices.runs_slice_table({labels[d]: data["ranks"][d] for d in labels if data["ranks"].get(d)},
+                                    {attr: data["attributes"][attr]})
     st.plotly_chart(plots.slice_figure(table, metric), key="cmp_slices")
     small = sorted({v for v, s in zip(table.get("value", []), table.get("small", [])) if s})
     st.caption(f"Bars show the 95% interval (Wilson for recall, bootstrap for the median rank). Slices of fewer "
@@ -97,7 +98,7 @@ else:
             value = c1.selectbox("Slice", values, key="cmp_slice_value")
             items = [x for x, v in zip(data["item_ids"], data["attributes"][attr]) if v == value]
             with c2:
-                pickers.locate_link(chosen[0], items, f"{attr} = {value}")
+                pickers.locate_link(chosen[0], items, f"{attr} = {value}", scope="test", label="Show on the map")
 
 st.subheader("Where two runs disagree most")
 if len(chosen) < 2:
@@ -140,7 +141,7 @@ event = st.dataframe(rows, hide_index=True, row_height=70, height=40 + 70 * len(
 picked = event.selection.rows if event else []
 if picked:
     item = rows["item"].iloc[picked[0]]
-    pickers.locate_link(run_a, [item], f"item {item}")
+    pickers.locate_link(run_a, [item], f"item {item}", scope="test", label="Show on the map")
 from xmodal.dashboard.explain_view import disagreement_why  # noqa: E402
 disagreement_why({str(r.path): f"{ab}: {analysis.run_label(r)}" for ab, r in (("A", run_a), ("B", run_b))},
                  data, list(dis.index), direction)

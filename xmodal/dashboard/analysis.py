@@ -112,27 +112,88 @@ def runs_table(runs: Sequence[RunInfo], ground_truth: str = "caption") -> pd.Dat
     return pd.DataFrame(rows, columns=cols)
 
 
+METRIC_KEYS = [f"{d}/{m}" for d in DIRECTIONS for m in (*(f"R@{k}" for k in KS), "median_rank")]
+INTERVAL_SOURCES = {"recorded": "bootstrap over the test queries (test.json)",
+                    "ranks": "bootstrap over the test queries (from its recorded ranks)",
+                    "wilson": "Wilson (recall only: no ranks recorded)"}
+
+
+def _holds(interval: object, value: object) -> bool:
+    """Whether ``interval`` is a finite ``(lo, hi)`` that contains ``value`` (an interval that does not is
+    someone else's: a run folder edited, or copied under other numbers)."""
+    try:
+        lo, hi = (float(x) for x in interval)  # type: ignore[union-attr]
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return all(map(np.isfinite, (lo, hi, v))) and lo - 1e-6 <= v <= hi + 1e-6
+
+
+def metric_intervals(test: dict, ground_truth: str = "caption") -> tuple[dict[str, tuple[float, float]], list[str]]:
+    """The 95% interval of every R@K and median rank of a run's test.json, and the sources they come from.
+
+    The metrics core's own first (``ci95``, a bootstrap over the test queries); where one is missing or does
+    not contain its number, a bootstrap of the recorded per-query ranks (``metrics.bootstrap_intervals``, the
+    same recipe); else, for recall, the Wilson interval over ``gallery_size`` queries, as the slices have.
+
+    Returns:
+        (``{"text_to_image/R@1": (lo, hi), ...}``, the ``INTERVAL_SOURCES`` keys used).
+    """
+    scores = test.get(ground_truth) or {}
+    recorded = (test.get("ci95") or {}).get(ground_truth) or {}
+    out: dict[str, tuple[float, float]] = {}
+    used: list[str] = []
+    todo = [k for k in METRIC_KEYS if scores.get(k) is not None]
+    for key in todo:
+        if _holds(recorded.get(key), scores[key]):
+            out[key] = tuple(map(float, recorded[key]))
+            used.append("recorded")
+    missing = [k for k in todo if k not in out]
+    ranks = ((test.get("ranks") or {}).get(ground_truth) or {}) if missing else {}
+    if missing and isinstance(ranks, dict) and all(isinstance(ranks.get(d), list) and ranks[d] for d in DIRECTIONS):
+        try:
+            boot = metrics.bootstrap_intervals({d: np.asarray(ranks[d], dtype=np.float64) for d in DIRECTIONS})
+        except (TypeError, ValueError):
+            boot = {}
+        for key in missing:
+            if _holds(boot.get(key), scores[key]):
+                out[key] = tuple(boot[key])
+                used.append("ranks")
+    n = test.get("gallery_size")
+    for key in [k for k in todo if k not in out and "/R@" in k]:
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0 and _holds((0, 100), scores[key]):
+            out[key] = metrics.wilson(int(round(float(scores[key]) * n / 100)), n)
+            used.append("wilson")
+    return out, list(dict.fromkeys(used))
+
+
 def test_metrics_table(runs: Sequence[RunInfo], ground_truth: str = "caption") -> pd.DataFrame:
     """Finished runs' test metrics: R@1/5/10 and median rank in both directions, each with its 95% interval
-    (``... lo`` / ``... hi`` columns, from test.json's ``ci95`` when recorded), one row per run."""
+    (``... lo`` / ``... hi`` columns, ``metric_intervals``: test.json's ``ci95`` when recorded), one row per run;
+    ``interval`` says where the intervals came from."""
     rows = []
     for r in runs:
         test = r.test or {}
         scores = test.get(ground_truth)
         if not scores:
             continue
-        ci = (test.get("ci95") or {}).get(ground_truth) or {}
+        ci, sources = metric_intervals(test, ground_truth)
         row = {"run": run_label(r), "model": r.model, "backbone": backbone_label(r.config),
                "catalogue": catalogue_label(r.config), "gallery": test.get("gallery_size")}
         for d in DIRECTIONS:
             cols = [*((f"R@{k}", f"{SHORT[d]} R@{k}") for k in KS), ("median_rank", f"{SHORT[d]} median rank")]
             for key, col in cols:
                 row[col] = scores.get(f"{d}/{key}")
-                lo_hi = ci.get(f"{d}/{key}") or (None, None)
-                row[f"{col} lo"], row[f"{col} hi"] = lo_hi
+                row[f"{col} lo"], row[f"{col} hi"] = ci.get(f"{d}/{key}") or (None, None)
         row["rsum"] = scores.get("rsum")
+        row["interval"] = "; ".join(INTERVAL_SOURCES[s] for s in sources)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def interval_sources(table: pd.DataFrame) -> str:
+    """Where the intervals of a ``test_metrics_table`` come from, each source once ("" when none)."""
+    return "; ".join(dict.fromkeys(x for v in table.get("interval", []) for x in str(v).split("; ") if x))
 
 
 def with_intervals(table: pd.DataFrame) -> pd.DataFrame:

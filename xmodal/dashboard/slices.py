@@ -96,6 +96,22 @@ def slice_metrics(ranks: dict[str, np.ndarray], attributes: dict[str, Sequence[s
     return df.drop(columns="_order").reset_index(drop=True)
 
 
+def runs_slice_table(ranks_by_run: dict[str, dict[str, np.ndarray]], attributes: dict[str, Sequence[str]],
+                     min_n: int = MIN_N) -> pd.DataFrame:
+    """``slice_metrics`` of several runs over the same queries, stacked, the ``run`` column first (which run a
+    row belongs to is the first thing a reader needs).
+
+    Args:
+        ranks_by_run: run label -> ``analysis.query_ranks`` output over the same N queries.
+        attributes: column -> N values, as for ``slice_metrics``.
+    """
+    parts = [slice_metrics(ranks, attributes, min_n).assign(run=label) for label, ranks in ranks_by_run.items()]
+    if not parts:
+        return pd.DataFrame()
+    table = pd.concat(parts, ignore_index=True)
+    return table[["run", *[c for c in table.columns if c != "run"]]]
+
+
 # ---------------------------------------------------------------- saved slices
 
 def clean_name(name: str) -> str:
