@@ -13,40 +13,43 @@ from typing import Callable
 
 import torch
 
+from ..data import open_catalogue
 from .common import EXTRA_SECTIONS, QUICK, SECTIONS, BenchConfig, Row, format_table
 
 
 def _sections(cfg: BenchConfig, cat, work: Path) -> dict[str, Callable[[], list[Row]]]:
-    """Each section's runner, imported when it runs."""
+    """Each section's runner, imported when it runs: the sections import timm, the models, the training loop
+    and the retrieval stack (seconds), which ``--help`` and a run of one section do not need all of."""
     def features():
-        from .features import bench_features
+        from .features import bench_features  # lazy: a section's imports (see the docstring)
         return bench_features(cfg, cat, work)
 
     def training():
-        from .training import bench_training
+        from .training import bench_training  # lazy: a section's imports
         return bench_training(cfg, cat)
 
     def search():
-        from .search import bench_search
+        from .search import bench_search  # lazy: a section's imports
         return bench_search(cfg, cat, work)
 
     def umap():
-        from .maps import bench_umap
+        from .maps import bench_umap  # lazy: a section's imports
         return bench_umap(cfg, cat)
 
     def dashboard():
-        from .dashboard import bench_dashboard
+        from .dashboard import bench_dashboard  # lazy: a section's imports
         return bench_dashboard(cfg, work)
 
     def explore():
-        from .explore import bench_explore
+        from .explore import bench_explore  # lazy: a section's imports
         return bench_explore(cfg, work)
+
     def metrics():
-        from .scoring import bench_scoring
+        from .scoring import bench_scoring  # lazy: a section's imports
         return bench_scoring(cfg)
 
     def load():
-        from .load import bench_load
+        from .load import bench_load  # lazy: a section's imports
         return bench_load(cfg, work)
     return {"features": features, "training": training, "search": search, "umap": umap, "dashboard": dashboard,
             "explore": explore, "metrics": metrics, "load": load}
@@ -54,7 +57,6 @@ def _sections(cfg: BenchConfig, cat, work: Path) -> dict[str, Callable[[], list[
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> list[Row]:
     """Run the asked-for sections and return their rows."""
-    from ..data import open_catalogue
     unknown = set(cfg.sections) - set(SECTIONS + EXTRA_SECTIONS)
     if unknown:
         raise ValueError(f"unknown bench sections {sorted(unknown)}; choose from {SECTIONS + EXTRA_SECTIONS}")
@@ -74,9 +76,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .. import bench
-    from ..image.runtime import ENV, RUNTIMES, onnxruntime_version, requested_runtime
-    p = argparse.ArgumentParser(prog="python -m xmodal.bench", description=bench.__doc__.split("\n\n")[1])
+    from ..image.runtime import ENV, RUNTIMES, onnxruntime_version, requested_runtime  # lazy: timm, for main only
+    about = sys.modules[__package__].__doc__  # the package's docstring (xmodal/bench/__init__.py)
+    p = argparse.ArgumentParser(prog="python -m xmodal.bench", description=about.split("\n\n")[1])
     p.add_argument("--quick", action="store_true", help="small sizes, no 1M gallery (about 2-4 minutes)")
     p.add_argument("--sizes", type=int, nargs="+", help="gallery sizes (default 10000 100000 1000000)")
     p.add_argument("--sections", nargs="+", choices=SECTIONS + EXTRA_SECTIONS, default=list(SECTIONS),
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[ENV] = a.runtime
     if a.threads:
         torch.set_num_threads(a.threads)
-    import faiss
+    import faiss  # lazy: faiss, for its version in the header
     load, threads = os.getloadavg()[0], torch.get_num_threads()
     t = time.perf_counter()
     rows = run_bench(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))

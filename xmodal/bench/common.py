@@ -11,6 +11,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..data import generate_demo
+
 SECTIONS = ("features", "training", "search", "umap", "dashboard", "explore", "metrics")
 EXTRA_SECTIONS = ("load",)  # run only when asked for (--sections load): a server, many sessions, minutes
 
@@ -124,7 +126,7 @@ def product_like(n: int, dim: int, seed: int = 0, queries: int = 0, chunk: int =
 
 def text_model(vocab_size: int, dim: int):
     """An untrained cmpm-efficientnet (its BiLSTM text tower is what a query goes through)."""
-    from ..models import create_model
+    from ..models import create_model  # lazy: timm and the models, only in the sections that embed text
     torch.manual_seed(0)
     return create_model("cmpm-efficientnet", vocab_size=vocab_size, word_dim=100, embed_dim=dim).eval()
 
@@ -141,14 +143,19 @@ def format_table(rows: list[Row]) -> str:
 
 def tiny_run(cfg: BenchConfig, work: Path) -> Path:
     """A cmpm-efficientnet run trained for one epoch on a tiny demo catalogue (at the backbone's default size)."""
-    from ..data import generate_demo
-    from ..training.cli import main as train
     folder = work / "query_catalogue"  # made once per work folder: later sections reuse it
     data = folder if (folder / "demo.json").is_file() else generate_demo(folder, n=cfg.query_run_items, seed=3)
-    args = ["--model", "cmpm-efficientnet", "--data", str(data), "--epochs", "1", "--batch-size", "16",
-            "--out", str(work / "runs"), "--run-id", "image-query", "--overwrite"]
+    return train_run(work, "image-query", ["--model", "cmpm-efficientnet", "--data", str(data), "--epochs", "1",
+                                           "--batch-size", "16"], "the tiny run")
+
+
+def train_run(work: Path, run_id: str, args: list[str], what: str) -> Path:
+    """``python -m xmodal.train *args`` into ``work/runs/<run_id>`` (replacing it), its output hidden; returns the
+    run folder. Raises ``RuntimeError`` naming ``what`` and the command when training fails."""
+    from ..training.cli import main as train  # lazy: the training loop and timm, only in the sections that train
+    args = [*args, "--out", str(work / "runs"), "--run-id", run_id, "--overwrite"]
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         code = train(args)
     if code != 0:
-        raise RuntimeError(f"training the tiny run failed (python -m xmodal.train {' '.join(args)}: exit {code})")
-    return work / "runs" / "image-query"
+        raise RuntimeError(f"training {what} failed (python -m xmodal.train {' '.join(args)}: exit {code})")
+    return work / "runs" / run_id

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runs import read_json
 from .common import BenchConfig, Row, tiny_run
 
 SECTION = "8 load"
@@ -50,7 +51,7 @@ def load_skip_reason(entry: Path) -> str | None:
         return f"{entry} not found"
     try:
         import websockets  # noqa: F401 - the sessions' client (Streamlit's own server needs it too)
-        from streamlit.proto.BackMsg_pb2 import BackMsg  # noqa: F401
+        from streamlit.proto.BackMsg_pb2 import BackMsg  # noqa: F401 - lazy: Streamlit, optional for the bench
     except ImportError as err:
         return f"{err.name} not installed"
     return None
@@ -71,7 +72,7 @@ class Session:
         self._tasks: list[asyncio.Task] = []
 
     async def __aenter__(self) -> Session:
-        import websockets
+        import websockets  # lazy: the sessions' client, optional for the bench
         self.ws = await asyncio.wait_for(websockets.connect(
             self.url.replace("http://", "ws://") + "/_stcore/stream", subprotocols=["streamlit"], max_size=None,
             ping_interval=None, open_timeout=self.timeout), self.timeout)
@@ -91,7 +92,7 @@ class Session:
 
     async def search(self, query: str) -> float:
         """Seconds from typing ``query`` into the Search page's text box until its results are drawn."""
-        from streamlit.proto.WidgetStates_pb2 import WidgetState
+        from streamlit.proto.WidgetStates_pb2 import WidgetState  # lazy: Streamlit, optional for the bench
         if QUERY_LABEL not in self.widgets:
             raise LoadError(f"the page has no {QUERY_LABEL!r} text box (is it the Search page with a run?)")
         self._states = [WidgetState(id=self.widgets[QUERY_LABEL], string_value=query)]
@@ -109,7 +110,7 @@ class Session:
         return time.perf_counter() - t
 
     def _message(self, fragment_id: str = "") -> bytes:
-        from streamlit.proto.BackMsg_pb2 import BackMsg
+        from streamlit.proto.BackMsg_pb2 import BackMsg  # lazy: Streamlit, optional for the bench
         msg = BackMsg()
         msg.rerun_script.page_name = self._page
         msg.rerun_script.widget_states.widgets.extend(self._states)
@@ -118,7 +119,7 @@ class Session:
         return msg.SerializeToString()
 
     async def _read(self) -> None:
-        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg  # lazy: Streamlit, optional for the bench
         async for raw in self.ws:
             msg = ForwardMsg()
             msg.ParseFromString(raw)
@@ -302,7 +303,6 @@ def served_copy(run_dir: Path, checkpoints: Path, fresh: bool = True) -> Path:
 
 def run_data(run_dir: Path) -> str:
     """The catalogue a run was trained on, as the dashboard's catalogue setting (``demo`` or a folder)."""
-    from ..runs import read_json
     data = (read_json(Path(run_dir) / "config.json", default={}) or {}).get("data") or {}
     return "demo" if data.get("name") == "demo" else str(data.get("path") or "demo")
 

@@ -5,9 +5,7 @@ only measure the calibration's own assumption: real captions sit across the moda
 """
 from __future__ import annotations
 
-import contextlib
 import gc
-import io
 import time
 from pathlib import Path
 from typing import Callable
@@ -19,8 +17,7 @@ from ..models.embed import embed_texts
 from ..retrieval.gallery import Gallery, GalleryConfig, _FaissThreads, exact_topk, recall_at_k
 from ..retrieval.run import load_run
 from ..text.vocabulary import Vocab
-from ..training.cli import main as train
-from .common import BenchConfig, Row, ms, product_like, text_model, timed
+from .common import BenchConfig, Row, ms, product_like, text_model, timed, train_run
 
 
 def _latency(encode: Callable[[str], torch.Tensor], search: Callable[[torch.Tensor], object], texts: list[str],
@@ -75,13 +72,7 @@ def bench_search(cfg: BenchConfig, cat, work: Path, query_run: Path | None = Non
 
 def _recall_run(cat, work: Path) -> Path:
     """A run trained on ``cat`` with ``RECALL_RUN`` (its output hidden), for ``real_query_recall``."""
-    args = [*RECALL_RUN, "--data", str(cat.root), "--out", str(work / "runs"), "--run-id", "recall-queries",
-            "--overwrite"]
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        code = train(args)
-    if code != 0:
-        raise RuntimeError(f"training the recall run failed (python -m xmodal.train {' '.join(args)}: exit {code})")
-    return work / "runs" / "recall-queries"
+    return train_run(work, "recall-queries", [*RECALL_RUN, "--data", str(cat.root)], "the recall run")
 
 
 def real_query_recall(run_dir: Path, seed: int = 0) -> list[Row]:
