@@ -22,14 +22,13 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import streamlit as st
+from PIL import Image
 
 from ..data import normalise_caption
 from . import state, ui
 from .escape import md
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from ..retrieval.compose import ComposedResult
     from ..retrieval.explain import Explanation
     from ..retrieval.run import Hit, Run
@@ -113,7 +112,6 @@ def overlay_png(expl: Explanation) -> bytes:
 
 def photo_png(expl: Explanation) -> bytes:
     """The photo as the model saw it, twice its size, in colour, as PNG bytes (shown beside its heat map)."""
-    from PIL import Image
     h, w = expl.photo.shape[:2]
     return _png(Image.fromarray(expl.photo).resize((2 * w, 2 * h), Image.BILINEAR))
 
