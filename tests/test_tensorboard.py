@@ -29,3 +29,29 @@ def test_the_log_reads_back_with_tensorboards_reader(tmp_path, tiny_catalogue):
     assert any("config" in t for t in tags["tensors"])
     projector = (tmp_path / "tensorboard" / "projector_config.pbtxt").read_text()
     assert "validation" in projector and "sprite" in projector
+
+
+def test_train_with_log_tensorboard_writes_steps_epochs_and_the_projector(tiny_catalogue, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from xmodal.training.cli import main as train
+    from conftest import TINY_SIZE
+    assert train(["--model", "infonce-efficientnet", "--data", str(tiny_catalogue), "--epochs", "2",
+                  "--batch-size", "16", "--out", str(tmp_path), "--run-id", "tb", "--log", "tensorboard",
+                  *TINY_SIZE]) == 0
+    acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    assert "train/loss" in scalars and "val/rsum" in scalars and "val/text_to_image/R@1" in scalars
+    assert [e.step for e in acc.Scalars("val/rsum")] == [1, 2]
+    assert "validation" in (tmp_path / "tb" / "tensorboard" / "projector_config.pbtxt").read_text()
+
+
+def test_log_tensorboard_without_the_package_is_one_line(monkeypatch, tmp_path, capsys, tiny_catalogue):
+    import sys
+
+    from xmodal.training.cli import main as train
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    assert train(["--data", str(tiny_catalogue), "--log", "tensorboard", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install tensorboard" in err and not any(tmp_path.iterdir())

@@ -45,6 +45,7 @@ class TrainConfig:
     seed: int = 0  # initialisation and batch order
     split_seed: int = 0  # train/val/test split
     snapshots: int = 500  # validation products whose embeddings are kept per epoch (fp16; 0: none)
+    log: str = "none"  # also log to: none, or tensorboard (<run>/tensorboard/, needs the tensorboard package)
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # fractions when the csv has no split column
     device: str = "auto"  # auto, cpu or cuda
     precision: str = "auto"  # training arithmetic: auto (bf16 autocast on CUDA and on CPUs with AMX), fp32, bf16
@@ -216,6 +217,12 @@ def validate(cfg: TrainConfig) -> None:
     _check_range("--seed", cfg.seed, 0, 2**32 - 1)
     _check_range("--split-seed", cfg.split_seed, 0, 2**32 - 1)
     _check_range("--snapshots", cfg.snapshots, 0, 20_000)
+    if cfg.log == "tensorboard":
+        from .tblog import check_available  # lazy: TensorBoard is an optional dependency
+        try:
+            check_available()
+        except ImportError as err:
+            raise ArgError(str(err)) from None
     if cfg.run_id is not None and not RUN_ID.match(cfg.run_id):
         raise ArgError(f"--run-id {cfg.run_id!r}: use letters, digits, '.', '_' and '-' (at most 100, "
                        "not starting with '.' or '-')")
@@ -273,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshots", type=int, metavar="N",
                    help="keep N validation products' embeddings each epoch, for the map over epochs (default 500, "
                         "0: none)")
+    p.add_argument("--log", choices=["none", "tensorboard"],
+                   help="also write TensorBoard event files under <run>/tensorboard (pip install tensorboard)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", choices=PRECISIONS,
                    help="training arithmetic (default $XMODAL_PRECISION, else auto: bf16 autocast on CUDA and on "
@@ -322,7 +331,7 @@ def parse_args(argv: list[str] | None) -> Args:
         image_size=tuple(a.image_size) if a.image_size else None, cmpc_weight=a.cmpc_weight,
         tune_blocks=a.tune_blocks, seed=d.seed if a.seed is None else a.seed,
         split_seed=d.split_seed if a.split_seed is None else a.split_seed, device=a.device or d.device,
-        snapshots=d.snapshots if a.snapshots is None else a.snapshots,
+        snapshots=d.snapshots if a.snapshots is None else a.snapshots, log=a.log or d.log,
         precision=a.precision or default_precision(),
         download_weights=bool(a.download_weights), out=a.out or str(checkpoints_dir()), run_id=a.run_id,
         model_args=model_args)

@@ -21,7 +21,6 @@ import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,21 +32,21 @@ from ..evaluation.scoring import evaluate_split
 from .provenance import collect
 from .snapshots import snapshot_epoch
 from ..runs import (
-    BackgroundWriter, MetricsLog, RunLocked, atomic_write_json, new_run_id, read_best, read_metrics, save_best,
+    BackgroundWriter, MetricsLog, atomic_write_json, new_run_id, read_best, read_metrics, save_best,
     save_torch, snapshot, write_status)
-from .args import ArgError, Args, TrainConfig, parse_args
+from .args import Args, TrainConfig, parse_args
 from .loop import (
     NonFiniteError, PairDataset, first_nonfinite_state, make_loader, make_optimizer, reseed, train_one_epoch,
     use_bf16)
 from .loop import steps_per_epoch as epoch_steps
 from .build import build_model, check_weights_source, frozen_epochs, resolve_device, truncation_note
 from .plan import Data, Plan, RunFolderError, already_finished, claim_run_folder, open_data, plan_run
+from .errors import USER_ERRORS, describe_error, kept_note, one_line, record_failure
+from .tblog import TeeLog, TensorBoardLog, write_projector
 from .status import StatusReporter, catalogue_check_estimate, features_cached, owns_status
 
 __all__ = ["TrainConfig", "main"]
 
-# Errors that are the user's input, not a bug: one line, exit code 2.
-USER_ERRORS = (ArgError, CatalogueError, RunLocked)
 
 
 class Stop(Exception):
@@ -154,6 +153,8 @@ def run_epochs(plan: Plan, data: Data, model, features, ctx, device: torch.devic
     loop.writer = writer
     keep = [r for r in read_metrics(run_dir) if r.get("epoch", 0) < loop.start_epoch] if plan.resuming else []
     log = MetricsLog(run_dir / "metrics.jsonl", existing=keep) if ctx.is_main else None
+    if log is not None and cfg.log == "tensorboard":  # every row mirrored to <run>/tensorboard
+        log = TeeLog(log, TensorBoardLog(run_dir, asdict(cfg)))
     t_start = time.time()
 
     def on_step(epoch: int, step: int, terms: dict[str, float]) -> None:
@@ -186,6 +187,9 @@ def run_epochs(plan: Plan, data: Data, model, features, ctx, device: torch.devic
                          lambda: loop.train_seconds + time.time() - t_start, int(means["skipped_steps"]))
         ctx.barrier()
     loop.train_seconds += time.time() - t_start
+    if isinstance(log, TeeLog):  # the last epoch's snapshot goes to TensorBoard's projector
+        write_projector(log.board, run_dir, data.cat)
+        log.board.close()
     return loop
 
 
@@ -342,7 +346,7 @@ def _train_in_folder(plan: Plan, data: Data, ctx, device: torch.device, stop_req
             writer.close()  # the last completed epoch's checkpoints land before the run says it stopped
         except Exception as err:  # that write failed (a full disk): the run failed, and says why
             if ctx.is_main:
-                _record_failure(run_dir, err)
+                record_failure(run_dir, err)
             raise
         if ctx.is_main:
             write_status(run_dir, "stopped", message="stopped by the user; the last completed epoch is kept "
@@ -357,45 +361,8 @@ def _train_in_folder(plan: Plan, data: Data, ctx, device: torch.device, stop_req
         if isinstance(err, NonFiniteError):
             err.kept = kept_note(run_dir)
         if ctx.is_main:
-            _record_failure(run_dir, err)
+            record_failure(run_dir, err)
         raise
-
-
-def kept_note(run_dir: Path) -> str:
-    """What a run stopped by non-finite values leaves: its last good checkpoint, never the bad weights."""
-    best = read_best(run_dir)
-    if not best:
-        return "no epoch had completed, so no checkpoint was written (test.json neither)"
-    return (f"the last good checkpoint is kept (best.safetensors from epoch {best.get('epoch')}, last.pt from the "
-            "last completed epoch); test.json was not written")
-
-
-def _record_failure(run_dir: Path, err: BaseException) -> None:
-    """status.json says failed with the reason, error.log has the traceback (each best effort: the disk may be full)."""
-    try:
-        (run_dir / "error.log").write_text(traceback.format_exc())
-    except OSError:
-        pass
-    try:
-        write_status(run_dir, "failed", error=describe_error(err))
-    except OSError:
-        pass
-
-
-def one_line(err: BaseException) -> str:
-    """An error's message on one line (a catalogue report's details joined with '; ')."""
-    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
-
-
-def describe_error(err: BaseException) -> str:
-    """One line for the user."""
-    import errno
-    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-        return (f"disk full while writing {err.filename or 'a run file'}: free some space, then resume with "
-                "--resume (the last completed epoch is kept)")
-    if isinstance(err, USER_ERRORS + (RunFolderError, NonFiniteError)):
-        return one_line(err)
-    return f"{type(err).__name__}: {one_line(err)[:300]}"
 
 
 def main(argv: list[str] | None = None) -> int:

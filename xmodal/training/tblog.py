@@ -39,8 +39,9 @@ class TensorBoardLog:
 
     def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
-            if isinstance(value, (int, float)) and np.isfinite(value):
-                self.writer.add_scalar(f"val/{name}", float(value), epoch)
+            if isinstance(value, (int, float)) and np.isfinite(value):  # "val/rsum" as is, "pos_sim" as val/...
+                self.writer.add_scalar(name if name.startswith(("val/", "val_")) else f"val/{name}", float(value),
+                                       epoch)
         self.writer.flush()
 
     def embeddings(self, images: torch.Tensor, texts: torch.Tensor, captions: list[str],
@@ -70,3 +71,40 @@ def thumbnails(paths: list[Path]) -> torch.Tensor:
             continue
         out[i] = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
     return out
+
+
+class TeeLog:
+    """The run's ``MetricsLog`` with every row also sent to TensorBoard: step rows' loss terms (at their
+    global step), epoch rows' validation metrics (at their epoch)."""
+
+    SKIP = {"kind", "epoch", "step", "global_step", "time", "split"}
+
+    def __init__(self, log, board: TensorBoardLog):
+        self.log, self.board = log, board
+
+    def add(self, row: dict) -> None:
+        self.log.add(row)
+        values = {k: v for k, v in row.items() if k not in self.SKIP and isinstance(v, (int, float))}
+        if row.get("kind") == "step":
+            self.board.step(int(row.get("global_step", 0)), values)
+        elif row.get("kind") == "epoch":
+            self.board.epoch(int(row.get("epoch", 0)), values)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+
+def write_projector(board: TensorBoardLog, run_dir: Path, cat) -> bool:
+    """The last epoch's snapshot (``xmodal.training.snapshots``) in the projector; False when the run kept none."""
+    from .snapshots import read_snapshots
+    ids, snaps = read_snapshots(run_dir)
+    if not snaps:
+        return False
+    img, txt = snaps[max(snaps)]
+    pos = {iid: i for i, iid in enumerate(cat.item_ids)}
+    index = [pos[i] for i in ids if i in pos]
+    if len(index) != len(ids):
+        return False
+    board.embeddings(torch.from_numpy(img), torch.from_numpy(txt), [cat.captions[i] for i in index],
+                     thumbnails([cat.image_path(i) for i in index]), step=max(snaps))
+    return True
