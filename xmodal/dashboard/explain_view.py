@@ -45,11 +45,14 @@ SCORES = ("Scores are cosine similarities on each model's own scale: they order 
           "the catalogue's {n:,} {what}: {zs}.")
 
 
+def _explain():
+    """``xmodal.retrieval.explain``, imported on first use."""
+    from ..retrieval import explain  # lazy: PyTorch, only once an explanation is drawn or checked
+    return explain
+
+
 def _scale(scale: float | None) -> float:
-    if scale is not None:
-        return float(scale)
-    from ..retrieval.explain import SCALE  # lazy: PyTorch, only once an explanation is drawn
-    return SCALE
+    return float(scale) if scale is not None else _explain().SCALE
 
 
 # ----------------------------------------------------------------------------------------- why did it match
@@ -93,9 +96,8 @@ def _escape_keep_spaces(piece: str) -> str:
 
 def word_effects(expl: Explanation) -> str:
     """Every read word with its signed effect, in caption order (escaped), against the stated baseline."""
-    from ..retrieval.explain import BASELINE  # lazy: PyTorch, only once an explanation is drawn
     words = " · ".join(f"'{md(w)}' {v:+.3f}" for w, v in zip(expl.words, expl.word_scores))
-    return f"Each word's effect, the score minus {md(BASELINE)}: {words}"
+    return f"Each word's effect, the score minus {md(_explain().BASELINE)}: {words}"
 
 
 def _png(image) -> bytes:
@@ -106,8 +108,7 @@ def _png(image) -> bytes:
 
 def overlay_png(expl: Explanation) -> bytes:
     """The photo with its region importance laid over it on the absolute scale, as PNG bytes."""
-    from ..retrieval.explain import overlay  # lazy: PyTorch, only once an explanation is drawn
-    return _png(overlay(expl))
+    return _png(_explain().overlay(expl))
 
 
 def photo_png(expl: Explanation) -> bytes:
@@ -118,8 +119,7 @@ def photo_png(expl: Explanation) -> bytes:
 
 def legend_png(scale: float | None = None) -> bytes:
     """The colour bar shared by every panel, ``-scale`` to ``+scale``, as PNG bytes."""
-    from ..retrieval.explain import legend  # lazy: PyTorch, only once an explanation is drawn
-    return _png(legend(_scale(scale)))
+    return _png(_explain().legend(_scale(scale)))
 
 
 def score_line(expl: Explanation) -> str:
@@ -143,8 +143,7 @@ def image_key(image: Image.Image | str | Path) -> str:
 @st.cache_data(show_spinner="Explaining the match (each word and each region of the photo left out in turn)...",
                max_entries=256)
 def _explanation(run_dir: str, stamp: int, text: str, key: str, query: str, _image) -> Explanation:
-    from ..retrieval.explain import explain  # lazy: PyTorch, only once a pair is explained
-    return explain(state.run(run_dir), text, _image, query=query)
+    return _explain().explain(state.run(run_dir), text, _image, query=query)
 
 
 def explanation(run_dir: str | Path, text: str, image: Image.Image | str | Path, query: str = "text") -> Explanation:
@@ -157,8 +156,7 @@ def explanation(run_dir: str | Path, text: str, image: Image.Image | str | Path,
 @st.cache_data(show_spinner="Measuring how well the model reads this attribute over the catalogue...",
                max_entries=64)
 def _reading(run_dir: str, stamp: int, attribute: str) -> dict:
-    from ..retrieval.explain import attribute_reading  # lazy: PyTorch, only once an explanation is checked
-    return attribute_reading(state.run(run_dir), attribute)
+    return _explain().attribute_reading(state.run(run_dir), attribute)
 
 
 def sanity_check(run_dir: str | Path, expl: Explanation, item: int | None) -> list | None:
@@ -166,9 +164,8 @@ def sanity_check(run_dir: str | Path, expl: Explanation, item: int | None) -> li
     attribute's reading cached per run); None when the photo is not a catalogue product."""
     if item is None:
         return None
-    from ..retrieval.explain import reading_check  # lazy: PyTorch, only once an explanation is checked
     stamp = state._mtime(Path(run_dir) / "best.safetensors")
-    return reading_check(state.run(run_dir), expl, int(item),
+    return _explain().reading_check(state.run(run_dir), expl, int(item),
                          reading=lambda _run, attribute: _reading(str(run_dir), stamp, attribute))
 
 
