@@ -4,6 +4,7 @@ true match landed and what ranked above it; why any result matched (words and re
 words ("in red"), beside photo only and words only; and "more like this / less like this" rounds."""
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from xmodal.dashboard import analysis, checks, explain_view, pickers, queries, state, ui
@@ -18,6 +19,7 @@ if not runs:
     st.stop()
 ui.load_pytorch()  # a spinner the first time after the server starts; instant after that
 from xmodal.retrieval.compose import DEFAULT_WEIGHT  # noqa: E402
+from xmodal.retrieval.filters import where_mask  # noqa: E402
 from xmodal.retrieval.run import RunError, UnknownQueryError  # noqa: E402
 
 c1, c2, c3 = st.columns([3, 1.3, 1])
@@ -45,13 +47,27 @@ test_pos = test_pos or list(range(len(cat)))  # a run trained on another catalog
 galleries = {label: None if scope == "all" else
              analysis.split_positions(cat.item_ids, state.test_split_ids(paths[label])) for label in loaded}
 galleries = {label: g if g is None or len(g) else None for label, g in galleries.items()}  # no split: everything
+where = ui.filter_widgets(cat)  # the catalogue's attribute columns, kept in the URL
+if where:
+    try:
+        kept = np.flatnonzero(where_mask(cat, where))
+    except ValueError as err:  # keeps no product: say so, search nothing
+        st.warning(md(err), icon=":material/filter_alt_off:")
+        st.stop()
+    galleries = {label: kept if g is None else np.intersect1d(g, kept) for label, g in galleries.items()}
+    if any(len(g) == 0 for g in galleries.values()):
+        st.warning("The filter keeps no product of this gallery; widen it or search the whole catalogue.",
+                   icon=":material/filter_alt_off:")
+        st.stop()
 
 
 def gallery_caption(label: str) -> None:
     g = galleries[label]
     st.caption(md(queries.gallery_line(analysis.catalogue_label(chosen[0].config), "all" if g is None else "test",
                                        len(cat) if g is None else len(g)))
-               + ("; the true match is caption-level (identical titles count)" if scope == "test" else ""))
+               + ("; the true match is caption-level (identical titles count)" if scope == "test" else "")
+               + (f"; filtered by {md(', '.join(f'{c} = ' + ' or '.join(v) for c, v in where.items()))}"
+                  if where else ""))
 
 
 def item_label(i: int) -> str:
@@ -149,7 +165,8 @@ with tab_image:
 
 with tab_compose:
     st.caption("A photo changed by words: the product in another colour, pattern or cut. Its results sit beside "
-               "the photo's alone and the words' alone; below, mark results to get more or fewer like them.")
+               "the photo's alone and the words' alone; below, mark results to get more or fewer like them."
+               + (" The attribute filter does not apply here: it searches every product." if where else ""))
     source = st.radio("Photo", ["A catalogue product (test split)", "Upload a photo"], horizontal=True,
                       key="search_compose_src")
     photo, photo_key = None, None

@@ -181,3 +181,27 @@ def background_work(what: str, folders: Sequence[Path], task: str, ready, start,
         line, frac = tasks.describe(rec)
         st.progress(min(max(frac or 0.0, 0.0), 1.0), text=f"**{md(f.name)}**: {md(line)}")
     return False
+
+
+FILTER_MAX_VALUES = 60  # columns with more distinct values (free text, ids) are not offered as filters
+
+
+def filter_widgets(cat) -> dict[str, list[str]]:
+    """The Search page's attribute filters (one multiselect per column, kept in the URL), with how many products
+    each value keeps; returns ``where`` for ``xmodal.retrieval.filters`` (empty: no filter)."""
+    columns = {c: v for c, v in cat.attributes.items() if 1 < len(set(v)) <= FILTER_MAX_VALUES}
+    if not columns:
+        return {}
+    where: dict[str, list[str]] = {}
+    with st.expander("Filter by attributes", expanded=False):
+        cols = st.columns(min(len(columns), 4))
+        for n, (column, values) in enumerate(columns.items()):
+            counts: dict[str, int] = {}
+            for v in values:
+                counts[str(v)] = counts.get(str(v), 0) + 1
+            picked = cols[n % len(cols)].multiselect(
+                column, sorted(counts), key=f"search_f_{column}", bind="query-params",
+                format_func=lambda v, c=counts: f"{v} ({c[v]:,})")
+            if picked:
+                where[column] = list(picked)
+    return where
