@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import metrics
+from .project2d import import_umap
 
 
 def _stack(img: np.ndarray, txt: np.ndarray) -> np.ndarray:
@@ -36,8 +37,7 @@ def aligned_maps(snapshots: dict[int, tuple[np.ndarray, np.ndarray]], method: st
         axes = vt[:2].T  # [D, 2]
         return {e: (_stack(*s) - centre) @ axes for e, s in sorted(snapshots.items())}
     if method == "umap":
-        from .project2d import import_umap  # lazy: umap-learn and numba, only for this method
-        umap = import_umap()
+        umap = import_umap()  # umap-learn and numba load here, only for this method
         reducer = umap.UMAP(n_components=2, metric="cosine", random_state=seed, n_neighbors=15, min_dist=0.1)
         fitted = reducer.fit_transform(ref)
         return {e: (fitted if e == last else reducer.transform(_stack(*s))) for e, s in sorted(snapshots.items())}
