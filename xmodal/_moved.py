@@ -35,6 +35,18 @@ def moved_warning(old: str, new: str) -> None:
                   DeprecationWarning, stacklevel=3)
 
 
+def forwarding_getattr(package: str, module: str):
+    """A package's ``__getattr__`` that serves the names of the module it replaced (now ``package.module``),
+    each with a DeprecationWarning."""
+    def __getattr__(name: str):
+        new = importlib.import_module(f"{package}.{module}")
+        if name.startswith("__") or not hasattr(new, name):
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        moved_warning(f"{package}.{name}", f"{package}.{module}.{name}")
+        return getattr(new, name)
+    return __getattr__
+
+
 class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, name, path=None, target=None):
         return importlib.util.spec_from_loader(name, self) if name in MOVED else None
