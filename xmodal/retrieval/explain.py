@@ -13,9 +13,8 @@ Both measure what the model does when part of its input goes missing, for any of
   backbone runs here); a cell's importance is the drop of the score. One batch: the photo and its
   ``rows * cols`` occluded copies.
 
-A positive value means the word or region pushes the score up (the match leans on it); a negative one that
-the model would like the pair better without it. ``GRID`` (7 x 5 = 35 occluded copies) keeps one
-explanation at the default 224x168 under 2 s on two CPU cores (``bench_explain``).
+A positive value: the word or region pushes the score up; negative: the model likes the pair better without
+it. ``GRID`` (7 x 5 = 35 occluded copies) keeps one explanation fast (``bench_explain``).
 
 Explanations of different models are drawn on one absolute scale (``SCALE``: a change of the cosine score),
 so a word worth +0.011 to one model never looks like a word worth +0.228 to another. A raw cosine cannot be
@@ -224,8 +223,7 @@ def explain(run: Run, text: str, image: Image.Image | str | os.PathLike | bytes 
     from the side of ``query`` (``text``: the caption searched the photos; ``image``: the photo the captions).
 
     Raises:
-        ValueError: ``text`` is not a string; ``image`` is an index outside the catalogue, or a file that cannot
-            be opened (``ImageError``); ``grid`` is not two whole numbers from 1 to 32; ``query`` is neither.
+        ValueError: a non-string ``text``, an index outside the catalogue or an unreadable ``image``, a bad ``grid``.
     """
     if query not in ("text", "image"):
         raise ValueError(f"query must be 'text' or 'image'; got {query!r}")
