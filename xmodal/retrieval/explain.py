@@ -16,9 +16,8 @@ Both measure what the model does when part of its input goes missing, for any of
 A positive value: the word or region pushes the score up; negative: the model likes the pair better without
 it. ``GRID`` (7 x 5 = 35 occluded copies) keeps one explanation fast (``bench_explain``).
 
-Explanations of different models are drawn on one absolute scale (``SCALE``: a change of the cosine score),
-so a word worth +0.011 to one model never looks like a word worth +0.228 to another. A raw cosine cannot be
-compared across models either (a siamese model scores every hit near 0.998), so ``explain`` also places the
+Models share one absolute scale (``SCALE``: a change of the cosine score). Raw cosines cannot be compared
+across models either (a siamese model scores every hit near 0.998), so ``explain`` also places the
 pair among the catalogue (``Calibration``: its rank and how many standard deviations it stands above the
 query's mean score). ``reading_check`` says when an explanation contradicts the photo: a word credited by the
 model names an attribute value the product does not have ("navy" on a red shirt), and how well the model
