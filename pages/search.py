@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from xmodal.dashboard import analysis, checks, explain_view, pickers, queries, state, ui
+from xmodal.dashboard import analysis, catalogues, checks, explain_view, pickers, queries, state, ui
 from xmodal.dashboard.escape import md
+from xmodal.dashboard.maps.view import gallery_words
 from xmodal.dashboard.uploads import EXTENSIONS, UploadError, read_upload
 
 ui.page_guard("pages/search.py")
@@ -70,6 +71,19 @@ def gallery_caption(label: str) -> None:
                   if where else ""))
 
 
+def gallery_size(label: str) -> tuple[int, str]:
+    """How many products a run's results were ranked among, and where (what its true match's rank is out of)."""
+    g = galleries[label]
+    place = "whole catalogue" if g is None or scope == "all" else "test split"
+    return (len(cat) if g is None else len(g)), place + (", filtered" if where else "")
+
+
+def state_note(label: str) -> None:
+    """A badge under a run that is not finished: its results come from its best weights so far."""
+    if badge := catalogues.state_badge(infos[label]):
+        st.caption(f"⚠ {md(label)} is not finished, {md(badge)}")
+
+
 def item_label(i: int) -> str:
     return f"{cat.item_ids[i]} · {cat.captions[i]}"
 
@@ -84,10 +98,13 @@ def show(results: dict[str, queries.QueryResult], grid: bool, tab: str, text: st
             if len(results) > 1:
                 st.markdown(f"**{md(models[label])}**")
                 st.caption(md(label))
+            state_note(label)
             gallery_caption(label)
             if res.rank is not None:
-                st.metric("True match landed at rank", res.rank, help="caption-level: items with the identical "
-                          "title count as the true match too")
+                size, place = gallery_size(label)
+                st.metric("True match landed at rank", res.rank, delta=gallery_words(size, place, "caption"),
+                          delta_color="off", delta_arrow="off", help=f"out of the {size:,} products searched "
+                          f"({place}); caption-level: items with the identical title count as the true match too")
             if grid and len(results) == 1:
                 ui.hit_grid(res.hits)
             else:
@@ -196,6 +213,7 @@ with tab_compose:
         if len(loaded) > 1:
             label = st.selectbox("Run", list(loaded), key="search_compose_run")
         run = loaded[label]
+        state_note(label)
         st.caption(md(queries.gallery_line(analysis.catalogue_label(chosen[0].config), "all", len(cat)))
                    + " (Photo + words always searches every product; the photo's own product is left out)")
         try:

@@ -6,8 +6,10 @@ import streamlit as st
 
 from xmodal.dashboard import analysis, catalogues, pickers, plots, state, ui
 from xmodal.dashboard.escape import md
+from xmodal.dashboard.pickers import GROUND_TRUTHS
 from xmodal.runs import read_status
 
+pickers.hold_url()  # a URL opened on a freshly started server keeps its view
 ui.page_guard("pages/training.py")
 st.title("Training")
 runs = ui.visible_runs()
@@ -20,16 +22,19 @@ if not runs:
         ui.no_runs_hint("the Training page")
     st.stop()
 
+pickers.open_view("train_")  # opened bare (from the sidebar): this session's last choice comes back
 cat, group = pickers.catalogue_picker(runs)
 running = [r for r in group if r.status.get("state") == "running"]
 default = running or catalogues.default_runs(group, lambda r: state.metrics(r.path), limit=3) or group[:3]
 c0, c1, c2 = st.columns([3, 1, 1])
-with c0:
+with c0:  # in the URL even when they are today's default: the runs training now, or the best ones
     selected = pickers.runs_picker(cat, group, key="train_runs", label="Runs to overlay", default=default)
-smooth = c1.slider("Smooth the loss over steps", 1, 50, 5, key="train_smooth", bind="query-params")
-level = c2.radio("Validation ground truth", ["caption", "item"], horizontal=True, key="train_gt",
-                 bind="query-params",
-                 help="caption: items with identical titles all count as correct; item: only the item's own pair")
+smooth = pickers.url_widget(c1.slider, "train_smooth", pickers.number(1, 50, integer=True), 5,
+                            "Smooth the loss over steps", 1, 50)
+level = pickers.url_widget(c2.radio, "train_gt", pickers.choice(GROUND_TRUTHS), "caption", "Validation ground truth",
+                           list(GROUND_TRUTHS), horizontal=True,
+                           help="caption: items with identical titles all count as correct; item: only the item's "
+                                "own pair")
 live = any(r.status.get("state") == "running" for r in selected)
 
 
@@ -76,6 +81,10 @@ def curves() -> None:
         st.caption("On this catalogue's validation split no two items share a title, so caption- and item-level "
                    "recall are the same numbers.")
     st.plotly_chart(plots.validation_figure(with_epochs, "val" if level == "caption" else "val_item"), key="val_fig")
+    sizes = sorted({len(state.test_split_ids(r.path, "val")) for r in selected} - {0})
+    if sizes:
+        st.caption(f"Recall and median rank among each run's validation split "
+                   f"({' or '.join(f'{s:,}' for s in sizes)} products), {level}-level.")
     st.subheader("Positive vs negative cosine similarity (validation)")
     st.caption("Matching pairs should pull away from random pairs; when the two lines meet, the model has collapsed.")
     st.plotly_chart(plots.similarity_figure(with_epochs), key="sim_fig")

@@ -8,7 +8,8 @@ identified by its name and content fingerprint from ``config.json``, then its ru
 A run is *unfit* to be chosen by default when it failed, is still training, has no test metrics yet, or
 has *collapsed*: the Training page's alarm (``analysis.detect_collapse``: a flat loss and matching pairs
 no closer than random ones at its last validation), or a test R@10 within ``CHANCE_FACTOR`` of what ranking
-at random gives on its gallery.
+at random gives on its gallery. A run that is not finished carries a badge wherever it is shown (``state_badge``):
+its numbers and maps come from its best weights so far.
 """
 from __future__ import annotations
 
@@ -89,6 +90,26 @@ def health(info: RunInfo, rows: Sequence[dict] = ()) -> str | None:
     if reason := collapse_reason(info, rows):
         return f"collapsed: {reason}"
     return None
+
+
+def state_badge(info: RunInfo) -> str | None:
+    """A run that is not finished, in words, wherever it is shown (the pickers, the map, Search's columns side by
+    side): ``still training (epoch 3 of 10): its best weights so far, from epoch 2``; None for a finished run.
+
+    Its numbers and maps come from the best checkpoint so far, which the next epoch may replace: it is never shown
+    as if it were finished.
+    """
+    status = info.status or {}
+    state = status.get("state")
+    if state == "finished" or (state not in ("running", "stopped", "failed") and info.test):
+        return None
+    epoch, epochs = status.get("epoch"), status.get("epochs")
+    at = f" (epoch {epoch} of {epochs})" if isinstance(epoch, (int, float)) and isinstance(epochs, (int, float)) \
+        else ""
+    best = (info.best or {}).get("epoch")
+    weights = f"its best weights so far, from epoch {best}" if isinstance(best, (int, float)) else "no best weights yet"
+    what = {"running": "still training", "stopped": "stopped", "failed": "failed"}.get(state, "state unknown")
+    return f"{what}{at}: {weights}"
 
 
 def rsum(info: RunInfo, ground_truth: str = "caption") -> float:

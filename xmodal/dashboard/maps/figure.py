@@ -5,8 +5,9 @@ most ``SVG_MAX_ITEMS`` items draws as SVG, which shows sooner than a WebGL conte
 Points are coloured by modality, by an attribute (``colours.Colouring``: named colours in their own colour,
 other values in a palette that never repeats), or by the rank of each item's true match (green at rank 1,
 red far down, on a log scale). Items a filter leaves out stay as faint grey context; items another page
-asked to locate get a black ring; a clicked or selected point grows while the others fade. Every
-marker's ``customdata`` is its item's position (0..n-1), so a click
+asked to locate get a black ring; a clicked or selected point grows while the others fade, and so does a point
+chosen in the URL (``selected``: plotly's ``selectedpoints``, which a later click overrides in the browser without
+the figure changing). Every marker's ``customdata`` is its item's position (0..n-1), so a click
 or a box/lasso selection maps back to items. Hover text and legend names are escaped (``escape.plotly``).
 """
 from __future__ import annotations
@@ -29,6 +30,11 @@ SVG_MAX_ITEMS = 1000  # maps of at most this many items draw as SVG: no WebGL co
 def _point_size(n: int) -> float:
     """Smaller markers on denser maps."""
     return float(np.clip(9 - 1.2 * np.log10(max(n, 1)), 3, 8))
+
+
+def _lines(text: str) -> str:
+    """Plain text with line breaks as a Plotly label: each line escaped, joined by ``<br>``."""
+    return "<br>".join(esc(line) for line in str(text).split("\n"))
 
 
 def _ring(fig: go.Figure, trace, img: np.ndarray, txt: np.ndarray, ring: np.ndarray, text: np.ndarray | None) -> None:
@@ -61,7 +67,8 @@ def _background(fig: go.Figure, trace, img: np.ndarray, txt: np.ndarray, keep: n
 
 def map_figure(xy: np.ndarray, captions: Sequence[str], *, colouring: Colouring | None = None,
                ranks: np.ndarray | None = None, keep: np.ndarray | None = None, highlight: Sequence[int] = (),
-               lines: bool = False, method: str = "umap", gl: bool | None = None, hover: bool = True) -> go.Figure:
+               lines: bool = False, method: str = "umap", gl: bool | None = None, hover: bool = True,
+               rank_title: str = "rank of true match", selected: int | None = None) -> go.Figure:
     """Photo points (circles) and title points (crosses) of n items in one map.
 
     Args:
@@ -77,6 +84,9 @@ def map_figure(xy: np.ndarray, captions: Sequence[str], *, colouring: Colouring 
             items (a WebGL context costs a few hundred ms to start, more than SVG takes to draw a few thousand
             points), WebGL beyond.
         hover: titles in the hover labels (off saves their bytes on huge maps).
+        rank_title: the colour bar's title with ``ranks`` (plain text, ``\\n`` between lines): what the ranks are
+            out of, and under which ground truth.
+        selected: the position of an item to show selected (its points grown, the others faded), as a click would.
     """
     n = len(captions)
     img, txt = np.asarray(xy[:n]), np.asarray(xy[n:])
@@ -90,7 +100,8 @@ def map_figure(xy: np.ndarray, captions: Sequence[str], *, colouring: Colouring 
 
     def add(idx: np.ndarray, modality: str, name: str, marker: dict, group: str, legend: bool) -> None:
         pts = img if modality == "photo" else txt
-        fig.add_trace(trace(
+        chosen = {} if selected is None else {"selectedpoints": np.flatnonzero(idx == selected).tolist()}
+        fig.add_trace(trace(**chosen,
             x=pts[idx, 0], y=pts[idx, 1], mode="markers", name=name, legendgroup=group, showlegend=legend,
             customdata=idx, text=text[idx] if hover else None,
             hovertemplate=f"{modality}: %{{text}}<extra></extra>" if hover else f"{modality} %{{customdata}}"
@@ -107,7 +118,7 @@ def map_figure(xy: np.ndarray, captions: Sequence[str], *, colouring: Colouring 
             ticks = [t for t in (1, 10, 100, 1000, 10000, 100000) if np.log10(t) <= top]
             add(kept, modality, f"{modality}s", dict(color=np.log10(r), colorscale=RANK_SCALE, cmin=0, cmax=top,
                                                      showscale=modality == "photo",
-                                                     colorbar=dict(title="rank of true match", tickvals=np.log10(ticks),
+                                                     colorbar=dict(title=_lines(rank_title), tickvals=np.log10(ticks),
                                                                    ticktext=[str(t) for t in ticks])),
                 f"rank-{modality}", True)
         elif colouring is None:

@@ -8,8 +8,10 @@ embeddings (``xmodal.dashboard.maps.embeds``) if they are missing.
 
 The file, ``projection_<key>.npz``, holds ``xy`` ``[2n, 2]`` (the n photo points, then the n title points
 of the same items), the items' catalogue positions ``index`` ``[n]``, the method used, and each item's rank
-of its true match among the mapped items in both directions (caption-level: identical titles count), so
-the map can be coloured and filtered by how the model does. ``load`` adds the items' embeddings, titles,
+of its true match among the mapped items in both directions, under both ground truths (``rank_t2i``/``rank_i2t``
+caption-level: identical titles count; ``rank_t2i_item``/``rank_i2t_item`` item-level: only its own pair), from
+the metrics core (``metrics.ranks_by_ground_truth``), so the map can be coloured and filtered by how the model
+does under the ground truth the page shows. ``load`` adds the items' embeddings, titles,
 photos, splits and attributes from the embeddings file. The key covers the weights, the catalogue and every
 setting (``MapSettings``), so another setting or retraining never shows a stale map. The file is written
 atomically; ``load`` checks it (each member's CRC-32, shapes, finite values) and computes a damaged one again,
@@ -35,6 +37,9 @@ from ..jobs import tasks
 MAX_ITEMS = 200_000  # items mapped at most (a seeded sample beyond that): 400k points
 METHODS = ("umap", "pca")
 SCOPES = ("test", "all")
+SCOPE_NAMES = {"test": "test split", "all": "whole catalogue"}  # what each scope is called on the page and in URLs
+GROUND_TRUTHS = ("caption", "item")
+VERSION = 2  # bump when the file's layout changes (2: item-level ranks beside the caption-level ones)
 INDEX_FILE = "maps.json"  # file name -> settings of each map computed here (to recompute a damaged one)
 
 
@@ -76,7 +81,7 @@ def projection_path(run_dir: Path, settings: MapSettings | str = "umap") -> Path
     source = embeds.embeds_path(Path(run_dir))
     if source is None:
         return None
-    key = hashlib.sha256(f"{source.stem}|{_settings(settings).key()}|{MAX_ITEMS}".encode())
+    key = hashlib.sha256(f"{source.stem}|{_settings(settings).key()}|{MAX_ITEMS}|{VERSION}".encode())
     return Path(run_dir) / f"projection_{key.hexdigest()[:12]}.npz"
 
 
@@ -125,12 +130,11 @@ def compute(run_dir: Path, settings: MapSettings | str = "umap", run=None,
     xy, used = project(np.concatenate([img, txt]), settings.method, n_neighbors=settings.n_neighbors,
                        min_dist=settings.min_dist)
     if progress:
-        progress.phase("ranking each item's true match", total=2 * len(index))  # both directions
-    ranks = metrics.split_ranks(img, txt, [emb["captions"][i] for i in index], "caption",
-                                progress=progress.advance if progress else None)
+        progress.phase("ranking each item's true match (caption- and item-level)")
+    ranks = metrics.ranks_by_ground_truth(img, txt, [emb["captions"][i] for i in index])
     with atomic_write(path) as f:
-        np.savez(f, xy=xy, index=index, method=np.array(used), rank_t2i=ranks["text_to_image"].astype(np.int64),
-                 rank_i2t=ranks["image_to_text"].astype(np.int64))
+        np.savez(f, xy=xy, index=index, method=np.array(used),
+                 **{rank_key(d, gt): ranks[gt][d].astype(np.int64) for gt in GROUND_TRUTHS for d in metrics.DIRECTIONS})
     _remember(run_dir, path, settings)
     try:  # the hover photos: a map without them still works (the page offers to make them again)
         sprites.build_for_map(run_dir, index, [emb["images"][i] for i in index.tolist()], progress)
@@ -139,17 +143,26 @@ def compute(run_dir: Path, settings: MapSettings | str = "umap", run=None,
     return path
 
 
+def rank_key(direction: str, ground_truth: str = "caption") -> str:
+    """The name of the ranks of ``direction`` under ``ground_truth`` in a map (``rank_t2i``, ``rank_i2t_item``)."""
+    short = {"text_to_image": "t2i", "image_to_text": "i2t"}[direction]
+    return f"rank_{short}" + ("" if ground_truth == "caption" else f"_{ground_truth}")
+
+
+RANK_KEYS = tuple(rank_key(d, gt) for gt in GROUND_TRUTHS for d in metrics.DIRECTIONS)
+
+
 def _read(path: Path) -> dict:
     """A projection file's arrays, checked; raises if the file is damaged."""
     with np.load(path, allow_pickle=False) as data:
         out = {k: data[k] for k in data.files}  # reading each member checks its CRC-32
-    missing = {"xy", "index", "method", "rank_t2i", "rank_i2t"} - set(out)
+    missing = {"xy", "index", "method", *RANK_KEYS} - set(out)
     if missing:
         raise ValueError(f"it lacks {sorted(missing)}")
     n = len(out["index"])
     check_array("index", out["index"], (n,), ("int32", "int64"))
     check_array("xy", out["xy"], (2 * n, 2), ("float32",))
-    for k in ("rank_t2i", "rank_i2t"):
+    for k in RANK_KEYS:
         check_array(k, out[k], (n,), ("int32", "int64"))
     if str(out["method"]) not in METHODS:
         raise ValueError(f"unknown method {str(out['method'])!r}")
@@ -174,7 +187,7 @@ def _requested(path: Path) -> MapSettings:
 
 
 def load(path: Path) -> dict:
-    """A map: ``xy``, ``index``, ``method``, ``rank_t2i``/``rank_i2t`` ``[n]``, and for its n items from the
+    """A map: ``xy``, ``index``, ``method``, the ranks (``RANK_KEYS``, ``[n]`` each), and for its n items from the
     embeddings file: ``image_embeds``/``text_embeds`` ``[n, D]``, lists ``captions``, ``images``,
     ``item_ids``, ``split`` and ``attributes`` (column -> n values).
 
@@ -193,8 +206,7 @@ def load(path: Path) -> dict:
     emb = embeds.load(source)
     index = out["index"]
     pick = index.tolist()
-    return {"xy": out["xy"], "index": index, "method": str(out["method"]),
-            "rank_t2i": out["rank_t2i"], "rank_i2t": out["rank_i2t"],
+    return {"xy": out["xy"], "index": index, "method": str(out["method"]), **{k: out[k] for k in RANK_KEYS},
             "image_embeds": emb["image"][index], "text_embeds": emb["text"][index],
             "captions": [emb["captions"][i] for i in pick], "images": [emb["images"][i] for i in pick],
             "item_ids": [emb["item_ids"][i] for i in pick], "split": [emb["split"][i] for i in pick],

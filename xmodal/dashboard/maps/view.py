@@ -13,12 +13,31 @@ from typing import Sequence
 import numpy as np
 
 from ...evaluation import metrics
+from .projection import SCOPE_NAMES, rank_key
 
 # Ranges of the true match's rank: (label, lowest, highest).
 RANK_BINS = (("1", 1, 1), ("2-5", 2, 5), ("6-10", 6, 10), ("11-50", 11, 50), ("51-100", 51, 100),
              ("over 100", 101, np.iinfo(np.int64).max))
 RANK_LABELS = tuple(b[0] for b in RANK_BINS)
-DIRECTION_OF = {"text_to_image": "rank_t2i", "image_to_text": "rank_i2t"}
+DIRECTION_OF = {"text_to_image": "rank_t2i", "image_to_text": "rank_i2t"}  # caption-level (``ranks_of``: either)
+DIRECTION_NAMES = {"text_to_image": "title → photo", "image_to_text": "photo → title"}
+
+
+def ranks_of(data: dict, direction: str, ground_truth: str = "caption") -> np.ndarray:
+    """The mapped items' ranks of their true match in ``direction`` under ``ground_truth`` (``projection.load``)."""
+    return data[rank_key(direction, ground_truth)]
+
+
+def gallery_words(n: int, scope: str, ground_truth: str) -> str:
+    """What a rank is out of and where: ``of 10,100 (whole catalogue, caption-level)``. ``scope``: ``test`` or
+    ``all`` (``SCOPE_NAMES``), or words of its own (``whole catalogue, filtered``)."""
+    return f"of {n:,} ({SCOPE_NAMES.get(scope, scope)}, {ground_truth}-level)"
+
+
+def rank_text(rank: int, n: int, scope: str, ground_truth: str) -> str:
+    """A rank that says what it is out of and where: ``rank 98 of 10,100 (whole catalogue, caption-level)``; the
+    map's click panel, its located items and Search's true match all say it this way."""
+    return f"rank {int(rank):,} {gallery_words(n, scope, ground_truth)}"
 
 
 def rank_bin_counts(ranks: np.ndarray, mask: np.ndarray | None = None) -> dict[str, int]:
@@ -52,6 +71,7 @@ class MapFilter:
     splits: list[str] = field(default_factory=list)  # train/val/test kept (empty: all)
     direction: str = "text_to_image"  # whose rank the range applies to
     rank_range: tuple[str, str] | None = None  # (first bin, last bin); None: any rank
+    ground_truth: str = "caption"  # the ranks the range reads: caption- or item-level (the page's one choice)
 
     def mask(self, data: dict) -> np.ndarray:
         """Boolean ``[n]``: the mapped items this filter keeps."""
@@ -64,7 +84,7 @@ class MapFilter:
         if self.splits:
             keep &= np.isin(np.asarray(data["split"], dtype=object), list(self.splits))
         if self.rank_range:
-            keep &= rank_range_mask(data[DIRECTION_OF[self.direction]], *self.rank_range)
+            keep &= rank_range_mask(ranks_of(data, self.direction, self.ground_truth), *self.rank_range)
         return keep
 
     def active(self) -> bool:
@@ -83,16 +103,17 @@ class Neighbours:
 
 
 def neighbours(image_embeds: np.ndarray, text_embeds: np.ndarray, item: int, k: int = 8,
-               captions: Sequence[str] | None = None) -> Neighbours:
+               captions: Sequence[str] | None = None, ground_truth: str = "caption") -> Neighbours:
     """Photos nearest item ``item``'s title and titles nearest its photo, over the mapped items.
 
-    The ranks are the metrics core's (``xmodal.evaluation.metrics.rank_of_match``: ties count against the model). With
-    ``captions`` they are caption-level, as the map colours its points (items with the same title all count
-    as correct, their text embeddings merged as in evaluation); without, item-level.
+    The ranks are the metrics core's (``xmodal.evaluation.metrics.rank_of_match``: ties count against the model),
+    under ``ground_truth`` as the map colours its points: ``caption``, items with the same title all count as
+    correct; ``item``, only the item's own pair. With ``captions`` identical titles' text embeddings are merged
+    first, as ``metrics.split_ranks`` does for the map (so their ties are exact); without, ranks are item-level.
     """
     img = np.asarray(image_embeds, dtype=np.float32)
-    groups = metrics.title_groups(captions) if captions is not None else np.arange(len(img))
-    txt = metrics.canonical_texts(text_embeds, groups) if captions is not None else \
+    titles = metrics.title_groups(captions) if captions is not None else np.arange(len(img))
+    txt = metrics.canonical_texts(text_embeds, titles) if captions is not None else \
         np.asarray(text_embeds, dtype=np.float32)
     by_title = img @ txt[item]  # [n]: every photo against this title
     by_photo = txt @ img[item]  # [n]: every title against this photo
@@ -100,7 +121,8 @@ def neighbours(image_embeds: np.ndarray, text_embeds: np.ndarray, item: int, k: 
     for scores in (by_title, by_photo):
         top = np.argsort(-scores, kind="stable")[:k]
         out.append([(int(i), float(scores[i])) for i in top])
-    correct = np.flatnonzero(groups == groups[item]).tolist()
+    groups = metrics.ground_truth_groups(captions, ground_truth) if captions is not None else None
+    correct = [item] if groups is None else np.flatnonzero(groups == groups[item]).tolist()
     return Neighbours(item, out[0], out[1], metrics.rank_of_match(by_title, correct, 0)[0],
                       metrics.rank_of_match(by_photo, correct, 0)[0])
 
