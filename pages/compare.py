@@ -98,7 +98,8 @@ else:
             value = c1.selectbox("Slice", values, key="cmp_slice_value")
             items = [x for x, v in zip(data["item_ids"], data["attributes"][attr]) if v == value]
             with c2:
-                pickers.locate_link(chosen[0], items, f"{attr} = {value}", scope="test", label="Show on the map")
+                pickers.locate_link(chosen[0], items, f"{attr} = {value}", scope="test", label="Show on the map",
+                                    ground_truth=gt)
 
 st.subheader("Where two runs disagree most")
 if len(chosen) < 2:
@@ -141,7 +142,7 @@ event = st.dataframe(rows, hide_index=True, row_height=70, height=40 + 70 * len(
 picked = event.selection.rows if event else []
 if picked:
     item = rows["item"].iloc[picked[0]]
-    pickers.locate_link(run_a, [item], f"item {item}", scope="test", label="Show on the map")
+    pickers.locate_link(run_a, [item], f"item {item}", scope="test", label="Show on the map", ground_truth=gt)
 from xmodal.dashboard.explain_view import disagreement_why  # noqa: E402
 disagreement_why({str(r.path): f"{ab}: {analysis.run_label(r)}" for ab, r in (("A", run_a), ("B", run_b))},
                  data, list(dis.index), direction)
