@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--load-run", metavar="DIR", help="run folder the load section serves (default: a tiny run)")
     p.add_argument("--load-sessions", type=int, default=BenchConfig.load_sessions,
                    help="sessions searching at the same moment in the load section (default: %(default)s)")
+    p.add_argument("--load-poll", action="store_true",
+                   help="the load section's sessions also send the sidebar's timed reruns, as browser tabs do")
     p.add_argument("--data", default="demo", help="catalogue folder for JPEGs and captions (default: demo)")
     p.add_argument("--dashboard", default=BenchConfig.dashboard,
                    help="Streamlit entry point to time (default: this checkout's dashboard.py, from any folder)")
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     cfg = BenchConfig(**(QUICK if a.quick else {}))
     cfg.sections, cfg.data, cfg.dashboard = tuple(a.sections), a.data, a.dashboard
-    cfg.load_run, cfg.load_sessions = a.load_run, a.load_sessions
+    cfg.load_run, cfg.load_sessions, cfg.load_poll = a.load_run, a.load_sessions, a.load_poll
     if a.sizes:
         cfg.sizes = tuple(a.sizes)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -46,6 +46,7 @@ class BenchConfig:
     load_rounds: int = 3  # times every session searches at the same moment
     load_soak: int = 500  # searches between the two memory readings
     load_timeout_s: float = 180.0  # time limit of each of its five phases; what is unfinished then is reported
+    load_poll: bool = False  # the load's tabs also send the sidebar's timed reruns, as browser tabs do
 
 
 QUICK = dict(sizes=(10_000, 100_000), feature_images=128, image_queries=20, train_batch=32, train_steps=3,
