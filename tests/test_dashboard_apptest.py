@@ -714,12 +714,17 @@ def test_pages_open_in_under_a_second_after_the_first_visit(eight, tiny_catalogu
     assert all(v[-1] < 3.0 for v in timings.values()), timings  # generous on a shared machine; ~0.1-0.5 s idle
 
 
-def test_embeddings_map_waits_for_its_background_job(eight, tiny_catalogue, monkeypatch):
+def test_embeddings_map_waits_for_its_background_job(eight, tiny_catalogue, monkeypatch, tmp_path):
     """A UMAP of the whole catalogue is not computed in the page: the job starts in the background, the page
     says so with its progress, and each setting has its own cached map."""
     from xmodal.dashboard.maps import projection
     started = []
     monkeypatch.setattr(projection, "start", lambda dirs, settings: started.append(settings) or True)
+    # no whole-catalogue map made yet, whatever another test module already drew into the shared runs
+    real_path = projection.projection_path
+    monkeypatch.setattr(projection, "projection_path", lambda run_dir, settings="umap": (
+        tmp_path / f"{projection.task_name(settings)}.npz" if projection._settings(settings).scope == "all"
+        else real_path(run_dir, settings)))
     at = _app(tiny_catalogue)
     at.switch_page("pages/embeddings.py").run()
     _ok(at)
