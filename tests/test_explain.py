@@ -177,14 +177,16 @@ def _phrase(words: list[str], phrase: str) -> list[int]:
 def colour_run(tmp_path_factory) -> Path:
     """infonce-efficientnet on 500 demo items at 64x48 with GloVe vectors: at this size the brand's logo is a
     few pixels while the garment's colour fills the photo, and (unlike word2vec vectors learnt from the titles,
-    where every colour word has the same neighbours) GloVe tells the colours apart, so this run reads colour."""
+    where every colour word has the same neighbours) GloVe tells the colours apart, so this run reads colour.
+    Its BiLSTM is 256 wide, not 512: 10 s of training instead of 17 on one core, and the shares below hold as well
+    (at 128 the garment/backdrop margin narrowed, at 64 colour beat brand in only 0.68 of the pairs)."""
     from xmodal.data import generate_demo
     from xmodal.training.cli import main
     root = tmp_path_factory.mktemp("colour_run")
     cat = generate_demo(root / "cat", n=500, seed=5)
     assert main(["--model", "infonce-efficientnet", "--data", str(cat), "--epochs", "12", "--batch-size", "32",
-                 "--word-vectors", "glove", "--image-size", "64", "48", "--out", str(root / "runs"),
-                 "--run-id", "colour"]) == 0
+                 "--word-vectors", "glove", "--set", "lstm_dim=256", "--image-size", "64", "48",
+                 "--out", str(root / "runs"), "--run-id", "colour"]) == 0
     return root / "runs" / "colour"
 
 
@@ -228,10 +230,11 @@ def test_explanations_point_at_colour_words_and_the_garment(colour_run):
         garment_r.append(expl.regions[garment].mean())
         backdrop_r.append(expl.regions[backdrop].mean())
     colour_w, brand_w, garment_r, backdrop_r = map(np.array, (colour_w, brand_w, garment_r, backdrop_r))
-    # Over all ~380 correct hits of this run: colour beats brand in 0.84 (fp32) / 0.85 (bf16) of the pairs, means
-    # 0.081 / 0.011; garment beats backdrop in 0.80 / 0.81, means 0.060 / 0.020 (the backdrop shows the gender,
-    # which the titles name, so it matters too). 100 pairs put 0.65 about 4 standard errors below those shares;
-    # 30 pairs drew 0.60 for the garment under fp32 and 0.87 under bf16 from the same run recipe.
+    # Over all ~345 correct hits of this run: colour beats brand in 0.80 (fp32) / 0.80 (bf16) of the pairs, means
+    # 0.082 / 0.017; garment beats backdrop in 0.85 / 0.84, means 0.067 / 0.017 (the backdrop shows the gender,
+    # which the titles name, so it matters too). The 100 pairs drawn here: 0.80 and 0.87 (fp32), 0.80 and 0.86
+    # (bf16). 100 pairs put 0.65 about 4 standard errors below those shares; 30 pairs drew 0.60 for the garment
+    # under fp32 and 0.87 under bf16 from the recipe with a 512-wide BiLSTM (0.84 and 0.80 over all its hits).
     for name, a, b in (("colour/brand words", colour_w, brand_w), ("garment/backdrop cells", garment_r, backdrop_r)):
         summary = f"{name}: {np.mean(a > b):.2f} of {PAIRS} pairs, means {a.mean():.4f} / {b.mean():.4f}"
         assert np.mean(a > b) >= 0.65 and a.mean() > 1.5 * b.mean() and a.mean() > b.mean() + 0.02, summary
@@ -291,7 +294,8 @@ def test_search_page_explains_a_hit_and_what_ranked_above_the_true_match(checkpo
     assert not any("largest word effects" in c.value for c in at.caption)
     why.set_value(1).run()
     assert not at.exception, [e.value for e in at.exception]
-    assert any(re.search(r":(orange|blue)(-background)?\[", m.value) for m in at.markdown)  # tint or highlight
+    # the words are tinted on the shared absolute scale only when their effect is big enough (a tiny run's are
+    # not): the listing of signed word effects below is what every explanation shows
     assert any(c.value.startswith("score ") and "largest word effects" in c.value for c in at.caption)
     _no_markup([m.value for m in at.markdown] + [c.value for c in at.caption])
 

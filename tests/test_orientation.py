@@ -187,7 +187,9 @@ def test_search_page_upload_finds_what_search_image_finds(run, pair):
     jpg, _, _ = pair
     page = queries.image_query(run, read_upload(jpg.read_bytes(), jpg.name), k=10).hits
     api = run.search_image(jpg, k=10)
-    assert [(h.index, h.score) for h in page] == [(h.index, h.score) for h in api]
+    assert [h.index for h in page] == [h.index for h in api]  # scores agree to float rounding (the page's
+    # query thread runs PyTorch on one thread, the API on several)
+    assert [h.score for h in page] == pytest.approx([h.score for h in api], abs=1e-5)
 
 
 def test_sixteen_bit_grey_upload_is_searched_as_the_api_searches_it(run, tmp_path):
@@ -203,7 +205,9 @@ def test_sixteen_bit_grey_upload_is_searched_as_the_api_searches_it(run, tmp_pat
     assert np.array_equal(np.asarray(upload), rgb_array(path))
     assert torch.equal(run.embed_image(upload), run.embed_image(path))
     page = queries.image_query(run, upload, k=10).hits
-    assert [(h.index, h.score) for h in page] == [(h.index, h.score) for h in run.search_image(path, k=10)]
+    api = run.search_image(path, k=10)
+    assert [h.index for h in page] == [h.index for h in api]  # scores to float rounding (one thread vs several)
+    assert [h.score for h in page] == pytest.approx([h.score for h in api], abs=1e-5)
 
 
 def test_catalogue_of_turned_photos_embeds_as_the_upright_catalogue(run, tiny_catalogue, tmp_path):
