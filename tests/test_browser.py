@@ -31,6 +31,8 @@ from urllib.parse import urlparse
 
 import pytest
 
+from conftest import TINY_SIZE
+
 REPO = Path(__file__).resolve().parents[1]
 DOCS_SHOTS = REPO / "docs" / "screenshots"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -68,7 +70,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None
                 if r.status == 200:
                     return
         except OSError:
-            time.sleep(0.5)
+            time.sleep(0.1)
     raise TimeoutError(f"streamlit did not answer at {url} within {timeout} s")
 
 
@@ -139,6 +141,22 @@ def _idle(page) -> None:
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=240_000)
 
 
+# Resolves once the page has drawn ``arg`` animation frames in a row without moving or resizing any chart, table
+# or image (at most ~10 s): layout has settled, so a point's position read now is where the mouse will find it.
+SETTLED = """async frames => {
+  const shape = () => [...document.querySelectorAll(
+      '[data-testid="stPlotlyChart"] .nsewdrag, [data-testid="stDataFrame"], [data-testid="stImage"] img')]
+    .map(e => { const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height].join(); }).join(';');
+  let last = null, still = 0;
+  for (let i = 0; i < 600 && still < frames; i++) {
+    await new Promise(r => requestAnimationFrame(r));
+    const now = shape();
+    still = now === last ? still + 1 : 0;
+    last = now;
+  }
+}"""
+
+
 def _shot(page, folder: Path, name: str) -> None:
     """Screenshot the whole page: wait for the charts to draw, then grow the viewport to the content."""
     page.wait_for_function("""() => !document.querySelector('[data-testid="stMain"] [data-testid="stSkeleton"]') &&
@@ -150,7 +168,8 @@ def _shot(page, folder: Path, name: str) -> None:
         '[data-testid="stMain"], [data-testid="stMainBlockContainer"], [data-testid="stSidebarContent"]')]
         .map(e => e.scrollHeight), 800)""")
     page.set_viewport_size({"width": size["width"], "height": min(int(height) + 40, 6000)})
-    page.wait_for_timeout(500)  # let the charts re-lay out
+    page.evaluate(SETTLED, 10)  # the page re-laid out at its new height (tables draw the rows now in view)
+    page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=60_000)
     page.screenshot(path=str(folder / f"{name}.png"))
     page.set_viewport_size(size)
 
@@ -169,12 +188,21 @@ def _visit(page, name: str, title: str, marker: str) -> tuple[float, float]:
 
 def _select_on_map(page) -> None:
     """Colour the map by category, drag a box over part of it, and wait for the chosen products."""
+    chart = page.locator('[data-testid="stPlotlyChart"]').first
+    legend = chart.locator(".legendtext").all_text_contents()  # coloured by modality
     page.get_by_test_id("stSelectbox").filter(has_text="Colour by").click()
     page.get_by_role("option", name="master_category").click()
     _idle(page)
-    chart = page.locator('[data-testid="stPlotlyChart"]').first
+    try:  # the map redraws with the categories' legend
+        page.wait_for_function("""before => JSON.stringify([...document.querySelector('[data-testid="stPlotlyChart"]')
+            .querySelectorAll('.legendtext')].map(e => e.textContent)) !== before""", arg=json.dumps(legend),
+                               timeout=60_000)
+    except Exception:  # noqa: BLE001 - the attempts below retry, and fail saying what they waited for
+        pass
     for attempt in range(4):  # the chart may still be redrawing after the colour change: try again
-        page.wait_for_timeout(1000)
+        if attempt:
+            page.wait_for_timeout(1000)
+        page.evaluate(SETTLED, 10)
         try:
             chart.hover()
             chart.locator('.modebar-btn[data-title="Box Select"]').click(timeout=10_000)  # drag pans by default
@@ -216,8 +244,12 @@ def _hover_map_point(page) -> dict:
         const gd = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
         return gd && gd.data && gd._fullLayout && gd._fullLayout.xaxis; }""", timeout=120_000)
     box = page.locator(".xmodal-hover-photo")  # in the component's shadow root (Playwright's CSS pierces it)
+    page.wait_for_function("""() => [...document.querySelectorAll('*')].some(e => e.shadowRoot &&
+        e.shadowRoot.querySelector('.xmodal-hover-photo'))""", timeout=60_000)  # the component is attached
     for attempt in range(4):  # the chart may still be laying out, or the component not yet attached
-        page.wait_for_timeout(1000)
+        if attempt:
+            page.wait_for_timeout(1000)
+        page.evaluate(SETTLED, 15)
         point = page.evaluate(POINT_XY)
         page.mouse.move(point["x"] - 30, point["y"] - 30)
         page.mouse.move(point["x"], point["y"], steps=5)
@@ -247,10 +279,17 @@ def _click_map_point(page) -> int:
         const gd = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
         return gd && gd.data && gd._fullLayout && gd._fullLayout.xaxis; }""", timeout=120_000)  # plotly.js loaded
     for attempt in range(4):  # the chart may still be laying out: try again
-        page.wait_for_timeout(1000)
+        if attempt:
+            page.wait_for_timeout(1000)
+        page.evaluate(SETTLED, 15)
         point = page.evaluate(POINT_XY)
         page.mouse.move(point["x"], point["y"])
-        page.wait_for_timeout(300)
+        try:  # Plotly took the hover (its click reports the hovered point)
+            page.wait_for_function("""() => { const gd = document.querySelector(
+                '[data-testid="stPlotlyChart"] .js-plotly-plot'); return gd._hoverdata && gd._hoverdata.length; }""",
+                                   timeout=2_000)
+        except Exception:  # noqa: BLE001 - click anyway; the panel's wait below tells whether it worked
+            pass
         page.mouse.click(point["x"], point["y"])
         try:
             page.get_by_text("The clicked product").wait_for(timeout=20_000)
@@ -353,7 +392,7 @@ def hostile_server(tmp_path):
     data = _hostile_catalogue(tmp_path / "hostile catalogue")
     ckpt = tmp_path / "checkpoints"
     assert main(["--model", "cmpm-efficientnet", "--data", str(data), "--epochs", "1", "--batch-size", "16",
-                 "--image-size", "64", "48", "--out", str(ckpt), "--run-id", "tiny-hostile"]) == 0
+                 "--out", str(ckpt), "--run-id", "tiny-hostile", *TINY_SIZE]) == 0
     (ckpt / "tiny-hostile").rename(ckpt / HOSTILE_RUN)
     failed = ckpt / f"siamese {HOSTILE[1]}"
     failed.mkdir()
@@ -534,11 +573,14 @@ def test_map_click_shows_photo_and_neighbours(server, page, shots):
     _idle(page)
     page.get_by_text("Modality gap", exact=True).first.wait_for(timeout=240_000)
     _idle(page)
-    whole, deadline = _mapped(page), time.time() + 240
-    while whole <= test_items and time.time() < deadline:  # the whole-catalogue map is made in the background
-        page.wait_for_timeout(2000)
-        _idle(page)
-        whole = _mapped(page)
+    try:  # the whole-catalogue map is made in the background; the page shows it when it is ready
+        page.wait_for_function("""n => { const m = document.body.innerText.replace(/\\u2060/g, '')
+            .match(/([\\d,]+) products of /); return m && Number(m[1].replace(/,/g, '')) > n; }""", arg=test_items,
+                               timeout=240_000)
+    except Exception:  # noqa: BLE001 - the assertion below says what the map shows
+        pass
+    _idle(page)
+    whole = _mapped(page)
     assert whole > test_items  # every item of the catalogue, not the test split only
     assert "emb_scope=whole" in page.url and "emb_method=pca" in page.url  # in the URL, to reload or share
     page.goto(page.url)  # a reload keeps the view

@@ -162,7 +162,7 @@ def test_sigterm_stops_cleanly_keeping_the_last_epoch(tiny_catalogue, tmp_path):
     while not (run / "last.pt").is_file():
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.time() < deadline, "no epoch finished in time"
-        time.sleep(0.5)
+        time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 130
     status = read_status(run)

@@ -275,7 +275,7 @@ def _wait(pred, timeout=120.0):
     while time.time() < deadline:
         if pred():
             return True
-        time.sleep(0.5)
+        time.sleep(0.1)
     return False
 
 

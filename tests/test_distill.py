@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_SIZE
+from conftest import TINY_SETS, TINY_SIZE
 from xmodal.image.backbones import create_backbone, hub_reachable
 from xmodal.data import load_catalogue, make_splits
 from xmodal.image.distill import DistillConfig, distill, distilled_backbone, needs_distillation
@@ -112,7 +112,7 @@ def test_a_forced_distilled_start_never_asks_the_hub(tiny_catalogue, tmp_path, m
         monkeypatch.setattr(module, name, no_probe)
     assert _train(tiny_catalogue, tmp_path, "--set", "weights_source=distilled") == 0
     config = json.loads((tmp_path / "w" / "config.json").read_text())
-    assert config["train"]["model_args"] == {"weights_source": "distilled"}
+    assert config["train"]["model_args"] == {**TINY_SETS, "weights_source": "distilled"}
     assert config["model_config"]["weights_source"].startswith("distilled from EfficientNet-Lite0")
     monkeypatch.undo()
     assert needs_distillation("mobilenet")  # and the default (auto) still asks
@@ -129,7 +129,7 @@ def test_a_forced_hub_start_takes_the_hub_weights_and_never_distils(tiny_catalog
     monkeypatch.setattr(train_model, "distilled_backbone", no_distillation)
     assert _train(tiny_catalogue, tmp_path, "--set", "weights_source=hub") == 0
     config = json.loads((tmp_path / "w" / "config.json").read_text())
-    assert config["train"]["model_args"] == {"weights_source": "hub"}
+    assert config["train"]["model_args"] == {**TINY_SETS, "weights_source": "hub"}
     assert config["model_config"]["weights_source"] == "imagenet (timm hub mobilenetv3_small_100)"
     assert not config["model_config"]["finetune"]  # pretrained: frozen, as with the default
 

@@ -60,7 +60,8 @@ def test_parquet_round_trip(run, trained_run, tmp_path, capsys):
     ranks = true_match_ranks(run.image_embeds, run.text_embeds, cat.captions)
     assert frame["t2i_rank"].tolist() == ranks["t2i_rank"].tolist() and frame["i2t_rank"].min() >= 1
     meta = json.loads(table.schema.metadata[b"xmodal"])
-    assert meta["model"] == "cmpm-efficientnet" and meta["run"] == trained_run.name and meta["embed_dim"] == 512
+    assert meta["model"] == "cmpm-efficientnet" and meta["run"] == trained_run.name
+    assert meta["embed_dim"] == run.model.cfg.embed_dim == run.image_embeds.shape[1]
 
 
 @pytest.fixture
@@ -82,7 +83,7 @@ def awkward_catalogue(tiny_catalogue, tmp_path) -> Path:
     return folder
 
 
-def test_projector_folder_is_well_formed(trained_run, awkward_catalogue, tmp_path):
+def test_projector_folder_is_well_formed(run, trained_run, awkward_catalogue, tmp_path):
     assert main(["--run", str(trained_run), "--data", str(awkward_catalogue), "--format", "projector",
                  "--out", str(tmp_path)]) == 0
     folder = tmp_path / "projector"
@@ -97,7 +98,8 @@ def test_projector_folder_is_well_formed(trained_run, awkward_catalogue, tmp_pat
         dims = [int(d) for d in re.findall(r"single_image_dim: (\d+)", entry)]
         assert dims == list(THUMB)
         tensors = np.loadtxt(folder / paths["tensor_path"], delimiter="\t", dtype=np.float32)
-        assert tensors.shape == (n, 512) and np.allclose(np.linalg.norm(tensors, axis=1), 1, atol=1e-4)
+        assert tensors.shape == (n, run.model.cfg.embed_dim)
+        assert np.allclose(np.linalg.norm(tensors, axis=1), 1, atol=1e-4)
     lines = (folder / "metadata.tsv").read_text(encoding="utf-8").split("\n")
     assert lines[-1] == "" and len(lines) == n + 2  # header, n rows, final newline
     header = lines[0].split("\t")

@@ -347,33 +347,30 @@ def test_kill_9_then_resume_finishes(when, tiny_catalogue, tmp_path):
     proc.wait()
     assert read_status(run)["state"] == "failed"  # the process is gone: never shown as running
     assert read_lock(run) is None
-    done = subprocess.run([sys.executable, "-m", "xmodal.train", "--resume", str(run)], env=os.environ.copy(),
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert train_cli(["--resume", str(run)]) == 0  # here: the killed process is gone, its lock with it
     assert [r["epoch"] for r in read_metrics(run) if r["kind"] == "epoch"] == [1, 2, 3]
     steps = [(r["epoch"], r["step"]) for r in read_metrics(run) if r["kind"] == "step"]
     assert len(steps) == len(set(steps))
 
 
-@pytest.mark.slow
-def test_two_processes_on_one_run_folder(tiny_catalogue, tmp_path):
+def test_two_processes_on_one_run_folder(tiny_catalogue, tmp_path, capsys):
+    """A run training in another process holds its folder: this process (the CLI's ``main``) can neither resume
+    it nor start another run under its id."""
     run = tmp_path / "r"
-    argv = [sys.executable, "-m", "xmodal.train", *base(tiny_catalogue, tmp_path, model="corrnet", epochs=200),
-            "--batch-size", "8"]
-    first = subprocess.Popen(argv, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    args = [*base(tiny_catalogue, tmp_path, model="corrnet", epochs=200), "--batch-size", "8"]
+    first = subprocess.Popen([sys.executable, "-m", "xmodal.train", *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})  # leave us a core
     try:
         deadline = time.time() + 240
-        while read_lock(run) is None:
+        while read_lock(run) is None or not (run / "config.json").is_file():  # under way: a run folder, locked
             assert first.poll() is None, first.stderr.read().decode()[-2000:]
             assert time.time() < deadline
-            time.sleep(0.1)
-        tries = [subprocess.Popen(cmd, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  text=True)  # both at once: each is refused before it trains
-                 for cmd in ([sys.executable, "-m", "xmodal.train", "--resume", str(run)], argv)]
-        (_, resumed), (_, same_id) = (p.communicate(timeout=120) for p in tries)
-        assert tries[0].returncode == 2 and f"in use by process {first.pid}" in resumed
-        assert tries[1].returncode == 2 and "already exists" in same_id
-        assert read_lock(run)["pid"] == first.pid
+            time.sleep(0.05)
+        assert train_cli(["--resume", str(run)]) == 2  # each refused before it trains
+        assert f"in use by process {first.pid}" in one_error_line(capsys)
+        assert train_cli(args) == 2
+        assert "already exists" in one_error_line(capsys)
+        assert read_lock(run)["pid"] == first.pid and first.poll() is None
     finally:
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=60) == 130
