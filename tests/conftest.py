@@ -6,7 +6,9 @@ suite never touches the user's files and never downloads anything.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -15,7 +17,8 @@ import pytest
 # 1-2. Set before PyTorch loads, inherited by every subprocess; the thread counts, hence the code paths, are as
 # they were.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-MYNTRA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "myntra"
+REPO = Path(__file__).resolve().parents[1]
+MYNTRA = REPO.parent / "shared" / "datasets" / "myntra"
 # A tiny model keeps CPU tests fast: small images and narrow heads (every model takes these fields). A tiny
 # cmpm-efficientnet run: 0.35 s of CPU instead of 1.1 s at the default widths, 28 MB written instead of 83 MB.
 TINY_SETS = {"lstm_dim": 32, "hidden_dim": 64}  # its --set fields, as config.json records them (train.model_args)
@@ -47,6 +50,44 @@ def trained_run(tiny_catalogue, tmp_path_factory) -> Path:
     assert main(["--model", "cmpm-efficientnet", "--data", str(tiny_catalogue), "--epochs", "2",
                  "--batch-size", "16", "--out", str(out), "--run-id", "tiny-cmpm", *TINY_SIZE]) == 0
     return out / "tiny-cmpm"
+
+
+# Runs that a test needs and that take a while to train: {fixture name: function(empty folder) -> (argv, the run
+# folder it writes)}. Registered by test modules as they are imported; when a selected test uses the fixture, the
+# run trains in a subprocess from the session's start, on one thread, beside the tests (most use one core).
+EARLY_RUNS: dict[str, Callable[[Path], tuple[list[str], Path]]] = {}
+_STARTED: dict[str, tuple[subprocess.Popen, Path, Path]] = {}
+
+
+def _start_early(name: str, folder: Path) -> None:
+    argv, run_dir = EARLY_RUNS[name](folder)
+    log = folder / "train.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "XMODAL_CACHE": str(folder / "cache")}  # its own cache
+    with open(log, "wb") as out:
+        _STARTED[name] = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT), run_dir, log
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _early_runs(request, tmp_path_factory, _isolated_env):
+    """Start the early runs the selected tests use; stop any still training when the session ends."""
+    wanted = {name for item in request.session.items for name in item.fixturenames if name in EARLY_RUNS}
+    for name in sorted(wanted):
+        _start_early(name, tmp_path_factory.mktemp(name))
+    yield
+    for proc, _, _ in _STARTED.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def early_run(name: str, tmp_path_factory) -> Path:
+    """The run folder of early run ``name`` once its training has finished (started now if it was not)."""
+    if name not in _STARTED:
+        _start_early(name, tmp_path_factory.mktemp(name))
+    proc, run_dir, log = _STARTED[name]
+    code = proc.wait(timeout=1800)
+    assert code == 0, f"{name}: the training exited with {code}:\n{log.read_text(errors='replace')[-3000:]}"
+    return run_dir
 
 
 def myntra_or_skip() -> Path:

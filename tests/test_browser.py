@@ -112,6 +112,30 @@ def _browser(profile: Path):
 
 
 @pytest.fixture(scope="module")
+def chromium():
+    """One headless Chromium for the module's tests; each test browses in contexts of its own (``_context``)."""
+    pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package only)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=_chromium(), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextlib.contextmanager
+def _context(chromium):
+    """A fresh context of the module's Chromium: its own cookies, storage and cache (nothing carried over)."""
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000}, service_workers="block")
+    context.set_default_timeout(120_000)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="module")
 def server(request, tmp_path_factory):
     """A dashboard server on a free localhost port, serving trained runs (by default eight on two catalogues)."""
     pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package only)")
@@ -131,9 +155,9 @@ def server(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server, tmp_path_factory):
-    with _browser(tmp_path_factory.mktemp("chromium_profile")) as context:
-        yield context.pages[0] if context.pages else context.new_page()
+def page(server, chromium):
+    with _context(chromium) as context:
+        yield context.new_page()
 
 
 def _idle(page) -> None:
@@ -445,10 +469,10 @@ def _text(page) -> str:
     return page.evaluate("() => document.body.innerText").replace("\u2060", "")
 
 
-def test_hostile_catalogue_stays_text(hostile_server, tmp_path):
-    with _browser(tmp_path / "chromium profile") as context:
+def test_hostile_catalogue_stays_text(hostile_server, chromium):
+    with _context(chromium) as context:
         watch = _Watch(context)
-        page = context.pages[0] if context.pages else context.new_page()
+        page = context.new_page()
         page.goto(hostile_server)
         page.get_by_test_id("stDataFrame").first.wait_for()
         _idle(page)
@@ -613,11 +637,11 @@ def test_train_and_stop_from_the_sidebar(server, page):
     sidebar.get_by_text("Train a model").click()
     select = sidebar.get_by_test_id("stSelectbox").filter(has_text="Model")
     select.wait_for()
-    for _ in range(4):  # a rerun can close the dropdown right after it opens: open it again
+    for _ in range(8):  # a rerun can close the dropdown right after it opens: open it again
         _idle(page)
         select.click()
-        try:
-            page.get_by_role("option", name="siamese", exact=True).click(timeout=10_000)
+        try:  # an open list draws its options at once (no server round trip): a short wait, then open it again
+            page.get_by_role("option", name="siamese", exact=True).click(timeout=3_000)
             break
         except Exception:  # playwright's TimeoutError
             page.keyboard.press("Escape")
@@ -636,11 +660,11 @@ def test_train_and_stop_from_the_sidebar(server, page):
 def _pick_option(page, label: str, option: int = 1) -> None:
     """Open the first selectbox labelled ``label`` and pick its ``option``-th entry."""
     select = page.get_by_test_id("stSelectbox").filter(has_text=label).first
-    for _ in range(4):  # a rerun can close the dropdown right after it opens: open it again
+    for _ in range(8):  # a rerun, or the first click after typing in a text box, can leave the list shut
         _idle(page)
         select.click()
-        try:
-            page.get_by_role("option").nth(option).click(timeout=10_000)
+        try:  # an open list draws its options at once (no server round trip): a short wait, then open it again
+            page.get_by_role("option").nth(option).click(timeout=3_000)
             return
         except Exception:  # playwright's TimeoutError
             page.keyboard.press("Escape")
@@ -686,14 +710,14 @@ def test_explain_compose_and_refine_in_chromium(server, page, shots):
                                                                       "search_refine"))
 
 
-def test_a_small_real_catalogue_in_chromium(trained_run, tmp_path_factory, page):
+def test_a_small_real_catalogue_in_chromium(trained_run, tmp_path_factory, chromium):
     """A run on 150 real Myntra products beside a demo run, in Chromium: Home's table per catalogue, the real
     run's map (a hovered point's photo from this server, a clicked point's neighbours) and a search that says
     what it searched; nothing requested outside localhost. Skips without the real catalogue."""
     from dashboard_runs import real_and_demo
     real = real_and_demo(trained_run, tmp_path_factory)
-    context = page.context  # the module's browser (one Playwright per process), a page of its own
-    with _serve(real["root"], str(real["catalogue"]), tmp_path_factory.mktemp("real_log")) as url:
+    with _serve(real["root"], str(real["catalogue"]), tmp_path_factory.mktemp("real_log")) as url, \
+            _context(chromium) as context:
         watch = _Watch(context)
         page = context.new_page()
         page.goto(url)
@@ -716,5 +740,3 @@ def test_a_small_real_catalogue_in_chromium(trained_run, tmp_path_factory, page)
         page.get_by_text("Searched the whole catalogue: 150 products of myntra150").first.wait_for()
         _idle(page)
         watch.assert_clean(page, "a real catalogue")
-        page.close()
-        context.unroute("**/*")

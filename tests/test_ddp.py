@@ -126,7 +126,10 @@ def test_gather_gives_two_processes_the_one_process_gradient(tmp_path):
     """Two gloo processes on half batches each (all-gather of the outputs, the loss on the global batch, DDP's
     all-reduce of the gradients) leave in every parameter the gradient one process computes on the whole batch."""
     out_file = tmp_path / "grads.pt"
-    mp.spawn(_grad_worker, args=(str(tmp_path / "init"), str(out_file)), nprocs=WORLD, join=True)
+    # forked ranks start from this process's imports (spawned ones imported PyTorch again, ~4 s); each runs PyTorch
+    # on one thread, as DataLoader's forked workers do
+    mp.start_processes(_grad_worker, args=(str(tmp_path / "init"), str(out_file)), nprocs=WORLD, join=True,
+                       start_method="fork")
     two = torch.load(out_file, weights_only=True)
     for name in GRAD_MODELS:
         model, images, tokens, labels = _grad_case(name)

@@ -4,6 +4,7 @@ up on the Search page (AppTest) and under Compare's disagreement rows, catalogue
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from PIL import Image, ImageDraw
 from streamlit.testing.v1 import AppTest
 from torch import nn
 
+from conftest import EARLY_RUNS, early_run
 from xmodal.retrieval.explain import GRID, explain, explain_pair, occluded, overlay, word_spans
 from xmodal.models import ModelConfig, create_model, list_models
 from xmodal.text.vocabulary import Vocab, tokenize
@@ -173,21 +175,27 @@ def _phrase(words: list[str], phrase: str) -> list[int]:
     return next((list(range(i, i + len(p))) for i in range(len(words) - len(p) + 1) if words[i:i + len(p)] == p), [])
 
 
-@pytest.fixture(scope="module")
-def colour_run(tmp_path_factory) -> Path:
+def _colour_run(folder: Path) -> tuple[list[str], Path]:
     """infonce-efficientnet on 500 demo items at 64x48 with GloVe vectors: at this size the brand's logo is a
     few pixels while the garment's colour fills the photo, and (unlike word2vec vectors learnt from the titles,
     where every colour word has the same neighbours) GloVe tells the colours apart, so this run reads colour.
     Its BiLSTM is 256 wide, not 512: 10 s of training instead of 17 on one core, and the shares below hold as well
     (at 128 the garment/backdrop margin narrowed, at 64 colour beat brand in only 0.68 of the pairs)."""
-    from xmodal.data import generate_demo
-    from xmodal.training.cli import main
-    root = tmp_path_factory.mktemp("colour_run")
-    cat = generate_demo(root / "cat", n=500, seed=5)
-    assert main(["--model", "infonce-efficientnet", "--data", str(cat), "--epochs", "12", "--batch-size", "32",
-                 "--word-vectors", "glove", "--set", "lstm_dim=256", "--image-size", "64", "48",
-                 "--out", str(root / "runs"), "--run-id", "colour"]) == 0
-    return root / "runs" / "colour"
+    code = ("import sys\nfrom xmodal.data import generate_demo\nfrom xmodal.training.cli import main\n"
+            "generate_demo(sys.argv[1], n=500, seed=5)\nsys.exit(main(sys.argv[2:]))")
+    cat, runs = folder / "cat", folder / "runs"
+    return [sys.executable, "-c", code, str(cat), "--model", "infonce-efficientnet", "--data", str(cat),
+            "--epochs", "12", "--batch-size", "32", "--word-vectors", "glove", "--set", "lstm_dim=256",
+            "--image-size", "64", "48", "--out", str(runs), "--run-id", "colour"], runs / "colour"
+
+
+EARLY_RUNS["colour_run"] = _colour_run  # trained beside the tests from the session's start (conftest.py)
+
+
+@pytest.fixture(scope="module")
+def colour_run(tmp_path_factory) -> Path:
+    """The run of ``_colour_run``, trained by the CLI in a subprocess started with the session."""
+    return early_run("colour_run", tmp_path_factory)
 
 
 PAIRS = 100  # correct hits explained by the test below
