@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -52,42 +53,74 @@ def trained_run(tiny_catalogue, tmp_path_factory) -> Path:
     return out / "tiny-cmpm"
 
 
-# Runs that a test needs and that take a while to train: {fixture name: function(empty folder) -> (argv, the run
-# folder it writes)}. Registered by test modules as they are imported; when a selected test uses the fixture, the
-# run trains in a subprocess from the session's start, on one thread, beside the tests (most use one core).
-EARLY_RUNS: dict[str, Callable[[Path], tuple[list[str], Path]]] = {}
-_STARTED: dict[str, tuple[subprocess.Popen, Path, Path]] = {}
+# Runs that tests need and that take a while to make: {fixture name: function(empty folder, getfixturevalue) ->
+# (commands, what the fixture returns)}, each command an (argv, environment variables) pair. Test modules register
+# theirs as they are imported. The commands of the runs the selected tests use run one after the other in the
+# background from the session's start, each on one thread, with a cache of its own and the lowest priority (nice
+# 19): most tests keep one core busy, these take what is left of the other. A fixture waits with ``early_run``.
+EARLY_RUNS: dict[str, Callable[[Path, Callable], tuple[list[tuple[list[str], dict]], object]]] = {}
 
 
-def _start_early(name: str, folder: Path) -> None:
-    argv, run_dir = EARLY_RUNS[name](folder)
-    log = folder / "train.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "XMODAL_CACHE": str(folder / "cache")}  # its own cache
-    with open(log, "wb") as out:
-        _STARTED[name] = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT), run_dir, log
+class _Early:
+    """One early run: its commands, its log, and whether it has finished (and how)."""
+
+    def __init__(self, name: str, folder: Path, request):
+        self.name, self.log, self.folder = name, folder / "early.log", folder
+        self.commands, self.result = EARLY_RUNS[name](folder, request.getfixturevalue)
+        self.done, self.failed, self.proc = threading.Event(), None, None
+
+    def run(self, env: dict, stop: threading.Event) -> None:
+        with open(self.log, "ab") as out:
+            for argv, extra in self.commands:
+                if stop.is_set():
+                    self.failed = "the session ended first"
+                    break
+                self.proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={
+                    **env, "OMP_NUM_THREADS": "1", "XMODAL_CACHE": str(self.folder / "cache"), **extra},
+                    preexec_fn=lambda: os.nice(19))
+                if self.proc.wait():
+                    self.failed = f"{' '.join(argv[:4])} ... exited with {self.proc.returncode}"
+                    break
+        self.done.set()
+
+
+_EARLY: dict[str, _Early] = {}
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _early_runs(request, tmp_path_factory, _isolated_env):
-    """Start the early runs the selected tests use; stop any still training when the session ends."""
-    wanted = {name for item in request.session.items for name in item.fixturenames if name in EARLY_RUNS}
-    for name in sorted(wanted):
-        _start_early(name, tmp_path_factory.mktemp(name))
+    """Start the early runs the selected tests use, in the order the tests come; stop them when the session ends."""
+    first_use: dict[str, int] = {}
+    for i, item in enumerate(request.session.items):
+        for name in item.fixturenames:
+            if name in EARLY_RUNS:
+                first_use.setdefault(name, i)
+    for name in sorted(first_use, key=first_use.get):
+        _EARLY[name] = _Early(name, tmp_path_factory.mktemp(name), request)
+    jobs, stop, env = list(_EARLY.values()), threading.Event(), dict(os.environ)  # tests change os.environ later
+
+    def work() -> None:
+        for job in jobs:
+            job.run(env, stop)
+    worker = threading.Thread(target=work, name="early runs", daemon=True)
+    worker.start()
     yield
-    for proc, _, _ in _STARTED.values():
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    stop.set()
+    for job in jobs:
+        if job.proc is not None and job.proc.poll() is None:
+            job.proc.kill()
+    worker.join()
 
 
-def early_run(name: str, tmp_path_factory) -> Path:
-    """The run folder of early run ``name`` once its training has finished (started now if it was not)."""
-    if name not in _STARTED:
-        _start_early(name, tmp_path_factory.mktemp(name))
-    proc, run_dir, log = _STARTED[name]
-    code = proc.wait(timeout=1800)
-    assert code == 0, f"{name}: the training exited with {code}:\n{log.read_text(errors='replace')[-3000:]}"
-    return run_dir
+def early_run(name: str, request):
+    """What early run ``name`` made, once its commands have all succeeded (run now if they were not started)."""
+    if name not in _EARLY:
+        job = _EARLY[name] = _Early(name, request.getfixturevalue("tmp_path_factory").mktemp(name), request)
+        job.run(dict(os.environ), threading.Event())
+    job = _EARLY[name]
+    assert job.done.wait(timeout=1800), f"{name}: not finished after 30 minutes"
+    assert job.failed is None, f"{name}: {job.failed}:\n{job.log.read_text(errors='replace')[-3000:]}"
+    return job.result
 
 
 def myntra_or_skip() -> Path:

@@ -8,8 +8,6 @@ process does (the loss only sees the batch as a set, so the order in which the r
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 
-from conftest import TINY_SIZE
+from conftest import EARLY_RUNS, TINY_SIZE, early_run
 
 EPOCHS = 3
 TRAIN_ITEMS = 48  # the tiny catalogue's train split: one global batch, one optimiser step per epoch
@@ -141,24 +139,34 @@ def test_gather_gives_two_processes_the_one_process_gradient(tmp_path):
             torch.testing.assert_close(two[name][pname], g, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name} {pname}: {m}")
 
 
-@pytest.fixture(scope="module")
-def single_run(tiny_catalogue, tmp_path_factory) -> Path:
-    from xmodal.training.cli import main
-    out = tmp_path_factory.mktemp("single")
-    assert main(train_args(tiny_catalogue, out, "one")) == 0
-    return out / "one"
+def _ddp_and_one_process(folder: Path, fixture) -> tuple[list[tuple[list[str], dict]], tuple[Path, Path]]:
+    """``torchrun --nproc_per_node 2 -m xmodal.train`` into ``folder/ddp``, then ``python -m xmodal.train`` (one
+    process) into ``folder/single``: one thread per process, one feature cache (the first extracts, the second reads
+    the same features). Run from the session's start (conftest.py)."""
+    catalogue, ddp, single = fixture("tiny_catalogue"), folder / "ddp", folder / "single"
+    return [([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+              "-m", "xmodal.train", *train_args(catalogue, ddp, "two")], {}),
+            ([sys.executable, "-m", "xmodal.train", *train_args(catalogue, single, "one")], {})], (ddp, single / "one")
+
+
+EARLY_RUNS["ddp_and_one_process"] = _ddp_and_one_process
 
 
 @pytest.fixture(scope="module")
-def ddp_out(tiny_catalogue, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ddp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "xmodal.train", *train_args(tiny_catalogue, out, "two")]
-    proc = subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
-    return out
+def ddp_and_one_process(request) -> tuple[Path, Path]:
+    return early_run("ddp_and_one_process", request)
+
+
+@pytest.fixture(scope="module")
+def ddp_out(ddp_and_one_process) -> Path:
+    """The folder the two-process run wrote into (it holds that run alone)."""
+    return ddp_and_one_process[0]
+
+
+@pytest.fixture(scope="module")
+def single_run(ddp_and_one_process) -> Path:
+    """The same training in one process."""
+    return ddp_and_one_process[1]
 
 
 @pytest.mark.slow

@@ -175,7 +175,7 @@ def _phrase(words: list[str], phrase: str) -> list[int]:
     return next((list(range(i, i + len(p))) for i in range(len(words) - len(p) + 1) if words[i:i + len(p)] == p), [])
 
 
-def _colour_run(folder: Path) -> tuple[list[str], Path]:
+def _colour_run(folder: Path, fixture) -> tuple[list[tuple[list[str], dict]], Path]:
     """infonce-efficientnet on 500 demo items at 64x48 with GloVe vectors: at this size the brand's logo is a
     few pixels while the garment's colour fills the photo, and (unlike word2vec vectors learnt from the titles,
     where every colour word has the same neighbours) GloVe tells the colours apart, so this run reads colour.
@@ -184,18 +184,18 @@ def _colour_run(folder: Path) -> tuple[list[str], Path]:
     code = ("import sys\nfrom xmodal.data import generate_demo\nfrom xmodal.training.cli import main\n"
             "generate_demo(sys.argv[1], n=500, seed=5)\nsys.exit(main(sys.argv[2:]))")
     cat, runs = folder / "cat", folder / "runs"
-    return [sys.executable, "-c", code, str(cat), "--model", "infonce-efficientnet", "--data", str(cat),
-            "--epochs", "12", "--batch-size", "32", "--word-vectors", "glove", "--set", "lstm_dim=256",
-            "--image-size", "64", "48", "--out", str(runs), "--run-id", "colour"], runs / "colour"
+    return [([sys.executable, "-c", code, str(cat), "--model", "infonce-efficientnet", "--data", str(cat),
+              "--epochs", "12", "--batch-size", "32", "--word-vectors", "glove", "--set", "lstm_dim=256",
+              "--image-size", "64", "48", "--out", str(runs), "--run-id", "colour"], {})], runs / "colour"
 
 
 EARLY_RUNS["colour_run"] = _colour_run  # trained beside the tests from the session's start (conftest.py)
 
 
 @pytest.fixture(scope="module")
-def colour_run(tmp_path_factory) -> Path:
+def colour_run(request) -> Path:
     """The run of ``_colour_run``, trained by the CLI in a subprocess started with the session."""
-    return early_run("colour_run", tmp_path_factory)
+    return early_run("colour_run", request)
 
 
 PAIRS = 100  # correct hits explained by the test below

@@ -1,19 +1,16 @@
 """The text side: which words a model can read, refusing queries it cannot, and word vectors that are
 the same in every process for the same seed (the whole run too, end to end)."""
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_SIZE
+from conftest import EARLY_RUNS, TINY_SIZE, early_run
 from xmodal.retrieval.run import Hit, SearchResult, UnknownQueryError
 from xmodal.text.vocabulary import Vocab, stable_hash, token_spans, tokenize
 
-ROOT = Path(__file__).resolve().parents[1]
 CAPTIONS = ["Roadster Men Navy Blue Tshirt", "Nike Women Red Shoes", "Roadster Women Red Tshirt",
             "Libas Women Navy Blue Kurta"]
 
@@ -159,47 +156,63 @@ from xmodal.text.vocabulary import Vocab, stable_hash, word2vec_vectors
 caps = {caps!r}
 vocab = Vocab.build(caps)
 vectors = word2vec_vectors(vocab, caps, dim=16, seed=3, epochs=5)
-print(stable_hash("navy"), hashlib.sha256(vectors.tobytes()).hexdigest())
+with open(sys.argv[1], "w") as out:
+    out.write(f'{{stable_hash("navy")}} {{hashlib.sha256(vectors.tobytes()).hexdigest()}}')
 """
+HASH_SEEDS = ("1", "2")
 
 
-def test_word_vectors_do_not_depend_on_python_hash_seed():
-    procs = []
-    for hash_seed in ("1", "2"):  # both at once: one thread each
-        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, "-c", _W2V.format(caps=CAPTIONS)], cwd=ROOT, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outs = set()
-    for proc in procs:
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
-        outs.add(out.strip())
+def _word_vectors_per_hash_seed(folder: Path, fixture) -> tuple[list[tuple[list[str], dict]], list[Path]]:
+    """A process per PYTHONHASHSEED writing the hash of "navy" and of its word vectors (run from the session's
+    start, conftest.py)."""
+    outs = [folder / f"hash_seed_{h}.txt" for h in HASH_SEEDS]
+    return [([sys.executable, "-c", _W2V.format(caps=CAPTIONS), str(out)], {"PYTHONHASHSEED": h})
+            for h, out in zip(HASH_SEEDS, outs)], outs
+
+
+EARLY_RUNS["word_vectors_per_hash_seed"] = _word_vectors_per_hash_seed
+
+
+@pytest.fixture
+def word_vectors_per_hash_seed(request) -> list[Path]:
+    return early_run("word_vectors_per_hash_seed", request)
+
+
+def test_word_vectors_do_not_depend_on_python_hash_seed(word_vectors_per_hash_seed):
+    outs = {path.read_text().strip() for path in word_vectors_per_hash_seed}
     assert len(outs) == 1, outs
     assert outs.pop().split()[0] == str(stable_hash("navy"))
 
 
-def _start(catalogue: Path, out: Path, model: str, run_id: str, cache: Path, hash_seed: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONHASHSEED": hash_seed, "XMODAL_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "xmodal.train", "--model", model, "--data", str(catalogue), "--epochs", "1",
-           "--batch-size", "16", "--seed", "5", "--out", str(out), "--run-id", run_id, *TINY_SIZE]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+SAME_SEED_MODELS = ["siamese", "cmpm-efficientnet"]
+
+
+def _same_seed_runs(folder: Path, fixture) -> tuple[list[tuple[list[str], dict]], Path]:
+    """Each model trained twice by ``python -m xmodal.train`` with the same flags and --seed, under PYTHONHASHSEED
+    1 then 2, with a cache of its own: the first run extracts the image features (cold cache), the second finds
+    them (warm). One process after another, on one thread each, from the session's start (conftest.py)."""
+    catalogue = fixture("tiny_catalogue")
+    return [([sys.executable, "-m", "xmodal.train", "--model", model, "--data", str(catalogue), "--epochs", "1",
+              "--batch-size", "16", "--seed", "5", "--out", str(folder / model), "--run-id", f"r{hash_seed}",
+              *TINY_SIZE], {"PYTHONHASHSEED": hash_seed, "XMODAL_CACHE": str(folder / model / "cache")})
+            for hash_seed in HASH_SEEDS for model in SAME_SEED_MODELS], folder
+
+
+EARLY_RUNS["same_seed_runs"] = _same_seed_runs
+
+
+@pytest.fixture
+def same_seed_runs(request) -> Path:
+    return early_run("same_seed_runs", request)
 
 
 @pytest.mark.slow
-def test_same_seed_same_numbers(tiny_catalogue, tmp_path):
+def test_same_seed_same_numbers(same_seed_runs):
     """Two runs with the same flags and --seed give the same numbers, whatever PYTHONHASHSEED is and
-    whether the first run had to extract the image features (cold cache) or found them (warm). The two
-    models train side by side (one thread each), each with its own cache."""
+    whether the first run had to extract the image features (cold cache) or found them (warm)."""
     from safetensors.torch import load_file
-    models = ["siamese", "cmpm-efficientnet"]
-    for hash_seed in ("1", "2"):  # the first runs fill their caches, the second read them
-        procs = [_start(tiny_catalogue, tmp_path / m, m, f"r{hash_seed}", tmp_path / m / "cache", hash_seed)
-                 for m in models]
-        for model, proc in zip(models, procs):
-            _, err = proc.communicate(timeout=600)
-            assert proc.returncode == 0, f"{model}: {err[-3000:]}"
-    for model in models:
-        runs = [tmp_path / model / f"r{h}" for h in ("1", "2")]
+    for model in SAME_SEED_MODELS:
+        runs = [same_seed_runs / model / f"r{h}" for h in HASH_SEEDS]
         a, b = (json.loads((r / "test.json").read_text()) for r in runs)
         for key in ("item", "caption", "similarity", "chosen_on"):
             assert a[key] == b[key], f"{model}: test.json {key} differs"
