@@ -1,7 +1,8 @@
 """Embeddings page: a 2-D map (UMAP or PCA) of one run's joint space, its test split or its whole catalogue,
 photos and titles in one WebGL map; colour by modality, split, an attribute or the rank of each item's true
 match; filter by facets and rank ranges; click a point for its photo and nearest neighbours; box or lasso
-to list, save or export products; items located from other pages ringed; and the modality gap."""
+to list, save or export products; items located from other pages ringed; and the modality gap. The *Over
+training* view plays the run's per-epoch snapshots as one aligned map, with each epoch's validation metrics."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,10 @@ import streamlit as st
 
 from xmodal.dashboard import analysis, catalogues, pickers, plots, slices, state, ui
 from xmodal.dashboard.maps import colours, figure as mapplot, panels as mapui, view as mapview, projection
+from xmodal.dashboard.maps import trajectory_view
 from xmodal.dashboard.escape import md
 
+VIEWS = {"space": "The joint space", "training": "Over training (epoch by epoch)"}
 RANK_COLOURS = {"rank: title → photo": "text_to_image", "rank: photo → title": "image_to_text"}
 
 pickers.hold_url()  # a URL opened on a freshly started server keeps its view
@@ -24,14 +27,19 @@ if not runs:
 pickers.open_view("emb_", also=(pickers.FOCUS, pickers.FOCUS_LABEL))  # opened bare: this session's last map
 cat, group = pickers.catalogue_picker(runs)
 best = catalogues.default_runs(group, lambda r: state.metrics(r.path), limit=1)
+view = pickers.url_widget(st.radio, "emb_view", pickers.choice(VIEWS), "space", "View", list(VIEWS),
+                          format_func=VIEWS.get, horizontal=True, label_visibility="collapsed")
 c1, c2, c3, c4 = st.columns([3, 2, 1, 1.4])
 with c1:
     run = pickers.run_select(cat, group, key=pickers.MAP_RUN, default=best[0] if best else None)
-scope = pickers.url_widget(c2.radio, pickers.MAP_SCOPE, pickers.choice(projection.SCOPES, projection.SCOPE_NAMES),
-                           "test", "Points", list(projection.SCOPES), horizontal=True,
-                           format_func=projection.SCOPE_NAMES.get,
-                           help="the whole catalogue marks each item's split (train / val / test) in its hover and "
-                                "filters")
+if view == "training":  # the run's snapshots over epochs; no scope (they are validation products)
+    scope = None
+else:
+    scope = pickers.url_widget(c2.radio, pickers.MAP_SCOPE, pickers.choice(projection.SCOPES,
+                               projection.SCOPE_NAMES), "test", "Points", list(projection.SCOPES), horizontal=True,
+                               format_func=projection.SCOPE_NAMES.get,
+                               help="the whole catalogue marks each item's split (train / val / test) in its hover "
+                                    "and filters")
 method = pickers.url_widget(c3.radio, "emb_method", pickers.choice(projection.METHODS), "umap", "Map",
                             list(projection.METHODS), horizontal=True, help="UMAP keeps neighbourhoods; PCA is "
                             "instant but linear")
@@ -40,6 +48,9 @@ gt = pickers.url_widget(c4.radio, pickers.MAP_GT, pickers.choice(projection.GROU
                         help="what counts as an item's true match in every rank on this page (colours, filters, "
                              "the clicked product): caption, any product with the identical title; item, only its "
                              "own photo or title")
+if view == "training":
+    trajectory_view.draw(run, method, gt)
+    st.stop()
 with st.expander("UMAP settings", icon=":material/tune:"):
     u1, u2 = st.columns(2)
     neighbours = pickers.url_widget(u1.slider, "emb_nn", pickers.number(2, 100, integer=True), 15, "Neighbours", 2,
