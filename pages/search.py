@@ -1,7 +1,8 @@
 """Search page: a text query gives the top-k products; an image (uploaded, or a catalogue product) gives
 the top-k captions and their products; one run or all runs side by side; for a catalogue item, where its
 true match landed and what ranked above it; why any result matched (words and regions); a photo changed by
-words ("in red"), beside photo only and words only; and "more like this / less like this" rounds."""
+words ("in red"), beside photo only and words only; and "more like this / less like this" rounds. Ranked with or
+without CSLS hubness correction. The view (runs, tab, query, k, gallery, filters, ranking) is in the URL."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,9 +10,11 @@ import streamlit as st
 
 from xmodal.dashboard import analysis, catalogues, checks, explain_view, pickers, queries, state, ui
 from xmodal.dashboard.escape import md
+from xmodal.dashboard.maps.projection import SCOPE_NAMES
 from xmodal.dashboard.maps.view import gallery_words
 from xmodal.dashboard.uploads import EXTENSIONS, UploadError, read_upload
 
+pickers.hold_url()  # a URL opened on a freshly started server keeps its view
 ui.page_guard("pages/search.py")
 st.title("Search")
 runs = ui.runs_with_weights()
@@ -23,14 +26,31 @@ from xmodal.retrieval.compose import DEFAULT_WEIGHT  # noqa: E402
 from xmodal.retrieval.filters import where_mask  # noqa: E402
 from xmodal.retrieval.run import RunError, UnknownQueryError  # noqa: E402
 
-c1, c2, c3 = st.columns([3, 1.3, 1])
+TABS = {"Text → products": "text", "Image → captions": "image", "Photo + words": "compose"}  # label: URL name
+TEXT_SOURCES = {"Type a query": "typed", "A catalogue title (test split)": "item"}
+IMAGE_SOURCES = {"Upload a photo": "upload", "A catalogue product (test split)": "item"}
+COMPOSE_SOURCES = {"A catalogue product (test split)": "item", "Upload a photo": "upload"}
+HUB_HELP = ("CSLS (Conneau et al., 2018): each result's cosine less half its mean cosine to its 30 nearest entries "
+            "of the catalogue in the query's modality, so products that sit near every query ('hubs') stop crowding "
+            "the top. It raised every model's recall on validation and test (docs/quality.md, section 4); none: "
+            "plain cosine, the ranking of the runs' reported recall. Photo + words always ranks by plain cosine.")
+
+pickers.open_view("search_")  # opened bare (from the sidebar): this session's last search comes back
+if pickers.text().parse(pickers.url_values("search_q")) and pickers.url_is_new("search_q"):  # a link with a query
+    for key_, value in (("search_tab", "text"), ("search_text_src", "typed")):
+        if key_ not in st.query_params:
+            st.query_params[key_] = value
+c1, c2, c3, c4 = st.columns([3, 1.3, 1, 1.1])
 with c1:
     chosen = ui.run_picker(runs, key="search_run", allow_all=True)
-scope = c2.radio("Gallery", ["all", "test"], horizontal=True, key="search_gallery", bind="query-params",
-                 format_func={"all": "whole catalogue", "test": "test split"}.get,
-                 help="whole catalogue: every product, training items included; test split: only the run's test "
-                      "products, the gallery that Compare and the run's reported recall rank against")
-k = c3.slider("Results per run", 1, 20, 8, key="search_k")
+scope = pickers.url_widget(c2.radio, "search_gallery", pickers.choice(["all", "test"], SCOPE_NAMES), "all", "Gallery",
+                           ["all", "test"], horizontal=True, format_func=SCOPE_NAMES.get,
+                           help="whole catalogue: every product, training items included; test split: only the run's "
+                                "test products, the gallery that Compare and the run's reported recall rank against")
+k = pickers.url_widget(c3.slider, "search_k", pickers.number(1, 20, integer=True), 8, "Results per run", 1, 20)
+hubness = pickers.url_widget(c4.radio, "search_hub", pickers.choice(queries.HUBNESS), "csls", "Hubness correction",
+                             list(queries.HUBNESS), horizontal=True, format_func={"csls": "CSLS", "none": "none"}.get,
+                             help=HUB_HELP)
 try:
     loaded = {analysis.run_label(r): state.run(r.path) for r in chosen}
     models = {analysis.run_label(r): r.model for r in chosen}
@@ -62,11 +82,13 @@ if where:
         st.stop()
 
 
-def gallery_caption(label: str) -> None:
+def gallery_caption(label: str, bank: str) -> None:
+    """What a run's results were searched in and how they were ranked (``bank``: the queries' modality)."""
     g = galleries[label]
     st.caption(md(queries.gallery_line(analysis.catalogue_label(chosen[0].config), "all" if g is None else "test",
                                        len(cat) if g is None else len(g)))
                + ("; the true match is caption-level (identical titles count)" if scope == "test" else "")
+               + f"; {md(queries.ranking_line(hubness, bank))}"
                + (f"; filtered by {md(', '.join(f'{c} = ' + ' or '.join(v) for c, v in where.items()))}"
                   if where else ""))
 
@@ -88,6 +110,18 @@ def item_label(i: int) -> str:
     return f"{cat.item_ids[i]} · {cat.captions[i]}"
 
 
+def item_picker(key: str) -> int:
+    """A test product (its item id in the URL as ``key``); returns its catalogue position."""
+    return pickers.url_widget(st.selectbox, key, pickers.choice(test_pos, {p: cat.item_ids[p] for p in test_pos}),
+                              test_pos[0], "Test product", test_pos, format_func=item_label)
+
+
+def source_picker(key: str, label: str, sources: dict[str, str]) -> str:
+    """Where a tab's query comes from (a radio, in the URL as ``key``)."""
+    return pickers.url_widget(st.radio, key, pickers.choice(list(sources), sources), next(iter(sources)), label,
+                              list(sources), horizontal=True)
+
+
 def show(results: dict[str, queries.QueryResult], grid: bool, tab: str, text: str | None = None,
          image=None) -> None:
     """Each run's top-k (a grid for one run, columns side by side for several), the true match's rank, and
@@ -99,12 +133,13 @@ def show(results: dict[str, queries.QueryResult], grid: bool, tab: str, text: st
                 st.markdown(f"**{md(models[label])}**")
                 st.caption(md(label))
             state_note(label)
-            gallery_caption(label)
+            gallery_caption(label, "captions" if tab == "text" else "photos")
             if res.rank is not None:
                 size, place = gallery_size(label)
                 st.metric("True match landed at rank", res.rank, delta=gallery_words(size, place, "caption"),
                           delta_color="off", delta_arrow="off", help=f"out of the {size:,} products searched "
-                          f"({place}); caption-level: items with the identical title count as the true match too")
+                          f"({place}, {'CSLS' if hubness == 'csls' else 'plain cosine'}); caption-level: items with "
+                          "the identical title count as the true match too")
             if grid and len(results) == 1:
                 ui.hit_grid(res.hits)
             else:
@@ -126,23 +161,23 @@ def show(results: dict[str, queries.QueryResult], grid: bool, tab: str, text: st
                                         stacked=len(results) > 1)
 
 
-tab_text, tab_image, tab_compose = st.tabs(["Text → products", "Image → captions", "Photo + words"])
+tab_text, tab_image, tab_compose = ui.url_tabs(TABS, "search_tab")
 with tab_text:
-    source = st.radio("Query", ["Type a query", "A catalogue title (test split)"], horizontal=True,
-                      key="search_text_src")
+    source = source_picker("search_text_src", "Query", TEXT_SOURCES)
     item_id = None
     if source == "Type a query":
-        query = st.text_input("Describe a product", key="search_query",
-                              placeholder="e.g. navy blue striped kurta, women red dress")
+        query = pickers.url_widget(st.text_input, "search_query", pickers.text(), "", "Describe a product",
+                                   always=False, url_key="search_q",
+                                   placeholder="e.g. navy blue striped kurta, women red dress")
     else:
-        pos = st.selectbox("Test product", test_pos, format_func=item_label, key="search_text_item")
+        pos = item_picker("search_text_item")
         query, item_id = cat.captions[pos], cat.item_ids[pos]
         ui.photo(cat.image_path(pos), 90, caption="the true match")
     if query.strip():
         answered, refused = {}, []
         for label, r in loaded.items():
             try:
-                answered[label] = queries.text_query(r, query, k, item_id, gallery=galleries[label])
+                answered[label] = queries.text_query(r, query, k, item_id, gallery=galleries[label], hubness=hubness)
             except UnknownQueryError as err:
                 refused.append(err)
         # The words come from the query and the vocabulary (catalogue text): escaped like any other.
@@ -157,8 +192,7 @@ with tab_text:
             show(answered, grid=True, tab="text", text=query)
 
 with tab_image:
-    source = st.radio("Query", ["Upload a photo", "A catalogue product (test split)"], horizontal=True,
-                      key="search_image_src")
+    source = source_picker("search_image_src", "Query", IMAGE_SOURCES)
     image, item_id = None, None
     if source == "Upload a photo":
         upload = st.file_uploader("Product photo (JPEG, PNG, WebP; at most 10 MB)", type=EXTENSIONS,
@@ -169,23 +203,21 @@ with tab_image:
             except UploadError as err:
                 st.error(md(err), icon=":material/error:")
     else:
-        pos = st.selectbox("Test product", test_pos, format_func=item_label, key="search_image_item")
+        pos = item_picker("search_image_item")
         try:
             image, item_id = cat.open_image(pos), cat.item_ids[pos]
         except (OSError, ValueError) as err:  # the photo changed or went since the catalogue was checked
             st.error(md(f"Cannot open the photo of {cat.item_ids[pos]}: {err}"), icon=":material/error:")
     if image is not None:
         st.image(image, width=140, caption="query")
-        show({label: queries.image_query(r, image, k, item_id, gallery=galleries[label])
-              for label, r in loaded.items()}, grid=False,
-             tab="image", image=image)
+        show({label: queries.image_query(r, image, k, item_id, gallery=galleries[label], hubness=hubness)
+              for label, r in loaded.items()}, grid=False, tab="image", image=image)
 
 with tab_compose:
     st.caption("A photo changed by words: the product in another colour, pattern or cut. Its results sit beside "
                "the photo's alone and the words' alone; below, mark results to get more or fewer like them."
                + (" The attribute filter does not apply here: it searches every product." if where else ""))
-    source = st.radio("Photo", ["A catalogue product (test split)", "Upload a photo"], horizontal=True,
-                      key="search_compose_src")
+    source = source_picker("search_compose_src", "Photo", COMPOSE_SOURCES)
     photo, photo_key = None, None
     if source == "Upload a photo":
         upload = st.file_uploader("Product photo (JPEG, PNG, WebP; at most 10 MB)", type=EXTENSIONS,
@@ -197,25 +229,29 @@ with tab_compose:
             except UploadError as err:
                 st.error(md(err), icon=":material/error:")
     else:
-        pos = st.selectbox("Test product", test_pos, format_func=item_label, key="search_compose_item")
+        pos = item_picker("search_compose_item")
         photo, photo_key = pos, f"item:{cat.item_ids[pos]}"  # an item index: left out of its own results
         ui.photo(cat.image_path(pos), 90, caption="the photo")
     c1, c2 = st.columns([2, 1])
-    words = c1.text_input("Change it with words", key="search_compose_text",
-                          placeholder="e.g. red, with stripes, for women")
-    weight = c2.slider("Weight of the words", 0.0, 1.0, DEFAULT_WEIGHT, 0.05, key="search_compose_weight",
-                       help="0: the photo alone; 1: the words alone. Each part is scaled to the spread of its own "
-                            "scores first, so 0.5 gives both the same pull.")
+    words = pickers.url_widget(c1.text_input, "search_compose_text", pickers.text(), "", "Change it with words",
+                               always=False, placeholder="e.g. red, with stripes, for women")
+    weight = pickers.url_widget(c2.slider, "search_compose_weight", pickers.number(0.0, 1.0, step=0.05),
+                                DEFAULT_WEIGHT, "Weight of the words", 0.0, 1.0, step=0.05,
+                                help="0: the photo alone; 1: the words alone. Each part is scaled to the spread of "
+                                     "its own scores first, so 0.5 gives both the same pull.")
     if photo is None or not words.strip():
         st.info("Pick or upload a photo and type a few words to change it.", icon=":material/info:")
     else:
         label = next(iter(loaded))
         if len(loaded) > 1:
-            label = st.selectbox("Run", list(loaded), key="search_compose_run")
+            label = pickers.url_widget(st.selectbox, "search_compose_run",
+                                       pickers.choice(list(loaded), {n: infos[n].run_id for n in loaded}), label,
+                                       "Run", list(loaded))
         run = loaded[label]
         state_note(label)
         st.caption(md(queries.gallery_line(analysis.catalogue_label(chosen[0].config), "all", len(cat)))
-                   + " (Photo + words always searches every product; the photo's own product is left out)")
+                   + " (Photo + words always searches every product, ranked by plain cosine; the photo's own "
+                     "product is left out)")
         try:
             unknown = run.vocab.check_query(words)[1]
             if unknown:

@@ -20,6 +20,7 @@ view needs in its URL.
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -121,6 +122,26 @@ def span(labels: Sequence[str]) -> Param:
     return Param(parse, lambda v: [str(v[0]), str(v[1])])
 
 
+def text(max_chars: int = MAX_TEXT) -> Param:
+    """Free text of one line, at most ``max_chars`` characters (a value with control characters is refused)."""
+    def parse(raw: list[str]) -> str | None:
+        value = raw[-1] if raw else None
+        if value is None or len(value) > max_chars or any(unicodedata.category(c) == "Cc" for c in value):
+            return None
+        return value
+
+    return Param(parse, lambda v: [str(v)] if v else [])
+
+
+def grouped(options: dict[Any, Sequence[str]]) -> Param:
+    """One of ``options``' keys, written as its values (a repeated parameter: ``run=a&run=b``); read back from the
+    same set of values in any order, values no option holds dropped."""
+    by_set = {frozenset(map(str, v)): o for o, v in options.items()}
+    known = set().union(*by_set) if by_set else set()
+    return Param(lambda raw: by_set.get(frozenset(x for x in raw if x in known)),
+                 lambda v: [str(x) for x in options.get(v, [])])
+
+
 def url_values(key: str) -> list[str]:
     """The values of URL parameter ``key``, bounded (untrusted: only a ``Param`` reads them)."""
     return [str(x)[:MAX_TEXT] for x in st.query_params.get_all(key)][:MAX_VALUES]
@@ -176,18 +197,20 @@ def _page_opened_bare(key: str) -> bool:
     return not any(k.startswith(prefix) for k in st.session_state.get(_OPENED, []))
 
 
-def seed(key: str, param: Param, default: Any) -> None:
+def seed(key: str, param: Param, default: Any, url_key: str | None = None) -> None:
     """Before drawing widget ``key``: give it the URL's value when the URL brings one (the widget was not drawn on
     the last run, or the URL changed), else keep its own, else its last value of this session when the page was
-    opened bare, else ``default`` (also when its options changed: another catalogue)."""
-    raw, fresh = url_values(key), key not in st.session_state
-    if raw and (fresh or url_is_new(key)):
+    opened bare, else ``default`` (also when its options changed: another catalogue). ``url_key``: the URL
+    parameter, when it is not ``key``."""
+    url_key = url_key or key
+    raw, fresh = url_values(url_key), key not in st.session_state
+    if raw and (fresh or url_is_new(url_key)):
         value = param.parse(raw)
         if value is not None:
             st.session_state[key] = value
             return
     if fresh:
-        remembered = st.session_state.get(_VIEWS, {}).get(key) if _page_opened_bare(key) else None
+        remembered = st.session_state.get(_VIEWS, {}).get(url_key) if _page_opened_bare(url_key) else None
         value = param.parse(remembered) if remembered else None
         st.session_state[key] = default if value is None else value
     elif param.parse(param.encode(st.session_state[key])) != st.session_state[key]:
@@ -195,14 +218,15 @@ def seed(key: str, param: Param, default: Any) -> None:
 
 
 def url_widget(draw: Callable[..., Any], key: str, param: Param, default: Any, *args, always: bool = True,
-               **kwargs) -> Any:
+               url_key: str | None = None, **kwargs) -> Any:
     """``draw(*args, key=key, **kwargs)`` (a Streamlit widget) with its value in the URL as ``key``; returns it.
 
     ``always``: written even when it equals ``default`` (False: left out then, for a default that never changes).
+    ``url_key``: the URL parameter, when it is not the widget's key (a name other pages link with).
     """
-    seed(key, param, default)
+    seed(key, param, default, url_key)
     value = draw(*args, key=key, **kwargs)
-    publish(key, param.encode(value) if always or value != default else [])
+    publish(url_key or key, param.encode(value) if always or value != default else [])
     return value
 
 

@@ -3,7 +3,9 @@ catalogue item (caption-level: items with an identical caption also count as the
 
 The gallery is the run's whole catalogue, or a part of it (``gallery``: catalogue positions, e.g. the test
 split, the gallery that Compare and the run's test.json rank against): hits and ranks then come from those
-items alone, and ``gallery_line`` says which was searched.
+items alone, and ``gallery_line`` says which was searched. ``hubness="csls"`` ranks with CSLS hubness correction
+(``xmodal.retrieval.hubness``, the ranking ``Run.hubness = "csls"`` gives); the hits keep their plain cosine as
+their score, the number the explanations place among the catalogue's, and ``ranking_line`` says which ranking.
 
 Every session's query runs on one thread (``on_query_thread``), one query at a time, with PyTorch on one
 intra-op thread: sessions searching at the same moment queue there instead of each running PyTorch's thread
@@ -13,6 +15,7 @@ tens of milliseconds, so the queue moves quickly; the page drawing around it sta
 """
 from __future__ import annotations
 
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, TypeVar
@@ -31,6 +34,9 @@ T = TypeVar("T")
 
 
 _QUERIES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmodal-query")  # the one query thread
+HUBNESS = ("csls", "none")  # query-time hubness corrections offered (xmodal.retrieval.hubness)
+# Each loaded run's CSLS offsets per gallery kind; touched only on the query thread; gone with the run.
+_OFFSETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _on_one_torch_thread(fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
@@ -74,6 +80,40 @@ def gallery_line(catalogue_name: str, scope: str, size: int) -> str:
     return f"Searched {where}: {size:,} products of {catalogue_name}"
 
 
+def ranking_line(hubness: str, bank: str) -> str:
+    """How results were ranked, in words (``bank``: what the correction compares each result to, e.g. "captions")."""
+    if hubness == "csls":
+        from ..retrieval.hubness import CSLS_K, CSLS_WEIGHT  # lazy: this module imports without PyTorch
+        return (f"ranked with CSLS hubness correction: each result's cosine less {CSLS_WEIGHT:g} × its mean cosine "
+                f"to its {CSLS_K} nearest {bank} of the catalogue; the scores shown are the plain cosines")
+    return "ranked by plain cosine, as the run's reported recall is"
+
+
+def _check_hubness(hubness: str) -> None:
+    if hubness not in HUBNESS:
+        raise ValueError(f"unknown hubness correction {hubness!r}; choose one of {HUBNESS}")
+
+
+def _csls_offsets(run: Run, kind: str) -> np.ndarray:
+    """CSLS's ``r(g)`` ``[N]`` for gallery ``kind`` (``images``: searched by captions, ``texts``: by photos), its bank
+    the catalogue's embeddings of the queries' modality as ``Run.hubness = "csls"`` uses; computed once per loaded
+    run, on the query thread (one at a time)."""
+    from ..retrieval.hubness import csls_offsets  # lazy: this module imports without PyTorch
+    cached = _OFFSETS.setdefault(run, {})
+    if kind not in cached:
+        gallery, bank = (run.image_embeds, run.text_embeds) if kind == "images" else (run.text_embeds, run.image_embeds)
+        cached[kind] = csls_offsets(bank, gallery).numpy()
+    return cached[kind]
+
+
+def _scores(run: Run, kind: str, vector, hubness: str, gallery: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(cosine ``[N]``, the ranking's scores ``[N]``: CSLS-corrected when ``hubness`` asks, -inf off ``gallery``)."""
+    from ..retrieval.hubness import CSLS_WEIGHT  # lazy: this module imports without PyTorch
+    cosine = ((run.image_embeds if kind == "images" else run.text_embeds) @ vector).numpy()  # [N]
+    ranking = cosine - CSLS_WEIGHT * _csls_offsets(run, kind) if hubness == "csls" else cosine
+    return cosine, _restricted(ranking, gallery)
+
+
 def _restricted(scores: np.ndarray, gallery: np.ndarray | None) -> np.ndarray:
     """``scores`` with every entry outside ``gallery`` at -inf (never a hit, never above the true match)."""
     if gallery is None:
@@ -83,58 +123,69 @@ def _restricted(scores: np.ndarray, gallery: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def _top(run: Run, scores: np.ndarray, gallery: np.ndarray, k: int) -> list[Hit]:
-    order = gallery[np.argsort(-scores[gallery], kind="stable")[:k]]
-    return [_hit(run, int(i), scores[i]) for i in order]
+def _top(run: Run, ranking: np.ndarray, cosine: np.ndarray, gallery: np.ndarray, k: int) -> list[Hit]:
+    """The ``k`` best of ``gallery`` by ``ranking``, each hit scored with its cosine."""
+    order = gallery[np.argsort(-ranking[gallery], kind="stable")[:k]]
+    return [_hit(run, int(i), cosine[i]) for i in order]
 
 
-def _locate(run: Run, scores: np.ndarray, item_id: str | None, show: int) -> tuple[int | None, list[Hit], Hit | None]:
+def _locate(run: Run, ranking: np.ndarray, cosine: np.ndarray, item_id: str | None, show: int
+            ) -> tuple[int | None, list[Hit], Hit | None]:
     cat = run.catalogue
     if item_id is None or item_id not in cat.item_ids:
         return None, [], None
     pos = cat.item_ids.index(item_id)
-    if not np.isfinite(scores[pos]):  # not in the gallery searched
+    if not np.isfinite(ranking[pos]):  # not in the gallery searched
         return None, [], None
     key = normalise_caption(cat.captions[pos])
     same = [i for i, c in enumerate(cat.captions)
-            if i != pos and normalise_caption(c) == key and np.isfinite(scores[i])]
-    rank, above = rank_of_match(scores, [pos, *same], show=show)
-    return rank, [_hit(run, i, scores[i]) for i in above], _hit(run, pos, scores[pos])
+            if i != pos and normalise_caption(c) == key and np.isfinite(ranking[i])]
+    rank, above = rank_of_match(ranking, [pos, *same], show=show)
+    return rank, [_hit(run, i, cosine[i]) for i in above], _hit(run, pos, cosine[pos])
 
 
 def text_query(run: Run, query: str, k: int = 10, item_id: str | None = None, show_above: int = 10,
-               gallery: np.ndarray | None = None) -> QueryResult:
+               gallery: np.ndarray | None = None, hubness: str = "none") -> QueryResult:
     """Products whose images best match ``query``; with ``item_id``, where that item's image landed; with
-    ``gallery`` (catalogue positions), among those products only. Runs on the query thread."""
-    return on_query_thread(_text_query, run, query, k, item_id, show_above, gallery)
+    ``gallery`` (catalogue positions), among those products only; ``hubness`` ``csls``: ranked with CSLS (the hits'
+    scores stay cosines). Runs on the query thread."""
+    _check_hubness(hubness)
+    return on_query_thread(_text_query, run, query, k, item_id, show_above, gallery, hubness)
 
 
 def _text_query(run: Run, query: str, k: int, item_id: str | None, show_above: int,
-                gallery: np.ndarray | None) -> QueryResult:
+                gallery: np.ndarray | None, hubness: str) -> QueryResult:
     vector = run.embed_text(query)  # [D], once: the hits and the true match's rank both come from it
-    hits = run.search_text(query, k, vector=vector)
-    scores = _restricted((run.image_embeds @ vector).numpy(), gallery)  # [N]
-    if gallery is not None:
+    hits = run.search_text(query, k, vector=vector)  # plain search: the hits, and the words it read
+    cosine, ranking = _scores(run, "images", vector, hubness, gallery)  # [N] each
+    if gallery is not None or hubness != "none":
         from ..retrieval.run import SearchResult
-        part = SearchResult(_top(run, scores, np.asarray(gallery), k), hits.query_words, hits.unknown_words)
+        part = SearchResult(_top(run, ranking, cosine, _positions(run, gallery), k), hits.query_words,
+                            hits.unknown_words)
         part.words_not_read = getattr(hits, "words_not_read", 0)
         hits = part
-    rank, above, true_hit = _locate(run, scores, item_id, show_above)
+    rank, above, true_hit = _locate(run, ranking, cosine, item_id, show_above)
     return QueryResult(hits, rank, above, true_hit)
 
 
 def image_query(run: Run, image: Image.Image, k: int = 10, item_id: str | None = None,
-                show_above: int = 10, gallery: np.ndarray | None = None) -> QueryResult:
+                show_above: int = 10, gallery: np.ndarray | None = None, hubness: str = "none") -> QueryResult:
     """Captions that best describe ``image``; with ``item_id``, where that item's caption landed; with
-    ``gallery`` (catalogue positions), among those products' captions only. Runs on the query thread."""
-    return on_query_thread(_image_query, run, image, k, item_id, show_above, gallery)
+    ``gallery`` (catalogue positions), among those products' captions only; ``hubness`` as ``text_query``. Runs on
+    the query thread."""
+    _check_hubness(hubness)
+    return on_query_thread(_image_query, run, image, k, item_id, show_above, gallery, hubness)
 
 
 def _image_query(run: Run, image: Image.Image, k: int, item_id: str | None, show_above: int,
-                 gallery: np.ndarray | None) -> QueryResult:
+                 gallery: np.ndarray | None, hubness: str) -> QueryResult:
     vector = run.embed_image(image)  # [D], once: the backbone's forward is most of a query
-    scores = _restricted((run.text_embeds @ vector).numpy(), gallery)  # [N]
-    hits = run.search_image(image, k, vector=vector) if gallery is None else \
-        _top(run, scores, np.asarray(gallery), k)
-    rank, above, true_hit = _locate(run, scores, item_id, show_above)
+    cosine, ranking = _scores(run, "texts", vector, hubness, gallery)  # [N] each
+    hits = run.search_image(image, k, vector=vector) if gallery is None and hubness == "none" else \
+        _top(run, ranking, cosine, _positions(run, gallery), k)
+    rank, above, true_hit = _locate(run, ranking, cosine, item_id, show_above)
     return QueryResult(hits, rank, above, true_hit)
+
+
+def _positions(run: Run, gallery: np.ndarray | None) -> np.ndarray:
+    return np.arange(len(run.catalogue)) if gallery is None else np.asarray(gallery)

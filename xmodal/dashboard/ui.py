@@ -74,17 +74,51 @@ def no_runs_hint(what: str = "this page") -> None:
 def run_picker(runs: Sequence[RunInfo], key: str, allow_all: bool = False, label: str = "Run") -> list[RunInfo]:
     """A selectbox over ``runs`` (optionally with "all runs side by side"); returns the chosen runs.
 
-    When the runs were trained on more than one catalogue, a catalogue is picked first (``pickers``) and only
+    The choice is in the URL as ``key``: the run id, repeated for runs side by side (all of them, or the ones a
+    link named: that set is offered as an option of its own). When the runs were trained on more than one
+    catalogue, a catalogue is picked first (``pickers``; a link naming runs of one catalogue opens it) and only
     its runs are offered, so "all runs side by side" never puts one catalogue's query to another's models.
     """
-    if len({catalogues.catalogue_id(r.config).key for r in runs}) > 1:
+    several = len({catalogues.catalogue_id(r.config).key for r in runs}) > 1
+    _linked_runs(runs, key, several)
+    if several:
         runs = pickers.catalogue_picker(runs)[1]
-    labels = [analysis.run_label(r) for r in runs]
-    options = ([ALL_RUNS] if allow_all and len(runs) > 1 else []) + labels
-    choice = st.selectbox(label, options, key=key)
-    if choice == ALL_RUNS:
-        return list(runs)
-    return [runs[labels.index(choice)]] if choice in labels else []
+    by_id = {r.run_id: r for r in runs}
+    ids = {analysis.run_label(r): [r.run_id] for r in runs}
+    some = [] if not allow_all else st.session_state.get(f"_{key}_some", [])
+    some = [i for i in some if i in by_id]
+    if allow_all and len(runs) > 1:
+        ids = {ALL_RUNS: list(by_id),
+               **({f"{len(some)} runs side by side: {', '.join(some)}": some} if 1 < len(some) < len(runs) else {}),
+               **ids}
+    options = list(ids)
+    choice = pickers.url_widget(st.selectbox, key, pickers.grouped(ids), options[0], label, options)
+    return [by_id[i] for i in ids.get(choice, [])]
+
+
+def _linked_runs(runs: Sequence[RunInfo], key: str, pick_catalogue: bool) -> None:
+    """A URL that brings run ids (``key``) of one catalogue opens that catalogue (``pick_catalogue``: the page
+    offers several), and a set of two or more of its runs becomes an option of ``run_picker`` (for the session)."""
+    asked = list(dict.fromkeys(pickers.url_values(key)))
+    if not asked or (key in st.session_state and not pickers.url_is_new(key)):
+        return
+    named = [r for r in runs if r.run_id in asked]
+    cats = {catalogues.catalogue_id(r.config).key for r in named}
+    if len(cats) == 1:
+        if pick_catalogue:
+            st.query_params[pickers.CATALOGUE_KEY] = cats.pop()
+        if len(named) > 1:
+            st.session_state[f"_{key}_some"] = [r.run_id for r in named]
+
+
+def url_tabs(labels: dict[str, str], key: str) -> Sequence:
+    """``st.tabs`` over ``labels`` ({tab label: its name in the URL}) with the open tab in the URL as ``key`` (the
+    first tab when the URL names none); returns the tab containers. Every tab's content still runs."""
+    param = pickers.choice(list(labels), labels)
+    pickers.seed(key, param, next(iter(labels)))
+    tabs = st.tabs(list(labels), key=key, on_change="rerun")
+    pickers.publish(key, param.encode(st.session_state.get(key)))
+    return tabs
 
 
 def show_failure(run_dir: Path, status: dict, compact: bool = False) -> None:
@@ -199,9 +233,9 @@ def filter_widgets(cat) -> dict[str, list[str]]:
             counts: dict[str, int] = {}
             for v in values:
                 counts[str(v)] = counts.get(str(v), 0) + 1
-            picked = cols[n % len(cols)].multiselect(
-                column, sorted(counts), key=f"search_f_{column}", bind="query-params",
-                format_func=lambda v, c=counts: f"{v} ({c[v]:,})")
+            picked = pickers.url_widget(cols[n % len(cols)].multiselect, f"search_f_{column}",
+                                        pickers.choices(sorted(counts)), [], column, sorted(counts), always=False,
+                                        format_func=lambda v, c=counts: f"{v} ({c[v]:,})")
             if picked:
                 where[column] = list(picked)
     return where
