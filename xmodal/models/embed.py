@@ -16,6 +16,7 @@ from ..data.images import to_rgb
 from ..image.backbones import ImageFiles, image_transform, loader_workers
 from ..image.feature_cache import cached_features
 from ..image.runtime import backbone_features
+from ..text.runtime import fixed_weights, text_encoder  # noqa: F401  (fixed_weights: load_model marks its model)
 from ..text.vocabulary import Vocab
 
 
@@ -33,9 +34,12 @@ def catalogue_features(model: nn.Module, cat: Catalogue, device: torch.device, p
 @torch.no_grad()
 def embed_texts(model: nn.Module, vocab: Vocab, texts: list[str], device: torch.device, batch: int = 512
                 ) -> torch.Tensor:
-    """Text embeddings ``[N, D]`` (CPU, float32)."""
-    model.eval()
-    out = [model.encode_text(vocab.encode(texts[s:s + batch]).to(device)).float().cpu()
+    """Text embeddings ``[N, D]`` (CPU, float32): a fixed model's text tower in ONNX Runtime on CPU
+    (``xmodal.text.runtime``)."""
+    if model.training:  # walking the module tree to set eval mode is not free on every query
+        model.eval()
+    encode = text_encoder(model, device)
+    out = [encode(vocab.encode(texts[s:s + batch]).to(device)).float().cpu()
            for s in range(0, len(texts), batch)]
     return torch.cat(out) if out else torch.zeros(0, model.cfg.embed_dim)
 

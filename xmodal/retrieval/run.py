@@ -33,7 +33,7 @@ from .gallery import Gallery, GalleryConfig
 from .filters import exact_rows, where_mask
 from .hubness import csls_offsets
 from ..models import ModelConfig, rebuild_model
-from ..models.embed import embed_catalogue_images, embed_pil, embed_texts
+from ..models.embed import embed_catalogue_images, embed_pil, embed_texts, fixed_weights
 from .query_vectors import DEFAULT_WEIGHT, ROCCHIO, compose_vectors, rocchio, unit
 from ..runs import check_record, read_json
 from ..text.vocabulary import tokenize, UnknownQueryError, Vocab  # noqa: F401  (UnknownQueryError: raised by search_text)
@@ -132,7 +132,7 @@ def load_model(run_dir: str | os.PathLike, device: torch.device | str = "cpu", w
         model.load_state_dict(state)
     except (SafetensorError, RuntimeError, OSError) as err:
         raise RunError(f"{run_dir / weights} cannot be loaded ({err}); retrain or resume the run") from err
-    return model.to(device).eval(), vocab, config
+    return fixed_weights(model.to(device).eval()), vocab, config  # fixed: its text tower may run in ONNX Runtime
 
 
 def run_catalogue_path(config: dict, data: str | None = None) -> Path:
