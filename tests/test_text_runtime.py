@@ -211,3 +211,18 @@ def test_damaged_graph_is_rebuilt(loaded, monkeypatch, tmp_path, caplog, how):
     assert graph is not None and runtime.probe_error(graph, model) <= runtime.TOLERANCE
     assert len(notices(caplog, f"{path.name} is damaged")) == 1
     assert runtime.probe_error(runtime.OrtText(path.read_bytes(), path, 1), model) <= runtime.TOLERANCE  # healed
+
+
+# ---------------------------------------------------------------- the bench's row
+
+def test_bench_row_against_the_bare_runtimes(loaded, monkeypatch):
+    from xmodal.bench.text import text_encoding_row
+    model, vocab, captions = loaded
+    row = text_encoding_row(model, vocab, captions[:8], "tiny run")
+    used = "onnxruntime" if runtime.onnxruntime_version() else "torch"
+    assert row.section == "3 search" and f"(tiny run, {used}, " in row.measure and "8 captions" in row.measure
+    assert row.reference.startswith("tokenise p50 ") and "+ bare " in row.reference and "(torch " in row.reference
+    assert row.target == "<= 1.25x" and row.met == (float(row.score[:-1]) <= 1.25)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # without ONNX Runtime: PyTorch is the only bare runtime
+    row = text_encoding_row(model, vocab, captions[:8], "tiny run")
+    assert "(tiny run, torch, " in row.measure and "+ bare torch p50" in row.reference

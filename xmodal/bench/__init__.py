@@ -9,7 +9,9 @@ same run (the machine may be shared and noisy, so ratios count more than absolut
    limit; the ONNX export's cost; a photo file to its top-10 titles through ``search_image``;
 2. one training step of every registered model through ``make_loader`` + ``train_one_epoch`` against a bare
    forward + loss + backward + AdamW step over the same batches, already in memory (``training.py``);
-3. text-to-top-10 query latency (text encoding included) over galleries of synthetic unit vectors: exact
+3. one caption's text encoding through ``embed_texts`` (in the runtime ``xmodal.text.runtime`` picks) against
+   the tokeniser plus the bare text tower in each runtime (``text.py``); text-to-top-10 query latency (text
+   encoding included) over galleries of synthetic unit vectors: exact
    search against one pass over the gallery's memory (a plain sum over the same array), and the faiss
    index with its recall@10 against exact search (``search.py``);
 4. a UMAP map of 10k points (the dashboard's ``project``) and embedding a 10k-item gallery (``maps.py``);

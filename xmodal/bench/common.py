@@ -126,10 +126,15 @@ def product_like(n: int, dim: int, seed: int = 0, queries: int = 0, chunk: int =
 
 
 def text_model(vocab_size: int, dim: int):
-    """An untrained cmpm-efficientnet (its BiLSTM text tower is what a query goes through)."""
+    """An untrained cmpm-efficientnet (its BiLSTM text tower is what a query goes through), its weights marked
+    fixed as a loaded run's are, so its text tower runs where a run's would; any ONNX export happens here, before
+    a section's clock."""
     from ..models import create_model  # lazy: timm and the models, only in the sections that embed text
+    from ..text import runtime  # lazy: as above (it loads the image runtime, hence timm)
     torch.manual_seed(0)
-    return create_model("cmpm-efficientnet", vocab_size=vocab_size, word_dim=100, embed_dim=dim).eval()
+    model = create_model("cmpm-efficientnet", vocab_size=vocab_size, word_dim=100, embed_dim=dim).eval()
+    runtime.select_runtime(runtime.fixed_weights(model), torch.device("cpu"))
+    return model
 
 
 def format_table(rows: list[Row]) -> str:

@@ -17,7 +17,8 @@ from ..models.embed import embed_texts
 from ..retrieval.gallery import Gallery, GalleryConfig, _FaissThreads, exact_topk, recall_at_k
 from ..retrieval.run import load_run
 from ..text.vocabulary import Vocab
-from .common import BenchConfig, Row, ms, product_like, text_model, timed, train_run
+from .common import BenchConfig, Row, ms, product_like, text_model, train_run
+from .text import text_encoding_row
 
 
 def _latency(encode: Callable[[str], torch.Tensor], search: Callable[[torch.Tensor], object], texts: list[str],
@@ -58,11 +59,7 @@ def bench_search(cfg: BenchConfig, cat, work: Path, query_run: Path | None = Non
     def encode(text: str) -> torch.Tensor:
         return embed_texts(model, vocab, [text], cpu)[0]  # [D]
 
-    for text in cat.captions[:5]:
-        encode(text)  # warm-up
-    enc = np.array([timed(lambda t=t: encode(t), 1) for t in rng.choice(cat.captions, 50)])
-    rows = [Row("3 search", "text encoding alone (one caption, BiLSTM)", f"p50 {ms(np.median(enc))}",
-                "-", "-", "-", None)]
+    rows = [text_encoding_row(model, vocab, list(rng.choice(cat.captions, 50)), "untrained cmpm BiLSTM")]
     for n in sorted(cfg.sizes):
         texts = list(rng.choice(cat.captions, max(10, min(cfg.latency_queries, int(3e7 // n)))))
         rows += _search_rows(cfg, n, encode, texts, work)
