@@ -58,3 +58,41 @@ def test_training_keeps_a_snapshot_per_epoch(trained_run, tmp_path):
     shutil.copytree(trained_run / "snapshots", broken / "snapshots")
     (broken / "snapshots" / "epoch_0002.safetensors").write_bytes(b"garbage")
     assert sorted(read_snapshots(broken)[1]) == [1]  # a damaged file is skipped alone
+
+
+def test_procrustes_undoes_a_rotation_and_scale_and_small_snapshots_map_with_pca():
+    from xmodal.evaluation.trajectory import _procrustes, method_used
+    rng = np.random.default_rng(3)
+    b = rng.normal(size=(30, 2))
+    turn = np.array([[0.0, -1.0], [1.0, 0.0]])
+    assert np.allclose(_procrustes(2.5 * b @ turn + 7.0, b), b, atol=1e-4)
+    tiny = _snaps(rng, epochs=2, n=10)  # 20 points: too few for UMAP's graph
+    assert method_used(tiny, "umap") == method_used(tiny, "aligned-umap") == "pca"
+    assert np.allclose(aligned_maps(tiny, "umap")[1], aligned_maps(tiny, "pca")[1])
+    with pytest.raises(ValueError, match="unknown projection"):
+        method_used(tiny, "tsne")
+
+
+def test_displacement_and_neighbour_preservation_measure_what_they_say():
+    from xmodal.evaluation.trajectory import displacement, freeze, neighbour_preservation
+    rng = np.random.default_rng(4)
+    snaps = _snaps(rng, epochs=3, n=40)
+    maps = aligned_maps(snaps, "pca")
+    moved = displacement(snaps, maps)  # the photos never change: they are the still tenth, and PCA keeps them
+    assert moved["still"] == pytest.approx(0.0, abs=1e-5) and moved["moving"] > 0.0
+    held, mask = freeze(snaps, 0.25)
+    assert mask.sum() == 10 and np.array_equal(held[1][1][mask], held[3][1][mask])
+    assert not np.array_equal(held[1][1][~mask], held[3][1][~mask])
+    moved = displacement(held, aligned_maps(held, "pca"), mask)  # titles held: they keep their place too
+    assert moved["still"] == pytest.approx(0.0, abs=1e-5) and moved["moving"] > 0.0
+    shuffled = {e: m[rng.permutation(len(m))] for e, m in maps.items()}  # every place meaningless
+    assert displacement(snaps, shuffled)["still"] > 0.3
+    kept = neighbour_preservation(snaps, maps)
+    assert 0.0 <= neighbour_preservation(snaps, shuffled) < kept <= 1.0
+    ring = {e: (np.pad(_unit(i[:, :2]), ((0, 0), (0, 14))), np.pad(_unit(t[:, :2]), ((0, 0), (0, 14))))
+            for e, (i, t) in snaps.items()}  # points on a circle: cosine and map neighbours are the same
+    assert neighbour_preservation(ring, {e: np.concatenate(s)[:, :2] for e, s in ring.items()}) == pytest.approx(1.0)
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
