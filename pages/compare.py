@@ -1,12 +1,14 @@
 """Compare page: the chosen runs of one catalogue side by side (table and grouped bars of R@1/5/10 and median
-rank, both directions), metrics per slice with their uncertainty, and the test queries on which two chosen
-runs disagree most, with their config differences."""
+rank, both directions), metrics per slice with their uncertainty, each run's named failure clusters and which
+of them another run fixes, each run's hubs, and the test queries on which two chosen runs disagree most, with
+their config differences."""
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from xmodal.dashboard import analysis, catalogues, pickers, plots, runmeta, slices, state, ui
+from xmodal.dashboard import (analysis, catalogues, failures_view, hubs_view, pickers, plots, runmeta, slices, state,
+                               ui)
 from xmodal.dashboard.maps import embeds
 from xmodal.dashboard.escape import md
 
@@ -100,6 +102,11 @@ else:
             with c2:
                 pickers.locate_link(chosen[0], items, f"{attr} = {value}", scope="test", label="Show on the map",
                                     ground_truth=gt)
+
+st.subheader("Failure clusters")
+failures_view.section(cat, chosen, data, gt)
+st.subheader("Hubs")
+hubs_view.section(chosen, catalogues.catalogue_id(chosen[0].config).name)
 
 st.subheader("Where two runs disagree most")
 if len(chosen) < 2:

@@ -23,20 +23,41 @@ def _columns(attributes: dict[str, Sequence[str]]) -> list[str]:
     return [c for c, values in attributes.items() if any(str(v).strip() for v in values)]
 
 
+def _keys(i: int, columns: list[str], attributes: dict[str, Sequence[str]], captions: Sequence[str]) -> list[tuple]:
+    """Item ``i``'s (column, value) pairs; its title words as ("word", w) without attribute columns."""
+    if columns:
+        return [(c, str(attributes[c][i]).strip()) for c in columns if str(attributes[c][i]).strip()]
+    return [("word", w) for w in sorted(set(normalise_caption(captions[i]).split()))]
+
+
 def _groups(attributes: dict[str, Sequence[str]], captions: Sequence[str], depth: int) -> dict[tuple, list[int]]:
     """Every (column, value) combination of up to ``depth`` attributes -> its members; title words without
     attribute columns."""
     groups: dict[tuple, list[int]] = defaultdict(list)
     columns = _columns(attributes)
     for i in range(len(captions)):
-        if columns:
-            keys = [(c, str(attributes[c][i]).strip()) for c in columns if str(attributes[c][i]).strip()]
-        else:
-            keys = [("word", w) for w in sorted(set(normalise_caption(captions[i]).split()))]
+        keys = _keys(i, columns, attributes, captions)
         for size in range(1, min(depth, len(keys)) + 1):
             for combo in combinations(keys, size):
                 groups[combo].append(i)
     return groups
+
+
+def group_items(values: Sequence[Sequence[str]], attributes: dict[str, Sequence[str]], captions: Sequence[str]
+                ) -> list[int]:
+    """Positions of every item of a cluster's group (``values``: its ``[[column, value], ...]``), failed or not:
+    the same items under another model's ranks. Membership is ``_keys``'s: stripped attribute values, or title
+    words when no column has any."""
+    columns = _columns(attributes)
+    keep = np.ones(len(captions), dtype=bool)
+    for column, value in values:
+        if columns and column in columns:
+            keep &= np.array([str(x).strip() == value for x in attributes[column]], dtype=bool)
+        elif not columns and column == "word":
+            keep &= np.array([value in normalise_caption(t).split() for t in captions], dtype=bool)
+        else:
+            return []
+    return np.flatnonzero(keep).tolist()
 
 
 def failure_clusters(ranks: Sequence[float], attributes: dict[str, Sequence[str]], captions: Sequence[str],
