@@ -5,6 +5,8 @@ words ("in red"), beside photo only and words only; and "more like this / less l
 without CSLS hubness correction. The view (runs, tab, query, k, gallery, filters, ranking) is in the URL."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import streamlit as st
 
@@ -106,6 +108,17 @@ def state_note(label: str) -> None:
         st.caption(f"⚠ {md(label)} is not finished, {md(badge)}")
 
 
+def hubness_wait(kind: str):
+    """A spinner while CSLS learns its offsets for the runs' ``kind`` gallery (their first CSLS query after the server
+    started: a pass over the catalogue), else nothing."""
+    first = [label for label, r in loaded.items() if hubness == "csls" and not queries.offsets_ready(r, kind)]
+    if not first:
+        return contextlib.nullcontext()
+    bank = "captions" if kind == "images" else "photos"
+    return st.spinner(f"CSLS: each product's mean cosine to its 30 nearest {bank}, for {md(', '.join(first))} (once "
+                      "per run after the server starts; about 4 s for 10,100 products)...", show_time=True)
+
+
 def item_label(i: int) -> str:
     return f"{cat.item_ids[i]} · {cat.captions[i]}"
 
@@ -175,11 +188,13 @@ with tab_text:
         ui.photo(cat.image_path(pos), 90, caption="the true match")
     if query.strip():
         answered, refused = {}, []
-        for label, r in loaded.items():
-            try:
-                answered[label] = queries.text_query(r, query, k, item_id, gallery=galleries[label], hubness=hubness)
-            except UnknownQueryError as err:
-                refused.append(err)
+        with hubness_wait("images"):
+            for label, r in loaded.items():
+                try:
+                    answered[label] = queries.text_query(r, query, k, item_id, gallery=galleries[label],
+                                                         hubness=hubness)
+                except UnknownQueryError as err:
+                    refused.append(err)
         # The words come from the query and the vocabulary (catalogue text): escaped like any other.
         if refused:
             some = f"{len(refused)} of {len(loaded)} runs cannot read this query: " if answered else ""
@@ -210,8 +225,10 @@ with tab_image:
             st.error(md(f"Cannot open the photo of {cat.item_ids[pos]}: {err}"), icon=":material/error:")
     if image is not None:
         st.image(image, width=140, caption="query")
-        show({label: queries.image_query(r, image, k, item_id, gallery=galleries[label], hubness=hubness)
-              for label, r in loaded.items()}, grid=False, tab="image", image=image)
+        with hubness_wait("texts"):
+            found = {label: queries.image_query(r, image, k, item_id, gallery=galleries[label], hubness=hubness)
+                     for label, r in loaded.items()}
+        show(found, grid=False, tab="image", image=image)
 
 with tab_compose:
     st.caption("A photo changed by words: the product in another colour, pattern or cut. Its results sit beside "

@@ -115,6 +115,9 @@ def run(trained_run):
 def test_csls_ranks_as_the_library_does_and_changes_some_rankings(run):
     from xmodal import load_run
     library = load_run(run.dir)
+    assert not queries.offsets_ready(library, "images")  # learnt at its first CSLS query (the page's spinner)
+    queries.text_query(library, QUERY, hubness="csls")
+    assert queries.offsets_ready(library, "images") and not queries.offsets_ready(library, "texts")
     library.hubness = "csls"
     changed = 0
     for i, caption in enumerate(run.catalogue.captions[:20]):

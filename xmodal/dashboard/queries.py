@@ -94,6 +94,11 @@ def _check_hubness(hubness: str) -> None:
         raise ValueError(f"unknown hubness correction {hubness!r}; choose one of {HUBNESS}")
 
 
+def offsets_ready(run: Run, kind: str) -> bool:
+    """Whether ``run``'s CSLS offsets for gallery ``kind`` are computed (its first CSLS query takes seconds)."""
+    return kind in _OFFSETS.get(run, {})
+
+
 def _csls_offsets(run: Run, kind: str) -> np.ndarray:
     """CSLS's ``r(g)`` ``[N]`` for gallery ``kind`` (``images``: searched by captions, ``texts``: by photos), its bank
     the catalogue's embeddings of the queries' modality as ``Run.hubness = "csls"`` uses; computed once per loaded
