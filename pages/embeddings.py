@@ -29,10 +29,11 @@ cat, group = pickers.catalogue_picker(runs)
 best = catalogues.default_runs(group, lambda r: state.metrics(r.path), limit=1)
 view = pickers.url_widget(st.radio, "emb_view", pickers.choice(VIEWS), "space", "View", list(VIEWS),
                           format_func=VIEWS.get, horizontal=True, label_visibility="collapsed")
+over_training = view == "training"  # its own projection, PCA first: docs/quality.md, the joint space over training
 c1, c2, c3, c4 = st.columns([3, 2, 1, 1.4])
 with c1:
     run = pickers.run_select(cat, group, key=pickers.MAP_RUN, default=best[0] if best else None)
-if view == "training":  # the run's snapshots over epochs; no scope (they are validation products)
+if over_training:  # the run's snapshots over epochs; no scope (they are validation products)
     scope = None
 else:
     scope = pickers.url_widget(c2.radio, pickers.MAP_SCOPE, pickers.choice(projection.SCOPES,
@@ -40,7 +41,8 @@ else:
                                format_func=projection.SCOPE_NAMES.get,
                                help="the whole catalogue marks each item's split (train / val / test) in its hover "
                                     "and filters")
-method = pickers.url_widget(c3.radio, "emb_method", pickers.choice(projection.METHODS), "umap", "Map",
+method = pickers.url_widget(c3.radio, "emb_traj_method" if over_training else "emb_method",
+                            pickers.choice(projection.METHODS), "pca" if over_training else "umap", "Map",
                             list(projection.METHODS), horizontal=True, help="UMAP keeps neighbourhoods; PCA is "
                             "instant but linear")
 gt = pickers.url_widget(c4.radio, pickers.MAP_GT, pickers.choice(projection.GROUND_TRUTHS), "caption",
@@ -48,7 +50,7 @@ gt = pickers.url_widget(c4.radio, pickers.MAP_GT, pickers.choice(projection.GROU
                         help="what counts as an item's true match in every rank on this page (colours, filters, "
                              "the clicked product): caption, any product with the identical title; item, only its "
                              "own photo or title")
-if view == "training":
+if over_training:
     trajectory_view.draw(run, method, gt)
     st.stop()
 with st.expander("UMAP settings", icon=":material/tune:"):

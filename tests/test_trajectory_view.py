@@ -82,7 +82,7 @@ def _page(catalogue: Path, ckpt: Path, monkeypatch, **params) -> AppTest:
     at.session_state["cat_source"], at.session_state["cat_folder"] = "folder", str(catalogue)
     at.run()
     at.query_params.clear()
-    at.query_params.update({"emb_view": "training", "emb_method": "pca", **params})
+    at.query_params.update({"emb_view": "training", **params})
     at.switch_page("pages/embeddings.py").run()
     _ok(at)
     return at
@@ -96,6 +96,7 @@ def test_page_plays_the_run_over_epochs_with_the_epoch_in_the_url(snap_run, tiny
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert [f["name"] for f in fig["frames"]] == ["1", "2"] and fig["layout"]["title"]["text"] == "epoch 1 of 2"
     assert at.select_slider(key="emb_epoch").value == 1 and at.query_params["emb_view"] == "training"
+    assert at.query_params["emb_traj_method"] == "pca"  # this view's own projection, PCA first
     labels = {m.label for m in at.metric}
     assert {"Validation R@1, title → photo", "Pair cosine (mean)", "Modality gap"} <= labels
     assert any("(Wilson)" in c.value for c in at.caption)

@@ -10,7 +10,8 @@ of the snapshot's products among themselves, with bootstrap intervals.
 
 Two other alignments are kept for comparison (``python -m xmodal.evaluation.trajectory RUN_DIR``, measured in
 docs/quality.md): ``aligned-umap`` (umap-learn's AlignedUMAP, every epoch fitted jointly, consecutive epochs
-tied product by product) and ``procrustes-umap`` (a UMAP per epoch, each rotated and scaled onto the next one).
+tied product by product) and ``procrustes-umap`` (a UMAP per epoch, each rotated and scaled onto the next one):
+both move unchanged points, which the last epoch's projection never does.
 """
 from __future__ import annotations
 
