@@ -121,7 +121,7 @@ def actions(run: RunInfo, cluster: dict, data: dict, ranks: np.ndarray, k: int, 
                f"failures): {md(query)}")
     c1, c2, c3 = st.columns([3, 2, 1], vertical_alignment="bottom")
     name = c1.text_input("Save as a slice named", value=f"fails@{k} {run.run_id}: {cluster['name']}"[:slices.MAX_NAME],
-                         key="cmp_fail_slice_name", max_chars=slices.MAX_NAME)
+                         key=f"cmp_fail_slice_name:{run.run_id}:{k}:{cluster['name']}", max_chars=slices.MAX_NAME)
     what = c2.radio("Items", ["failed", "whole group"], horizontal=True, key="cmp_fail_slice_items",
                     help="the cluster's failed queries, or every test item of its group (failed or not)")
     if c3.button("Save slice", key="cmp_fail_slice_save", icon=":material/bookmark_add:", disabled=not name.strip()):
