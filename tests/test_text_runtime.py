@@ -78,6 +78,9 @@ def test_onnxruntime_matches_pytorch_on_a_trained_run(loaded, monkeypatch, cache
                                    torch_embeds(monkeypatch, model, vocab, texts), atol=ABS_TOLERANCE)
     ours = embed_texts(model, vocab, captions, CPU, batch=16).numpy()  # batches padded to their longest caption
     np.testing.assert_allclose(ours, torch_embeds(monkeypatch, model, vocab, captions), atol=ABS_TOLERANCE)
+    with torch.no_grad():  # one caption at a time, no padding: also holds the batches to the captions' order
+        one_by_one = torch.cat([model.encode_text(vocab.encode([c])) for c in captions]).numpy()
+    np.testing.assert_allclose(ours, one_by_one, atol=ABS_TOLERANCE)
     assert not np.array_equal(ours, torch_embeds(monkeypatch, model, vocab, captions))  # it did run elsewhere
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
 

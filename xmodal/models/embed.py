@@ -39,9 +39,13 @@ def embed_texts(model: nn.Module, vocab: Vocab, texts: list[str], device: torch.
     if model.training:  # walking the module tree to set eval mode is not free on every query
         model.eval()
     encode = text_encoder(model, device)
-    out = [encode(vocab.encode(texts[s:s + batch]).to(device)).float().cpu()
+    # Texts of like length share a batch: each batch is padded to its longest, and the BiLSTM runs every step
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = [encode(vocab.encode([texts[i] for i in order[s:s + batch]]).to(device)).float().cpu()
            for s in range(0, len(texts), batch)]
-    return torch.cat(out) if out else torch.zeros(0, model.cfg.embed_dim)
+    if not out:
+        return torch.zeros(0, model.cfg.embed_dim)
+    return torch.cat(out)[torch.as_tensor(order).argsort()]  # [N, D], back in the texts' order
 
 
 @torch.no_grad()
