@@ -12,6 +12,10 @@ from xmodal.dashboard import (analysis, catalogues, failures_view, hubs_view, pi
 from xmodal.dashboard.maps import embeds
 from xmodal.dashboard.escape import md
 
+METRICS = ["R@1", "R@5", "R@10", "median_rank"]
+DIRECTION_NAMES = {"text_to_image": "text → image", "image_to_text": "image → text"}
+
+pickers.hold_url()  # a URL opened on a freshly started server keeps its view
 ui.page_guard("pages/compare.py")
 st.title("Compare")
 runs = ui.finished_runs()
@@ -26,8 +30,9 @@ with c1:
     chosen = pickers.runs_picker(cat, group, key="cmp_runs", label="Runs to compare",
                                  default=catalogues.default_runs(group, metrics_of),
                                  help="Collapsed or failed runs (⚠) are offered but not chosen unasked")
-gt = c2.radio("Ground truth", ["caption", "item"], horizontal=True, key="cmp_gt", bind="query-params",
-              help="caption: items with identical titles all count as correct; item: only the item's own pair")
+gt = pickers.url_widget(c2.radio, "cmp_gt", pickers.choice(["caption", "item"]), "caption", "Ground truth",
+                       ["caption", "item"], horizontal=True,
+                       help="caption: items with identical titles all count as correct; item: only the item's own pair")
 if not chosen:
     st.info("Pick the runs to compare above (every run of this catalogue is unfit by default: see the ⚠ notes).")
     st.stop()
@@ -81,9 +86,8 @@ if not attrs:
     st.info("This catalogue has no attribute columns to slice by.")
 else:
     c1, c2 = st.columns(2)
-    attr = c1.selectbox("Slice by", attrs, key="cmp_attr", bind="query-params")
-    metric = c2.selectbox("Metric", ["R@1", "R@5", "R@10", "median_rank"], index=2, key="cmp_metric",
-                          bind="query-params")
+    attr = pickers.url_widget(c1.selectbox, "cmp_attr", pickers.choice(attrs), attrs[0], "Slice by", attrs)
+    metric = pickers.url_widget(c2.selectbox, "cmp_metric", pickers.choice(METRICS), "R@10", "Metric", METRICS)
     table = slices.runs_slice_table({labels[d]: data["ranks"][d] for d in labels if data["ranks"].get(d)},
                                     {attr: data["attributes"][attr]})
     st.plotly_chart(plots.slice_figure(table, metric), key="cmp_slices")
@@ -119,15 +123,15 @@ with c1:
 with c2:
     run_b = pickers.run_select(cat, [r for r in chosen if r.run_id != run_a.run_id] or chosen, key="cmp_b",
                                label="Run B", default=pair[1])
-direction = c3.radio("Queries", list(analysis.DIRECTIONS), key="cmp_dir", bind="query-params",
-                     format_func=lambda d: {"text_to_image": "text → image", "image_to_text": "image → text"}[d])
+direction = pickers.url_widget(c3.radio, "cmp_dir", pickers.choice(list(analysis.DIRECTIONS)), "text_to_image",
+                               "Queries", list(analysis.DIRECTIONS), format_func=DIRECTION_NAMES.get)
 with st.expander("Config differences between A and B"):
     diff = runmeta.config_diff(run_a.config, run_b.config)
     if diff:
         st.dataframe(pd.DataFrame(diff).rename(columns={"a": "A", "b": "B"}), hide_index=True, key="cmp_diff")
     else:
         st.caption("Same settings (they differ only in run id and time).")
-top = st.slider("Queries shown", 3, 30, 8, key="cmp_top", bind="query-params")
+top = pickers.url_widget(st.slider, "cmp_top", pickers.number(3, 30, integer=True), 8, "Queries shown", 3, 30)
 dis = analysis.disagreements({"A": data["ranks"][str(run_a.path)][direction],
                               "B": data["ranks"][str(run_b.path)][direction]}, top)
 if dis.empty:

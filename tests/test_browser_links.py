@@ -308,17 +308,33 @@ def test_a_page_opened_from_the_sidebar_keeps_its_view(site):
     assert _mapped(page) == 60
 
 
-def test_a_shared_map_url_opens_on_a_freshly_started_server(site, tmp_path_factory):
-    """The first page a new server gets goes through Home, which dropped the URL's parameters: the map's view
-    survives it."""
+SHARED = {  # page: (its URL's parameters after the catalogue, what shows it has drawn)
+    "embeddings": ("emb_run=demo-run1&emb_scope=whole+catalogue&emb_method=pca&emb_gt=item", "Modality gap"),
+    "compare": (f"cmp_runs=demo-run1&cmp_runs={SEED_RUN}&cmp_gt=item", "Slices and disagreements"),
+    "search": ("search_run=demo-run1&search_q=red+striped+shirt&search_k=5", "#1"),
+}
+
+
+@pytest.mark.parametrize("name", list(SHARED))
+def test_a_shared_url_opens_on_a_freshly_started_server(site, tmp_path_factory, name):
+    """The first page a freshly started server gets goes through Home, which dropped the URL's parameters: the
+    page's view survives it."""
     _, key, page, root, catalogue = site
+    query, drawn = SHARED[name]
     with _serve(root, str(catalogue), tmp_path_factory.mktemp("fresh_log")) as url:
         fresh = page.context.new_page()
         try:
-            _open(fresh, f"{url}/embeddings?cat={key}&emb_run=demo-run1&emb_scope=whole+catalogue&emb_method=pca"
-                         "&emb_gt=item")
-            seen = _map(fresh)
-            assert _caption(seen).startswith("60 products of demo-run1"), _caption(seen)
-            assert _radio(fresh, "Ground truth") == "item" and _params(fresh.url)["emb_run"] == ["demo-run1"]
+            _open(fresh, f"{url}/{name}?cat={key}&{query}")
+            if name == "embeddings":
+                seen = _map(fresh)
+                assert _caption(seen).startswith("60 products of demo-run1"), _caption(seen)
+            fresh.get_by_text(drawn, exact=False).first.wait_for()
+            _idle(fresh)
+            asked, got = _params(f"?{query}"), _params(fresh.url)
+            assert {k: sorted(got.get(k, [])) for k in asked} == {k: sorted(v) for k, v in asked.items()}, fresh.url
+            if name in ("embeddings", "compare"):
+                assert _radio(fresh, "Ground truth") == "item"
+            if name == "search":
+                assert fresh.get_by_label("Describe a product").input_value() == "red striped shirt"
         finally:
             fresh.close()
