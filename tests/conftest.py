@@ -5,9 +5,12 @@ suite never touches the user's files and never downloads anything.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -53,38 +56,72 @@ def trained_run(tiny_catalogue, tmp_path_factory) -> Path:
     return out / "tiny-cmpm"
 
 
-# Runs that tests need and that take a while to make: {fixture name: function(empty folder, getfixturevalue) ->
-# (commands, what the fixture returns)}, each command an (argv, environment variables) pair. Test modules register
-# theirs as they are imported. The commands of the runs the selected tests use run one after the other in the
-# background from the session's start, each on one thread, with a cache of its own and the lowest priority (nice
-# 19): most tests keep one core busy, these take what is left of the other. A fixture waits with ``early_run``.
-EARLY_RUNS: dict[str, Callable[[Path, Callable], tuple[list[tuple[list[str], dict]], object]]] = {}
+# Runs that tests need and that take a while to make: {fixture name: function(empty folder) -> (commands, what the
+# fixture returns)}, each command an (argv, environment variables) pair; a run needing a catalogue makes its own
+# (``tiny_demo``), since a pytest-xdist worker's folders go when that worker ends. Test modules register theirs as
+# they are imported. From the session's start, the runs the selected tests use are made in the background, in the
+# order the tests first use them, each command on one thread, with a cache of its own, at the lowest priority (nice
+# 19): the tests leave a core partly idle while they wait on servers and browsers, and these fill it. Each run is
+# made once per test session, by whichever process claims its lock first (the xdist workers share the folder); a
+# fixture waits for it with ``early_run``, making it there and then if nobody has started it.
+EARLY_RUNS: dict[str, Callable[[Path], tuple[list[tuple[list[str], dict]], object]]] = {}
+_DEMO = "import sys\nfrom xmodal.data import generate_demo\ngenerate_demo(sys.argv[1], n=60, seed=1)"
+
+
+def tiny_demo(folder: Path) -> tuple[list[str], dict]:
+    """The command that writes ``tiny_catalogue``'s catalogue (the same 60 demo items) into ``folder``."""
+    return [sys.executable, "-c", _DEMO, str(folder)], {}
 
 
 class _Early:
-    """One early run: its commands, its log, and whether it has finished (and how)."""
+    """One early run: its commands and log in a folder every worker of the session sees; ``status`` holds "" once
+    every command succeeded, else what failed."""
 
-    def __init__(self, name: str, folder: Path, request):
-        self.name, self.log, self.folder = name, folder / "early.log", folder
-        self.commands, self.result = EARLY_RUNS[name](folder, request.getfixturevalue)
-        self.done, self.failed, self.proc = threading.Event(), None, None
+    def __init__(self, name: str, root: Path):
+        self.name, self.folder = name, root / "early" / name
+        (self.folder / "work").mkdir(parents=True, exist_ok=True)
+        self.log, self.status = self.folder / "early.log", self.folder / "status"
+        self.commands, self.result = EARLY_RUNS[name](self.folder / "work")
+        self.proc: subprocess.Popen | None = None
 
     def run(self, env: dict, stop: threading.Event) -> None:
+        """Make the run unless it is made or another thread or process is making it (its lock is held)."""
+        fd = os.open(self.folder / "lock", os.O_CREAT | os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return
+        try:
+            if not self.status.exists():
+                self._commands(env, stop)
+        finally:
+            os.close(fd)
+
+    def _commands(self, env: dict, stop: threading.Event) -> None:
+        failed = ""
         with open(self.log, "ab") as out:
             for argv, extra in self.commands:
                 if stop.is_set():
-                    self.failed = "the session ended first"
-                    break
+                    return  # no status: the session is ending
                 self.proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={
                     **env, "OMP_NUM_THREADS": "1", "XMODAL_CACHE": str(self.folder / "cache"), **extra},
                     preexec_fn=lambda: os.nice(19))
                 if self.proc.wait():
-                    self.failed = f"{' '.join(argv[:4])} ... exited with {self.proc.returncode}"
+                    failed = f"{' '.join(argv[:4])} ... exited with {self.proc.returncode}"
                     break
-        self.done.set()
+        tmp = self.status.with_suffix(".tmp")
+        tmp.write_text(failed)
+        tmp.replace(self.status)
 
 
 _EARLY: dict[str, _Early] = {}
+
+
+def _early_root(tmp_path_factory) -> Path:
+    """A folder every process of this test session sees: under xdist the parent of the workers' own folders."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -96,7 +133,7 @@ def _early_runs(request, tmp_path_factory, _isolated_env):
             if name in EARLY_RUNS:
                 first_use.setdefault(name, i)
     for name in sorted(first_use, key=first_use.get):
-        _EARLY[name] = _Early(name, tmp_path_factory.mktemp(name), request)
+        _EARLY[name] = _Early(name, _early_root(tmp_path_factory))
     jobs, stop, env = list(_EARLY.values()), threading.Event(), dict(os.environ)  # tests change os.environ later
 
     def work() -> None:
@@ -113,13 +150,17 @@ def _early_runs(request, tmp_path_factory, _isolated_env):
 
 
 def early_run(name: str, request):
-    """What early run ``name`` made, once its commands have all succeeded (run now if they were not started)."""
+    """What early run ``name`` made, once its commands have all succeeded (made now if nobody has started it)."""
     if name not in _EARLY:
-        job = _EARLY[name] = _Early(name, request.getfixturevalue("tmp_path_factory").mktemp(name), request)
-        job.run(dict(os.environ), threading.Event())
-    job = _EARLY[name]
-    assert job.done.wait(timeout=1800), f"{name}: not finished after 30 minutes"
-    assert job.failed is None, f"{name}: {job.failed}:\n{job.log.read_text(errors='replace')[-3000:]}"
+        _EARLY[name] = _Early(name, _early_root(request.getfixturevalue("tmp_path_factory")))
+    job, deadline = _EARLY[name], time.monotonic() + 1800
+    while not job.status.exists():
+        job.run(dict(os.environ), threading.Event())  # returns at once while another is making it
+        if not job.status.exists():
+            assert time.monotonic() < deadline, f"{name}: not made after 30 minutes"
+            time.sleep(0.2)
+    failed = job.status.read_text()
+    assert not failed, f"{name}: {failed}:\n{job.log.read_text(errors='replace')[-3000:]}"
     return job.result
 
 

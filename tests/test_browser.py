@@ -558,6 +558,20 @@ def test_every_page_in_chromium(server, page, shots):
     assert max(switches) < 10, timings  # generous on a shared CI machine; the report quotes the real numbers
 
 
+def _choose(page, group: str, option: str, in_url: str) -> None:
+    """Pick ``option`` of the radio group ``group``; a click that lands during a rerun can be lost, so pick it
+    again until the URL says it was taken."""
+    for _attempt in range(4):
+        page.get_by_test_id("stRadio").filter(has_text=group).get_by_text(option, exact=True).click()
+        _idle(page)
+        try:
+            page.wait_for_url(f"**{in_url}*", timeout=5_000)
+            return
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError: pick it again
+            pass
+    pytest.fail(f"choosing {option!r} in {group!r} never reached the URL: {page.url}")
+
+
 def _mapped(page) -> int:
     """How many products the Embeddings map shows, from its caption ("1,234 products of <run> ...")."""
     import re
@@ -591,10 +605,8 @@ def test_map_click_shows_photo_and_neighbours(server, page, shots):
     shown = min(8, test_items)  # neighbours per modality
     assert page.locator('[data-testid="stImage"]').count() >= 1 + 2 * shown  # it, its photos, the titles' photos
     _shot(page, shots, "map_point")
-    page.get_by_test_id("stRadio").filter(has_text="Map").get_by_text("pca", exact=True).click()
-    _idle(page)
-    page.get_by_test_id("stRadio").filter(has_text="Points").get_by_text("whole catalogue", exact=True).click()
-    _idle(page)
+    _choose(page, "Map", "pca", "emb_method=pca")
+    _choose(page, "Points", "whole catalogue", "emb_scope=whole")
     page.get_by_text("Modality gap", exact=True).first.wait_for(timeout=240_000)
     _idle(page)
     try:  # the whole-catalogue map is made in the background; the page shows it when it is ready

@@ -165,6 +165,7 @@ def test_the_key_names_the_runtime(cat, monkeypatch):
     assert extraction_arithmetic(net, CPU, SIZE, n) == "torch fp32"
 
 
+@pytest.mark.slow
 def test_features_are_filed_under_the_arithmetic_that_ran(cat, cache, monkeypatch):
     import xmodal.image.feature_cache as fc
     monkeypatch.setenv("XMODAL_RUNTIME", "onnxruntime")

@@ -266,6 +266,7 @@ def test_training_form_launches_the_chosen_settings(empty, tiny_catalogue, monke
                                                                                32, True)
 
 
+@pytest.mark.slow
 def test_import_a_kaggle_folder_from_the_sidebar(empty, tiny_catalogue, tmp_path):
     src = tmp_path / "kaggle"
     (src / "images").mkdir(parents=True)

@@ -279,6 +279,7 @@ def _wait(pred, timeout=120.0):
     return False
 
 
+@pytest.mark.slow
 def test_a_failed_launch_reports_its_error(tmp_path):
     run_dir = jobs.start_training(jobs.TrainJob(model="siamese", data=str(tmp_path / "nowhere"), epochs=1), tmp_path)
     assert read_status(run_dir)["state"] == "running"  # visible at once
@@ -400,6 +401,7 @@ def _python_ok(code: str) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_home_modules_do_not_import_torch():
     code = (f"import sys, importlib\nfor m in {TORCH_FREE!r}: importlib.import_module(m)\n"
             "from xmodal.dashboard.jobs import training as jobs\n"
@@ -436,6 +438,7 @@ def test_runs_share_the_cached_catalogue(trained_run, tmp_path):
     assert state._gallery_catalogue(other) is None
 
 
+@pytest.mark.slow
 def test_warm_pytorch_imports_search_in_the_background():
     code = ("import sys\nfrom xmodal.dashboard import state\n"
             "assert not state.pytorch_loaded()\n"

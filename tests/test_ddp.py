@@ -16,7 +16,7 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 
-from conftest import EARLY_RUNS, TINY_SIZE, early_run
+from conftest import EARLY_RUNS, TINY_SIZE, early_run, tiny_demo
 
 EPOCHS = 3
 TRAIN_ITEMS = 48  # the tiny catalogue's train split: one global batch, one optimiser step per epoch
@@ -120,6 +120,7 @@ def _grad_worker(rank: int, init_file: str, out_file: str) -> None:
     ctx.close()
 
 
+@pytest.mark.slow
 def test_gather_gives_two_processes_the_one_process_gradient(tmp_path):
     """Two gloo processes on half batches each (all-gather of the outputs, the loss on the global batch, DDP's
     all-reduce of the gradients) leave in every parameter the gradient one process computes on the whole batch."""
@@ -139,13 +140,13 @@ def test_gather_gives_two_processes_the_one_process_gradient(tmp_path):
             torch.testing.assert_close(two[name][pname], g, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name} {pname}: {m}")
 
 
-def _ddp_and_one_process(folder: Path, fixture) -> tuple[list[tuple[list[str], dict]], tuple[Path, Path]]:
+def _ddp_and_one_process(folder: Path) -> tuple[list[tuple[list[str], dict]], tuple[Path, Path]]:
     """``torchrun --nproc_per_node 2 -m xmodal.train`` into ``folder/ddp``, then ``python -m xmodal.train`` (one
     process) into ``folder/single``: one thread per process, one feature cache (the first extracts, the second reads
     the same features). Run from the session's start (conftest.py)."""
-    catalogue, ddp, single = fixture("tiny_catalogue"), folder / "ddp", folder / "single"
-    return [([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-              "-m", "xmodal.train", *train_args(catalogue, ddp, "two")], {}),
+    catalogue, ddp, single = folder / "cat", folder / "ddp", folder / "single"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    return [tiny_demo(catalogue), ([*torchrun, "-m", "xmodal.train", *train_args(catalogue, ddp, "two")], {}),
             ([sys.executable, "-m", "xmodal.train", *train_args(catalogue, single, "one")], {})], (ddp, single / "one")
 
 

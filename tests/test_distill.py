@@ -18,6 +18,7 @@ def test_offline_means_no_hub_and_mobilenet_needs_a_start():
     assert needs_distillation("mobilenet") and not needs_distillation("efficientnet")
 
 
+@pytest.mark.slow
 def test_distillation_learns_and_is_cached(tiny_catalogue, monkeypatch):
     cat = load_catalogue(tiny_catalogue)
     train = make_splits(cat)["train"]
@@ -58,6 +59,7 @@ def test_cmpm_mobilenet_run_records_its_distilled_start(tiny_catalogue, tmp_path
     assert np.isfinite(test["caption"]["rsum"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", [["--set", "pretrained=false"]])
 def test_asking_for_random_init_skips_distillation(flag, tiny_catalogue, tmp_path):
     from xmodal.training.cli import main

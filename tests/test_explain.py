@@ -175,7 +175,7 @@ def _phrase(words: list[str], phrase: str) -> list[int]:
     return next((list(range(i, i + len(p))) for i in range(len(words) - len(p) + 1) if words[i:i + len(p)] == p), [])
 
 
-def _colour_run(folder: Path, fixture) -> tuple[list[tuple[list[str], dict]], Path]:
+def _colour_run(folder: Path) -> tuple[list[tuple[list[str], dict]], Path]:
     """infonce-efficientnet on 500 demo items at 64x48 with GloVe vectors: at this size the brand's logo is a
     few pixels while the garment's colour fills the photo, and (unlike word2vec vectors learnt from the titles,
     where every colour word has the same neighbours) GloVe tells the colours apart, so this run reads colour.

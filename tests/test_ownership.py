@@ -111,6 +111,7 @@ def test_a_crafted_kaggle_id_links_nothing_from_outside(tmp_path):
     assert all(p.resolve().is_relative_to((tmp_path / "out").resolve()) for p in (tmp_path / "out").rglob("*"))
 
 
+@pytest.mark.slow
 def test_the_dashboard_imports_into_a_new_folder_never_the_source(tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
     monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))

@@ -94,6 +94,7 @@ def recorded(tiny_catalogue, tmp_path, monkeypatch):
     return recorders
 
 
+@pytest.mark.slow
 def test_distillation_reports_its_steps_and_time_left(recorded, tmp_path, monkeypatch):
     """cmpm-mobilenet's distillation (minutes on a real catalogue) showed "building the model", an empty bar,
     no time left, and "(? on ?)" for the model and catalogue of a queued run."""
@@ -111,6 +112,7 @@ def test_distillation_reports_its_steps_and_time_left(recorded, tmp_path, monkey
     assert "%" in line and "? left" not in line, line
 
 
+@pytest.mark.slow
 def test_every_long_phase_reports_progress_or_says_it_is_cached(recorded, tmp_path, monkeypatch):
     """Each running status the trainer wrote draws as a bar with its time left, a count-down of a foreseen
     length, or words saying the phase reads a cache; a second run over the same cache never "extracts"."""

@@ -86,6 +86,7 @@ def no_export(*args, **kwargs):
 
 # ---------------------------------------------------------------- equivalence
 
+@pytest.mark.slow
 @needs_ort
 @pytest.mark.parametrize("name,tail_blocks", CASES)
 def test_onnxruntime_matches_pytorch(graphs, photos, monkeypatch, name, tail_blocks):
@@ -285,6 +286,7 @@ def _run_graph(data: bytes, batch: int) -> tuple[np.ndarray, np.ndarray]:
     return out, x
 
 
+@pytest.mark.slow
 @needs_ort
 def test_fixed_batch_export_is_freed_or_redone_dynamic(monkeypatch):
     """The graph is exported at a fixed batch and its batch axis freed (half the exporter's time); where the

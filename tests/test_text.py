@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import EARLY_RUNS, TINY_SIZE, early_run
+from conftest import EARLY_RUNS, TINY_SIZE, early_run, tiny_demo
 from xmodal.retrieval.run import Hit, SearchResult, UnknownQueryError
 from xmodal.text.vocabulary import Vocab, stable_hash, token_spans, tokenize
 
@@ -162,7 +162,7 @@ with open(sys.argv[1], "w") as out:
 HASH_SEEDS = ("1", "2")
 
 
-def _word_vectors_per_hash_seed(folder: Path, fixture) -> tuple[list[tuple[list[str], dict]], list[Path]]:
+def _word_vectors_per_hash_seed(folder: Path) -> tuple[list[tuple[list[str], dict]], list[Path]]:
     """A process per PYTHONHASHSEED writing the hash of "navy" and of its word vectors (run from the session's
     start, conftest.py)."""
     outs = [folder / f"hash_seed_{h}.txt" for h in HASH_SEEDS]
@@ -187,15 +187,16 @@ def test_word_vectors_do_not_depend_on_python_hash_seed(word_vectors_per_hash_se
 SAME_SEED_MODELS = ["siamese", "cmpm-efficientnet"]
 
 
-def _same_seed_runs(folder: Path, fixture) -> tuple[list[tuple[list[str], dict]], Path]:
+def _same_seed_runs(folder: Path) -> tuple[list[tuple[list[str], dict]], Path]:
     """Each model trained twice by ``python -m xmodal.train`` with the same flags and --seed, under PYTHONHASHSEED
     1 then 2, with a cache of its own: the first run extracts the image features (cold cache), the second finds
     them (warm). One process after another, on one thread each, from the session's start (conftest.py)."""
-    catalogue = fixture("tiny_catalogue")
-    return [([sys.executable, "-m", "xmodal.train", "--model", model, "--data", str(catalogue), "--epochs", "1",
+    catalogue = folder / "cat"
+    runs = [([sys.executable, "-m", "xmodal.train", "--model", model, "--data", str(catalogue), "--epochs", "1",
               "--batch-size", "16", "--seed", "5", "--out", str(folder / model), "--run-id", f"r{hash_seed}",
               *TINY_SIZE], {"PYTHONHASHSEED": hash_seed, "XMODAL_CACHE": str(folder / model / "cache")})
-            for hash_seed in HASH_SEEDS for model in SAME_SEED_MODELS], folder
+            for hash_seed in HASH_SEEDS for model in SAME_SEED_MODELS]
+    return [tiny_demo(catalogue), *runs], folder
 
 
 EARLY_RUNS["same_seed_runs"] = _same_seed_runs

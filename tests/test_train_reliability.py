@@ -261,6 +261,7 @@ def test_best_weights_carry_their_own_record(trained_run):
         (trained_run / "best.json.bak").rename(trained_run / "best.json")
 
 
+@pytest.mark.slow
 def test_resume_with_a_cold_feature_cache_extracts_imagenet_features(tiny_catalogue, tmp_path, monkeypatch):
     """Regression: --resume used to extract features from a random backbone before loading last.pt."""
     import numpy as np
@@ -353,6 +354,7 @@ def test_kill_9_then_resume_finishes(when, tiny_catalogue, tmp_path):
     assert len(steps) == len(set(steps))
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_run_folder(tiny_catalogue, tmp_path, capsys):
     """A run training in another process holds its folder: this process (the CLI's ``main``) can neither resume
     it nor start another run under its id."""
