@@ -116,7 +116,7 @@ def hubness_wait(kind: str):
         return contextlib.nullcontext()
     bank = "captions" if kind == "images" else "photos"
     return st.spinner(f"CSLS: each product's mean cosine to its 30 nearest {bank}, for {md(', '.join(first))} (once "
-                      "per run after the server starts; 4-5 s for 10,100 products)...", show_time=True)
+                      "per run, then kept in its folder; 4-5 s for 10,100 products)...", show_time=True)
 
 
 def item_label(i: int) -> str:

@@ -77,3 +77,24 @@ def test_hubness_stats_against_a_hand_made_distribution():
     assert stats["skewness"] == pytest.approx(((c - c.mean()) ** 3).mean() / c.std() ** 3)
     assert stats["anti_hub_share"] == 50.0 and stats["max"] == 3 and stats["max_share"] == 75.0
     assert stats["top"] == [[0, 3], [1, 1]]
+
+
+def test_csls_offsets_are_kept_in_the_run_folder(trained_run, tmp_path, monkeypatch, caplog):
+    """A run's CSLS offsets are computed once and kept beside its embeddings: a fresh load reads them (no
+    recomputation), and a damaged file is computed again."""
+    import shutil
+
+    import xmodal.retrieval.run as run_module
+    from xmodal import load_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    first = load_run(run_dir).csls_offsets("images")
+    assert torch.allclose(first, csls_offsets(load_run(run_dir).text_embeds, load_run(run_dir).image_embeds))
+    saved = list(run_dir.glob("gallery_csls*_images_*.safetensors"))
+    assert len(saved) == 1
+    monkeypatch.setattr(run_module, "csls_offsets", lambda *a, **k: pytest.fail("recomputed"))
+    assert torch.equal(load_run(run_dir).csls_offsets("images"), first)
+    saved[0].write_bytes(saved[0].read_bytes()[:-7])  # cut short
+    monkeypatch.undo()
+    assert torch.equal(load_run(run_dir).csls_offsets("images"), first)
+    assert "is damaged" in caplog.text

@@ -100,14 +100,11 @@ def offsets_ready(run: Run, kind: str) -> bool:
 
 
 def _csls_offsets(run: Run, kind: str) -> np.ndarray:
-    """CSLS's ``r(g)`` ``[N]`` for gallery ``kind`` (``images``: searched by captions, ``texts``: by photos), its bank
-    the catalogue's embeddings of the queries' modality as ``Run.hubness = "csls"`` uses; computed once per loaded
-    run, on the query thread (one at a time)."""
-    from ..retrieval.hubness import csls_offsets  # lazy: this module imports without PyTorch
+    """CSLS's ``r(g)`` ``[N]`` for gallery ``kind`` (``images``: searched by captions, ``texts``: by photos), as
+    ``Run.hubness = "csls"`` ranks with; computed once per run (cached in its folder), on the query thread."""
     cached = _OFFSETS.setdefault(run, {})
     if kind not in cached:
-        gallery, bank = (run.image_embeds, run.text_embeds) if kind == "images" else (run.text_embeds, run.image_embeds)
-        cached[kind] = csls_offsets(bank, gallery).numpy()
+        cached[kind] = run.csls_offsets(kind).numpy()
     return cached[kind]
 
 

@@ -1,15 +1,12 @@
 """Load a trained run and search its gallery: ``xmodal.load_run(dir).search_text("navy kurta", k=10)``.
 
-The gallery (every item of the run's catalogue, or of another one) is embedded once and cached in
-the run folder as safetensors, keyed by the catalogue's fingerprint and a digest of the weights' bytes,
-checked on every read (sha256, shape, finite values) and rebuilt with a warning when damaged. Each side
-(images, captions) is searched through an ``xmodal.retrieval.gallery.Gallery``: exact up to 50k items, a faiss
-index above that, built once and cached beside the embeddings, its ``nprobe`` calibrated on the queries
-that search it: the other side's embeddings of the catalogue (captions for the images, and the reverse).
-
-``run.search(image=..., text=..., weight=...)`` (a photo, words, or a photo changed by words) and
-``run.refine(result, good=[...], bad=[...])`` (relevance feedback) build their query vectors with
-``xmodal.retrieval.query_vectors``; ``python -m xmodal.compose`` benchmarks them.
+The gallery (every item of the run's catalogue, or of another one) is embedded once and cached in the run folder
+as safetensors, keyed by the catalogue's fingerprint and a digest of the weights' bytes, checked on every read
+(sha256, shape, finite values) and rebuilt with a warning when damaged. Each side (images, captions) is searched
+through a ``Gallery`` (xmodal.retrieval.gallery): exact up to 50k items, a faiss index above that, cached beside the
+embeddings, its ``nprobe`` calibrated on the other side's embeddings of the catalogue (the queries' modality).
+``run.search(image=..., text=..., weight=...)`` and ``run.refine(result, good=[...], bad=[...])`` build their query
+vectors with ``xmodal.retrieval.query_vectors``.
 """
 from __future__ import annotations
 
@@ -31,7 +28,7 @@ from ..data.images import rgb_array, to_rgb
 from .arguments import check_index, check_indices, check_k, check_vector
 from .gallery import Gallery, GalleryConfig
 from .filters import exact_rows, where_mask
-from .hubness import csls_offsets
+from .hubness import CSLS_K, csls_offsets
 from ..models import ModelConfig, rebuild_model
 from ..models.embed import embed_catalogue_images, embed_pil, embed_texts, fixed_weights
 from .query_vectors import DEFAULT_WEIGHT, ROCCHIO, compose_vectors, rocchio, unit
@@ -180,9 +177,9 @@ class Run:
                              f"{kind}".encode())
         return self.dir / f"gallery_{kind}_{key.hexdigest()[:12]}.safetensors"
 
-    def _cached(self, kind: str, compute) -> torch.Tensor:
-        """Embeddings ``[N, D]`` from the run folder's cache, checked (readable, sha256 of the data, shape,
-        dtype, finite values); computed by ``compute()`` and saved when missing or damaged."""
+    def _cached(self, kind: str, compute, width: int | None = None) -> torch.Tensor:
+        """Embeddings ``[N, D]`` (or ``[N, width]``) from the run folder's cache, checked (readable, sha256 of the
+        data, shape, dtype, finite values); computed by ``compute()`` and saved when missing or damaged."""
         from safetensors.torch import load, save
         path = self._cache_path(kind)
         if path.is_file():
@@ -194,8 +191,8 @@ class Run:
                 emb = load(data)["embeds"]
                 if digest != hashlib.sha256(memoryview(emb.numpy()).cast("B")).hexdigest():
                     raise ValueError("its data does not match its sha256")
-                check_array("the cached embeddings", emb.numpy(), (len(self.catalogue), self.model.cfg.embed_dim),
-                            ("float32",))
+                check_array("the cached embeddings", emb.numpy(),
+                            (len(self.catalogue), width or self.model.cfg.embed_dim), ("float32",))
                 return emb
             except Exception as err:  # any damage: recomputed below
                 warn_rebuild(path, err)
@@ -222,12 +219,8 @@ class Run:
         return self._text_embeds
 
     def gallery(self, kind: str) -> Gallery:
-        """The search index over ``images`` or ``texts``, built once per run (a faiss index is cached).
-
-        A faiss index is calibrated on the queries that search it: the catalogue's caption embeddings for the
-        image gallery (text queries) and its image embeddings for the caption gallery (photo queries), never on
-        the gallery's own rows, which sit on the other side of the modality gap.
-        """
+        """The search index over ``images`` or ``texts``, built once per run (a faiss index is cached), calibrated
+        on the queries' modality, never on the gallery's own rows (across the modality gap from the queries)."""
         if kind not in self._galleries:
             if kind not in ("images", "texts"):
                 raise ValueError(f"unknown gallery {kind!r}; choose 'images' or 'texts'")
@@ -250,11 +243,16 @@ class Run:
             raise ValueError(f"unknown hubness reduction {self.hubness!r}; choose none or csls")
         if self.hubness == "none" and keep is None:
             return self.gallery(kind).search(query[None], k)
-        gallery, bank = ((self.image_embeds, self.text_embeds) if kind == "images"
-                         else (self.text_embeds, self.image_embeds))  # the bank: the queries' modality
-        if self.hubness == "csls" and kind not in self._offsets:
-            self._offsets[kind] = csls_offsets(bank, gallery)
-        return exact_rows(gallery, query, k, self._offsets.get(kind) if self.hubness == "csls" else None, keep)
+        gallery = self.image_embeds if kind == "images" else self.text_embeds
+        return exact_rows(gallery, query, k, self.csls_offsets(kind) if self.hubness == "csls" else None, keep)
+
+    def csls_offsets(self, kind: str) -> torch.Tensor:
+        """CSLS's ``r(g)`` ``[N]`` for gallery ``kind`` (bank: the other modality), cached in the run folder."""
+        if kind not in self._offsets:
+            gallery, bank = (self.image_embeds, self.text_embeds)[::1 if kind == "images" else -1]
+            self._offsets[kind] = self._cached(f"csls{CSLS_K}_{kind}", lambda: csls_offsets(bank, gallery)[:, None],
+                                               width=1)[:, 0]
+        return self._offsets[kind]
 
     def _hits(self, kind: str, query: torch.Tensor, k: int, where: dict | None = None) -> list[Hit]:
         query = check_vector(query, self.image_embeds.shape[1])
