@@ -219,7 +219,7 @@ def test_damaged_graph_is_rebuilt(loaded, monkeypatch, tmp_path, caplog, how):
 # ---------------------------------------------------------------- the bench's row
 
 def test_bench_row_against_the_bare_runtimes(loaded, monkeypatch):
-    from xmodal.bench.text import text_encoding_row
+    from xmodal.bench.search import text_encoding_row
     model, vocab, captions = loaded
     row = text_encoding_row(model, vocab, captions[:8], "tiny run")
     used = "onnxruntime" if runtime.onnxruntime_version() else "torch"

@@ -10,7 +10,7 @@ same run (the machine may be shared and noisy, so ratios count more than absolut
 2. one training step of every registered model through ``make_loader`` + ``train_one_epoch`` against a bare
    forward + loss + backward + AdamW step over the same batches, already in memory (``training.py``);
 3. one caption's text encoding through ``embed_texts`` (in the runtime ``xmodal.text.runtime`` picks) against
-   the tokeniser plus the bare text tower in each runtime (``text.py``); text-to-top-10 query latency (text
+   the tokeniser plus the bare text tower in each runtime; text-to-top-10 query latency (text
    encoding included) over galleries of synthetic unit vectors: exact
    search against one pass over the gallery's memory (a plain sum over the same array), and the faiss
    index with its recall@10 against exact search (``search.py``);
