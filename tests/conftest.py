@@ -29,6 +29,21 @@ TINY_SETS = {"lstm_dim": 32, "hidden_dim": 64}  # its --set fields, as config.js
 TINY_SIZE = ["--image-size", "64", "48", "--embed-dim", "32", *(f"--set={k}={v}" for k, v in TINY_SETS.items())]
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Longest files first (a pytest-xdist worker takes a file at a time: a long one last leaves the other worker
+    idle at the end): files with browser tests, then by their count of slow tests; files whose tests wait for early
+    runs (below) last, so that those runs have the whole session to be made. The order within a file is kept."""
+    files: dict[str, list] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::")[0], []).append(item)
+
+    def weight(tests: list) -> tuple:
+        waits = any(name in EARLY_RUNS for t in tests for name in getattr(t, "fixturenames", ()))
+        browser = any(t.get_closest_marker("browser") for t in tests)
+        return waits, not browser, -sum(bool(t.get_closest_marker("slow")) for t in tests)
+    items[:] = [t for tests in sorted(files.values(), key=weight) for t in tests]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("xmodal_cache")

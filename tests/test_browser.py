@@ -182,11 +182,15 @@ SETTLED = """async frames => {
 
 
 def _shot(page, folder: Path, name: str) -> None:
-    """Screenshot the whole page: wait for the charts to draw, then grow the viewport to the content."""
+    """Screenshot the page once its charts and images have drawn; for the documentation (real runs, or
+    $XMODAL_SCREENSHOTS) the whole page, the viewport grown to the content first."""
     page.wait_for_function("""() => !document.querySelector('[data-testid="stMain"] [data-testid="stSkeleton"]') &&
         [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].every(c => c.querySelector('.main-svg'))""",
                            timeout=120_000)  # lazily loaded charts: their placeholder skeletons are gone
     page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=60_000)
+    if folder != DOCS_SHOTS and not os.environ.get("XMODAL_SCREENSHOTS"):  # a test run's pictures: what is in view
+        page.screenshot(path=str(folder / f"{name}.png"))
+        return
     size = page.viewport_size
     height = page.evaluate("""() => Math.max(...[...document.querySelectorAll(
         '[data-testid="stMain"], [data-testid="stMainBlockContainer"], [data-testid="stSidebarContent"]')]
