@@ -219,6 +219,7 @@ def test_cuda_request_without_gpu_is_refused(tiny_catalogue, tmp_path, capsys):
     assert "no CUDA GPU" in capsys.readouterr().err and not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_finetune_after_frozen_epochs(tiny_catalogue, tmp_path):
     """Epoch 1 trains the head on cached features with the ImageNet backbone as it is; epoch 2 fine-tunes the
     backbone, which must then move. Whichever epoch validation chose, best.safetensors holds that epoch's backbone."""

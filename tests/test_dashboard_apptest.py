@@ -318,6 +318,7 @@ def test_a_bad_catalogue_folder_shows_one_error_line(empty, tiny_catalogue, tmp_
     assert not at.metric  # no half-drawn catalogue section
 
 
+@pytest.mark.slow
 def test_importing_a_missing_folder_shows_one_error_line(empty, tiny_catalogue, tmp_path):
     at = _app(tiny_catalogue)
     at.radio(key="cat_source").set_value("import").run()

@@ -178,6 +178,7 @@ def word_vectors_per_hash_seed(request) -> list[Path]:
     return early_run("word_vectors_per_hash_seed", request)
 
 
+@pytest.mark.slow
 def test_word_vectors_do_not_depend_on_python_hash_seed(word_vectors_per_hash_seed):
     outs = {path.read_text().strip() for path in word_vectors_per_hash_seed}
     assert len(outs) == 1, outs

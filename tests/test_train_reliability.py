@@ -82,6 +82,7 @@ def test_bad_data_paths_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_existing_run_id_is_refused_and_left_intact(tiny_catalogue, tmp_path, capsys):
     assert train_cli(base(tiny_catalogue, tmp_path, epochs=1)) == 0
     before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file() and p.name != ".lock"}
