@@ -29,9 +29,7 @@ import logging
 import operator
 import os
 import threading
-import time
 import weakref
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +39,7 @@ from torch import nn
 
 from . import onnx_export
 from .backbones import BACKBONES, normalisation, stem_module, weights_digest
-from ..cachefile import warn_rebuild, write_cache
+from ..graphcache import GraphCache
 from .onnx_export import OPSET, TOLERANCE, _eval, _runnable, relative_error
 from ..paths import cache_dir
 
@@ -55,9 +53,7 @@ EXPORT_MIN_PIXELS = 512 * 224 * 168  # auto exports a graph for jobs of at least
 # after about 1,550 images (EfficientNet-Lite0 after about 300).
 EXPORT_MIN_IMAGES = {"mobilenet": 1600}
 PROBE_SEED = 20240611  # the probe batch: 2 images of uniform random raw pixels (0-255)
-_SESSIONS: OrderedDict[tuple[str, int], OrtBackbone] = OrderedDict()  # graph path, threads -> loaded graph
-_KEEP_SESSIONS = 8
-_FAILED: set[str] = set()  # graph paths whose export failed in this process: not tried again
+_GRAPHS: GraphCache[OrtBackbone] = GraphCache(keep=8)  # loaded sessions by graph file and threads
 _LOCK = threading.RLock()  # one loader at a time: two threads never export the same graph at once
 
 
@@ -101,7 +97,7 @@ def backbone_name(model: nn.Module) -> str:
 
 _DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> {cut: (tensor versions, digest)}
 _TENSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> its state_dict's tensors
-# module -> {(size, cut, threads): (its tensors' state, the _SESSIONS key of the graph select_runtime gave)}
+# module -> {(size, cut, threads): (its tensors' state, the (graph file, threads) select_runtime gave)}
 _RECENT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -264,43 +260,14 @@ def _load_graph(model: nn.Module, size: tuple[int, int], tail_blocks: int, expor
                 ) -> OrtBackbone | None:
     key = graph_key(model, size, tail_blocks)
     path = graph_path(key)
-    memo = (str(path), threads)
-    if memo in _SESSIONS:
-        _SESSIONS.move_to_end(memo)
-        return _SESSIONS[memo]
-    graph = None
-    if path.is_file():
-        try:
-            graph = _checked(path.read_bytes(), key, path, model, threads)
-        except Exception as err:  # truncated, garbled, another key's, or not matching: exported again
-            warn_rebuild(path, err)
-    if graph is None:
-        if not export or str(path) in _FAILED:
-            return None
-        try:
-            t = time.perf_counter()
-            data = export_graph(model, size, tail_blocks, key)
-            seconds = time.perf_counter() - t
-            graph = _checked(data, key, path, model, threads)
-        except Exception as err:  # an exporter or runtime that cannot take this model: PyTorch it is
-            _FAILED.add(str(path))
-            log.warning("cannot run %s in ONNX Runtime (%s: %s); using PyTorch", key["backbone"],
-                        type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
-            return None
-        log.info("exported %s (%dx%d%s) to ONNX in %.1f s: %s", key["backbone"], *size,
-                 f", cut {tail_blocks}" if tail_blocks else "", seconds, path)
-        write_cache(path, lambda f: f.write(data))
-    _SESSIONS[memo] = graph
-    while len(_SESSIONS) > _KEEP_SESSIONS:
-        _SESSIONS.popitem(last=False)
-    return graph
+    return _GRAPHS.get(path, threads, lambda data: _checked(data, key, path, model, threads),
+                       (lambda: export_graph(model, size, tail_blocks, key)) if export else None, key["backbone"])
 
 
 def clear_sessions() -> None:
     """Forget the sessions loaded, and the exports failed, in this process (the next call reads, and checks,
     the disk cache)."""
-    _SESSIONS.clear()
-    _FAILED.clear()
+    _GRAPHS.clear()
 
 
 def export_min_pixels(model: nn.Module) -> int:
@@ -331,8 +298,8 @@ def select_runtime(model: nn.Module, device: torch.device, size: tuple[int, int]
     state = _state(model)
     recent = _RECENT.setdefault(model, {})
     hit = recent.get((size, tail_blocks, threads))
-    if hit is not None and hit[0] == state and hit[1] in _SESSIONS:  # the same weights as last time
-        return _SESSIONS[hit[1]]  # skips the float32 check and the key's digest, json and hash
+    if hit is not None and hit[0] == state and (graph := _GRAPHS.loaded(*hit[1])) is not None:  # same weights
+        return graph  # skips the float32 check and the key's digest, json and hash
     if not _float32(model):
         return None
     export = choice == "onnxruntime" or images * size[0] * size[1] >= export_min_pixels(model)

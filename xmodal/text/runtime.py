@@ -26,9 +26,7 @@ import json
 import logging
 import operator
 import threading
-import time
 import weakref
-from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
@@ -36,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cachefile import warn_rebuild, write_cache
+from ..graphcache import GraphCache
 from ..image.onnx_export import TOLERANCE, _eval, relative_error
 from ..image.runtime import ENV, default_threads, onnxruntime_version, requested_runtime
 from ..paths import cache_dir
@@ -49,10 +47,8 @@ GRAPH_VERSION = 1  # bump when the export (exporter, opset, inputs) changes mean
 _FIXED: weakref.WeakSet = weakref.WeakSet()  # models whose weights are fixed: their text tower may be exported
 _TENSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> [(name, tensor)] outside the backbone
 _DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (tensors' state, digest, float32?)
-_RECENT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {threads: (state, _SESSIONS key)}
-_SESSIONS: OrderedDict[tuple[str, int], OrtText] = OrderedDict()  # graph path, threads -> loaded graph
-_KEEP_SESSIONS = 8
-_FAILED: set[str] = set()  # graph paths whose export failed in this process: not tried again
+_RECENT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {threads: (state, (graph file, threads))}
+_GRAPHS: GraphCache[OrtText] = GraphCache(keep=8)  # loaded sessions by graph file and threads
 _LOCK = threading.RLock()  # one loader at a time: two threads never export the same graph at once
 _VERSION = operator.attrgetter("_version")
 
@@ -167,43 +163,15 @@ def load_graph(model: nn.Module, export: bool = True, threads: int | None = None
 def _load_graph(model: nn.Module, export: bool, threads: int) -> OrtText | None:
     key = graph_key(model)
     path = graph_path(key)
-    memo = (str(path), threads)
-    if memo in _SESSIONS:
-        _SESSIONS.move_to_end(memo)
-        return _SESSIONS[memo]
-    graph = None
-    if path.is_file():
-        try:
-            graph = _checked(path.read_bytes(), key, path, model, threads)
-        except Exception as err:  # truncated, garbled, another key's, or not matching: exported again
-            warn_rebuild(path, err)
-    if graph is None:
-        if not export or str(path) in _FAILED:
-            return None
-        try:
-            t = time.perf_counter()
-            data = export_graph(model, key)
-            seconds = time.perf_counter() - t
-            graph = _checked(data, key, path, model, threads)
-        except Exception as err:  # an exporter or runtime that cannot take this model: PyTorch it is
-            _FAILED.add(str(path))
-            log.warning("cannot run the text tower of %s in ONNX Runtime (%s: %s); using PyTorch", key["model"],
-                        type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
-            return None
-        log.info("exported the text tower of %s to ONNX in %.2f s: %s", key["model"], seconds, path)
-        write_cache(path, lambda f: f.write(data))
-    _SESSIONS[memo] = graph
-    while len(_SESSIONS) > _KEEP_SESSIONS:
-        _SESSIONS.popitem(last=False)
-    return graph
+    return _GRAPHS.get(path, threads, lambda data: _checked(data, key, path, model, threads),
+                       (lambda: export_graph(model, key)) if export else None, f"the text tower of {key['model']}")
 
 
 def clear_sessions() -> None:
     """Forget the sessions loaded, and the exports failed, in this process (the next call reads, and checks,
     the disk cache)."""
     with _LOCK:
-        _SESSIONS.clear()
-        _FAILED.clear()
+        _GRAPHS.clear()
 
 
 def select_runtime(model: nn.Module, device: torch.device, threads: int | None = None) -> OrtText | None:
@@ -225,8 +193,8 @@ def select_runtime(model: nn.Module, device: torch.device, threads: int | None =
     state = _state(model)
     recent = _RECENT.setdefault(model, {})
     hit = recent.get(threads)
-    if hit is not None and hit[0] == state and hit[1] in _SESSIONS:  # the same weights as last time
-        return _SESSIONS[hit[1]]  # skips the key's digest, json and hash
+    if hit is not None and hit[0] == state and (graph := _GRAPHS.loaded(*hit[1])) is not None:  # same weights
+        return graph  # skips the key's digest, json and hash
     if not _digest(model)[1]:
         return None
     graph = load_graph(model, threads=threads)
