@@ -27,7 +27,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -181,14 +181,17 @@ SETTLED = """async frames => {
 }"""
 
 
-def _shot(page, folder: Path, name: str) -> None:
+def _shot(page, folder: Path, name: str, part: tuple[str, str] | None = None) -> None:
     """Screenshot the page once its charts and images have drawn; for the documentation (real runs, or
-    $XMODAL_SCREENSHOTS) the whole page, the viewport grown to the content first."""
+    $XMODAL_SCREENSHOTS) the whole page, the viewport grown to the content first. ``part``: only from the
+    heading ``part[0]`` down to the heading ``part[1]`` (or the page's end, where it is missing)."""
     page.wait_for_function("""() => !document.querySelector('[data-testid="stMain"] [data-testid="stSkeleton"]') &&
         [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].every(c => c.querySelector('.main-svg'))""",
                            timeout=120_000)  # lazily loaded charts: their placeholder skeletons are gone
     page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=60_000)
     if folder != DOCS_SHOTS and not os.environ.get("XMODAL_SCREENSHOTS"):  # a test run's pictures: what is in view
+        if part:
+            _heading(page, part[0]).scroll_into_view_if_needed()
         page.screenshot(path=str(folder / f"{name}.png"))
         return
     size = page.viewport_size
@@ -198,8 +201,20 @@ def _shot(page, folder: Path, name: str) -> None:
     page.set_viewport_size({"width": size["width"], "height": min(int(height) + 40, 6000)})
     page.evaluate(SETTLED, 10)  # the page re-laid out at its new height (tables draw the rows now in view)
     page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=60_000)
-    page.screenshot(path=str(folder / f"{name}.png"))
+    clip = None
+    if part:  # the page is laid out whole now: the part's box, in page coordinates
+        top = _heading(page, part[0]).bounding_box()
+        end = _heading(page, part[1]).bounding_box() if _heading(page, part[1]).count() else None
+        main = page.get_by_test_id("stMainBlockContainer").bounding_box()
+        bottom = end["y"] if end else main["y"] + main["height"]
+        clip = {"x": main["x"], "y": max(top["y"] - 16, 0), "width": main["width"], "height": bottom - top["y"] + 8}
+    page.screenshot(path=str(folder / f"{name}.png"), clip=clip)
     page.set_viewport_size(size)
+
+
+def _heading(page, text: str):
+    """The page's heading (any level) reading ``text``."""
+    return page.locator("h1, h2, h3, h4").filter(has_text=text).first
 
 
 def _visit(page, name: str, title: str, marker: str) -> tuple[float, float]:
@@ -521,6 +536,72 @@ def test_hostile_catalogue_stays_text(hostile_server, chromium):
         assert watch.requests > 20  # the route saw the app's own requests: the watch was on
 
 
+def _pick_run(page, run_id: str) -> None:
+    """Choose ``run_id`` in the page's "Run" selectbox (a click during a rerun can be lost: open it again)."""
+    select = page.get_by_test_id("stSelectbox").filter(has=page.get_by_text("Run", exact=True)).first
+    for _ in range(8):
+        _idle(page)
+        select.click()
+        try:
+            page.get_by_role("option", name=run_id, exact=True).click(timeout=3_000)
+            _idle(page)
+            return
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError: open it again
+            page.keyboard.press("Escape")
+    pytest.fail(f"the Run dropdown never offered {run_id!r}")
+
+
+def _over_training(page, shots: Path) -> None:
+    """Embeddings, *Over training*: the run's map over epochs (made in the background), its epoch slider, play
+    button and the chosen epoch's metrics, a screenshot, then back to the joint space. Serving real runs, the
+    first run that kept snapshots is shown, and the map's run chosen again after."""
+    _choose(page, "The joint space", "Over training (epoch by epoch)", "emb_view=training")
+    ready, none = page.get_by_text("Pair cosine (mean)"), page.get_by_text("kept no snapshots of its joint space")
+    ready.or_(none).first.wait_for(timeout=240_000)  # the map over epochs is computed in the background first
+    mapped = parse_qs(urlparse(page.url).query)["emb_run"][0]
+    if none.count() and os.environ.get("XMODAL_BROWSER_CHECKPOINTS"):  # real runs: find one that kept snapshots
+        page.get_by_test_id("stSelectbox").filter(has=page.get_by_text("Run", exact=True)).first.click()
+        runs = page.get_by_role("option").all_text_contents()
+        page.keyboard.press("Escape")
+        for run_id in runs:
+            _pick_run(page, run_id)
+            ready.or_(none).first.wait_for(timeout=240_000)
+            if ready.count():
+                break
+    assert ready.count(), "the tiny run trains with snapshots (--snapshots, default 500): the map over epochs shows"
+    _idle(page)
+    assert page.get_by_test_id("stSlider").filter(has_text="Epoch").count() == 1  # the epoch slider, metrics beside
+    for text in ("Validation R@1, title → photo", "Modality gap", "kept at the end of each epoch", "Per epoch:"):
+        assert page.get_by_text(text).count() >= 1, text
+    page.locator(".updatemenu-button").filter(has_text="Play").first.wait_for()  # the animation's play button
+    _shot(page, shots, "embeddings_training")
+    if parse_qs(urlparse(page.url).query)["emb_run"][0] != mapped:
+        _pick_run(page, mapped)
+    _choose(page, "The joint space", "The joint space", "emb_view=space")
+    page.get_by_text("Modality gap", exact=True).first.wait_for(timeout=240_000)
+    _idle(page)
+
+
+# How many tables lie between the heading ``arg[0]`` and the next one reading ``arg[1]`` (or the page's end).
+TABLES_UNDER = """([first, next]) => {
+  const heads = [...document.querySelectorAll('h1, h2, h3, h4')];
+  const top = heads.find(h => h.textContent.trim() === first), end = heads.find(h => h.textContent.trim() === next);
+  const y = e => e.getBoundingClientRect().top;
+  return [...document.querySelectorAll('[data-testid="stDataFrame"]')]
+    .filter(t => top && y(t) > y(top) && (!end || y(t) < y(end))).length;
+}"""
+
+
+def _failures_and_hubs(page, shots: Path) -> None:
+    """Compare's failure clusters and hubs drew (their headings, base rates and the hubness table); a screenshot."""
+    for heading in ("Failure clusters", "Hubs"):
+        _heading(page, heading).wait_for()
+    assert page.get_by_text("Failed (true match past rank", exact=False).count() == 1  # the runs' base rates
+    assert page.evaluate(TABLES_UNDER, ["Hubs", "Where two runs disagree most"]) >= 2  # hubness per run, top hubs
+    assert page.get_by_text("N_k counts how many queries", exact=False).count() == 1
+    _shot(page, shots, "compare_failures", part=("Failure clusters", "Where two runs disagree most"))
+
+
 def test_every_page_in_chromium(server, page, shots):
     timings: dict[str, float] = {}
     _open_home(page, server, timings, "home_cold")  # the server's first session: PyTorch is imported now
@@ -536,6 +617,10 @@ def test_every_page_in_chromium(server, page, shots):
             _select_on_map(page)
         if name != "Search":
             _shot(page, shots, name.lower())
+        if name == "Compare":
+            _failures_and_hubs(page, shots)
+        if name == "Embeddings":
+            _over_training(page, shots)
     for name, title, marker in [HOME, *PAGES]:  # after the first visit
         timings[f"{name.lower()}_switch_s"], timings[f"{name.lower()}_switch_complete_s"] = _visit(
             page, name, title, marker)
@@ -552,10 +637,14 @@ def test_every_page_in_chromium(server, page, shots):
     timings["text_search_s"] = time.perf_counter() - t
     _idle(page)
     assert page.locator('[data-testid="stImage"]').count() >= 2  # result photos rendered
+    hub = page.get_by_test_id("stRadio").filter(has_text="Hubness correction")  # CSLS by default, or none
+    assert hub.get_by_text("CSLS", exact=True).count() == 1 and hub.get_by_text("none", exact=True).count() == 1
+    assert page.get_by_text("ranked with CSLS hubness correction", exact=False).count() >= 1
+    assert page.get_by_text("Filter by attributes").count() == 1
     _shot(page, shots, "search")
 
-    assert all((shots / f"{n}.png").stat().st_size > 10_000 for n in ("home", "training", "compare", "embeddings",
-                                                                      "search"))
+    assert all((shots / f"{n}.png").stat().st_size > 10_000 for n in (
+        "home", "training", "compare", "compare_failures", "embeddings", "embeddings_training", "search"))
     (shots / "timings.json").write_text(json.dumps({k: round(v, 2) for k, v in timings.items()}, indent=1))
     print(json.dumps(timings, indent=1))
     switches = [v for k, v in timings.items() if k.endswith("_switch_complete_s")]
