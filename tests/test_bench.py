@@ -11,6 +11,7 @@ import torch
 
 from xmodal.bench import (SECTIONS, BenchConfig, Row, bench_dashboard, compare_many, format_table, main,
                           product_like, run_bench)
+from xmodal.bench.cli import cpu_model, header, numpy_blas, torch_blas
 from xmodal.bench.features import _export_row, bare_forwards
 from xmodal.bench.search import _bench_faiss
 
@@ -23,6 +24,20 @@ def test_product_like_is_normalised_and_structured():
     torch.testing.assert_close(gallery.norm(dim=1), torch.ones(2000))
     top = torch.topk(queries @ gallery.T, 10).values
     assert float(top[:, 0].mean()) > 0.5  # each query sits near its item
+
+
+def test_header_names_the_cpu_and_the_blas_libraries():
+    line = header(True, 2, 0.5, 12.4)
+    assert "\n" not in line and line.startswith(f"xmodal bench --quick: {cpu_model()}, ")
+    assert f"BLAS {torch_blas()} (torch) / {numpy_blas()} (numpy)" in line and "12 s in all" in line
+    assert cpu_model("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nmodel name\t: other\n") == "AMD EPYC 7B13"
+    assert cpu_model("processor\t: 0\n")  # no model name (not x86): platform's answer, never empty
+    assert torch_blas("  - Build settings: BLAS_INFO=mkl, BUILD_TYPE=Release, LAPACK_INFO=mkl") == "mkl"
+    assert torch_blas("  - LAPACK is enabled (usually provided by OpenBLAS)") == "openblas"
+    assert torch_blas("nothing about it") == "unknown"
+    assert numpy_blas({"Build Dependencies": {"blas": {"name": "scipy-openblas", "version": "0.3.27"}}}) == \
+        "scipy-openblas 0.3.27"
+    assert numpy_blas({"Build Dependencies": {}}) == "unknown"
 
 
 def test_format_table_has_a_target_met_column():
@@ -78,7 +93,7 @@ def test_tiny_run_has_every_row(tiny_catalogue, tmp_path, capsys):
                       work_dir=str(tmp_path / "work"))
     rows = run_bench(cfg)
     measures = [r.measure for r in rows]
-    assert [r.section for r in rows] == ["1 features"] * 3 + ["2 training"] * 2 + ["3 search"] * 5 + \
+    assert [r.section for r in rows] == ["1 features"] * 3 + ["2 training"] * 2 + ["3 search"] * 8 + \
         ["4 maps"] * 4 + ["5 dashboard"] + ["6 explore"] * 3 + ["7 metrics"]
     assert measures[-2].startswith("explain one pair") and rows[-2].met is not None
     assert measures[-1].startswith("score a split of 3,000 items") and rows[-1].met is True
@@ -87,9 +102,13 @@ def test_tiny_run_has_every_row(tiny_catalogue, tmp_path, capsys):
     assert "bare onnxruntime" in rows[0].reference and "bare torch" in rows[0].reference  # three figures
     assert "decoding" in rows[0].reference and "x the bare " in rows[0].measured
     assert measures[3].startswith("train step: siamese") and measures[4].startswith("train step: cmpm-mobilenet")
-    assert measures[6].startswith("text->top-10, exact, 500") and measures[7].startswith("text->top-10, exact, 2,000")
-    assert all("held-out captions of a trained run" in m for m in measures[8:10])  # real queries' recall
-    assert all(rows[i].met is not None for i in (0, 2, 3, 4, 8))  # every comparison has a verdict
+    assert [m.split(" (kernel: ")[0] for m in measures[6:10]] == [
+        "text->top-10, exact, 500 x 512", "text->top-10, exact fp16, 500 x 512",
+        "text->top-10, exact, 2,000 x 512", "text->top-10, exact fp16, 2,000 x 512"]  # each names its kernel
+    assert "one pass (sum) of the fp16 gallery" in rows[7].reference and "(0.50x)" in rows[7].reference
+    assert all("held-out captions of a trained run" in m for m in measures[10:13])  # real queries' recall, fp16's
+    assert measures[12].startswith("fp16 vs fp32 exact top-10") and "R@10" in rows[12].reference
+    assert all(rows[i].met is not None for i in (0, 2, 3, 4, *range(5, 11), 12))  # every comparison has a verdict
     umap = [r for r in rows if r.section == "4 maps"][:2]  # the first call informs; the next is held to umap-learn
     assert "first call" in umap[0].measure and umap[0].met is None
     assert "next call" in umap[1].measure and "bare umap-learn" in umap[1].reference and umap[1].met is not None

@@ -1,6 +1,7 @@
 """Performance bench: ``python -m xmodal.bench [--quick] [--sizes 10000 100000 1000000] [--json PATH]``.
 
-Prints one table. Each figure stands beside the limit it is judged against, and both are measured in the
+Prints one line naming the machine (CPU model, cores, the BLAS libraries of PyTorch and numpy) and the runtimes,
+then one table. Each figure stands beside the limit it is judged against, and both are measured in the
 same run (the machine may be shared and noisy, so ratios count more than absolute numbers):
 
 1. the frozen backbone on JPEGs (``features.py``): ``xmodal.image.extraction.extract_features`` (a DataLoader over
@@ -12,8 +13,10 @@ same run (the machine may be shared and noisy, so ratios count more than absolut
 3. one caption's text encoding through ``embed_texts`` (in the runtime ``xmodal.text.runtime`` picks) against
    the tokeniser plus the bare text tower in each runtime; text-to-top-10 query latency (text
    encoding included) over galleries of synthetic unit vectors: exact
-   search against one pass over the gallery's memory (a plain sum over the same array), and the faiss
-   index with its recall@10 against exact search (``search.py``);
+   search (naming the product kernel it chose by timing) against one pass over the gallery's memory (a plain sum
+   over the same array), the same for a float16 gallery against a pass over its half-size memory, and the faiss
+   index with its recall@10 against exact search; float16's top-10 against float32's for a trained run's
+   held-out captions (``search.py``);
 4. a UMAP map of 10k points (the dashboard's ``project``) and embedding a 10k-item gallery (``maps.py``);
 5. the dashboard's cold start and a page switch in headless Chromium, when Chromium and Playwright exist
    (``dashboard.py``).

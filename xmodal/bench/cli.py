@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import re
 import sys
 import tempfile
 import time
@@ -75,8 +77,51 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
     return rows
 
 
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name: the first "model name" of ``/proc/cpuinfo`` (``cpuinfo``: its text), else what
+    ``platform`` says."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:  # not Linux
+            cpuinfo = ""
+    found = re.search(r"^model name\s*:\s*(.+?)\s*$", cpuinfo, re.MULTILINE)
+    return found.group(1) if found else platform.processor() or platform.machine() or "unknown CPU"
+
+
+def torch_blas(config: str | None = None) -> str:
+    """The BLAS PyTorch was built with, from ``torch.__config__.show()`` (``config``: its text)."""
+    config = torch.__config__.show() if config is None else config
+    found = re.search(r"BLAS_INFO=([^,\s]+)", config) or re.search(r"LAPACK is enabled \(usually provided by (\w+)",
+                                                                    config)
+    return found.group(1).lower() if found else "unknown"
+
+
+def numpy_blas(config: dict | None = None) -> str:
+    """The BLAS numpy was built with (name and version), from ``numpy.show_config(mode="dicts")`` (``config``)."""
+    if config is None:
+        import numpy as np  # lazy: only the header needs it here
+        try:
+            config = np.show_config(mode="dicts")
+        except TypeError:  # numpy before 1.26: no dicts mode
+            config = getattr(np.__config__, "CONFIG", {})
+    blas = (config or {}).get("Build Dependencies", {}).get("blas", {})
+    return " ".join(str(blas[k]) for k in ("name", "version") if blas.get(k)) or "unknown"
+
+
+def header(quick: bool, threads: int, load_start: float, seconds: float) -> str:
+    """The table's first line: the machine (CPU model, cores, BLAS libraries), the runtimes' versions and the load."""
+    from ..image.runtime import ENV, onnxruntime_version, requested_runtime  # lazy: timm, for the bench only
+    import faiss  # lazy: faiss, for its version
+    return (f"xmodal bench{' --quick' if quick else ''}: {cpu_model()}, {os.cpu_count()} CPU cores, "
+            f"BLAS {torch_blas()} (torch) / {numpy_blas()} (numpy), torch {torch.__version__} ({threads} threads), "
+            f"onnxruntime {onnxruntime_version() or 'not installed'} ({ENV}={requested_runtime()}), "
+            f"faiss {faiss.__version__}, load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at "
+            f"the end, {seconds:.0f} s in all")
+
+
 def main(argv: list[str] | None = None) -> int:
-    from ..image.runtime import ENV, RUNTIMES, onnxruntime_version, requested_runtime  # lazy: timm, for main only
+    from ..image.runtime import ENV, RUNTIMES  # lazy: timm, for main only
     about = sys.modules[__package__].__doc__  # the package's docstring (xmodal/bench/__init__.py)
     p = argparse.ArgumentParser(prog="python -m xmodal.bench", description=about.split("\n\n")[1])
     p.add_argument("--quick", action="store_true", help="small sizes, no 1M gallery (about 2-4 minutes)")
@@ -105,15 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[ENV] = a.runtime
     if a.threads:
         torch.set_num_threads(a.threads)
-    import faiss  # lazy: faiss, for its version in the header
     load, threads = os.getloadavg()[0], torch.get_num_threads()
     t = time.perf_counter()
     rows = run_bench(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
-    print(f"xmodal bench{' --quick' if a.quick else ''}: {os.cpu_count()} CPU cores, torch {torch.__version__} "
-          f"({threads} threads), onnxruntime {onnxruntime_version() or 'not installed'} "
-          f"({ENV}={requested_runtime()}), faiss {faiss.__version__}, "
-          f"load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, "
-          f"{time.perf_counter() - t:.0f} s in all")
+    print(header(a.quick, threads, load, time.perf_counter() - t))
     print(format_table(rows))
     if a.json:
         Path(a.json).write_text(json.dumps([asdict(r) for r in rows], indent=1))

@@ -4,12 +4,16 @@ session, PyTorch's ``encode_text``), timed right after each query; text-to-top-1
 10k to 1M items, exact search against one pass over the gallery's memory, the faiss index's build and latency,
 and its recall@10 against exact search for the real text queries of a trained run (synthetic queries near
 gallery rows would only measure the calibration's own assumption: real captions sit across the modality gap
-from the photos).
+from the photos). Each exact row names the product kernel the gallery chose by timing at build
+(``xmodal.retrieval.kernels``). A float16 gallery (``GalleryConfig(precision="fp16")``): its latency against one
+pass over its own (half-size) memory, and its top-10 against float32 exact search for the same held-out
+captions of the trained run.
 """
 from __future__ import annotations
 
 import gc
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..evaluation.metrics import wilson
 from ..models.embed import embed_texts
+from ..retrieval import kernels
 from ..retrieval.gallery import Gallery, GalleryConfig, _FaissThreads, exact_topk, recall_at_k
 from ..retrieval.run import load_run
 from ..text import runtime as text_runtime
@@ -102,8 +108,9 @@ RECALL_RUN = ("--model", "infonce-efficientnet", "--epochs", "3", "--batch-size"
 
 
 def bench_search(cfg: BenchConfig, cat, work: Path, query_run: Path | None = None) -> list[Row]:
-    """Text-to-top-10 latency: exact vs one memory pass, faiss build and latency, per gallery size; faiss
-    recall@10 for the captions of ``query_run`` (default: a run trained here on ``cat``, see ``RECALL_RUN``)."""
+    """Text-to-top-10 latency: exact (float32, float16) vs one memory pass, faiss build and latency, per gallery
+    size; faiss recall@10 and float16's top-10 agreement with float32 for the captions of ``query_run`` (default: a
+    run trained here on ``cat``, see ``RECALL_RUN``)."""
     vocab = Vocab.build(cat.captions)
     model = text_model(len(vocab), cfg.dim)
     cpu = torch.device("cpu")
@@ -117,7 +124,8 @@ def bench_search(cfg: BenchConfig, cat, work: Path, query_run: Path | None = Non
         texts = list(rng.choice(cat.captions, max(10, min(cfg.latency_queries, int(3e7 // n)))))
         rows += _search_rows(cfg, n, encode, texts, work)
         gc.collect()
-    return rows + real_query_recall(query_run or _recall_run(cat, work))
+    split = held_out_captions(query_run or _recall_run(cat, work))
+    return rows + real_query_recall(split) + [fp16_agreement_row(split)]
 
 
 def _recall_run(cat, work: Path) -> Path:
@@ -125,19 +133,36 @@ def _recall_run(cat, work: Path) -> Path:
     return train_run(work, "recall-queries", [*RECALL_RUN, "--data", str(cat.root)], "the recall run")
 
 
-def real_query_recall(run_dir: Path, seed: int = 0) -> list[Row]:
+@dataclass
+class HeldOut:
+    """A trained run's photos and its captions split in two (seeded): one half calibrates, the other is measured."""
+
+    images: torch.Tensor  # [N, D]: the run's photo embeddings, the gallery
+    calib: torch.Tensor  # [N // 2, D]: captions that calibrate faiss's nprobe
+    held: torch.Tensor  # [N - N // 2, D]: the held-out captions, the queries measured
+    items: np.ndarray  # [N - N // 2]: each held-out caption's own photo (its row of ``images``)
+
+
+def held_out_captions(run_dir: Path, seed: int = 0) -> HeldOut:
+    """The run's photos, and its captions split in two by a seeded permutation."""
+    run = load_run(run_dir)
+    images, texts = run.image_embeds, run.text_embeds  # [N, D] each: photos and their captions, row i = item i
+    n = len(images)
+    order = np.random.default_rng(seed).permutation(n)
+    index = torch.from_numpy(order)
+    return HeldOut(images, texts[index[: n // 2]], texts[index[n // 2:]], order[n // 2:])
+
+
+def real_query_recall(run: Path | HeldOut, seed: int = 0) -> list[Row]:
     """faiss recall@10 against exact search over a trained run's image gallery, for its own captions as queries.
 
     The captions are split in two (seeded): one half calibrates ``nprobe`` (as ``Run.gallery`` calibrates on the
     other modality), the other half is measured. The same index calibrated on gallery rows plus noise (the old
     way) is shown beside it, with what its calibration promised. Every gallery size builds an index (the bench
-    asks for faiss, whatever ``faiss_above`` says).
+    asks for faiss, whatever ``faiss_above`` says). ``run``: a run folder, or its split from ``held_out_captions``.
     """
-    run = load_run(run_dir)
-    images, texts = run.image_embeds, run.text_embeds  # [N, D] each: photos and their captions
-    n = len(images)
-    order = torch.from_numpy(np.random.default_rng(seed).permutation(n))
-    calib, held = texts[order[: n // 2]], texts[order[n // 2:]]
+    split = run if isinstance(run, HeldOut) else held_out_captions(run, seed)
+    images, calib, held, n = split.images, split.calib, split.held, len(split.images)
     _, truth = exact_topk(images, held, 10)
     cfg = GalleryConfig()
     rows = []
@@ -157,23 +182,97 @@ def real_query_recall(run_dir: Path, seed: int = 0) -> list[Row]:
 
 def _search_rows(cfg: BenchConfig, n: int, encode: Callable[[str], torch.Tensor], texts: list[str], work: Path
                  ) -> list[Row]:
-    """Exact search over ``n`` synthetic items against one memory pass; the faiss rows above the threshold."""
+    """Exact search over ``n`` synthetic items, float32 then float16, each against one pass over its own memory;
+    the faiss rows above the threshold."""
     gallery, _ = product_like(n, cfg.dim, seed=n)  # [n, D]
     exact = Gallery.build(gallery, kind="exact")
-    exact.search(encode(texts[0]), 10)
-    gallery.sum()
-    # one pass: a plain sum reads every byte of the gallery once, timed right after each query's search
-    total, alone, passes = _latency(encode, lambda v: exact.search(v, 10), texts, lambda: gallery.sum())
-    one_pass = float(np.median(passes))
-    ratio = float(np.median(alone)) / one_pass
-    rows = [Row("3 search", f"text->top-10, exact, {n:,} x {cfg.dim}",
-                f"p50 {ms(np.median(total))} / p95 {ms(np.percentile(total, 95))} "
-                f"(search p50 {ms(np.median(alone))})",
-                f"one pass (sum) p50 {ms(one_pass)} ({gallery.numel() * 4 / one_pass / 1e9:.1f} GB/s)",
-                f"{ratio:.2f}x", "<= 1.5x", ratio <= 1.5)]
+    row, exact_p50 = _exact_row(exact, encode, texts)
+    half = Gallery.build(gallery, kind="exact", cfg=GalleryConfig(precision="fp16"))
+    rows = [row, _exact_row(half, encode, texts)[0]]
+    del half
     if n > GalleryConfig().faiss_above:
-        rows += _bench_faiss(gallery, cfg, work, encode, texts, float(np.median(alone)))
+        rows += _bench_faiss(gallery, cfg, work, encode, texts, exact_p50)
     return rows
+
+
+def _size(nbytes: int) -> str:
+    """A memory size for the table, in kB, MB or GB (powers of 1000)."""
+    unit, scale = next(((u, s) for u, s in (("GB", 1e9), ("MB", 1e6)) if nbytes >= s), ("kB", 1e3))
+    return f"{nbytes / scale:,.1f} {unit}"
+
+
+def _kernel(index: Gallery) -> str:
+    """Which product exact search chose at build, and what each candidate took then."""
+    timed = index.info.get("kernel_ms") or {}
+    if timed:
+        return f"kernel: {index.kernel}, fastest at build of " + ", ".join(f"{k} {v:.1f}" for k, v in timed.items()) \
+            + " ms"
+    if len(index) < kernels.MEASURE_ABOVE:
+        return f"kernel: {index.kernel}, not timed under {kernels.MEASURE_ABOVE:,} rows"
+    return f"kernel: {index.kernel}, as configured"
+
+
+def _exact_row(index: Gallery, encode: Callable[[str], torch.Tensor], texts: list[str]) -> tuple[Row, float]:
+    """Exact search on ``index`` against one pass over the memory it searches (a plain sum over the same array,
+    float32 or float16, timed right after each query's search); the row and the search's p50 in seconds."""
+    stored = index.embeds  # [n, D]
+    n, dim = stored.shape
+    index.search(encode(texts[0]), 10)
+    stored.sum()
+    total, alone, passes = _latency(encode, lambda v: index.search(v, 10), texts, lambda: stored.sum())
+    one_pass, p50 = float(np.median(passes)), float(np.median(alone))
+    ratio = p50 / one_pass
+    nbytes = stored.numel() * stored.element_size()
+    half = stored.dtype == torch.float16
+    reference = f"one pass (sum) {'of the fp16 gallery ' if half else ''}p50 {ms(one_pass)} " \
+                f"({nbytes / one_pass / 1e9:.1f} GB/s)"
+    if half:
+        full = stored.numel() * 4
+        reference += f"; memory {_size(nbytes)} against fp32's {_size(full)} ({nbytes / full:.2f}x)"
+    return Row("3 search", f"text->top-10, exact{' fp16' if half else ''}, {n:,} x {dim} ({_kernel(index)})",
+               f"p50 {ms(np.median(total))} / p95 {ms(np.percentile(total, 95))} (search p50 {ms(p50)})",
+               reference, f"{ratio:.2f}x", "<= 1.5x", ratio <= 1.5), p50
+
+
+FP16_IDENTICAL = 0.99  # fp16 must return float32's top-10 set for this share of real queries (issue 24 §2)
+FP16_R10_POINTS = 0.1  # and move R@10 by at most this many percentage points
+
+
+def fp16_agreement(images: torch.Tensor, queries: torch.Tensor, items: np.ndarray, k: int = 10) -> dict[str, int]:
+    """Exact top-``k`` of ``queries`` over ``images`` stored in float16 against float32.
+
+    Returns:
+        Counts over the queries: ``queries``; ``same_set`` (the same ``k`` items), ``same_order`` (also in the same
+        order); ``hit32``/``hit16`` (the query's own photo, row ``items[i]``, in its top ``k``: R@k's numerator);
+        ``changed`` (queries whose hit differs); and the two galleries' ``bytes32``/``bytes16``.
+    """
+    full = Gallery.build(images, kind="exact")
+    half = Gallery.build(images, kind="exact", cfg=GalleryConfig(precision="fp16"))
+    i32, i16 = full.search(queries, k)[1].numpy(), half.search(queries, k)[1].numpy()
+    own = np.asarray(items).reshape(-1, 1)
+    hit32, hit16 = (i32 == own).any(1), (i16 == own).any(1)
+    return {"queries": len(i32), "same_set": int(sum(set(a) == set(b) for a, b in zip(i32.tolist(), i16.tolist()))),
+            "same_order": int((i32 == i16).all(1).sum()), "hit32": int(hit32.sum()), "hit16": int(hit16.sum()),
+            "changed": int((hit32 != hit16).sum()), "bytes32": full.embeds.numel() * full.embeds.element_size(),
+            "bytes16": half.embeds.numel() * half.embeds.element_size()}
+
+
+def fp16_agreement_row(split: HeldOut) -> Row:
+    """``fp16_agreement`` for a trained run's held-out captions over its photos, as a row with 95 % intervals."""
+    a = fp16_agreement(split.images, split.held, split.items)
+    q = a["queries"]
+    same, (lo, hi) = 100 * a["same_set"] / q, wilson(a["same_set"], q)
+    r32, r16 = 100 * a["hit32"] / q, 100 * a["hit16"] / q
+    i32, i16 = wilson(a["hit32"], q), wilson(a["hit16"], q)
+    met = same >= 100 * FP16_IDENTICAL and abs(r16 - r32) <= FP16_R10_POINTS
+    return Row("3 search", f"fp16 vs fp32 exact top-10, {q:,} held-out captions of a trained run over its "
+               f"{len(split.images):,} photos (R@10: the caption's own photo)",
+               f"{same:.1f} % [{lo:.1f}, {hi:.1f}] identical top-10 sets ({100 * a['same_order'] / q:.1f} % in the "
+               f"same order); R@10 {r16:.1f} % [{i16[0]:.1f}, {i16[1]:.1f}]",
+               f"fp32 exact: R@10 {r32:.1f} % [{i32[0]:.1f}, {i32[1]:.1f}]; difference {r16 - r32:+.2f} pt "
+               f"({a['changed']} queries changed); memory {_size(a['bytes16'])} against {_size(a['bytes32'])}",
+               f"{same:.1f} %",
+               f">= {100 * FP16_IDENTICAL:.0f} % identical, R@10 within {FP16_R10_POINTS} pt", met)
 
 
 def _bench_faiss(gallery: torch.Tensor, cfg: BenchConfig, work: Path,
