@@ -247,6 +247,7 @@ def test_train_all_five_button_queues_the_demo_models(empty, tiny_catalogue, mon
     (queued, name, prepare), = calls
     assert [j.model for j in queued] == list(jobs.DEMO_EPOCHS) and name == "demo" and prepare
     assert all(j.data == "demo" and j.epochs == jobs.DEMO_EPOCHS[j.model] for j in queued)
+    assert all(j.command(empty)[-2:] == ["--word-vectors", "glove"] for j in queued)  # colour words read
 
 
 def test_training_form_launches_the_chosen_settings(empty, tiny_catalogue, monkeypatch):

@@ -33,6 +33,7 @@ QUEUE_DIR = ".queues"
 LOG_NAME = "train.log"
 LAUNCH_NAME = "launch.json"
 # The "train all five on the demo" quick path: small epoch counts so all five fit in ~10 min on 2 CPU cores.
+DEMO_WORD_VECTORS = "glove"  # chosen on colour and pattern words over the demo catalogue (docs/quality.md)
 DEMO_EPOCHS = {"siamese": 8, "corrnet": 8, "cmpm-mobilenet": 8, "cmpm-efficientnet": 8, "infonce-efficientnet": 8}
 _CHILDREN: list[subprocess.Popen] = []  # launched by this server process; polled so none is left a zombie
 
@@ -49,6 +50,7 @@ class TrainJob:
     finetune: bool = False  # train the backbone end to end
     device: str = "auto"  # auto, cpu or cuda
     run_id: str | None = None  # folder name; None: a fresh unique one
+    word_vectors: str | None = None  # word2vec or glove; None: the trainer's default
 
     def command(self, out: Path) -> list[str]:
         """The argv that trains this job into ``out/<run_id>``."""
@@ -59,6 +61,8 @@ class TrainJob:
             cmd += ["--epochs", str(int(self.epochs))]
         if self.finetune:
             cmd.append("--finetune")
+        if self.word_vectors:
+            cmd += ["--word-vectors", self.word_vectors]
         return cmd
 
 
@@ -346,8 +350,11 @@ def start_queue(jobs: list[TrainJob], root: Path | None = None, name: str = "que
 
 
 def demo_jobs(data: str = "demo", device: str = "auto") -> list[TrainJob]:
-    """The five models with the quick-path epoch counts."""
-    return [TrainJob(model=m, data=data, epochs=DEMO_EPOCHS.get(m, 8), device=device) for m in MODELS]
+    """The five models with the quick-path epoch counts, reading words through GloVe: word2vec vectors learnt from
+    the demo's own titles give every colour word the same neighbours, so "red" found no red item (docs/quality.md,
+    "The demo's word vectors")."""
+    return [TrainJob(model=m, data=data, epochs=DEMO_EPOCHS.get(m, 8), device=device, word_vectors=DEMO_WORD_VECTORS)
+            for m in MODELS]
 
 
 def read_queue(path: Path) -> dict:
