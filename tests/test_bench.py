@@ -93,7 +93,7 @@ def test_tiny_run_has_every_row(tiny_catalogue, tmp_path, capsys):
                       work_dir=str(tmp_path / "work"))
     rows = run_bench(cfg)
     measures = [r.measure for r in rows]
-    assert [r.section for r in rows] == ["1 features"] * 3 + ["2 training"] * 2 + ["3 search"] * 8 + \
+    assert [r.section for r in rows] == ["1 features"] * 3 + ["2 training"] * 2 + ["3 search"] * 10 + \
         ["4 maps"] * 4 + ["5 dashboard"] + ["6 explore"] * 3 + ["7 metrics"]
     assert measures[-2].startswith("explain one pair") and rows[-2].met is not None
     assert measures[-1].startswith("score a split of 3,000 items") and rows[-1].met is True
@@ -102,13 +102,16 @@ def test_tiny_run_has_every_row(tiny_catalogue, tmp_path, capsys):
     assert "bare onnxruntime" in rows[0].reference and "bare torch" in rows[0].reference  # three figures
     assert "decoding" in rows[0].reference and "x the bare " in rows[0].measured
     assert measures[3].startswith("train step: siamese") and measures[4].startswith("train step: cmpm-mobilenet")
-    assert [m.split(" (kernel: ")[0] for m in measures[6:10]] == [
+    assert [m.split(" (")[0] for m in measures[6:12]] == [
         "text->top-10, exact, 500 x 512", "text->top-10, exact fp16, 500 x 512",
-        "text->top-10, exact, 2,000 x 512", "text->top-10, exact fp16, 2,000 x 512"]  # each names its kernel
+        "text->top-10, exact, filtered, 500 x 512", "text->top-10, exact, 2,000 x 512",
+        "text->top-10, exact fp16, 2,000 x 512", "text->top-10, exact, filtered, 2,000 x 512"]
+    assert all("(kernel: " in measures[i] for i in (6, 7, 9, 10))  # each exact row names its kernel
+    assert rows[8].measured.count("p50") == 3 and "unfiltered exact search" in rows[8].reference
     assert "one pass (sum) of the fp16 gallery" in rows[7].reference and "(0.50x)" in rows[7].reference
-    assert all("held-out captions of a trained run" in m for m in measures[10:13])  # real queries' recall, fp16's
-    assert measures[12].startswith("fp16 vs fp32 exact top-10") and "R@10" in rows[12].reference
-    assert all(rows[i].met is not None for i in (0, 2, 3, 4, *range(5, 11), 12))  # every comparison has a verdict
+    assert all("held-out captions of a trained run" in m for m in measures[12:15])  # real queries' recall, fp16's
+    assert measures[14].startswith("fp16 vs fp32 exact top-10") and "R@10" in rows[14].reference
+    assert all(rows[i].met is not None for i in (0, 2, 3, 4, *range(5, 13), 14))  # every comparison has a verdict
     umap = [r for r in rows if r.section == "4 maps"][:2]  # the first call informs; the next is held to umap-learn
     assert "first call" in umap[0].measure and umap[0].met is None
     assert "next call" in umap[1].measure and "bare umap-learn" in umap[1].reference and umap[1].met is not None

@@ -68,3 +68,21 @@ def test_filters_with_hubness_reduction(run):
 def test_bad_filters_say_what_is_wrong(run, where, message):
     with pytest.raises(ValueError, match=message):
         run.search_text(run.catalogue.captions[0], k=5, where=where)
+
+
+@pytest.mark.parametrize("share", [0.05, 0.6])  # below and above DENSE_FILTER: the two ways of scoring
+@pytest.mark.parametrize("csls", [False, True])
+def test_sparse_and_dense_filters_equal_brute_force(share, csls):
+    from xmodal.retrieval.filters import DENSE_FILTER, exact_rows
+    assert 0.05 < DENSE_FILTER < 0.6  # the two shares take the two ways
+    gen = torch.Generator().manual_seed(3)
+    gallery = torch.nn.functional.normalize(torch.randn(2000, 16, generator=gen), dim=1)
+    query = torch.nn.functional.normalize(torch.randn(16, generator=gen), dim=0)
+    offsets = torch.rand(2000, generator=gen) if csls else None
+    keep = np.random.default_rng(4).random(2000) < share
+    scores, rows = exact_rows(gallery, query, 10, offsets, keep)
+    want = (gallery @ query - (0.5 * offsets if csls else 0)).numpy()
+    kept = np.flatnonzero(keep)
+    best = kept[np.argsort(-want[kept], kind="stable")[:10]]
+    assert rows[0].tolist() == best.tolist()
+    np.testing.assert_allclose(scores[0].numpy(), want[best], rtol=1e-6)

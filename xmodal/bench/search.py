@@ -24,6 +24,7 @@ from torch import nn
 from ..evaluation.metrics import wilson
 from ..models.embed import embed_texts
 from ..retrieval import kernels
+from ..retrieval.filters import exact_rows
 from ..retrieval.gallery import Gallery, GalleryConfig, _FaissThreads, exact_topk, recall_at_k
 from ..retrieval.run import load_run
 from ..text import runtime as text_runtime
@@ -188,7 +189,7 @@ def _search_rows(cfg: BenchConfig, n: int, encode: Callable[[str], torch.Tensor]
     exact = Gallery.build(gallery, kind="exact")
     row, exact_p50 = _exact_row(exact, encode, texts)
     half = Gallery.build(gallery, kind="exact", cfg=GalleryConfig(precision="fp16"))
-    rows = [row, _exact_row(half, encode, texts)[0]]
+    rows = [row, _exact_row(half, encode, texts)[0], _filtered_row(gallery, encode, texts, exact_p50)]
     del half
     if n > GalleryConfig().faiss_above:
         rows += _bench_faiss(gallery, cfg, work, encode, texts, exact_p50)
@@ -232,6 +233,26 @@ def _exact_row(index: Gallery, encode: Callable[[str], torch.Tensor], texts: lis
     return Row("3 search", f"text->top-10, exact{' fp16' if half else ''}, {n:,} x {dim} ({_kernel(index)})",
                f"p50 {ms(np.median(total))} / p95 {ms(np.percentile(total, 95))} (search p50 {ms(p50)})",
                reference, f"{ratio:.2f}x", "<= 1.5x", ratio <= 1.5), p50
+
+
+FILTER_SHARES = (0.01, 0.1, 0.5)  # shares of the gallery a where= filter keeps (issue 23 §4)
+
+
+def _filtered_row(gallery: torch.Tensor, encode: Callable[[str], torch.Tensor], texts: list[str], exact_p50: float
+                  ) -> Row:
+    """Filtered exact search (``where=`` keeping 1, 10 and 50 % of the rows, drawn at random) against the
+    unfiltered exact search's p50: exact over the kept rows, so its recall is that of exact search (1.000)."""
+    n, dim = gallery.shape
+    rng, p50s = np.random.default_rng(n), {}
+    for share in FILTER_SHARES:
+        keep = rng.random(n) < share
+        keep[0] = True
+        p50s[share] = float(np.median(_latency(encode, lambda v: exact_rows(gallery, v, 10, None, keep), texts)[1]))
+    worst = max(p50s.values()) / exact_p50
+    return Row("3 search", f"text->top-10, exact, filtered, {n:,} x {dim} (where= keeps "
+               f"{' / '.join(f'{100 * s:g}' for s in FILTER_SHARES)} %; exact over the kept rows: recall 1.000)",
+               " / ".join(f"{100 * s:g} %: p50 {ms(t)}" for s, t in p50s.items()),
+               f"unfiltered exact search p50 {ms(exact_p50)}", f"{worst:.2f}x", "<= 1.25x", worst <= 1.25)
 
 
 FP16_IDENTICAL = 0.99  # fp16 must return float32's top-10 set for this share of real queries (issue 24 §2)

@@ -2,7 +2,8 @@
 whose attribute columns take one of the given values, and the top k are found among them exactly.
 
 Exact over the kept rows whatever the gallery's index (a faiss index searched with a filter loses recall;
-scoring the kept rows directly keeps all of it, and costs at most one pass over them).
+scoring the kept rows directly keeps all of it): a sparse filter scores only the kept rows, a dense one scores
+every row in one pass and masks the others, so a filtered search costs at most one unfiltered exact search.
 """
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ import torch
 from ..data import Catalogue
 from ..text.normalise import normalise_caption
 from .hubness import CSLS_WEIGHT, corrected
+
+# Above this share of the gallery kept, a filtered search scores every row and masks the rest instead of copying
+# the kept rows out first (1M x 512, two cores: copying half of them took 4x one pass; a tenth, the same; a
+# hundredth, a seventh of it: docs/performance.md, "Filtered search").
+DENSE_FILTER = 0.15
 
 
 def where_mask(catalogue: Catalogue, where: dict[str, Any] | None) -> np.ndarray | None:
@@ -49,6 +55,13 @@ def exact_rows(gallery: torch.Tensor, query: torch.Tensor, k: int, offsets: torc
                keep: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores and gallery indices ``[1, k]`` of the best rows among ``keep`` (all when None), exactly;
     hubness-corrected by ``offsets`` when given (CSLS)."""
+    if keep is not None and keep.mean() > DENSE_FILTER:  # one pass over every row beats copying most of them
+        scores = gallery @ query  # [N]
+        if offsets is not None:
+            scores = corrected(scores, offsets, CSLS_WEIGHT)
+        scores[torch.from_numpy(~keep)] = float("-inf")
+        top = scores.topk(min(k, int(keep.sum())))
+        return top.values[None], top.indices[None]
     rows = torch.arange(len(gallery)) if keep is None else torch.from_numpy(np.flatnonzero(keep))
     scores = gallery[rows] @ query  # [n]
     if offsets is not None:
