@@ -564,8 +564,8 @@ def _over_training(page, shots: Path) -> None:
         runs = page.get_by_role("option").all_text_contents()
         page.keyboard.press("Escape")
         for run_id in runs:
-            _pick_run(page, run_id)
-            ready.or_(none).first.wait_for(timeout=240_000)
+            _pick_run(page, run_id)  # then this run's view: its map, or its own "no snapshots" line
+            ready.or_(page.get_by_text(f"{run_id} kept no snapshots")).first.wait_for(timeout=240_000)
             if ready.count():
                 break
     assert ready.count(), "the tiny run trains with snapshots (--snapshots, default 500): the map over epochs shows"
@@ -594,8 +594,9 @@ TABLES_UNDER = """([first, next]) => {
 
 def _failures_and_hubs(page, shots: Path) -> None:
     """Compare's failure clusters and hubs drew (their headings, base rates and the hubness table); a screenshot."""
-    for heading in ("Failure clusters", "Hubs"):
-        _heading(page, heading).wait_for()
+    for heading in ("Failure clusters", "Hubs"):  # after the runs' catalogue embeddings (made in the background)
+        _heading(page, heading).wait_for(timeout=600_000)
+    _idle(page)
     assert page.get_by_text("Failed (true match past rank", exact=False).count() == 1  # the runs' base rates
     assert page.evaluate(TABLES_UNDER, ["Hubs", "Where two runs disagree most"]) >= 2  # hubness per run, top hubs
     assert page.get_by_text("N_k counts how many queries", exact=False).count() == 1
@@ -615,10 +616,10 @@ def test_every_page_in_chromium(server, page, shots):
             page.get_by_text("Modality gap", exact=True).first.wait_for(timeout=240_000)
             _idle(page)
             _select_on_map(page)
-        if name != "Search":
-            _shot(page, shots, name.lower())
         if name == "Compare":
             _failures_and_hubs(page, shots)
+        if name != "Search":
+            _shot(page, shots, name.lower())
         if name == "Embeddings":
             _over_training(page, shots)
     for name, title, marker in [HOME, *PAGES]:  # after the first visit
