@@ -244,7 +244,8 @@ class Run:
         if self.hubness == "none" and keep is None:
             return self.gallery(kind).search(query[None], k)
         gallery = self.image_embeds if kind == "images" else self.text_embeds
-        return exact_rows(gallery, query, k, self.csls_offsets(kind) if self.hubness == "csls" else None, keep)
+        return exact_rows(gallery, query, k, self.csls_offsets(kind) if self.hubness == "csls" else None, keep,
+                          self.gallery(kind).kernel)
 
     def csls_offsets(self, kind: str) -> torch.Tensor:
         """CSLS's ``r(g)`` ``[N]`` for gallery ``kind`` (bank: the other modality), cached in the run folder."""
