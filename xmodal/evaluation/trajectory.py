@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", choices=COMPARED, default=list(COMPARED))
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    from ..training.snapshots import read_snapshots  # lazy: it imports PyTorch, which the maps never need
+    from ..runs.snapshots import read_snapshots
     ids, snaps = read_snapshots(a.run_dir)
     if len(snaps) < 2:
         print(f"error: {a.run_dir} holds {len(snaps)} readable snapshot(s); train with --snapshots N for 2+ epochs",

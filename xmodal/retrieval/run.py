@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..image.backbones import weights_digest
 from ..cachefile import check_array, warn_rebuild, write_cache
-from ..data import Catalogue, CatalogueError, load_catalogue, resolve_data
+from ..data import Catalogue, CatalogueError, load_catalogue
 from ..data.images import rgb_array, to_rgb
 from .arguments import check_index, check_indices, check_k, check_vector
 from .gallery import Gallery, GalleryConfig
@@ -33,6 +33,7 @@ from ..models import ModelConfig, rebuild_model
 from ..models.embed import embed_catalogue_images, embed_pil, embed_texts, fixed_weights
 from .query_vectors import DEFAULT_WEIGHT, ROCCHIO, compose_vectors, rocchio, unit
 from ..runs import check_record, read_json
+from ..runs.snapshots import run_catalogue_path  # noqa: F401  (re-exported: evaluate and the jobs use it)
 from ..text.vocabulary import tokenize, UnknownQueryError, Vocab  # noqa: F401  (UnknownQueryError: raised by search_text)
 
 
@@ -130,16 +131,6 @@ def load_model(run_dir: str | os.PathLike, device: torch.device | str = "cpu", w
     except (SafetensorError, RuntimeError, OSError) as err:
         raise RunError(f"{run_dir / weights} cannot be loaded ({err}); retrain or resume the run") from err
     return fixed_weights(model.to(device).eval()), vocab, config  # fixed: its text tower may run in ONNX Runtime
-
-
-def run_catalogue_path(config: dict, data: str | None = None) -> Path:
-    """The catalogue folder to search or evaluate: ``data`` if given, else the run's own (the demo is
-    found in this machine's cache, wherever it lay when the run trained)."""
-    if data:
-        return resolve_data(data)
-    if config["data"]["name"] == "demo":
-        return resolve_data("demo")
-    return Path(config["data"]["path"])
 
 
 class Run:

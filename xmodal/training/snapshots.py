@@ -6,7 +6,6 @@ item ids, the same for every epoch). ``xmodal.evaluation.trajectory`` turns them
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +13,10 @@ import torch
 
 from ..data import Catalogue
 from ..models.embed import embed_catalogue_images, embed_texts
-from ..runs import atomic_write_bytes, atomic_write_json, read_json
+from ..runs import atomic_write_bytes, atomic_write_json
+from ..runs.snapshots import FOLDER, read_snapshots  # noqa: F401  (read_snapshots: re-exported)
 from ..text.vocabulary import Vocab
 
-FOLDER = "snapshots"
 
 
 def snapshot_index(val_index: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -49,25 +48,3 @@ def snapshot_epoch(run_dir: Path, epoch: int, cfg, data, model, device: torch.de
     """The training loop's call: ``cfg.snapshots`` validation products (drawn with the split seed) at ``epoch``."""
     index = snapshot_index(data.splits["val"], cfg.snapshots, cfg.split_seed)
     return write_snapshot(run_dir, epoch, model, data.vocab, data.cat, index, device, features)
-
-
-def read_snapshots(run_dir: Path) -> tuple[list[str], dict[int, tuple[np.ndarray, np.ndarray]]]:
-    """(item ids, {epoch: (images [n, D], texts [n, D]) as float32}); damaged or mis-sized files are skipped."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-    folder = Path(run_dir) / FOLDER
-    rec = read_json(folder / "items.json", default={})
-    ids = rec.get("item_ids") if isinstance(rec, dict) else None
-    if not isinstance(ids, list):
-        return [], {}
-    out = {}
-    for path in sorted(folder.glob("epoch_*.safetensors")):
-        try:
-            epoch = int(path.stem.split("_")[1])
-            arrays = load_file(str(path))
-            img, txt = arrays["images"].astype(np.float32), arrays["texts"].astype(np.float32)
-        except (ValueError, KeyError, OSError, SafetensorError, json.JSONDecodeError):
-            continue
-        if img.shape == txt.shape and len(img) == len(ids) and np.isfinite(img).all() and np.isfinite(txt).all():
-            out[epoch] = (img, txt)
-    return ids, out

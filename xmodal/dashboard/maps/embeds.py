@@ -25,6 +25,7 @@ from ...data import CatalogueError, load_catalogue
 from ...data.demo import demo_dir
 from ...retrieval.export import split_of_items
 from ...runs import read_json
+from ...runs.snapshots import run_catalogue_path
 from ..jobs import tasks
 
 VERSION = 1  # bump when the file's layout changes
@@ -89,7 +90,6 @@ def _shared_catalogue(run_dir: Path):
     """The run's catalogue, loaded and checked once per process for all the runs trained on it (checking
     every photo takes a while, and the queue embeds several runs of one catalogue); None when it cannot be
     loaded here (``load_run`` then loads it itself and reports the error)."""
-    from ...retrieval.run import run_catalogue_path  # lazy: PyTorch, only in the job
     config = read_json(Path(run_dir) / "config.json", default={}) or {}
     try:
         folder = str(Path(run_catalogue_path(config)).resolve())

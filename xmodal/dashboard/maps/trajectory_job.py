@@ -27,10 +27,10 @@ from ...cachefile import atomic_write, check_array
 from ...data import CatalogueError, open_catalogue
 from ...evaluation import trajectory
 from ...runs import read_json
+from ...runs.snapshots import FOLDER as SNAPSHOTS, read_snapshots, run_catalogue_path
 from ..jobs import tasks
 
 VERSION = 1  # bump when the file's layout changes
-SNAPSHOTS = "snapshots"  # xmodal.training.snapshots.FOLDER (that module imports PyTorch: not imported here)
 
 
 def snapshot_files(run_dir: Path) -> list[Path]:
@@ -57,7 +57,6 @@ def trajectory_path(run_dir: Path, method: str = "pca") -> Path | None:
 
 def _captions(run_dir: Path, item_ids: list[str]) -> list[str] | None:
     """The products' titles from the run's catalogue (None when it cannot be read or lacks one of them)."""
-    from ...retrieval.run import run_catalogue_path  # lazy: PyTorch, loaded only in this background process
     try:
         cat = open_catalogue(str(run_catalogue_path(read_json(run_dir / "config.json"))), check_images=False)
     except (CatalogueError, OSError, ValueError, KeyError, TypeError):
@@ -68,7 +67,6 @@ def _captions(run_dir: Path, item_ids: list[str]) -> list[str] | None:
 
 def compute(run_dir: Path, method: str = "pca", progress: tasks.Progress | None = None) -> Path:
     """Compute and cache the run's map over epochs; returns the file."""
-    from ...training.snapshots import read_snapshots  # lazy: PyTorch, loaded only in this background process
     run_dir = Path(run_dir)
     path = trajectory_path(run_dir, method)
     if path is None:
