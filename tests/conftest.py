@@ -179,6 +179,21 @@ def early_run(name: str, request):
     return job.result
 
 
+@pytest.fixture(scope="module")
+def chromium():
+    """One headless Chromium for a browser test module's tests; each test browses in contexts of its own
+    (``browser_kit._context``)."""
+    pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package only)")
+    from browser_kit import CHROMIUM_ARGS, _chromium
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=_chromium(), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 def myntra_or_skip() -> Path:
     if not (MYNTRA / "captions.csv").is_file():
         pytest.skip(f"real catalogue not found at {MYNTRA}")

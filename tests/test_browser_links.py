@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from conftest import TINY_SIZE
-from test_browser import _browser, _chromium, _click_map_point, _idle, _mapped, _serve, _text
+from browser_kit import _browser, _chromium, _click_map_point, _idle, _mapped, _serve, _text
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 SEED_RUN = "demo-seed7"  # trained here: its ranks differ from the copies'
