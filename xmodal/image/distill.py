@@ -50,9 +50,9 @@ class DistillConfig:
     student_scale: float = 5 / 7  # the student trains at this share of ``size`` (224x168 -> 160x120): half the
     # pixels, about half the time; it is then used at ``size``, like FixRes (Touvron et al., NeurIPS 2019):
     # random-crop training at a lower resolution matches objects' apparent size at the higher test resolution
-    bn_images: int = 512  # train-split images whose activations at ``size`` replace batch norm's running statistics
-    # (0: keep those of ``student_size``); BN statistics follow the resolution, so the ones gathered during
-    # training at the lower size misdescribe the activations at the size of use (FixRes's test-size fix)
+    bn_images: int = 0  # train-split images (e.g. 512) whose activations at ``size`` replace batch norm's running
+    # statistics gathered at ``student_size`` (FixRes's test-size fix); 0: kept. Off: on Myntra it lowered the
+    # trained model's validation rsum (docs/quality.md, "batch-norm statistics at the size of use")
 
     @property
     def student_size(self) -> tuple[int, int]:
