@@ -272,6 +272,17 @@ def test_train_and_stop_from_the_sidebar(server, page):
     sidebar.get_by_text("stopped", exact=False).first.wait_for(timeout=60_000)
 
 
+def _open_tab(page, name: str, inside) -> None:
+    """Open tab ``name`` until ``inside`` (an element of it) shows: a tab click that lands during a rerun can be
+    undone by it (the open tab is in the URL, and the rerun carries the URL the browser had then)."""
+    for _attempt in range(4):
+        if inside.is_visible():
+            return
+        page.get_by_role("tab", name=name).click()
+        _idle(page)
+    assert inside.is_visible(), f"the {name!r} tab never stayed open"
+
+
 def test_explain_compose_and_refine_in_chromium(server, chromium, shots):
     """Search: why a hit matched (its words highlighted, a heatmap over its photo), a photo changed by words
     beside the photo alone and the words alone, and a round of "more like this / less like this". In a session of
@@ -296,8 +307,8 @@ def _explain_compose_and_refine(page, shots: Path) -> None:
     assert page.get_by_text("regions", exact=True).count() >= 1  # the heatmap's caption
     _shot(page, shots, "search_explain")
 
-    page.get_by_role("tab", name="Photo + words").click()
     words = page.get_by_label("Change it with words")
+    _open_tab(page, "Photo + words", words)
     words.fill("red")
     words.press("Enter")
     page.get_by_text("Photo + words (words 50%)").first.wait_for(timeout=120_000)
@@ -307,8 +318,10 @@ def _explain_compose_and_refine(page, shots: Path) -> None:
     _shot(page, shots, "search_compose")
     page.get_by_text("more like this", exact=True).nth(1).click()
     _idle(page)
+    _open_tab(page, "Photo + words", words)
     page.get_by_text("less like this", exact=True).nth(0).click()
     _idle(page)
+    _open_tab(page, "Photo + words", words)
     page.get_by_role("button", name="Refine", exact=False).click()
     page.get_by_text("Round 2: 1 marked more like this, 1 less like this").wait_for(timeout=120_000)
     _idle(page)
