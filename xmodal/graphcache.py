@@ -17,6 +17,20 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def cpu_session(graph: bytes, threads: int):
+    """An ONNX Runtime CPU session of ``graph`` on ``threads`` intra-op threads, and the ``xmodal_key`` its metadata
+    holds. No spin-waiting between parallel sections: on a shared machine, and beside the DataLoader's decoding
+    workers, spinning threads burn more CPU for the same work (docs/performance.md)."""
+    import onnxruntime as ort  # lazy: ONNX Runtime, only when a graph is loaded
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+    return session, session.get_modelmeta().custom_metadata_map.get("xmodal_key")
+
+
 class GraphCache(Generic[T]):
     """Checked sessions by (graph file, intra-op threads), the ``keep`` most recently used in memory."""
 

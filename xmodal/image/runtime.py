@@ -39,7 +39,7 @@ from torch import nn
 
 from . import onnx_export
 from .backbones import BACKBONES, normalisation, stem_module, weights_digest
-from ..graphcache import GraphCache
+from ..graphcache import GraphCache, cpu_session
 from .onnx_export import OPSET, TOLERANCE, _eval, _runnable, relative_error
 from ..paths import cache_dir
 
@@ -180,17 +180,8 @@ class OrtBackbone:
     """
 
     def __init__(self, graph: bytes, path: Path, threads: int):
-        import onnxruntime as ort  # lazy: ONNX Runtime, only when a graph is loaded
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        # No spin-waiting between parallel sections: on a shared machine, and beside the DataLoader's decoding
-        # workers, spinning threads burn more CPU for the same work (docs/performance.md)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+        self.session, self.key = cpu_session(graph, threads)
         self.path, self.threads = path, threads
-        self.key = self.session.get_modelmeta().custom_metadata_map.get("xmodal_key")
         try:
             spec = json.loads(self.key or "{}")["input"]
             self.mean_std = (tuple(spec["mean"]), tuple(spec["std"]))

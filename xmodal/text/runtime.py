@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..graphcache import GraphCache
+from ..graphcache import GraphCache, cpu_session
 from ..image.onnx_export import TOLERANCE, _eval, relative_error
 from ..image.runtime import ENV, default_threads, onnxruntime_version, requested_runtime
 from ..paths import cache_dir
@@ -113,16 +113,8 @@ class OrtText:
     """A text tower's graph in an ONNX Runtime session: token ids ``[B, L]`` -> unit vectors ``[B, D]`` float32."""
 
     def __init__(self, graph: bytes, path: Path, threads: int):
-        import onnxruntime as ort  # lazy: ONNX Runtime, only when a graph is loaded
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        # No spin-waiting between parallel sections: on a shared machine spinning threads burn CPU others need
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+        self.session, self.key = cpu_session(graph, threads)
         self.path, self.threads = path, threads
-        self.key = self.session.get_modelmeta().custom_metadata_map.get("xmodal_key")
 
     def __call__(self, tokens: np.ndarray | torch.Tensor) -> np.ndarray:
         """Unit vectors ``[B, D]`` of token ids ``[B, L]``."""
