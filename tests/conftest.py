@@ -63,6 +63,11 @@ def _components_scanned_once():
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("xmodal_cache")
+    # the dashboard's built-in 2,000-item demo catalogue is made once for every process of the session (3.8 s of
+    # CPU each time); ``ensure_demo`` renames a finished copy into place, so concurrent makers never clash
+    shared_demo = _early_root(tmp_path_factory) / "demo"
+    shared_demo.mkdir(exist_ok=True)
+    (cache / "demo").symlink_to(shared_demo, target_is_directory=True)
     os.environ["XMODAL_CACHE"] = str(cache)
     os.environ["XMODAL_CHECKPOINTS"] = str(tmp_path_factory.mktemp("checkpoints"))
     os.environ["HF_HUB_OFFLINE"] = "1"
