@@ -1,5 +1,5 @@
 """Exact search's product chosen by measuring: every candidate gives the same top k, the choice is the fastest
-measured, and a float16 gallery halves the memory."""
+measured, a float16 gallery halves the memory, and an exact tie goes to the lower index whatever the kernel."""
 from __future__ import annotations
 
 import pytest
@@ -41,9 +41,26 @@ def test_gallery_records_its_kernel_and_fp16_halves_memory(monkeypatch):
     assert full.info["kernel"] in full.info["kernel_ms"] and full.kernel == full.info["kernel"]
     assert half.embeds.dtype == torch.float16 and half.info["precision"] == "fp16"
     assert half.embeds.element_size() * half.embeds.nelement() * 2 == g.element_size() * g.nelement()
-    s16, i16 = half.search(q, 10)
+    s16, i16 = half.search(q[:1], 10)  # one query: the float16 pass, re-scored in float32
     s32, i32 = full.search(q, 10)
-    assert s16.dtype == torch.float32 and (s16 - s32).abs().max() < 2e-3
-    assert torch.equal(i16[:, 0], i32[:, 0])  # random unit vectors: no near ties at the top
+    assert s16.dtype == torch.float32 and (s16 - s32[:1]).abs().max() < 2e-6 and torch.equal(i16, i32[:1])
+    assert torch.equal(half.search(q, 10)[1], i32)  # a batch: the float32 rows
     with pytest.raises(ValueError, match="precision"):
         Gallery.build(g, "exact", cfg=GalleryConfig(precision="int8"))
+
+
+@pytest.mark.parametrize("block", [1 << 24, 700])  # one block, and gallery blocks merged
+def test_exact_ties_go_to_the_lower_index(block):
+    g = _unit(1000, 16, 6)
+    q = _unit(2, 16, 7)
+    best = torch.topk(q @ g.T, 12, dim=1).indices  # [2, 12]
+    dup = g.clone()
+    dup[900:912] = g[best[0]]  # copies of query 0's best 12 after them: exact ties straddling rank 10 and inside
+    s, i = exact_topk(dup, q[:1], 10, block_scores=block)
+    scores = (q[:1] @ dup.T)[0].tolist()
+    want = sorted(range(len(dup)), key=lambda j: (-scores[j], j))[:10]  # by score, then the lower index
+    assert i[0].tolist() == want and want[:2] == [int(best[0, 0]), 900]  # each original, then its copy
+    values, cols = kernels.topk(torch.tensor([[1.0, 3.0, 2.0, 3.0, 3.0, 0.0]]), 2)
+    assert cols.tolist() == [[1, 3]] and values.tolist() == [[3.0, 3.0]]
+    half = Gallery.build(dup, "exact", cfg=GalleryConfig(precision="fp16"))
+    assert torch.equal(half.search(q[0], 10)[1], i)  # the re-scored float16 path breaks ties the same way

@@ -5,9 +5,9 @@ session, PyTorch's ``encode_text``), timed right after each query; text-to-top-1
 and its recall@10 against exact search for the real text queries of a trained run (synthetic queries near
 gallery rows would only measure the calibration's own assumption: real captions sit across the modality gap
 from the photos). Each exact row names the product kernel the gallery chose by timing at build
-(``xmodal.retrieval.kernels``). A float16 gallery (``GalleryConfig(precision="fp16")``): its latency against one
-pass over its own (half-size) memory, and its top-10 against float32 exact search for the same held-out
-captions of the trained run.
+(``xmodal.retrieval.kernels``). A float16 gallery (``GalleryConfig(precision="fp16")``: a float16 pass, then the
+candidates re-scored in float32 from the caller's rows): its latency against one pass over its own (half-size)
+memory, and its top-10 against float32 exact search for the same held-out captions of the trained run.
 """
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ def _search_rows(cfg: BenchConfig, n: int, encode: Callable[[str], torch.Tensor]
     """Exact search over ``n`` synthetic items, float32 then float16, each against one pass over its own memory;
     the faiss rows above the threshold."""
     gallery, _ = product_like(n, cfg.dim, seed=n)  # [n, D]
-    exact = Gallery.build(gallery, kind="exact")
+    exact = Gallery.build(gallery, kind="exact", cfg=GalleryConfig(precision="fp32"))
     row, exact_p50 = _exact_row(exact, encode, texts)
     half = Gallery.build(gallery, kind="exact", cfg=GalleryConfig(precision="fp16"))
     rows = [row, _exact_row(half, encode, texts)[0], _filtered_row(exact, encode, texts, exact_p50)]
@@ -230,7 +230,8 @@ def _exact_row(index: Gallery, encode: Callable[[str], torch.Tensor], texts: lis
     if half:
         full = stored.numel() * 4
         reference += f"; memory {_size(nbytes)} against fp32's {_size(full)} ({nbytes / full:.2f}x)"
-    return Row("3 search", f"text->top-10, exact{' fp16' if half else ''}, {n:,} x {dim} ({_kernel(index)})",
+    how = (", float16 pass + float32 re-score" if index.rescored else ", plain float16: not re-scored") if half else ""
+    return Row("3 search", f"text->top-10, exact{' fp16' if half else ''}, {n:,} x {dim} ({_kernel(index)}{how})",
                f"p50 {ms(np.median(total))} / p95 {ms(np.percentile(total, 95))} (search p50 {ms(p50)})",
                reference, f"{ratio:.2f}x", "<= 1.5x", ratio <= 1.5), p50
 
@@ -261,22 +262,36 @@ FP16_IDENTICAL = 0.99  # fp16 must return float32's top-10 set for this share of
 FP16_R10_POINTS = 0.1  # and move R@10 by at most this many percentage points
 
 
+def _same_sets(a: np.ndarray, b: np.ndarray) -> int:
+    """How many rows of ``a`` and ``b`` (``[Q, k]`` indices) hold the same items."""
+    return int(sum(set(x) == set(y) for x, y in zip(a.tolist(), b.tolist())))
+
+
 def fp16_agreement(images: torch.Tensor, queries: torch.Tensor, items: np.ndarray, k: int = 10) -> dict[str, int]:
-    """Exact top-``k`` of ``queries`` over ``images`` stored in float16 against float32.
+    """Exact top-``k`` of ``queries`` over ``images`` stored in float16 (a float16 pass and float32 re-scoring, one
+    query's path: ``kernels.rescored_topk``) against float32 exact search; plain float16 (no re-scoring) beside it.
 
     Returns:
         Counts over the queries: ``queries``; ``same_set`` (the same ``k`` items), ``same_order`` (also in the same
-        order); ``hit32``/``hit16`` (the query's own photo, row ``items[i]``, in its top ``k``: R@k's numerator);
-        ``changed`` (queries whose hit differs); and the two galleries' ``bytes32``/``bytes16``.
+        order), ``plain_same_set`` (plain float16's same sets); ``hit32``/``hit16`` (the query's own photo, row
+        ``items[i]``, in its top ``k``: R@k's numerator); ``changed`` (queries whose hit differs); ``widened``
+        (queries whose candidate set had to grow past ``k + 32``), ``most_rescored`` (the largest candidate set);
+        and the two galleries' ``bytes32``/``bytes16``.
     """
-    full = Gallery.build(images, kind="exact")
+    full = Gallery.build(images, kind="exact", cfg=GalleryConfig(precision="fp32"))
     half = Gallery.build(images, kind="exact", cfg=GalleryConfig(precision="fp16"))
-    i32, i16 = full.search(queries, k)[1].numpy(), half.search(queries, k)[1].numpy()
+    if not half.rescored:
+        raise ValueError("fp16_agreement needs float32 images (a contiguous float32 tensor) to re-score from")
+    i32 = full.search(queries, k)[1].numpy()
+    _, i16, used = kernels.rescored_topk(half.embeds, half.rows, queries, k, half.error, half.kernel)
+    i16, plain = i16.numpy(), exact_topk(half.embeds, queries, k)[1].numpy()
     own = np.asarray(items).reshape(-1, 1)
     hit32, hit16 = (i32 == own).any(1), (i16 == own).any(1)
-    return {"queries": len(i32), "same_set": int(sum(set(a) == set(b) for a, b in zip(i32.tolist(), i16.tolist()))),
-            "same_order": int((i32 == i16).all(1).sum()), "hit32": int(hit32.sum()), "hit16": int(hit16.sum()),
-            "changed": int((hit32 != hit16).sum()), "bytes32": full.embeds.numel() * full.embeds.element_size(),
+    return {"queries": len(i32), "same_set": _same_sets(i32, i16), "same_order": int((i32 == i16).all(1).sum()),
+            "plain_same_set": _same_sets(i32, plain), "hit32": int(hit32.sum()), "hit16": int(hit16.sum()),
+            "changed": int((hit32 != hit16).sum()), "widened": int((used > min(k + 32, len(images))).sum()),
+            "most_rescored": int(used.max()) if len(used) else 0,
+            "bytes32": full.embeds.numel() * full.embeds.element_size(),
             "bytes16": half.embeds.numel() * half.embeds.element_size()}
 
 
@@ -291,9 +306,11 @@ def fp16_agreement_row(split: HeldOut) -> Row:
     return Row("3 search", f"fp16 vs fp32 exact top-10, {q:,} held-out captions of a trained run over its "
                f"{len(split.images):,} photos (R@10: the caption's own photo)",
                f"{same:.1f} % [{lo:.1f}, {hi:.1f}] identical top-10 sets ({100 * a['same_order'] / q:.1f} % in the "
-               f"same order); R@10 {r16:.1f} % [{i16[0]:.1f}, {i16[1]:.1f}]",
+               f"same order; float16 pass + float32 re-score, {a['widened']} queries widened, at most "
+               f"{a['most_rescored']} re-scored); R@10 {r16:.1f} % [{i16[0]:.1f}, {i16[1]:.1f}]",
                f"fp32 exact: R@10 {r32:.1f} % [{i32[0]:.1f}, {i32[1]:.1f}]; difference {r16 - r32:+.2f} pt "
-               f"({a['changed']} queries changed); memory {_size(a['bytes16'])} against {_size(a['bytes32'])}",
+               f"({a['changed']} queries changed); plain fp16 (no re-score) {100 * a['plain_same_set'] / q:.1f} % "
+               f"identical; memory {_size(a['bytes16'])} against {_size(a['bytes32'])}",
                f"{same:.1f} %",
                f">= {100 * FP16_IDENTICAL:.0f} % identical, R@10 within {FP16_R10_POINTS} pt", met)
 

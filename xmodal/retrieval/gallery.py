@@ -4,6 +4,11 @@
 
 - ``exact``: one matrix product and ``torch.topk``, in blocks so that at most ``block_scores`` scores
   are held at once. A single query costs one pass over the gallery, i.e. it runs at memory bandwidth.
+  ``precision="fp16"`` stores float16 rows (half the bytes per query) and a reference to the caller's float32 rows
+  (its tensor or a memory-mapped file, never a copy): a float16 pass picks candidates, re-scored in float32 and
+  widened until a bound on float16's error proves the rest cannot enter (``kernels.rescored_topk``): float32's
+  top k and scores. A batch (``kernels.HALF_QUERIES`` queries or more) reads the float32 rows. Without float32
+  rows (float64 or float16 given) it is plain float16, near-ties at rank k may swap (``Gallery.rescored``).
 - ``faiss``: ``IndexIVFFlat`` with inner product. The coarse quantizer (spherical k-means, about
   ``2 * sqrt(N)`` lists) is trained on a sample, the vectors are stored uncompressed, and ``nprobe``
   (lists scanned per query) is calibrated at build time: the smallest power of two whose recall@10
@@ -26,6 +31,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -55,7 +61,7 @@ class GalleryConfig:
     calibration_queries: int = 256  # queries used to calibrate nprobe (and to report the recall)
     calibration_noise: float = 1.0  # without real calibration queries: gallery rows plus noise of this norm
     block_scores: int = 1 << 24  # exact search: at most this many scores in memory at once (64 MiB)
-    precision: str = "fp32"  # exact search's stored embeddings: fp32, or fp16 (half the memory and bytes read)
+    precision: str = "fp32"  # exact search's stored rows: fp32, or fp16 (half the bytes read; exact: see Gallery)
     kernel: str = "auto"  # exact search's product: auto (the fastest measured at build), torch, numpy[:chunked]
     threads: int | None = None  # faiss threads for builds and batches; None: torch.get_num_threads()
     seed: int = 0  # training sample, k-means and calibration queries
@@ -66,7 +72,9 @@ def _as_matrix(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.ndim == 2 and x.device.type == "cpu" \
             and not x.requires_grad and x.is_contiguous():
         return x  # already what the calls below would return: a query skips their no-op conversions
-    t = torch.as_tensor(x)
+    with warnings.catch_warnings():  # a read-only memory map: searched, never written
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        t = torch.as_tensor(x)
     if t.ndim == 1:
         t = t.unsqueeze(0)
     if t.ndim != 2:
@@ -79,7 +87,8 @@ def _as_matrix(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
 def exact_topk(gallery: torch.Tensor, queries: torch.Tensor, k: int, block_scores: int = 1 << 24,
                kernel: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
     """Exact inner-product top-``k`` (brute force), holding at most ``block_scores`` scores at once; the products
-    by ``kernel`` (``xmodal.retrieval.kernels``; a float16 ``gallery`` is searched in half precision).
+    by ``kernel`` (``xmodal.retrieval.kernels``; a float16 ``gallery`` is searched in half precision, as is, without
+    re-scoring); an exact tie goes to the lower gallery index (``kernels.topk``).
 
     Returns:
         Scores ``[Q, k]`` (descending) and gallery indices ``[Q, k]`` (int64), ``k`` capped at ``N``.
@@ -89,20 +98,20 @@ def exact_topk(gallery: torch.Tensor, queries: torch.Tensor, k: int, block_score
     q_block = max(1, min(q, block_scores // max(k, 1024)))
     g_block = max(k, block_scores // q_block)
     if 0 < q <= q_block and n <= g_block:  # one block (a single query below 16M items): no merging to do
-        top = torch.topk(kernels.scores(gallery, queries, kernel), k, dim=1)
-        return top.values, top.indices
+        return kernels.topk(kernels.scores(gallery, queries, kernel), k)
     out_s, out_i = [], []
     for qs in range(0, q, q_block):
         qb = queries[qs:qs + q_block]  # [b, D]
         best_s = best_i = None
         for gs in range(0, n, g_block):
             scores = kernels.scores(gallery[gs:gs + g_block], qb, kernel)  # [b, g]
-            top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-            cand_s, cand_i = top.values, top.indices + gs
-            if best_s is not None:
+            cand_s, cand_i = kernels.topk(scores, min(k, scores.shape[1]))
+            cand_i = cand_i + gs
+            if best_s is not None:  # earlier blocks' columns first: a tie still goes to the lower index
                 cand_s, cand_i = torch.cat([best_s, cand_s], 1), torch.cat([best_i, cand_i], 1)
-                top = torch.topk(cand_s, k, dim=1)
-                cand_s, cand_i = top.values, torch.gather(cand_i, 1, top.indices)
+                cand_i, perm = cand_i.sort(dim=1)
+                cand_s, at = kernels.topk(cand_s.gather(1, perm), k)
+                cand_i = torch.gather(cand_i, 1, at)
             best_s, best_i = cand_s, cand_i
         out_s.append(best_s)
         out_i.append(best_i)
@@ -155,8 +164,10 @@ class Gallery:
     """A searchable set of unit vectors ``[N, D]``; build it with ``Gallery.build``."""
 
     def __init__(self, embeds: torch.Tensor, kind: str, cfg: GalleryConfig, index=None,
-                 info: dict | None = None):
+                 info: dict | None = None, rows: torch.Tensor | None = None, error: kernels.HalfError | None = None):
         self.embeds = embeds  # [N, D] float32 (float16 for an fp16 exact gallery): exact search, IVF misses
+        self.rows = rows  # [N, D] float32: the caller's own rows an fp16 gallery re-scores from (a reference)
+        self.error = error  # what bounds the fp16 scores' distance from float32's (with ``rows``)
         self.kind = kind  # "exact" or "faiss"
         self.cfg = cfg
         self.index = index  # faiss.IndexIVFFlat when kind == "faiss"
@@ -165,6 +176,12 @@ class Gallery:
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
+
+    @property
+    def rescored(self) -> bool:
+        """Whether exact search returns float32's exact top k and scores (always but for an fp16 gallery built
+        without float32 rows to re-score from: then near-ties at rank k may swap)."""
+        return self.kind != "exact" or self.embeds.dtype == torch.float32 or self.rows is not None
 
     @property
     def dim(self) -> int:
@@ -210,16 +227,24 @@ class Gallery:
                     log.warning("%s; searching %d items exactly instead", err, x.shape[0])
                     kind = "exact"
         if kind == "exact":
-            return cls._build_exact(x, cfg)
+            return cls._build_exact(x, cfg, kernels.borrowed(embeds, x))
         calib = calibration_queries() if callable(calibration_queries) else calibration_queries
         return cls._build_faiss(x, cfg, Path(cache_path) if cache_path else None, calib)
 
     @classmethod
-    def _build_exact(cls, x: torch.Tensor, cfg: GalleryConfig) -> "Gallery":
+    def _build_exact(cls, x: torch.Tensor, cfg: GalleryConfig, borrowed: str | None) -> "Gallery":
         stored = kernels.store(x, cfg.precision)
         kernel, timings = kernels.choose(stored) if cfg.kernel == "auto" else (cfg.kernel, {})
-        gallery = cls(stored, "exact", cfg, info={"kind": "exact", "n": x.shape[0], "precision": cfg.precision,
-                                                  "kernel": kernel, "kernel_ms": timings})
+        info = {"kind": "exact", "n": x.shape[0], "precision": cfg.precision, "kernel": kernel, "kernel_ms": timings}
+        rows = error = None
+        if stored.dtype == torch.float16:
+            if borrowed is not None:  # a reference, never a copy: the float32 rows cost this gallery no memory
+                rows, error = x, kernels.HalfError.of(x, stored)
+            else:
+                log.info("fp16 gallery without float32 rows of the caller's to re-score from: its top k may swap "
+                         "near-ties at rank k (pass float32 rows, e.g. np.load(path, mmap_mode='r'), to make it exact)")
+            info["rescored_from"] = borrowed  # None: plain float16, near-ties may swap
+        gallery = cls(stored, "exact", cfg, info=info, rows=rows, error=error)
         gallery.kernel = kernel
         return gallery
 
@@ -361,6 +386,11 @@ class Gallery:
                              "embed them with the same model")
         k = min(k, len(self))
         if self.kind == "exact":
+            if self.rows is not None and len(q) >= kernels.HALF_QUERIES:  # a batch is compute-bound: float32
+                return exact_topk(self.rows, q, k, self.cfg.block_scores)
+            if self.rows is not None:  # fp16 pass, float32 re-scoring of a proven candidate set
+                return kernels.rescored_topk(self.embeds, self.rows, q, k, self.error, self.kernel,
+                                             self.cfg.block_scores)[:2]
             return exact_topk(self.embeds, q, k, self.cfg.block_scores, self.kernel)
         return self._faiss_search(q, k)
 
