@@ -49,15 +49,16 @@ def borrowed(given, x: torch.Tensor) -> str | None:
     return "a memory-mapped float32 file" if isinstance(given, np.memmap) else "the caller's float32 rows"
 
 
-def scores(gallery: torch.Tensor, queries: torch.Tensor, kernel: str = "torch") -> torch.Tensor:
+def scores(gallery: torch.Tensor, queries: torch.Tensor, kernel: str = "torch", raw: bool = False) -> torch.Tensor:
     """``queries @ gallery.T`` as float32 ``[Q, N]`` with ``kernel`` (``torch``/``numpy``, ``:chunked`` for row
-    chunks)."""
+    chunks); ``raw``: a float16 gallery's product as it comes (float16)."""
     name, _, mode = kernel.partition(":")
     if mode == "chunked" and len(gallery) > CHUNK_ROWS:
-        return torch.cat([scores(gallery[s:s + CHUNK_ROWS], queries, name) for s in range(0, len(gallery),
-                                                                                           CHUNK_ROWS)], 1)
+        return torch.cat([scores(gallery[s:s + CHUNK_ROWS], queries, name, raw) for s in range(0, len(gallery),
+                                                                                                CHUNK_ROWS)], 1)
     if gallery.dtype == torch.float16:
-        return (queries.half() @ gallery.T).float()
+        product = queries.half() @ gallery.T
+        return product if raw else product.float()
     if name == "numpy":
         return torch.from_numpy(np.ascontiguousarray(queries.numpy()) @ gallery.numpy().T)
     return queries @ gallery.T
@@ -197,7 +198,7 @@ def rescored_topk(half: torch.Tensor, rows: torch.Tensor, queries: torch.Tensor,
     q_block = max(1, min(nq, block_scores // n))
     for qs in range(0, nq, q_block):
         qb = queries[qs:qs + q_block]  # [b, D]
-        s16 = scores(half, qb, kernel)  # [b, N] float32 holding float16 values
+        s16 = torch.from_numpy(scores(half, qb, kernel, raw=True).numpy().astype(np.float32))  # [b, N] float16 values
         slack = error.slack(qb)  # [b]
         todo, c = torch.arange(len(qb)), min(n, k + first)
         while len(todo):
@@ -215,9 +216,11 @@ def _rescore(s16: torch.Tensor, rows: torch.Tensor, qb: torch.Tensor, slack: tor
              ) -> torch.Tensor:
     """Queries ``t`` of the block: their ``c`` best rows by float16 scored in float32, the best ``k`` written to
     ``best_*`` (rows ``offset + t``); True where no row left out can beat the k-th (the set needs no widening)."""
-    top = torch.topk(s16[t], c, dim=1)  # [t, c]
+    top = torch.topk(s16 if len(t) == len(s16) else s16[t], c, dim=1)  # [t, c] (one query: no copy of its row)
     index = top.indices.sort(dim=1).values  # [t, c]: in gallery order, so that an exact tie goes to the lower index
-    cand = rows[index.reshape(-1)].view(len(t), c, -1)  # [t, c, D] float32, read from the caller's rows
+    # [t, c, D] float32 read from the caller's rows; numpy's gather, like the conversion in ``rescored_topk``, runs
+    # on this thread: a parallel region for a few rows waits for a second thread on a busy machine (10+ ms)
+    cand = torch.from_numpy(rows.numpy()[index.reshape(-1).numpy()]).view(len(t), c, -1)
     exact = torch.bmm(cand, qb[t, :, None])[..., 0]  # [t, c]
     win, at = topk(exact, k)  # [t, k]
     best_s[offset + t], best_i[offset + t] = win, torch.gather(index, 1, at)
