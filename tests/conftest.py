@@ -16,10 +16,12 @@ from typing import Callable
 
 import pytest
 
-# OpenMP threads that wait for work sleep instead of spinning (libgomp spins by default). On a busy or shared host
-# the spinning threads of one process starve the thread they wait for: tiny training runs took 10-20 s instead of
-# 1-2. Set before PyTorch loads, inherited by every subprocess; the thread counts, hence the code paths, are as
-# they were.
+# One PyTorch thread per test process: the two xdist workers (and the servers and runs they start) already keep
+# both cores busy, and a second thread in each made every small parallel region wait for a core (a set of model
+# tests took 14 % more CPU and 2.7x the time on a busy host). Tests about thread counts set their own
+# (``two_torch_threads``). Waiting OpenMP threads sleep instead of spinning where a process asks for more. Set
+# before PyTorch loads, inherited by every subprocess.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 MYNTRA = REPO.parent / "shared" / "datasets" / "myntra"
@@ -73,6 +75,17 @@ def _isolated_env(tmp_path_factory):
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.pop("XMODAL_ALLOW_DOWNLOAD", None)
     yield
+
+
+@pytest.fixture
+def two_torch_threads():
+    """PyTorch on two threads for one test (the suite runs it on one): code that changes the thread count and must
+    give it back is only tested where there is something to give back."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -50,6 +50,7 @@ def test_a_run_is_loaded_once_for_every_session_with_both_galleries(trained_run,
     assert set(got[0]._galleries) == {"images", "texts"}  # searched at once by the first query of each kind
 
 
+@pytest.mark.usefixtures("two_torch_threads")
 def test_queries_queue_on_one_thread_with_one_torch_thread(trained_run):
     import torch
     before = torch.get_num_threads()

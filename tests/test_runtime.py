@@ -122,6 +122,7 @@ def runtime_image(path: Path):
 @pytest.mark.slow
 @needs_ort
 @pytest.mark.parametrize("tail_blocks", [0, 2])
+@pytest.mark.usefixtures("two_torch_threads")
 def test_lanes_give_every_image_its_own_features_in_order(graphs, photos, monkeypatch, tail_blocks):
     """Several lanes (each decoding a batch and running a one-thread session) return what one session fed by
     a decoding thread returns, row for row, for a job whose batches finish out of order."""
