@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import EARLY_RUNS, TINY_SIZE, early_run, tiny_demo
+from conftest import EARLY_RUNS, TINY_SIZE, early_run
 from xmodal.retrieval.run import Hit, SearchResult, UnknownQueryError
 from xmodal.text.vocabulary import Vocab, stable_hash, token_spans, tokenize
 
@@ -150,71 +150,68 @@ def test_trained_run_learnt_the_unknown_word(trained_run):
     assert not np.allclose(weights[UNK], initial[UNK], atol=1e-6)
 
 
-_W2V = """
-import hashlib, sys
+# One process per PYTHONHASHSEED (it is fixed when the interpreter starts). Each writes the hash of "navy" and of
+# its word2vec vectors, then trains every SAME_SEED_MODELS model through the CLI's ``main`` (what ``python -m
+# xmodal.train`` runs) with the same flags and --seed, each model with a cache of its own: the first process
+# extracts the image features (cold cache), the second finds them (warm). The first also writes the catalogue.
+_PER_HASH_SEED = """
+import hashlib, json, os, sys
+from pathlib import Path
 from xmodal.text.vocabulary import Vocab, stable_hash, word2vec_vectors
+folder, catalogue, runs = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
+if not (catalogue / "captions.csv").is_file():
+    from xmodal.data import generate_demo
+    generate_demo(catalogue, n=60, seed=1)
 caps = {caps!r}
-vocab = Vocab.build(caps)
-vectors = word2vec_vectors(vocab, caps, dim=16, seed=3, epochs=5)
-with open(sys.argv[1], "w") as out:
-    out.write(f'{{stable_hash("navy")}} {{hashlib.sha256(vectors.tobytes()).hexdigest()}}')
+vectors = word2vec_vectors(Vocab.build(caps), caps, dim=16, seed=3, epochs=5)
+(folder / f"hash_seed_{{os.environ['PYTHONHASHSEED']}}.txt").write_text(
+    f'{{stable_hash("navy")}} {{hashlib.sha256(vectors.tobytes()).hexdigest()}}')
+from xmodal.training.cli import main
+for cache, argv in runs:
+    os.environ["XMODAL_CACHE"] = cache
+    if main(argv):
+        sys.exit(f"xmodal.train {{argv}} failed")
 """
 HASH_SEEDS = ("1", "2")
+SAME_SEED_MODELS = ["siamese", "cmpm-efficientnet"]
 
 
-def _word_vectors_per_hash_seed(folder: Path) -> tuple[list[tuple[list[str], dict]], list[Path]]:
-    """A process per PYTHONHASHSEED writing the hash of "navy" and of its word vectors (run from the session's
-    start, conftest.py)."""
-    outs = [folder / f"hash_seed_{h}.txt" for h in HASH_SEEDS]
-    return [([sys.executable, "-c", _W2V.format(caps=CAPTIONS), str(out)], {"PYTHONHASHSEED": h})
-            for h, out in zip(HASH_SEEDS, outs)], outs
+def _per_hash_seed(folder: Path) -> tuple[list[tuple[list[str], dict]], Path]:
+    """The commands of ``_PER_HASH_SEED``, one process after another, on one thread each, from the session's start
+    (conftest.py)."""
+    catalogue = folder / "cat"
+
+    def runs(hash_seed: str) -> str:
+        return json.dumps([(str(folder / model / "cache"), [
+            "--model", model, "--data", str(catalogue), "--epochs", "1", "--batch-size", "16", "--seed", "5",
+            "--out", str(folder / model), "--run-id", f"r{hash_seed}", *TINY_SIZE]) for model in SAME_SEED_MODELS])
+    script = _PER_HASH_SEED.format(caps=CAPTIONS)
+    return [([sys.executable, "-c", script, str(folder), str(catalogue), runs(h)], {"PYTHONHASHSEED": h})
+            for h in HASH_SEEDS], folder
 
 
-EARLY_RUNS["word_vectors_per_hash_seed"] = _word_vectors_per_hash_seed
+EARLY_RUNS["per_hash_seed"] = _per_hash_seed
 
 
 @pytest.fixture
-def word_vectors_per_hash_seed(request) -> list[Path]:
-    return early_run("word_vectors_per_hash_seed", request)
+def per_hash_seed(request) -> Path:
+    return early_run("per_hash_seed", request)
 
 
 @pytest.mark.slow
-def test_word_vectors_do_not_depend_on_python_hash_seed(word_vectors_per_hash_seed):
-    outs = {path.read_text().strip() for path in word_vectors_per_hash_seed}
+def test_word_vectors_do_not_depend_on_python_hash_seed(per_hash_seed):
+    outs = {(per_hash_seed / f"hash_seed_{h}.txt").read_text().strip() for h in HASH_SEEDS}
     assert len(outs) == 1, outs
     assert outs.pop().split()[0] == str(stable_hash("navy"))
 
 
-SAME_SEED_MODELS = ["siamese", "cmpm-efficientnet"]
-
-
-def _same_seed_runs(folder: Path) -> tuple[list[tuple[list[str], dict]], Path]:
-    """Each model trained twice by ``python -m xmodal.train`` with the same flags and --seed, under PYTHONHASHSEED
-    1 then 2, with a cache of its own: the first run extracts the image features (cold cache), the second finds
-    them (warm). One process after another, on one thread each, from the session's start (conftest.py)."""
-    catalogue = folder / "cat"
-    runs = [([sys.executable, "-m", "xmodal.train", "--model", model, "--data", str(catalogue), "--epochs", "1",
-              "--batch-size", "16", "--seed", "5", "--out", str(folder / model), "--run-id", f"r{hash_seed}",
-              *TINY_SIZE], {"PYTHONHASHSEED": hash_seed, "XMODAL_CACHE": str(folder / model / "cache")})
-            for hash_seed in HASH_SEEDS for model in SAME_SEED_MODELS]
-    return [tiny_demo(catalogue), *runs], folder
-
-
-EARLY_RUNS["same_seed_runs"] = _same_seed_runs
-
-
-@pytest.fixture
-def same_seed_runs(request) -> Path:
-    return early_run("same_seed_runs", request)
-
-
 @pytest.mark.slow
-def test_same_seed_same_numbers(same_seed_runs):
+def test_same_seed_same_numbers(per_hash_seed):
     """Two runs with the same flags and --seed give the same numbers, whatever PYTHONHASHSEED is and
     whether the first run had to extract the image features (cold cache) or found them (warm)."""
     from safetensors.torch import load_file
     for model in SAME_SEED_MODELS:
-        runs = [same_seed_runs / model / f"r{h}" for h in HASH_SEEDS]
+        runs = [per_hash_seed / model / f"r{h}" for h in HASH_SEEDS]
         a, b = (json.loads((r / "test.json").read_text()) for r in runs)
         for key in ("item", "caption", "similarity", "chosen_on"):
             assert a[key] == b[key], f"{model}: test.json {key} differs"
