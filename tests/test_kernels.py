@@ -36,7 +36,7 @@ def test_the_choice_is_the_fastest_measured(monkeypatch):
 def test_gallery_records_its_kernel_and_fp16_halves_memory(monkeypatch):
     monkeypatch.setattr(kernels, "MEASURE_ABOVE", 100)
     g, q = _unit(4000, 64, 4), _unit(20, 64, 5)
-    full = Gallery.build(g, "exact")
+    full = Gallery.build(g, "exact", cfg=GalleryConfig(precision="fp32"))
     half = Gallery.build(g, "exact", cfg=GalleryConfig(precision="fp16"))
     assert full.info["kernel"] in full.info["kernel_ms"] and full.kernel == full.info["kernel"]
     assert half.embeds.dtype == torch.float16 and half.info["precision"] == "fp16"
@@ -47,6 +47,17 @@ def test_gallery_records_its_kernel_and_fp16_halves_memory(monkeypatch):
     assert torch.equal(half.search(q, 10)[1], i32)  # a batch: the float32 rows
     with pytest.raises(ValueError, match="precision"):
         Gallery.build(g, "exact", cfg=GalleryConfig(precision="int8"))
+
+
+def test_auto_precision_is_fp16_only_where_it_is_exact(monkeypatch):
+    monkeypatch.setattr(kernels, "HALF_ABOVE", 1000)
+    g = _unit(1500, 32, 8)
+    assert GalleryConfig().precision == "auto"
+    auto = Gallery.build(g, "exact")
+    assert auto.info["precision"] == "fp16" and auto.rescored and auto.rows is g  # the caller's rows, not a copy
+    for given in (g.double(), g[:900]):  # a copy made here (no float32 rows to keep), or too small to gain
+        built = Gallery.build(given, "exact")
+        assert built.info["precision"] == "fp32" and built.rescored and built.embeds.dtype == torch.float32
 
 
 @pytest.mark.parametrize("block", [1 << 24, 700])  # one block, and gallery blocks merged

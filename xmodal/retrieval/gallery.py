@@ -5,10 +5,10 @@
 - ``exact``: one matrix product and ``torch.topk``, in blocks so that at most ``block_scores`` scores
   are held at once. A single query costs one pass over the gallery, i.e. it runs at memory bandwidth.
   ``precision="fp16"`` stores float16 rows (half the bytes per query) and a reference to the caller's float32 rows
-  (its tensor or a memory-mapped file, never a copy): a float16 pass picks candidates, re-scored in float32 and
-  widened until a bound on float16's error proves the rest cannot enter (``kernels.rescored_topk``): float32's
-  top k and scores. A batch (``kernels.HALF_QUERIES`` queries or more) reads the float32 rows. Without float32
-  rows (float64 or float16 given) it is plain float16, near-ties at rank k may swap (``Gallery.rescored``).
+  (its tensor or a memory map, never a copy) that a proven candidate set is re-scored from: float32's top k and
+  scores (``kernels.rescored_topk``; a batch of ``kernels.HALF_QUERIES`` or more reads the float32 rows). Without
+  float32 rows (float64 given, say) it is plain float16: near-ties at rank k may swap (``Gallery.rescored``).
+  The default, ``auto``, takes fp16 from ``kernels.HALF_ABOVE`` rows when it can re-score, else fp32.
 - ``faiss``: ``IndexIVFFlat`` with inner product. The coarse quantizer (spherical k-means, about
   ``2 * sqrt(N)`` lists) is trained on a sample, the vectors are stored uncompressed, and ``nprobe``
   (lists scanned per query) is calibrated at build time: the smallest power of two whose recall@10
@@ -61,7 +61,7 @@ class GalleryConfig:
     calibration_queries: int = 256  # queries used to calibrate nprobe (and to report the recall)
     calibration_noise: float = 1.0  # without real calibration queries: gallery rows plus noise of this norm
     block_scores: int = 1 << 24  # exact search: at most this many scores in memory at once (64 MiB)
-    precision: str = "fp32"  # exact search's stored rows: fp32, or fp16 (half the bytes read; exact: see Gallery)
+    precision: str = "auto"  # exact search's rows: fp32, fp16 (half the bytes read; see above), auto (fp16 if exact)
     kernel: str = "auto"  # exact search's product: auto (the fastest measured at build), torch, numpy[:chunked]
     threads: int | None = None  # faiss threads for builds and batches; None: torch.get_num_threads()
     seed: int = 0  # training sample, k-means and calibration queries
@@ -233,9 +233,10 @@ class Gallery:
 
     @classmethod
     def _build_exact(cls, x: torch.Tensor, cfg: GalleryConfig, borrowed: str | None) -> "Gallery":
-        stored = kernels.store(x, cfg.precision)
+        precision = kernels.resolve(cfg.precision, len(x), borrowed)
+        stored = kernels.store(x, precision)
         kernel, timings = kernels.choose(stored) if cfg.kernel == "auto" else (cfg.kernel, {})
-        info = {"kind": "exact", "n": x.shape[0], "precision": cfg.precision, "kernel": kernel, "kernel_ms": timings}
+        info = {"kind": "exact", "n": x.shape[0], "precision": precision, "kernel": kernel, "kernel_ms": timings}
         rows = error = None
         if stored.dtype == torch.float16:
             if borrowed is not None:  # a reference, never a copy: the float32 rows cost this gallery no memory

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("auto", "fp32", "fp16")
+HALF_ABOVE = 20_000  # precision="auto": float16 (re-scored) from this many rows, where a query's bytes start to count
 FP16_UNIT = 2.0 ** -11  # float16's unit roundoff (11 significant bits): |fl(x) - x| <= FP16_UNIT * |x|
 FP16_TINY = 2.0 ** -25  # and at most this much below float16's normal range (|x| < 2^-14, subnormals)
 FP32_UNIT = 2.0 ** -24
@@ -32,11 +33,19 @@ CHUNK_ROWS = 1 << 16  # the chunked candidates' rows per product (32 MB of float
 MEASURE_ABOVE = 20_000  # smaller galleries take microseconds whatever the kernel: not worth timing
 
 
-def store(embeds: torch.Tensor, precision: str) -> torch.Tensor:
-    """The gallery as searched: float32 as given, or a float16 copy (half the memory and bytes per query)."""
+def resolve(precision: str, rows: int, borrowed: str | None) -> str:
+    """``fp32`` or ``fp16`` for a gallery of ``rows``: ``auto`` is fp16 when it can be exact (float32 rows of the
+    caller's to re-score from, ``borrowed``) and large enough to gain (``HALF_ABOVE``), else fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown gallery precision {precision!r}; choose one of {PRECISIONS}")
-    return embeds.half().contiguous() if precision == "fp16" else embeds
+    if precision == "auto":
+        return "fp16" if borrowed is not None and rows >= HALF_ABOVE else "fp32"
+    return precision
+
+
+def store(embeds: torch.Tensor, precision: str) -> torch.Tensor:
+    """The gallery as searched: float32 as given, or a float16 copy (half the memory and bytes per query)."""
+    return embeds.half().contiguous() if resolve(precision, 0, None) == "fp16" else embeds
 
 
 def borrowed(given, x: torch.Tensor) -> str | None:
@@ -146,16 +155,17 @@ class HalfError:
 
     @classmethod
     def of(cls, rows: torch.Tensor, half: torch.Tensor, block: int = 1 << 16) -> "HalfError":
-        """The bound for float32 ``rows`` ``[N, D]`` stored as ``half`` (norms in float64, a block at a time)."""
+        """The bound for float32 ``rows`` ``[N, D]`` stored as ``half``, a block at a time."""
         norm32 = norm16 = rounding = 0.0
         for s in range(0, len(rows), block):
-            r, h = rows[s:s + block].double(), half[s:s + block].double()  # [b, D]
+            r, h = rows[s:s + block], half[s:s + block].float()  # [b, D]; h - r is exact (Sterbenz)
             norm32 = max(norm32, float(r.norm(dim=1).max()))
             norm16 = max(norm16, float(h.norm(dim=1).max()))
             rounding = max(rounding, float((h - r).norm(dim=1).max()))
         dim = rows.shape[1]
         acc, out = half_arithmetic(dim)
-        return cls(norm32, norm16, rounding, _gamma(dim + 1, acc), _gamma(dim + 1, FP32_UNIT), out)
+        up = 1 + 2 * _gamma(dim + 2, FP32_UNIT)  # the float32 norms' own rounding, taken upwards
+        return cls(norm32 * up, norm16 * up, rounding * up, _gamma(dim + 1, acc), _gamma(dim + 1, FP32_UNIT), out)
 
     def slack(self, queries: torch.Tensor) -> torch.Tensor:
         """``[Q]`` float64: how far a row's float32 score can lie above the float16 product's unrounded value."""
