@@ -4,7 +4,6 @@ up on the Search page (AppTest) and under Compare's disagreement rows, catalogue
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,6 @@ from PIL import Image, ImageDraw
 from streamlit.testing.v1 import AppTest
 from torch import nn
 
-from conftest import EARLY_RUNS, early_run
 from xmodal.retrieval.explain import GRID, explain, explain_pair, occluded, overlay, word_spans
 from xmodal.models import ModelConfig, create_model, list_models
 from xmodal.text.vocabulary import Vocab, tokenize
@@ -175,30 +173,31 @@ def _phrase(words: list[str], phrase: str) -> list[int]:
     return next((list(range(i, i + len(p))) for i in range(len(words) - len(p) + 1) if words[i:i + len(p)] == p), [])
 
 
-def _colour_run(folder: Path) -> tuple[list[tuple[list[str], dict]], Path]:
+@pytest.fixture(scope="module")
+def colour_run(tmp_path_factory) -> Path:
     """infonce-efficientnet on 500 demo items at 64x48 with GloVe vectors: at this size the brand's logo is a
     few pixels while the garment's colour fills the photo, and (unlike word2vec vectors learnt from the titles,
     where every colour word has the same neighbours) GloVe tells the colours apart, so this run reads colour.
     Its BiLSTM is 256 wide, not 512: 10 s of training instead of 17 on one core, and the shares below hold as well
-    (at 128 the garment/backdrop margin narrowed, at 64 colour beat brand in only 0.68 of the pairs)."""
-    code = ("import sys\nfrom xmodal.data import generate_demo\nfrom xmodal.training.cli import main\n"
-            "generate_demo(sys.argv[1], n=500, seed=5)\nsys.exit(main(sys.argv[2:]))")
-    cat, runs = folder / "cat", folder / "runs"
-    return [([sys.executable, "-c", code, str(cat), "--model", "infonce-efficientnet", "--data", str(cat),
-              "--epochs", "12", "--batch-size", "32", "--word-vectors", "glove", "--set", "lstm_dim=256",
-              "--image-size", "64", "48", "--out", str(runs), "--run-id", "colour"], {})], runs / "colour"
+    (at 128 the garment/backdrop margin narrowed, at 64 colour beat brand in only 0.68 of the pairs). Trained by
+    the CLI's ``main`` in this process (a subprocess would import PyTorch and timm again), on one thread: the
+    arithmetic the shares below were measured under."""
+    from xmodal.data import generate_demo
+    from xmodal.training.cli import main
+    folder = tmp_path_factory.mktemp("colour")
+    cat = generate_demo(folder / "cat", n=500, seed=5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["--model", "infonce-efficientnet", "--data", str(cat), "--epochs", "12", "--batch-size", "32",
+                     "--word-vectors", "glove", "--set", "lstm_dim=256", "--image-size", "64", "48",
+                     "--out", str(folder / "runs"), "--run-id", "colour"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return folder / "runs" / "colour"
 
 
-EARLY_RUNS["colour_run"] = _colour_run  # trained beside the tests from the session's start (conftest.py)
-
-
-@pytest.fixture(scope="module")
-def colour_run(request) -> Path:
-    """The run of ``_colour_run``, trained by the CLI in a subprocess started with the session."""
-    return early_run("colour_run", request)
-
-
-PAIRS = 100  # correct hits explained by the test below
+PAIRS = 50  # correct hits explained by the test below
 
 
 @pytest.mark.slow
@@ -240,12 +239,14 @@ def test_explanations_point_at_colour_words_and_the_garment(colour_run):
     colour_w, brand_w, garment_r, backdrop_r = map(np.array, (colour_w, brand_w, garment_r, backdrop_r))
     # Over all ~345 correct hits of this run: colour beats brand in 0.80 (fp32) / 0.80 (bf16) of the pairs, means
     # 0.082 / 0.017; garment beats backdrop in 0.85 / 0.84, means 0.067 / 0.017 (the backdrop shows the gender,
-    # which the titles name, so it matters too). The 100 pairs drawn here: 0.80 and 0.87 (fp32), 0.80 and 0.86
-    # (bf16). 100 pairs put 0.65 about 4 standard errors below those shares; 30 pairs drew 0.60 for the garment
-    # under fp32 and 0.87 under bf16 from the recipe with a 512-wide BiLSTM (0.84 and 0.80 over all its hits).
+    # which the titles name, so it matters too). The 50 pairs drawn here (rechecked when 100 became 50, each
+    # pair's occlusion map being most of the test's time): 0.82 and 0.84 (fp32), 0.80 and 0.78 (bf16). At 50 pairs
+    # a share's standard error is about 0.057, so 0.60 lies 3.5 standard errors below 0.80; a model indifferent to
+    # colour (0.5) clears 0.60 one time in ten, and must then also pass the means. 30 pairs drew 0.60 for the
+    # garment under fp32 and 0.87 under bf16 from the recipe with a 512-wide BiLSTM (0.84 and 0.80 over all its hits).
     for name, a, b in (("colour/brand words", colour_w, brand_w), ("garment/backdrop cells", garment_r, backdrop_r)):
         summary = f"{name}: {np.mean(a > b):.2f} of {PAIRS} pairs, means {a.mean():.4f} / {b.mean():.4f}"
-        assert np.mean(a > b) >= 0.65 and a.mean() > 1.5 * b.mean() and a.mean() > b.mean() + 0.02, summary
+        assert np.mean(a > b) >= 0.60 and a.mean() > 1.5 * b.mean() and a.mean() > b.mean() + 0.02, summary
 
 
 # ------------------------------------------------------------------------------------ the dashboard
