@@ -356,9 +356,12 @@ def test_kill_9_then_resume_finishes(when, tiny_catalogue, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_on_one_run_folder(tiny_catalogue, tmp_path, capsys):
+def test_two_processes_on_one_run_folder_then_sigterm_keeps_the_last_epoch(tiny_catalogue, tmp_path, capsys):
     """A run training in another process holds its folder: this process (the CLI's ``main``) can neither resume
-    it nor start another run under its id."""
+    it nor start another run under its id. Once it has finished an epoch, SIGTERM stops it cleanly (exit 130,
+    "stopped" with how to resume, the folder free) keeping that epoch; one process serves both, as each pays
+    seconds of imports."""
+    import torch
     run = tmp_path / "r"
     args = [*base(tiny_catalogue, tmp_path, model="corrnet", epochs=200), "--batch-size", "8"]
     first = subprocess.Popen([sys.executable, "-m", "xmodal.train", *args], stdout=subprocess.DEVNULL,
@@ -374,10 +377,16 @@ def test_two_processes_on_one_run_folder(tiny_catalogue, tmp_path, capsys):
         assert train_cli(args) == 2
         assert "already exists" in one_error_line(capsys)
         assert read_lock(run)["pid"] == first.pid and first.poll() is None
+        while not (run / "last.pt").is_file():  # an epoch finished
+            assert first.poll() is None, first.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "no epoch finished in time"
+            time.sleep(0.05)
     finally:
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=60) == 130
-    assert read_status(run)["state"] == "stopped" and read_lock(run) is None
+    status = read_status(run)
+    assert status["state"] == "stopped" and "resume" in status["message"] and read_lock(run) is None
+    assert int(torch.load(run / "last.pt", weights_only=True)["epoch"]) >= 1
 
 
 def test_evaluate_without_an_item_id_column_survives_a_removed_row(tiny_catalogue, tmp_path, capsys):
