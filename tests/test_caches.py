@@ -200,12 +200,26 @@ def test_tuned_tail_cache_follows_stem_weights(cat, cache):
 
 # ---------------------------------------------------------------- frozen features
 
-@pytest.mark.parametrize("how", [*DAMAGE, "nonfinite", "rows", "dtype"])
-def test_feature_cache_heals(cat, cache, caplog, how):
+@pytest.fixture(scope="module")
+def cached_once(cat, tmp_path_factory) -> tuple[torch.nn.Module, torch.Tensor, bytes]:
+    """``backbone(0)``, its features of ``cat`` and the bytes of their cache file, extracted once for the tests
+    below (each then starts from its own copy of the file)."""
     net = backbone(0)
-    first = catalogue_features(model_of(net), cat, CPU, progress=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XMODAL_CACHE", str(tmp_path_factory.mktemp("cache")))
+        first = catalogue_features(model_of(net), cat, CPU, progress=False)
+        path = feature_cache_path(net, "efficientnet", SIZE, cat.images, cat.fingerprint)
+        assert path.is_file()
+        return net, first, path.read_bytes()
+
+
+@pytest.mark.parametrize("how", [*DAMAGE, "nonfinite", "rows", "dtype"])
+def test_feature_cache_heals(cat, cache, caplog, how, cached_once):
+    net, first, data = cached_once
     path = feature_cache_path(net, "efficientnet", SIZE, cat.images, cat.fingerprint)
-    assert path.is_file()
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    assert torch.equal(catalogue_features(model_of(net), cat, CPU, progress=False), first)  # read from the copy
     key = np.array(path.stem.rsplit("_", 1)[-1])
     if how in DAMAGE:
         damage(path, how)
