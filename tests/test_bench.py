@@ -85,8 +85,11 @@ def test_unknown_section(tiny_catalogue):
 
 
 @pytest.mark.slow
-def test_tiny_run_has_every_row(tiny_catalogue, tmp_path, capsys):
+def test_tiny_run_has_every_row(tiny_catalogue, trained_run, tmp_path, capsys):
+    # the recall rows read the suite's trained run (training the bench's own would repeat it); the image-query run
+    # is trained once and reused by the explore section
     cfg = BenchConfig(sizes=(500, 2000), data=str(tiny_catalogue), feature_images=8, image_queries=3,
+                      recall_run=str(trained_run),
                       query_run_items=30, train_batch=8, train_steps=1, models=("siamese", "cmpm-mobilenet"),
                       latency_queries=5, metrics_items=3000, umap_points=200, embed_items=100, reps=1,
                       map_points=2000, map_browser=False, sections=SECTIONS, dashboard=str(tmp_path / "absent.py"),
@@ -109,8 +112,10 @@ def test_tiny_run_has_every_row(tiny_catalogue, tmp_path, capsys):
     assert all("(kernel: " in measures[i] for i in (6, 7, 9, 10))  # each exact row names its kernel
     assert rows[8].measured.count("p50") == 3 and "unfiltered exact search" in rows[8].reference
     assert "one pass (sum) of the fp16 gallery" in rows[7].reference and "(0.50x)" in rows[7].reference
+    assert "float16 pass + float32 re-score" in measures[7] and "exact fp16" not in measures[6]
     assert all("held-out captions of a trained run" in m for m in measures[12:15])  # real queries' recall, fp16's
     assert measures[14].startswith("fp16 vs fp32 exact top-10") and "R@10" in rows[14].reference
+    assert rows[14].score == "100.0 %" and rows[14].met is True  # re-scored: float32's top 10 by construction
     assert all(rows[i].met is not None for i in (0, 2, 3, 4, *range(5, 13), 14))  # every comparison has a verdict
     umap = [r for r in rows if r.section == "4 maps"][:2]  # the first call informs; the next is held to umap-learn
     assert "first call" in umap[0].measure and umap[0].met is None

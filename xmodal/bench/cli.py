@@ -32,7 +32,7 @@ def _sections(cfg: BenchConfig, cat, work: Path) -> dict[str, Callable[[], list[
 
     def search():
         from .search import bench_search  # lazy: a section's imports
-        return bench_search(cfg, cat, work)
+        return bench_search(cfg, cat, work, Path(cfg.recall_run) if cfg.recall_run else None)
 
     def umap():
         from .maps import bench_umap  # lazy: a section's imports

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import generate_demo
+from ..runs import read_status
 
 SECTIONS = ("features", "training", "search", "umap", "dashboard", "explore", "metrics")
 EXTRA_SECTIONS = ("load",)  # run only when asked for (--sections load): a server, many sessions, minutes
@@ -27,6 +28,7 @@ class BenchConfig:
     feature_images: int = 512  # JPEGs pushed through feature extraction (a few batches: steady state, not start-up)
     image_queries: int = 40  # photo files timed through search_image (image -> top-10 titles)
     query_run_items: int = 60  # items of the tiny catalogue the image-query run is trained on
+    recall_run: str | None = None  # a trained run whose captions section 3's recall rows use (None: train one)
     train_batch: int = 64  # batch size of the training-step comparison
     train_steps: int = 4  # timed steps per model and path
     models: tuple[str, ...] | None = None  # models to time a training step of (None: all registered)
@@ -149,8 +151,10 @@ def format_table(rows: list[Row]) -> str:
 
 def tiny_run(cfg: BenchConfig, work: Path) -> Path:
     """A cmpm-efficientnet run trained for one epoch on a tiny demo catalogue (at the backbone's default size)."""
-    folder = work / "query_catalogue"  # made once per work folder: later sections reuse it
+    folder = work / "query_catalogue"  # made once per work folder, as the run: later sections reuse both
     data = folder if (folder / "demo.json").is_file() else generate_demo(folder, n=cfg.query_run_items, seed=3)
+    if read_status(work / "runs" / "image-query").get("state") == "finished":
+        return work / "runs" / "image-query"
     return train_run(work, "image-query", ["--model", "cmpm-efficientnet", "--data", str(data), "--epochs", "1",
                                            "--batch-size", "16"], "the tiny run")
 
