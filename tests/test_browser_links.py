@@ -257,21 +257,17 @@ def test_the_map_view_is_a_url(site):
     assert params["emb_scope"] == ["whole catalogue"] and params["emb_method"] == ["pca"]
 
     shared = page.url
-    other = page.context.new_page()  # a new session opens the shared URL
-    try:
-        _open(other, shared)
-        again = _map(other)
-        assert _caption(again).startswith("60 products of demo-run1") and "the filter keeps 6" in again
-        assert _radio(other, "Points") == "whole catalogue" and _radio(other, "Ground truth") == "item"
-        assert _radio(other, "Map") == "pca" and _chosen(other, "Colour by") == "rank: title → photo"
-        other.get_by_text("The clicked product").wait_for()
-        assert f"item {shown} · split" in _text(other) and ranks.group(0) in _text(other)
-        selected = other.evaluate("""() => document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot')
-            ._fullData.filter(t => t.selectedpoints && t.selectedpoints.length)
-            .map(t => t.customdata[t.selectedpoints[0]])""")
-        assert selected and all(int(s) == item for s in selected)  # drawn selected, as the click drew it
-    finally:
-        other.close()
+    _open(page, shared)  # a new session (a page load starts one) opens the shared URL
+    again = _map(page)
+    assert _caption(again).startswith("60 products of demo-run1") and "the filter keeps 6" in again
+    assert _radio(page, "Points") == "whole catalogue" and _radio(page, "Ground truth") == "item"
+    assert _radio(page, "Map") == "pca" and _chosen(page, "Colour by") == "rank: title → photo"
+    page.get_by_text("The clicked product").wait_for()
+    assert f"item {shown} · split" in _text(page) and ranks.group(0) in _text(page)
+    selected = page.evaluate("""() => document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot')
+        ._fullData.filter(t => t.selectedpoints && t.selectedpoints.length)
+        .map(t => t.customdata[t.selectedpoints[0]])""")
+    assert selected and all(int(s) == item for s in selected)  # drawn selected, as the click drew it
 
 
 def test_training_choices_are_a_url_even_at_their_defaults(site):
@@ -322,19 +318,15 @@ def test_a_shared_url_opens_on_a_freshly_started_server(site, tmp_path_factory, 
     _, key, page, root, catalogue = site
     query, drawn = SHARED[name]
     with _serve(root, str(catalogue), tmp_path_factory.mktemp("fresh_log")) as url:
-        fresh = page.context.new_page()
-        try:
-            _open(fresh, f"{url}/{name}?cat={key}&{query}")
-            if name == "embeddings":
-                seen = _map(fresh)
-                assert _caption(seen).startswith("60 products of demo-run1"), _caption(seen)
-            fresh.get_by_text(drawn, exact=False).first.wait_for()
-            _idle(fresh)
-            asked, got = _params(f"?{query}"), _params(fresh.url)
-            assert {k: sorted(got.get(k, [])) for k in asked} == {k: sorted(v) for k, v in asked.items()}, fresh.url
-            if name in ("embeddings", "compare"):
-                assert _radio(fresh, "Ground truth") == "item"
-            if name == "search":
-                assert fresh.get_by_label("Describe a product").input_value() == "red striped shirt"
-        finally:
-            fresh.close()
+        _open(page, f"{url}/{name}?cat={key}&{query}")  # in the module's tab: a page load is a new session
+        if name == "embeddings":
+            seen = _map(page)
+            assert _caption(seen).startswith("60 products of demo-run1"), _caption(seen)
+        page.get_by_text(drawn, exact=False).first.wait_for()
+        _idle(page)
+        asked, got = _params(f"?{query}"), _params(page.url)
+        assert {k: sorted(got.get(k, [])) for k in asked} == {k: sorted(v) for k, v in asked.items()}, page.url
+        if name in ("embeddings", "compare"):
+            assert _radio(page, "Ground truth") == "item"
+        if name == "search":
+            assert page.get_by_label("Describe a product").input_value() == "red striped shirt"
