@@ -215,7 +215,7 @@ def test_map_click_shows_photo_and_neighbours(server, page, shots):
     try:  # the whole-catalogue map is made in the background; the page shows it when it is ready
         page.wait_for_function("""n => { const m = document.body.innerText.replace(/\\u2060/g, '')
             .match(/([\\d,]+) products of /); return m && Number(m[1].replace(/,/g, '')) > n; }""", arg=test_items,
-                               timeout=240_000)
+                               timeout=240_000, polling=250)  # innerText lays the page out: not every frame
     except Exception:  # noqa: BLE001 - the assertion below says what the map shows
         pass
     _idle(page)
@@ -250,9 +250,12 @@ def test_train_and_stop_from_the_sidebar(server, page):
     """The sidebar form starts a real training subprocess; its progress shows live; Stop ends it cleanly."""
     if os.environ.get("XMODAL_BROWSER_CHECKPOINTS"):
         pytest.skip("serving real runs: no test training is started in their checkpoints folder")
-    page.goto(server)
-    page.get_by_test_id("stDataFrame").first.wait_for()
-    _idle(page)
+    if page.url.startswith(server):  # the sidebar of the module's session: no page load needed
+        _visit(page, *HOME)
+    else:
+        page.goto(server)
+        page.get_by_test_id("stDataFrame").first.wait_for()
+        _idle(page)
     sidebar = page.get_by_test_id("stSidebar")
     sidebar.get_by_text("Train a model").click()
     select = sidebar.get_by_test_id("stSelectbox").filter(has_text="Model")
@@ -288,16 +291,15 @@ def _open_tab(page, name: str, inside) -> None:
     assert inside.is_visible(), f"the {name!r} tab never stayed open"
 
 
-def test_explain_compose_and_refine_in_chromium(server, chromium, shots):
+def test_explain_compose_and_refine_in_chromium(server, page, shots):
     """Search: why a hit matched (its words highlighted, a heatmap over its photo), a photo changed by words
     beside the photo alone and the words alone, and a round of "more like this / less like this". In a session of
-    its own: what the earlier tests left on the Search page (a tab, filters, a ranking) is not its concern."""
-    with _context(chromium) as context:
-        page = context.new_page()
-        page.goto(server)
-        page.get_by_test_id("stDataFrame").first.wait_for()
-        _idle(page)
-        _explain_compose_and_refine(page, shots)
+    its own (the page loaded again: a new session, in the tab that has Streamlit's code compiled already): what
+    the earlier tests left on the Search page (a tab, filters, a ranking) is not its concern."""
+    page.goto(server)
+    page.get_by_test_id("stDataFrame").first.wait_for()
+    _idle(page)
+    _explain_compose_and_refine(page, shots)
 
 
 def _explain_compose_and_refine(page, shots: Path) -> None:
