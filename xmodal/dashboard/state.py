@@ -63,6 +63,7 @@ def warm_pytorch() -> None:
 
 def _import_pytorch() -> None:
     importlib.import_module("xmodal.retrieval.run")
+    importlib.import_module("timm")  # loading a run builds its image backbone; the library imports timm lazily
     settle_heap()
 
 

@@ -20,14 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import timm
 import torch
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import Dataset
-from torchvision import transforms
 
 from ..data.images import open_rgb, rgb_array
 
@@ -112,9 +110,16 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return _HUB_REACHABLE
 
 
+def _timm():
+    """timm, imported on first use: with torchvision (which imports torch._dynamo) it costs about 2 s of CPU, and a
+    process that searches text or reads run folders never builds a backbone."""
+    import timm  # lazy: see above
+    return timm
+
+
 def hub_weights_cached(name: str) -> bool:
     """Whether timm's hub cache on this machine already holds backbone ``name``'s ImageNet weights (no network)."""
-    repo = getattr(timm.get_pretrained_cfg(BACKBONES[name].timm_name), "hf_hub_id", None)
+    repo = getattr(_timm().get_pretrained_cfg(BACKBONES[name].timm_name), "hf_hub_id", None)
     if not repo:
         return False
     try:
@@ -125,7 +130,7 @@ def hub_weights_cached(name: str) -> bool:
 
 def _hub_weights(model: nn.Module, timm_name: str, allow_download: bool) -> str | None:
     """ImageNet weights from timm's hub cache (or the hub, if allowed); None when not to be had."""
-    cfg = timm.get_pretrained_cfg(timm_name)
+    cfg = _timm().get_pretrained_cfg(timm_name)
     repo = getattr(cfg, "hf_hub_id", None)
     if not repo:
         return None
@@ -149,7 +154,7 @@ def create_backbone(name: str, pretrained: bool = True, allow_download: bool = F
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
     spec = BACKBONES[name]
-    model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0)
+    model = _timm().create_model(spec.timm_name, pretrained=False, num_classes=0)
     source = None
     if pretrained:
         if name in PACKAGED_WEIGHTS:
@@ -212,7 +217,7 @@ def weights_digest(module: nn.Module) -> str:
 @functools.lru_cache(maxsize=None)
 def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) from the backbone's own timm config."""
-    cfg = timm.get_pretrained_cfg(BACKBONES[name].timm_name)
+    cfg = _timm().get_pretrained_cfg(BACKBONES[name].timm_name)
     return tuple(cfg.mean), tuple(cfg.std)
 
 
@@ -236,6 +241,7 @@ class ImageTransform:
         self._std = torch.tensor(std).view(3, 1, 1)
         self._train = None
         if train:
+            from torchvision import transforms  # lazy: torchvision imports torch._dynamo (see _timm)
             self._train = transforms.Compose([
                 transforms.RandomResizedCrop(size, scale=(0.75, 1.0), ratio=(size[1] / size[0] * 0.9,
                                              size[1] / size[0] * 1.1), antialias=True),
