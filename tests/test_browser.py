@@ -18,7 +18,7 @@ import json
 import os
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlencode, urlparse
 
 import pytest
 
@@ -302,8 +302,27 @@ def test_explain_compose_and_refine_in_chromium(server, page, shots):
     _explain_compose_and_refine(page, shots)
 
 
+def _three_real_runs() -> str:
+    """On real runs (``XMODAL_BROWSER_CHECKPOINTS``), a Search URL's query naming three of them side by side,
+    one per model family (the model name's first word); '' on the test runs. Nine or ten side by side leave
+    ~90 px columns: the explanation is unreadable there, and "Why did it match?" wraps onto two lines over the
+    middle of its selectbox, where the click lands (on the label, which opens nothing)."""
+    root = os.environ.get("XMODAL_BROWSER_CHECKPOINTS")
+    if not root:
+        return ""
+    runs: dict[str, str] = {}
+    for config in sorted(Path(root).rglob("config.json")):
+        if (config.parent / "best.safetensors").is_file():
+            runs.setdefault(json.loads(config.read_text())["model"].split("-")[0], config.parent.name)
+    return urlencode([("search_run", run) for run in list(runs.values())[:3]])
+
+
 def _explain_compose_and_refine(page, shots: Path) -> None:
     _visit(page, "Search", "Search", "Text → products")
+    if few := _three_real_runs():  # a link naming runs offers them side by side (a new session: the page loaded)
+        page.goto(f"{page.url.split('?')[0]}?{few}")
+        page.get_by_text("Text → products").first.wait_for()
+        _idle(page)
     box = page.get_by_label("Describe a product")
     box.fill(QUERY)
     box.press("Enter")
