@@ -114,6 +114,7 @@ class LoopState:
     best_rsum: float = -1.0
     train_seconds: float = 0.0  # training time of earlier sessions of this run
     val_seconds: float | None = None  # how long the last validation took (foretells the test's length)
+    recorded_seconds: float | None = None  # as the last checkpoint holds it: test.json's figure, a resume's start
     writer: BackgroundWriter | None = field(default=None, repr=False)  # the checkpoints' writes (rank 0)
 
 
@@ -186,7 +187,7 @@ def run_epochs(plan: Plan, data: Data, model, features, ctx, device: torch.devic
             end_of_epoch(plan, data, model, features, device, log, opt, sched, loop, epoch,
                          lambda: loop.train_seconds + time.time() - t_start, int(means["skipped_steps"]))
         ctx.barrier()
-    loop.train_seconds += time.time() - t_start
+    loop.train_seconds = loop.recorded_seconds or loop.train_seconds + time.time() - t_start
     if isinstance(log, TeeLog):  # the last epoch's snapshot goes to TensorBoard's projector
         write_projector(log.board, run_dir, data.cat)
         log.board.close()
@@ -215,9 +216,10 @@ def end_of_epoch(plan: Plan, data: Data, model, features, device, log: MetricsLo
     if rsum > loop.best_rsum:
         loop.best_rsum = rsum
         best = snapshot(model.state_dict()), {"epoch": epoch, "val_rsum": rsum, "val": val}
+    loop.recorded_seconds = train_seconds()
     last = snapshot({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "epoch": epoch, "best_rsum": loop.best_rsum, "rng": torch.get_rng_state(),
-                     "train_seconds": train_seconds()})
+                     "train_seconds": loop.recorded_seconds})
 
     def write() -> None:  # best first: a last.pt never points past the best weights on disk
         if best is not None:
