@@ -291,6 +291,22 @@ def _open_tab(page, name: str, inside) -> None:
     assert inside.is_visible(), f"the {name!r} tab never stayed open"
 
 
+def _click_in_tab(page, name: str, inside, target, idle: bool = True) -> None:
+    """Click ``target`` in tab ``name``, opening the tab again where a late rerun closed it after ``_open_tab``."""
+    from playwright.sync_api import TimeoutError as Timeout
+    for _attempt in range(4):
+        _open_tab(page, name, inside)
+        try:
+            target.click(timeout=15_000)
+            break
+        except Timeout:
+            continue
+    else:
+        raise AssertionError(f"{target} in the {name!r} tab could not be clicked")
+    if idle:
+        _idle(page)
+
+
 def test_explain_compose_and_refine_in_chromium(server, page, shots):
     """Search: why a hit matched (its words highlighted, a heatmap over its photo), a photo changed by words
     beside the photo alone and the words alone, and a round of "more like this / less like this". In a session of
@@ -342,13 +358,9 @@ def _explain_compose_and_refine(page, shots: Path) -> None:
     for head in ("Photo only", "Words only", "Round 1:"):
         assert page.get_by_text(head, exact=False).count() >= 1, head
     _shot(page, shots, "search_compose")
-    page.get_by_text("more like this", exact=True).nth(1).click()
-    _idle(page)
-    _open_tab(page, "Photo + words", words)
-    page.get_by_text("less like this", exact=True).nth(0).click()
-    _idle(page)
-    _open_tab(page, "Photo + words", words)
-    page.get_by_role("button", name="Refine", exact=False).click()
+    _click_in_tab(page, "Photo + words", words, page.get_by_text("more like this", exact=True).nth(1))
+    _click_in_tab(page, "Photo + words", words, page.get_by_text("less like this", exact=True).nth(0))
+    _click_in_tab(page, "Photo + words", words, page.get_by_role("button", name="Refine", exact=False), idle=False)
     page.get_by_text("Round 2: 1 marked more like this, 1 less like this").wait_for(timeout=120_000)
     _idle(page)
     _shot(page, shots, "search_refine")
