@@ -342,3 +342,30 @@ def _pick_option(page, label: str, option: int = 1) -> None:
         except Exception:  # playwright's TimeoutError
             page.keyboard.press("Escape")
     pytest.fail(f"the {label!r} dropdown never opened")
+
+
+def _open_tab(page, name: str, inside) -> None:
+    """Open tab ``name`` until ``inside`` (an element of it) shows: a tab click that lands during a rerun can be
+    undone by it (the open tab is in the URL, and the rerun carries the URL the browser had then)."""
+    for _attempt in range(4):
+        if inside.is_visible():
+            return
+        page.get_by_role("tab", name=name).click()
+        _idle(page)
+    assert inside.is_visible(), f"the {name!r} tab never stayed open"
+
+
+def _click_in_tab(page, name: str, inside, target, idle: bool = True) -> None:
+    """Click ``target`` in tab ``name``, opening the tab again where a late rerun closed it after ``_open_tab``."""
+    from playwright.sync_api import TimeoutError as Timeout  # lazy: the browser tests skip without playwright
+    for _attempt in range(4):
+        _open_tab(page, name, inside)
+        try:
+            target.click(timeout=15_000)
+            break
+        except Timeout:
+            continue
+    else:
+        raise AssertionError(f"{target} in the {name!r} tab could not be clicked")
+    if idle:
+        _idle(page)

@@ -24,7 +24,7 @@ import pytest
 
 from browser_kit import (DOCS_SHOTS, HOME, PAGES, QUERY, _choose, _click_map_point, _context, _heading,  # noqa: F401
                          _hover_map_point, _idle, _mapped, _open_home, _pick_option, _select_on_map, _serve, _shot,
-                         _text, _visit, _chromium)
+                         _text, _visit, _chromium, _open_tab, _click_in_tab)
 from test_browser_hostile import _Watch
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -280,33 +280,6 @@ def test_train_and_stop_from_the_sidebar(server, page):
     sidebar.get_by_text("stopped", exact=False).first.wait_for(timeout=60_000)
 
 
-def _open_tab(page, name: str, inside) -> None:
-    """Open tab ``name`` until ``inside`` (an element of it) shows: a tab click that lands during a rerun can be
-    undone by it (the open tab is in the URL, and the rerun carries the URL the browser had then)."""
-    for _attempt in range(4):
-        if inside.is_visible():
-            return
-        page.get_by_role("tab", name=name).click()
-        _idle(page)
-    assert inside.is_visible(), f"the {name!r} tab never stayed open"
-
-
-def _click_in_tab(page, name: str, inside, target, idle: bool = True) -> None:
-    """Click ``target`` in tab ``name``, opening the tab again where a late rerun closed it after ``_open_tab``."""
-    from playwright.sync_api import TimeoutError as Timeout
-    for _attempt in range(4):
-        _open_tab(page, name, inside)
-        try:
-            target.click(timeout=15_000)
-            break
-        except Timeout:
-            continue
-    else:
-        raise AssertionError(f"{target} in the {name!r} tab could not be clicked")
-    if idle:
-        _idle(page)
-
-
 def test_explain_compose_and_refine_in_chromium(server, page, shots):
     """Search: why a hit matched (its words highlighted, a heatmap over its photo), a photo changed by words
     beside the photo alone and the words alone, and a round of "more like this / less like this". In a session of
@@ -349,11 +322,25 @@ def _explain_compose_and_refine(page, shots: Path) -> None:
     assert page.get_by_text("regions", exact=True).count() >= 1  # the heatmap's caption
     _shot(page, shots, "search_explain")
 
+    from playwright.sync_api import TimeoutError as Timeout  # lazy: skipped without playwright
+    for attempt in range(2):
+        if attempt:  # see docs/reliability.md: typed words lost once to a rerun in flight; a new session, same URL
+            page.goto(page.url)
+            page.get_by_text("Text → products").first.wait_for()
+            _idle(page)
+        try:
+            return _compose_and_refine(page, shots)
+        except (AssertionError, Timeout) as err:
+            lost = err
+    raise lost
+
+
+def _compose_and_refine(page, shots: Path) -> None:
     words = page.get_by_label("Change it with words")
     _open_tab(page, "Photo + words", words)
     words.fill("red")
     words.press("Enter")
-    page.get_by_text("Photo + words (words 50%)").first.wait_for(timeout=120_000)
+    page.get_by_text("Photo + words (words 50%)").first.wait_for(timeout=60_000)
     _idle(page)
     for head in ("Photo only", "Words only", "Round 1:"):
         assert page.get_by_text(head, exact=False).count() >= 1, head
@@ -361,7 +348,7 @@ def _explain_compose_and_refine(page, shots: Path) -> None:
     _click_in_tab(page, "Photo + words", words, page.get_by_text("more like this", exact=True).nth(1))
     _click_in_tab(page, "Photo + words", words, page.get_by_text("less like this", exact=True).nth(0))
     _click_in_tab(page, "Photo + words", words, page.get_by_role("button", name="Refine", exact=False), idle=False)
-    page.get_by_text("Round 2: 1 marked more like this, 1 less like this").wait_for(timeout=120_000)
+    page.get_by_text("Round 2: 1 marked more like this, 1 less like this").wait_for(timeout=60_000)
     _idle(page)
     _shot(page, shots, "search_refine")
     assert all((shots / f"{n}.png").stat().st_size > 10_000 for n in ("search_explain", "search_compose",
