@@ -101,3 +101,23 @@ def test_the_agreement_row_holds_fp16_to_the_issues_target(trained_run):
     assert row.met == (same >= 100 * FP16_IDENTICAL and moved <= FP16_R10_POINTS) is True
     assert "identical top-10 sets" in row.measured and "R@10" in row.reference and "[" in row.measured
     assert "float32 re-score" in row.measured and "plain fp16 (no re-score)" in row.reference
+
+
+def test_csls_over_an_fp16_gallery_passes_over_float32_rows_with_their_own_kernel(trained_run, monkeypatch):
+    """Run's CSLS (and dense filtered) pass reads the float32 rows in one pass, never a copy, with a kernel measured
+    on those rows once: an fp16 gallery's kernel was measured on float16 (on this AMD host torch's float32 product
+    is ~3x numpy's; its float16 one is not)."""
+    run = load_run(trained_run)
+    run.gallery_config, run.hubness = GalleryConfig(precision="fp16"), "csls"
+    plain = [h.index for h in run.search_text(run.catalogue.captions[3], 5)]  # measured by the real kernels.choose
+    measured, used = [], []
+    monkeypatch.setattr(kernels, "choose", lambda rows, *a, **k: measured.append(rows) or ("numpy", {}))
+    real = kernels.scores
+    monkeypatch.setattr(kernels, "scores", lambda g, q, kernel="torch", raw=False: used.append((g, kernel))
+                        or real(g, q, kernel, raw))
+    run.gallery("images").info.pop("rows_kernel")
+    hits = [h.index for h in run.search_text(run.catalogue.captions[3], 5)]
+    assert run.gallery("images").embeds.dtype == torch.float16 and run.rows_kernel("images") == "numpy"
+    assert len(measured) == 1 and measured[0] is run.image_embeds  # the float32 rows, once
+    assert [(g is run.image_embeds, kernel) for g, kernel in used] == [(True, "numpy")]  # one pass, no copy
+    assert hits == plain  # the same ranking whichever kernel scores it

@@ -57,12 +57,13 @@ def exact_rows(gallery: torch.Tensor, query: torch.Tensor, k: int, offsets: torc
     """Scores and gallery indices ``[1, k]`` of the best rows among ``keep`` (all when None), exactly;
     hubness-corrected by ``offsets`` when given (CSLS); ``kernel``: the product for a pass over every row (the one
     the gallery measured fastest, ``xmodal.retrieval.kernels``)."""
-    if keep is not None and keep.mean() > DENSE_FILTER:  # one pass over every row beats copying most of them
+    if keep is None or keep.mean() > DENSE_FILTER:  # one pass over every row beats copying (most of) them
         scores = kernels.scores(gallery, query[None], kernel)[0]  # [N]
         if offsets is not None:
             scores = corrected(scores, offsets, CSLS_WEIGHT)
-        scores[torch.from_numpy(~keep)] = float("-inf")
-        top = scores.topk(min(k, int(keep.sum())))
+        if keep is not None:
+            scores[torch.from_numpy(~keep)] = float("-inf")
+        top = scores.topk(min(k, len(scores) if keep is None else int(keep.sum())))
         return top.values[None], top.indices[None]
     rows = torch.arange(len(gallery)) if keep is None else torch.from_numpy(np.flatnonzero(keep))
     scores = gallery[rows] @ query  # [n]

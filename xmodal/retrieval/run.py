@@ -26,6 +26,7 @@ from ..cachefile import check_array, warn_rebuild, write_cache
 from ..data import Catalogue, CatalogueError, load_catalogue
 from ..data.images import rgb_array, to_rgb
 from .arguments import check_index, check_indices, check_k, check_vector
+from . import kernels
 from .gallery import Gallery, GalleryConfig
 from .filters import exact_rows, where_mask
 from .hubness import CSLS_K, csls_offsets
@@ -236,7 +237,16 @@ class Run:
             return self.gallery(kind).search(query[None], k)
         gallery = self.image_embeds if kind == "images" else self.text_embeds
         return exact_rows(gallery, query, k, self.csls_offsets(kind) if self.hubness == "csls" else None, keep,
-                          self.gallery(kind).kernel)
+                          self.rows_kernel(kind))
+
+    def rows_kernel(self, kind: str) -> str:
+        """The product for a float32 pass over gallery ``kind`` (filtered, CSLS): an fp16 gallery's own is for fp16."""
+        g = self.gallery(kind)
+        if g.embeds.dtype != torch.float16 or g.cfg.kernel != "auto":
+            return g.kernel
+        if "rows_kernel" not in g.info:
+            g.info["rows_kernel"] = kernels.choose(self.image_embeds if kind == "images" else self.text_embeds)[0]
+        return g.info["rows_kernel"]
 
     def csls_offsets(self, kind: str) -> torch.Tensor:
         """CSLS's ``r(g)`` ``[N]`` for gallery ``kind`` (bank: the other modality), cached in the run folder."""
