@@ -52,3 +52,24 @@ def test_enter_in_a_number_box_does_not_submit_the_form():
     for form in forms:
         flags = {k.arg: getattr(k.value, "value", None) for k in form.keywords}
         assert flags.get("enter_to_submit") is False, "Enter would launch a run"
+
+
+def test_an_identical_launch_from_another_session_is_refused_until_it_is_old(tiny_catalogue, tmp_path, monkeypatch):
+    """Added by the issue 21 audit: the refusal is read from the runs' launch.json, so a second browser tab is
+    refused too, and only within DOUBLE_LAUNCH_S seconds of the first launch."""
+    import json
+
+    from xmodal.dashboard import sidebar
+    first, started = _app(tmp_path, monkeypatch, tiny_catalogue)
+    first.button(key=SUBMIT).click().run()
+    assert len(started) == 1
+    second = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "dashboard.py"), default_timeout=60)
+    second.session_state["cat_source"], second.session_state["cat_folder"] = "folder", str(tiny_catalogue)
+    second.run().button(key=SUBMIT).click().run()
+    assert not second.exception and len(started) == 1
+    assert any("an identical run" in w.value for w in second.warning), [w.value for w in second.warning]
+    launch = tmp_path / "ckpt" / started[0].run_id / jobs.LAUNCH_NAME
+    rec = json.loads(launch.read_text())
+    launch.write_text(json.dumps({**rec, "launched": rec["launched"] - sidebar.DOUBLE_LAUNCH_S - 1}))
+    second.button(key=SUBMIT).click().run()
+    assert len(started) == 2  # an old identical launch is a wish for another run

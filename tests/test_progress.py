@@ -164,3 +164,18 @@ def test_counts_and_time_left_stay_within_bounds(tmp_path, monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     queue = next(t for t in _lines(at) if "Queue" in t)
     assert "10,100/10,100" in queue and "18,292" not in queue and "-" not in queue.split("10,100/10,100")[1], queue
+
+
+def test_a_queue_step_reports_its_own_count_and_time_left(tmp_path):
+    """Added by the issue 21 audit: the queue's embedding and map steps (tasks.Progress) say items done of their
+    total and a time left measured from their own pace, never '?' once an item is through."""
+    from xmodal.dashboard.jobs import tasks
+    progress = tasks.Progress(tmp_path, "embeddings", every_s=0)
+    progress.phase("embedding the catalogue's photos", total=10_100)
+    progress.advance(2_525)
+    rec = json.loads(tasks.task_file(tmp_path, "embeddings").read_text())
+    line, fraction = tasks.describe(rec, now=rec["updated"])
+    assert re.fullmatch(r"embedding the catalogue's photos: 2,525/10,100, (\d+h)?(\d+m)?\d+s left", line), line
+    assert fraction == pytest.approx(0.25)
+    later, _ = tasks.describe(rec, now=rec["updated"] + 10 * 3600)
+    assert later.endswith(", 0s left"), later  # an estimate passed: zero, never negative
