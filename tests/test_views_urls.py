@@ -363,8 +363,6 @@ def test_runs_still_training_are_left_out_of_compare_and_badged_in_search_s_resu
     assert notes and "still training (epoch 1 of 5)" in notes[0], notes
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21 §2 gap found by the audit: Search's run picker lists a run still "
-                   "training without its badge (Embeddings' and Training's pickers badge it)")
 def test_search_s_run_picker_badges_a_run_still_training(live, tiny_catalogue):
     at = _visit(tiny_catalogue, "pages/search.py", {})
     options = [o for o in at.selectbox(key="search_run").options if "demo-live" in o]

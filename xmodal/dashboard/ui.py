@@ -92,7 +92,9 @@ def run_picker(runs: Sequence[RunInfo], key: str, allow_all: bool = False, label
                **({f"{len(some)} runs side by side: {', '.join(some)}": some} if 1 < len(some) < len(runs) else {}),
                **ids}
     options = list(ids)
-    choice = pickers.url_widget(st.selectbox, key, pickers.grouped(ids), options[0], label, options)
+    badges = {o: catalogues.state_badge(by_id[i[0]]) for o, i in ids.items() if len(i) == 1}  # a run not finished
+    choice = pickers.url_widget(st.selectbox, key, pickers.grouped(ids), options[0], label, options,
+                                format_func=lambda o: f"{o} · {badges[o]}" if badges.get(o) else o)
     return [by_id[i] for i in ids.get(choice, [])]
 
 
