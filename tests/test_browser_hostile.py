@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from browser_kit import (PAGES, _chromium, _click_in_tab, _context, _idle, _open_tab, _select_on_map, _serve,
+from browser_kit import (HOME, PAGES, _chromium, _click_in_tab, _context, _idle, _open_tab, _select_on_map, _serve,
                          _text, _visit)
 from conftest import TINY_SIZE
 
@@ -69,8 +69,8 @@ def _hostile_catalogue(folder: Path) -> Path:
     return folder
 
 
-@pytest.fixture
-def hostile_server(tmp_path):
+@pytest.fixture(scope="module")
+def hostile_server(tmp_path_factory):
     """A server over a run trained (by the CLI's ``main``) on the hostile catalogue, its folder renamed to
     HTML, beside a failed run whose folder name and error are HTML and Markdown."""
     pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package only)")
@@ -78,6 +78,7 @@ def hostile_server(tmp_path):
     if os.environ.get("XMODAL_BROWSER_CHECKPOINTS"):
         pytest.skip("serving real runs: the hostile catalogue test trains its own")
     from xmodal.training.cli import main
+    tmp_path = tmp_path_factory.mktemp("hostile")
     data = _hostile_catalogue(tmp_path / "hostile catalogue")
     ckpt = tmp_path / "checkpoints"
     assert main(["--model", "cmpm-efficientnet", "--data", str(data), "--epochs", "1", "--batch-size", "16",
@@ -129,51 +130,66 @@ class _Watch:
         assert page.evaluate(FOREIGN_REFERENCES) == [], where
 
 
-def test_hostile_catalogue_stays_text(hostile_server, chromium):
+@pytest.fixture(scope="module")
+def hostile(hostile_server, chromium):
+    """One session over the hostile server, watched from its first request, that the tests below walk page by page
+    in order: (the page, the watch, {page name: its text as shown})."""
     with _context(chromium) as context:
         watch = _Watch(context)
         page = context.new_page()
         page.goto(hostile_server)
         page.get_by_test_id("stDataFrame").first.wait_for()
         _idle(page)
-        seen = _text(page)
-        assert seen.count(PIXEL) == 12  # the sampled products' captions, literally
-        assert "The loader skipped 1 of 61 rows" in seen  # the row whose hostile image file is missing
-        assert f"{HOSTILE[3]} {HOSTILE[2]}" in seen  # the failed run's error, literally
-        assert f"{HOSTILE_RUN} finished" in seen  # the sidebar's runs in progress
-        watch.assert_clean(page, "Home")
+        yield page, watch, {}
 
-        for name, title, marker in PAGES[:3]:  # Training, Compare, Embeddings
-            _visit(page, name, title, marker)
-            if name == "Embeddings":
-                page.get_by_text("Modality gap", exact=True).first.wait_for(timeout=240_000)
-                _idle(page)
-                _select_on_map(page)  # coloured by master_category: a legend entry is an <a href> in text
-                legend = page.evaluate("() => [...document.querySelectorAll('.legendtext')].map(e => e.textContent)")
-                assert sum(e.startswith(HOSTILE_ATTRIBUTE) and "</a> (" in e for e in legend) >= 2, legend
-                assert f"products of {HOSTILE_RUN} (" in _text(page) and PIXEL in _text(page)  # caption, selection
-            seen += _text(page)
-            watch.assert_clean(page, name)
 
-        _visit(page, *PAGES[3])  # Search, text to image: the hits' captions
-        box = page.get_by_label("Describe a product")
-        box.fill(f"red shirt {HOSTILE[1]}")
-        box.press("Enter")
-        page.get_by_text("#1", exact=False).first.wait_for()
+def test_home_shows_the_hostile_catalogue_as_text(hostile):
+    page, watch, seen = hostile
+    _visit(page, *HOME)
+    seen["Home"] = text = _text(page)
+    assert text.count(PIXEL) == 12  # the sampled products' captions, literally
+    assert "The loader skipped 1 of 61 rows" in text  # the row whose hostile image file is missing
+    assert f"{HOSTILE[3]} {HOSTILE[2]}" in text  # the failed run's error, literally
+    assert f"{HOSTILE_RUN} finished" in text  # the sidebar's runs in progress
+    watch.assert_clean(page, "Home")
+
+
+@pytest.mark.parametrize("name, title, marker", PAGES[:3], ids=[p[0] for p in PAGES[:3]])
+def test_each_page_shows_it_as_text(hostile, name, title, marker):
+    page, watch, seen = hostile
+    _visit(page, name, title, marker)
+    if name == "Embeddings":
+        page.get_by_text("Modality gap", exact=True).first.wait_for(timeout=240_000)
         _idle(page)
-        results = _text(page)
-        assert results.count(PIXEL) >= 8, results[-2000:]  # the 8 hits' captions
-        watch.assert_clean(page, "Search: text")
-        item = page.get_by_role("radiogroup", name="Query").get_by_text("A catalogue product (test split)")
-        _click_in_tab(page, "Image → captions", item, item)  # only the Image tab offers a catalogue product
-        landed = page.get_by_text("True match landed at rank").first  # only this tab's query is an item
-        _open_tab(page, "Image → captions", item)  # a rerun in flight can have closed the tab again
-        landed.wait_for()
-        _idle(page)
-        results = _text(page)
-        assert results.count(PIXEL) >= 8 and sum(bad in results for bad in HOSTILE) >= 2, results[-2000:]
-        seen += results
-        watch.assert_clean(page, "Search: image")
+        _select_on_map(page)  # coloured by master_category: a legend entry is an <a href> in text
+        legend = page.evaluate("() => [...document.querySelectorAll('.legendtext')].map(e => e.textContent)")
+        assert sum(e.startswith(HOSTILE_ATTRIBUTE) and "</a> (" in e for e in legend) >= 2, legend
+        assert f"products of {HOSTILE_RUN} (" in _text(page) and PIXEL in _text(page)  # caption, selection
+    seen[name] = _text(page)
+    watch.assert_clean(page, name)
 
-        assert sum(bad in seen for bad in HOSTILE) >= 6, [bad for bad in HOSTILE if bad not in seen]
-        assert watch.requests > 20  # the route saw the app's own requests: the watch was on
+
+def test_search_shows_its_hits_as_text(hostile):
+    page, watch, seen = hostile
+    _visit(page, *PAGES[3])  # Search, text to image: the hits' captions
+    box = page.get_by_label("Describe a product")
+    box.fill(f"red shirt {HOSTILE[1]}")
+    box.press("Enter")
+    page.get_by_text("#1", exact=False).first.wait_for()
+    _idle(page)
+    results = _text(page)
+    assert results.count(PIXEL) >= 8, results[-2000:]  # the 8 hits' captions
+    watch.assert_clean(page, "Search: text")
+    item = page.get_by_role("radiogroup", name="Query").get_by_text("A catalogue product (test split)")
+    _click_in_tab(page, "Image → captions", item, item)  # only the Image tab offers a catalogue product
+    landed = page.get_by_text("True match landed at rank").first  # only this tab's query is an item
+    _open_tab(page, "Image → captions", item)  # a rerun in flight can have closed the tab again
+    landed.wait_for()
+    _idle(page)
+    seen["Search"] = results = _text(page)
+    assert results.count(PIXEL) >= 8 and sum(bad in results for bad in HOSTILE) >= 2, results[-2000:]
+    watch.assert_clean(page, "Search: image")
+    if len(seen) == 1 + len(PAGES):  # the whole walk ran (not a test picked alone)
+        shown = "".join(seen.values())
+        assert sum(bad in shown for bad in HOSTILE) >= 6, [bad for bad in HOSTILE if bad not in shown]
+    assert watch.requests > 20  # the route saw the app's own requests: the watch was on
