@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from browser_kit import (HOME, PAGES, _chromium, _click_in_tab, _context, _idle, _open_tab, _select_on_map, _serve,
+from browser_kit import (PAGES, _chromium, _click_in_tab, _context, _idle, _open_tab, _select_on_map, _serve,
                          _text, _visit)
 from conftest import TINY_SIZE
 
@@ -144,8 +144,7 @@ def hostile(hostile_server, chromium):
 
 
 def test_home_shows_the_hostile_catalogue_as_text(hostile):
-    page, watch, seen = hostile
-    _visit(page, *HOME)
+    page, watch, seen = hostile  # on Home, the session's first page
     seen["Home"] = text = _text(page)
     assert text.count(PIXEL) == 12  # the sampled products' captions, literally
     assert "The loader skipped 1 of 61 rows" in text  # the row whose hostile image file is missing
