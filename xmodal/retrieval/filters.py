@@ -65,7 +65,7 @@ def exact_rows(gallery: torch.Tensor, query: torch.Tensor, k: int, offsets: torc
             scores[torch.from_numpy(~keep)] = float("-inf")
         top = scores.topk(min(k, len(scores) if keep is None else int(keep.sum())))
         return top.values[None], top.indices[None]
-    rows = torch.arange(len(gallery)) if keep is None else torch.from_numpy(np.flatnonzero(keep))
+    rows = torch.from_numpy(np.flatnonzero(keep))  # a sparse filter: copy out the few rows it keeps
     scores = gallery[rows] @ query  # [n]
     if offsets is not None:
         scores = corrected(scores, offsets[rows], CSLS_WEIGHT)
