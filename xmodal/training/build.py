@@ -66,6 +66,8 @@ def model_overrides(cfg: TrainConfig, data: Data) -> dict:
                   embed_dim=cfg.embed_dim, image_size=cfg.image_size, cmpc_weight=cfg.cmpc_weight,
                   tune_blocks=cfg.tune_blocks)
     out = {**_set_fields(cfg), **{k: v for k, v in values.items() if v is not None}}
+    if out.get("attr_weight"):  # auxiliary attribute heads: their class counts come from the train split
+        out["attr_classes"] = dict(data.attr_classes)
     if cfg.finetune:
         out["finetune"] = True
     return out
