@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from xmodal.losses import cmpc_loss, cmpm_loss, contrastive_loss, corrnet_loss, correlation, infonce_loss
+from xmodal.losses import (attribute_loss, cmpc_loss, cmpm_loss, contrastive_loss, corrnet_loss, correlation,
+                           infonce_loss, max_violation_loss)
 
 
 def _norm(v: torch.Tensor) -> list[float]:
@@ -256,3 +257,40 @@ def test_contrastive_pulls_pairs_and_pushes_within_margin():
     close = contrastive_loss(a, torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([0, 1]), margin=2.0)
     assert abs(float(close["contrastive_pos"]) - 2.0) < 1e-5  # each pair sqrt(2) apart
     assert abs(float(close["contrastive_neg"]) - 4.0) < 1e-5  # negatives coincide: (2 - 0)^2
+
+
+def max_violation_by_formula(x, z, labels, margin):
+    """VSE++ (Faghri et al., BMVC 2018), eq. 5, written out with loops; matches are never negatives."""
+    n = len(labels)
+    xs, zs = [_norm(v) for v in x], [_norm(v) for v in z]
+    s = [[_dot(xs[i], zs[j]) for j in range(n)] for i in range(n)]
+    i2t = t2i = 0.0
+    for i in range(n):
+        neg_row = [s[i][j] for j in range(n) if labels[j] != labels[i]]
+        neg_col = [s[j][i] for j in range(n) if labels[j] != labels[i]]
+        i2t += max(0.0, margin + max(neg_row) - s[i][i]) if neg_row else 0.0
+        t2i += max(0.0, margin + max(neg_col) - s[i][i]) if neg_col else 0.0
+    return i2t / n, t2i / n
+
+
+def test_max_violation_matches_formula_and_skips_same_title_pairs():
+    torch.manual_seed(3)
+    x, z = torch.randn(6, 5), torch.randn(6, 5)
+    labels = torch.tensor([0, 1, 1, 2, 3, 3])  # items 1-2 and 4-5 share a title: not each other's negative
+    got = max_violation_loss(x, z, labels, margin=0.3)
+    want = max_violation_by_formula(x, z, labels.tolist(), 0.3)
+    assert got["hard_i2t"].item() == pytest.approx(want[0], abs=1e-6)
+    assert got["hard_t2i"].item() == pytest.approx(want[1], abs=1e-6)
+    # one title for the whole batch: no negative anywhere, so no loss (not margin + -inf)
+    none = max_violation_loss(x, z, torch.zeros(6, dtype=torch.long), margin=0.3)
+    assert none["hard_i2t"].item() == 0.0 and none["hard_t2i"].item() == 0.0
+
+
+def test_attribute_loss_ignores_missing_values():
+    logits = {"gender": torch.tensor([[2.0, 0.0], [0.0, 1.0], [5.0, -5.0]]),
+              "colour": torch.tensor([[0.0, 0.0, 3.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])}
+    targets = torch.tensor([[0, 2], [1, -1], [-1, -1]])  # row 3 knows nothing, row 2 no colour
+    gender = -(_log_softmax([2.0, 0.0])[0] + _log_softmax([0.0, 1.0])[1]) / 2
+    colour = -_log_softmax([0.0, 0.0, 3.0])[2]
+    assert attribute_loss(logits, targets).item() == pytest.approx((gender + colour) / 2, abs=1e-6)
+    assert attribute_loss(logits, torch.full((3, 2), -1)).item() == 0.0

@@ -107,3 +107,36 @@ def infonce_loss(img: torch.Tensor, txt: torch.Tensor, labels: torch.Tensor, log
     logits = logit_scale.exp().clamp(max=100) * F.normalize(img, dim=1) @ F.normalize(txt, dim=1).t()
     return {"infonce_i2t": -(target * logits.log_softmax(1)).sum(1).mean(),
             "infonce_t2i": -(target * logits.t().log_softmax(1)).sum(1).mean()}
+
+
+def max_violation_loss(img: torch.Tensor, txt: torch.Tensor, labels: torch.Tensor, margin: float = 0.2
+                       ) -> dict[str, torch.Tensor]:
+    """VSE++'s max-violation hinge (Faghri et al., BMVC 2018): each pair against its hardest negative.
+
+    On cosine similarities ``s``: mean over i of ``max(0, margin + max_{j not a match} s_ij - s_ii)`` for
+    image queries, and likewise for text queries. Samples sharing a label are matches, never negatives.
+    A row with no negative in the batch adds nothing.
+    """
+    sim = F.normalize(img, dim=1) @ F.normalize(txt, dim=1).t()  # [B, B]
+    negatives = match_matrix(labels) == 0
+    pos = sim.diagonal()
+    floor = torch.finfo(sim.dtype).min
+    hardest_i2t = sim.masked_fill(~negatives, floor).max(1).values  # [B]
+    hardest_t2i = sim.masked_fill(~negatives, floor).max(0).values
+    has_i2t, has_t2i = negatives.any(1), negatives.any(0)
+    i2t = F.relu(margin + hardest_i2t - pos) * has_i2t
+    t2i = F.relu(margin + hardest_t2i - pos) * has_t2i
+    return {"hard_i2t": i2t.mean(), "hard_t2i": t2i.mean()}
+
+
+def attribute_loss(logits: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of attribute heads: ``logits[name]`` ``[B, C]`` in column order against
+    ``targets`` ``[B, A]`` (-1: missing, no loss); a column with no known target in the batch adds nothing."""
+    total = targets.new_zeros((), dtype=torch.float32)
+    used = 0
+    for a, head in enumerate(logits.values()):
+        known = targets[:, a] >= 0
+        if known.any():
+            total = total + F.cross_entropy(head[known].float(), targets[known, a])
+            used += 1
+    return total / max(used, 1)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass
@@ -29,6 +29,11 @@ class ModelConfig:
     cmpc_weight: float = 0.0  # weight of the CMPC classification term, 0 disables it (cmpm)
     num_classes: int = 0  # caption groups in the train split, for CMPC (filled in from the data)
     init_logit_scale: float = math.log(1 / 0.07)  # initial log inverse temperature (infonce)
+    hard_weight: float = 0.0  # dual encoders: weight of a VSE++ max-violation hinge on the hardest negative (0: off)
+    hard_margin: float = 0.2  # its margin on cosine similarity
+    hard_warmup: float = 0.2  # share of training before the hinge is on (VSE++ warms up without it)
+    attr_weight: float = 0.0  # dual encoders: weight of auxiliary attribute classification (0: off)
+    attr_classes: dict[str, int] = field(default_factory=dict)  # attribute column -> classes (filled from the data)
 
     def to_dict(self) -> dict:
         return asdict(self)

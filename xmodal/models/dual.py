@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import cmpc_loss, cmpm_loss, infonce_loss
+from ..losses import attribute_loss, cmpc_loss, cmpm_loss, infonce_loss, max_violation_loss
 from .config import ModelConfig
 from .registry import register_model
 from .towers import BiLSTMText, CrossModalModel
@@ -39,6 +39,10 @@ class DualEncoder(CrossModalModel):
             self.image_proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.feature_dim, cfg.embed_dim))
         self.text_encoder = BiLSTMText(cfg.word_dim, cfg.lstm_dim)
         self.text_proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(self.text_encoder.out_dim, cfg.embed_dim))
+        # Attribute heads, shared by both modalities so that the attribute is a direction of the joint space
+        self.attr_heads = nn.ModuleDict({name: nn.Linear(cfg.embed_dim, n) for name, n in cfg.attr_classes.items()}) \
+            if cfg.attr_weight > 0 else None
+        self.progress = 1.0  # share of training done, set by the loop each epoch (the hinge's warm-up)
 
     def project_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.image_proj(self.image_features(images))  # [B, D], unnormalised
@@ -58,6 +62,21 @@ class DualEncoder(CrossModalModel):
         return {"image_proj": img, "text_proj": txt,
                 "image_embeds": F.normalize(img, dim=-1), "text_embeds": F.normalize(txt, dim=-1)}
 
+    def extra_terms(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The optional terms beside the main loss: the hardest-negative hinge (after its warm-up) and the
+        attribute heads. ``labels`` ``[B]`` caption groups, or ``[B, 1 + A]`` with attribute classes."""
+        cfg, terms = self.cfg, {}
+        groups = labels[:, 0] if labels.ndim == 2 else labels
+        if cfg.hard_weight > 0 and self.progress >= cfg.hard_warmup:
+            hinge = max_violation_loss(out["image_proj"], out["text_proj"], groups, cfg.hard_margin)
+            terms.update({k: cfg.hard_weight * v for k, v in hinge.items()})
+        if self.attr_heads is not None and labels.ndim == 2:
+            targets = labels[:, 1:]
+            for side in ("image", "text"):
+                logits = {name: head(out[f"{side}_embeds"]) for name, head in self.attr_heads.items()}
+                terms[f"attr_{side}"] = cfg.attr_weight * attribute_loss(logits, targets)
+        return terms
+
 
 class CMPM(DualEncoder):
     def __init__(self, cfg: ModelConfig):
@@ -66,7 +85,9 @@ class CMPM(DualEncoder):
             if cfg.cmpc_weight > 0 else None
 
     def loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        terms = cmpm_loss(out["image_proj"], out["text_proj"], labels)
+        terms = self.extra_terms(out, labels)
+        labels = labels[:, 0] if labels.ndim == 2 else labels
+        terms.update(cmpm_loss(out["image_proj"], out["text_proj"], labels))
         if self.class_weight is not None:
             known = labels >= 0  # val/test captions unseen in train carry no class
             if known.any():
@@ -81,7 +102,9 @@ class InfoNCE(DualEncoder):
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
 
     def loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return infonce_loss(out["image_proj"], out["text_proj"], labels, self.logit_scale)
+        groups = labels[:, 0] if labels.ndim == 2 else labels
+        return {**infonce_loss(out["image_proj"], out["text_proj"], groups, self.logit_scale),
+                **self.extra_terms(out, labels)}
 
 
 @register_model("cmpm-mobilenet", backbone="mobilenet", embed_dim=512)

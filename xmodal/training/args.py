@@ -36,8 +36,8 @@ class TrainConfig:
     warmup_frac: float = 0.05  # share of steps spent warming the learning rate up
     finetune: bool = False  # train the backbone end to end after the frozen epochs
     freeze_epochs: int = 0  # with --finetune: epochs on frozen cached features first (the paper's recipe)
-    word_vectors: str = "word2vec"  # word2vec (trained on the train captions) or glove
-    word_dim: int = 100  # word vector size for word2vec (GloVe is 50)
+    word_vectors: str = "word2vec"  # word2vec or fasttext (trained on the train captions), or glove
+    word_dim: int = 100  # word vector size for word2vec and fasttext (GloVe is 50)
     embed_dim: int | None = None  # joint space size (None: the model's default)
     image_size: tuple[int, int] | None = None  # (height, width); None: the backbone's default
     cmpc_weight: float | None = None  # CMPC term weight for cmpm models (None: the model's default)
@@ -92,7 +92,9 @@ class Args:
 
 
 # Model config fields that are filled in from the data or the backbone: never set by hand (but see below).
-DERIVED_FIELDS = ("weights_source", "feature_dim", "vocab_size", "num_classes")
+DERIVED_FIELDS = ("weights_source", "feature_dim", "vocab_size", "num_classes", "attr_classes")
+# Loss terms of the dual encoders (cmpm-*, infonce-*); the other models have no such term and would ignore them
+DUAL_ONLY_FIELDS = ("hard_weight", "attr_weight")
 # ``--set weights_source=...``: where a backbone without packaged ImageNet weights (mobilenet) starts. Kept in
 # ``TrainConfig.model_args``; the model config then records where the weights did come from.
 WEIGHTS_SOURCES = {
@@ -105,6 +107,7 @@ FIELD_RANGES: dict[str, tuple[float, float]] = {
     "embed_dim": (2, 8192), "hidden_dim": (1, 65536), "lstm_dim": (1, 8192), "word_dim": (1, 4096),
     "dropout": (0.0, 0.95), "word_dropout": (0.0, 0.95), "margin": (0.0, 100.0), "corr_weight": (0.0, 1e4),
     "cmpc_weight": (0.0, 1e4), "tune_blocks": (0, 16), "init_logit_scale": (-10.0, 10.0),
+    "hard_weight": (0.0, 1e4), "hard_margin": (0.0, 2.0), "hard_warmup": (0.0, 1.0), "attr_weight": (0.0, 1e4),
 }
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -205,6 +208,10 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.image_size is not None:
         for v in cfg.image_size:
             _check_range("--image-size", v, 32, 2048)
+    dual_only = [k for k in DUAL_ONLY_FIELDS if cfg.model_args.get(k)]
+    if dual_only and cfg.model in ("siamese", "corrnet"):
+        raise ArgError(f"--set {dual_only[0]}: a loss term of the dual encoders (cmpm-*, infonce-*); {cfg.model} has "
+                       "no such term")
     if cfg.cmpc_weight is not None:
         _check_range("--cmpc-weight", cfg.cmpc_weight, *FIELD_RANGES["cmpc_weight"])
     if cfg.tune_blocks is not None:
@@ -268,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--finetune", action="store_true", default=None, help="train the backbone end to end")
     p.add_argument("--freeze-epochs", type=int, help="with --finetune: frozen epochs first")
-    p.add_argument("--word-vectors", choices=["word2vec", "glove"])
+    p.add_argument("--word-vectors", choices=["word2vec", "glove", "fasttext"])
     p.add_argument("--embed-dim", type=int)
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
     p.add_argument("--cmpc-weight", type=float)

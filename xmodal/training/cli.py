@@ -31,16 +31,15 @@ from ..models.embed import catalogue_features
 from ..evaluation.scoring import evaluate_split
 from .provenance import collect
 from .snapshots import snapshot_epoch
-from ..runs import (
-    BackgroundWriter, MetricsLog, atomic_write_json, new_run_id, read_best, read_metrics, save_best,
-    save_torch, snapshot, write_status)
+from ..runs import (BackgroundWriter, MetricsLog, atomic_write_json, new_run_id, read_best, read_metrics,
+                    save_best, save_torch, snapshot, write_status)
 from .args import Args, TrainConfig, parse_args
-from .loop import (
-    NonFiniteError, PairDataset, first_nonfinite_state, make_loader, make_optimizer, reseed, train_one_epoch,
-    use_bf16)
+from .loop import (NonFiniteError, PairDataset, first_nonfinite_state, make_loader, make_optimizer, reseed,
+                   train_one_epoch, use_bf16)
 from .loop import steps_per_epoch as epoch_steps
 from .build import build_model, check_weights_source, frozen_epochs, resolve_device, truncation_note
-from .plan import Data, Plan, RunFolderError, already_finished, claim_run_folder, open_data, plan_run
+from .plan import (Data, Plan, RunFolderError, already_finished, claim_run_folder, open_data, plan_run,
+                   train_labels)
 from .errors import USER_ERRORS, describe_error, kept_note, one_line, record_failure
 from .tblog import TeeLog, TensorBoardLog, write_projector
 from .status import StatusReporter, catalogue_check_estimate, features_cached, owns_status
@@ -142,7 +141,7 @@ def run_epochs(plan: Plan, data: Data, model, features, ctx, device: torch.devic
         model.to(memory_format=torch.channels_last)  # matches the channels_last input batches
     tokens = data.vocab.encode(data.cat.captions)  # [N, L]
     train_idx = torch.as_tensor(data.splits["train"])
-    labels = torch.as_tensor(data.groups)
+    labels = train_labels(data, mcfg)  # [N] caption groups, or [N, 1 + A] with attribute classes
     dataset = {"features": PairDataset(features[train_idx] if features is not None else None,
                                        tokens[train_idx], labels),
                "pixels": PairDataset.from_images(data.cat, data.splits["train"], mcfg, tokens[train_idx], labels)}
@@ -181,6 +180,7 @@ def run_epochs(plan: Plan, data: Data, model, features, ctx, device: torch.devic
         if kind not in loaders:
             loaders[kind] = make_loader(dataset[kind], cfg.batch_size // ctx.world, ctx, seed=cfg.seed, device=device)
         reseed(loaders[kind], cfg.seed, epoch)
+        model.progress = (epoch - 1) / epochs  # losses that warm up read it (the hard-negative hinge)
         means = train_one_epoch(ddp_model, model.loss, loaders[kind], opt, sched, device, epoch, on_step, ctx,
                                 progress=ctx.is_main, amp=use_bf16(cfg.precision, device))
         if ctx.is_main:

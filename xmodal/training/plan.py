@@ -19,6 +19,7 @@ from ..runs import LOCK_FILE, RunLock, check_record, new_run_id, read_json, read
 from ..text.vocabulary import Vocab
 from ..models import ModelConfig
 from .args import Args, TrainConfig
+from .attributes import attribute_classes
 
 
 class RunFolderError(ValueError):
@@ -140,6 +141,22 @@ class Data:
     vocab: Vocab
     train_captions: list[str]
     groups: np.ndarray  # [N_train] caption group of each train item (CMPC classes)
+    attr_classes: dict[str, int] = field(default_factory=dict)  # usable attribute column -> class count
+    attr_ids: np.ndarray | None = None  # [N_train, A] class id of each train item per column (-1: missing)
+
+
+def train_labels(data: Data, mcfg: ModelConfig) -> torch.Tensor:
+    """What the loss sees per train item: its caption group ``[N]``, or with attribute heads
+    ``[N, 1 + A]``: the group, then the class id of each attribute column the model has a head for."""
+    groups = torch.as_tensor(data.groups)
+    if mcfg.attr_weight and not mcfg.attr_classes:
+        print("[xmodal] attr_weight: the catalogue has no attribute column with 2-100 values filled for half the "
+              "train rows; no attribute heads", file=sys.stderr)
+    if not (mcfg.attr_weight and mcfg.attr_classes):
+        return groups
+    names = sorted(data.attr_classes)
+    cols = [names.index(name) for name in mcfg.attr_classes]  # the model's columns, in its order
+    return torch.cat([groups[:, None], torch.as_tensor(data.attr_ids[:, cols])], dim=1)
 
 
 def _split_source(cat: Catalogue, cfg: TrainConfig) -> str:
@@ -183,7 +200,8 @@ def open_data(plan: Plan) -> Data:
                              "or fix the csv's split column)")
     train_caps = [cat.captions[i] for i in splits["train"]]
     vocab = vocab or Vocab.build(train_caps)
-    return Data(cat, splits, source, vocab, train_caps, title_groups(train_caps))
+    attr_classes, attr_ids = attribute_classes(cat.attributes, splits["train"])
+    return Data(cat, splits, source, vocab, train_caps, title_groups(train_caps), attr_classes, attr_ids)
 
 
 # ----------------------------------------------------------------------------------------------------
