@@ -1,8 +1,10 @@
-"""``python -m xmodal.evaluate --run DIR [--data DIR] [--split test|val|all] [--json]``
+"""``python -m xmodal.evaluate --run DIR [--data DIR] [--split test|val|all] [--flip-tta] [--json]``
 
 Retrieval metrics of a run's best weights, both directions, under item-level and caption-level
 ground truth, with the protocol and gallery size named. ``--data`` evaluates on another catalogue
-(then ``--split all`` uses every item of it, and test/val re-split it with the run's split seed).
+(then ``--split all`` uses every item of it, and test/val re-split it with the run's split seed). ``--flip-tta``
+embeds each gallery image as the normalised mean of its and its horizontal mirror's embeddings; the result says so
+(``flip_tta`` and the protocol line).
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from .scoring import evaluate_split
 from ..retrieval.run import RUN_INPUT_ERRORS, RunError, load_model, run_catalogue_path, run_error_line
 
 DIRECTIONS = ("text_to_image", "image_to_text")
+FLIP_PROTOCOL = ("; flip test-time augmentation: each image embedded as the normalised mean of its own and its "
+                 "horizontal mirror's embeddings")
 
 
 SAME_IMAGES = 0.9  # share of the shared item ids whose image files must be byte-identical: the run's own
@@ -103,8 +107,8 @@ def split_index(cat, run_config: dict, split: str, run_dir: Path) -> tuple[np.nd
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "test", device: str = "cpu",
-                 hubness: str = "none", failures_k: int | None = None) -> dict:
-    """Metrics dict for one run (see module docstring)."""
+                 hubness: str = "none", failures_k: int | None = None, flip_tta: bool = False) -> dict:
+    """Metrics dict for one run (see module docstring); ``flip_tta`` averages each image with its mirror."""
     run_dir = Path(run_dir)
     model, vocab, config = load_model(run_dir, device)
     path = run_catalogue_path(config, data)
@@ -119,7 +123,8 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "tes
         train_caps = [c for c, x in zip(cat.captions, cat.item_ids) if x in train_ids]
         bank = np.array([i for i, x in enumerate(cat.item_ids) if x in train_ids], dtype=np.int64)
     res = evaluate_split(model, vocab, cat, index, torch.device(device), train_captions=train_caps,
-                         hubness=hubness, bank_index=bank if bank is not None and len(bank) else None)
+                         hubness=hubness, bank_index=bank if bank is not None and len(bank) else None,
+                         flip=flip_tta)
     notes = []
     if info.get("new_since_training") or info.get("gone_since_training"):
         changed = info.get("image_changed_since_training", 0)
@@ -137,8 +142,10 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "tes
                                    for d in DIRECTIONS}
     return {"run": run_dir.name, "model": config["model"], "catalogue": str(path),
             "trained_on_this_catalogue": same, "split": split, "items": info, "notes": notes, **res,
+            "flip_tta": flip_tta,  # every number above was made with (or without) the mirrored views: say which
             "protocol": f"{info['source']}; 1:1 gallery of {res['gallery_size']} items; item-level: only the "
-                        "item's own pair is correct; caption-level: identical captions all count as correct"}
+                        "item's own pair is correct; caption-level: identical captions all count as correct"
+                        + (FLIP_PROTOCOL if flip_tta else "")}
 
 
 def _cell(m: dict, ci: dict, key: str) -> str:
@@ -226,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also name the kinds of product whose queries rank their match past K (caption-level)")
     p.add_argument("--hubness", choices=["none", "csls"], default="none",
                    help="rank with CSLS hubness reduction, learnt from the train split's embeddings")
+    p.add_argument("--flip-tta", action="store_true",
+                   help="embed each image as the normalised mean of it and its horizontal mirror (off by default)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--ranks", action="store_true", help="with --json: also every query's rank (for paired tests)")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks (also XMODAL_DEBUG=1)")
@@ -236,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
         if a.failures is not None and a.failures < 1:
             raise ValueError(f"--failures must be at least 1; got {a.failures}")
-        res = evaluate_run(a.run, a.data, a.split, a.device, a.hubness, a.failures)
+        res = evaluate_run(a.run, a.data, a.split, a.device, a.hubness, a.failures, flip_tta=a.flip_tta)
     except RUN_INPUT_ERRORS as err:
         if debug:
             traceback.print_exc()

@@ -94,7 +94,8 @@ def with_offsets(img: np.ndarray, txt: np.ndarray, off_img: np.ndarray, off_txt:
 
 def evaluate_split(model: nn.Module, vocab: Vocab, cat: Catalogue, index: np.ndarray, device: torch.device,
                    features: torch.Tensor | None = None, train_captions: list[str] | None = None,
-                   intervals: bool = True, hubness: str = "none", bank_index: np.ndarray | None = None) -> dict:
+                   intervals: bool = True, hubness: str = "none", bank_index: np.ndarray | None = None,
+                   flip: bool = False) -> dict:
     """Retrieval metrics on items ``index`` of ``cat``, both directions, both ground truths (see
     :func:`score_embeddings`).
 
@@ -103,8 +104,9 @@ def evaluate_split(model: nn.Module, vocab: Vocab, cat: Catalogue, index: np.nda
             normalised title never occurs among them, against the same whole gallery.
         hubness: ``csls`` ranks with CSLS hubness reduction (``xmodal.retrieval.hubness``), its offsets learnt
             from the items ``bank_index`` (the train split; default the scored items themselves).
+        flip: embed each image averaged with its horizontal mirror (``embed_catalogue_images``).
     """
-    img = metrics._numpy(embed_catalogue_images(model, cat, index, device, features))
+    img = metrics._numpy(embed_catalogue_images(model, cat, index, device, features, flip=flip))
     captions = [cat.captions[int(i)] for i in index]
     txt = metrics._numpy(embed_texts(model, vocab, captions, device))
     unseen = None
@@ -118,7 +120,7 @@ def evaluate_split(model: nn.Module, vocab: Vocab, cat: Catalogue, index: np.nda
     if bank_index is None:
         bank_img, bank_txt = img, txt
     else:
-        bank_img = metrics._numpy(embed_catalogue_images(model, cat, bank_index, device, features))
+        bank_img = metrics._numpy(embed_catalogue_images(model, cat, bank_index, device, features, flip=flip))
         bank_txt = metrics._numpy(embed_texts(model, vocab, [cat.captions[int(i)] for i in bank_index], device))
     off_img_t, off_txt_t = csls_offsets(bank_txt, img), csls_offsets(bank_img, txt)  # per image / caption gallery
     off_img, off_txt = off_img_t.numpy(), off_txt_t.numpy()

@@ -48,8 +48,10 @@ def torch_arithmetic(device: torch.device) -> str:
 @torch.no_grad()
 def extract_features(model: nn.Module, paths: list[Path], transform, device: torch.device,
                      batch_size: int = 64, progress: bool = True, tail_blocks: int = 0,
-                     used: list[str] | None = None) -> np.ndarray:
+                     used: list[str] | None = None, flip: bool = False) -> np.ndarray:
     """Pooled backbone features ``[N, F]`` (float32) of the images at ``paths``.
+
+    With ``flip``: of the images' horizontal mirrors (flip test-time augmentation), mirrored after the resize.
 
     With ``tail_blocks`` > 0: the feature maps before the last ``tail_blocks`` stages ``[N, C, h, w]``
     (float16), for models that tune those stages on cached maps. ``used``, if given, receives the arithmetic
@@ -67,7 +69,8 @@ def extract_features(model: nn.Module, paths: list[Path], transform, device: tor
     split = isinstance(transform, ImageTransform)  # uint8 pixels are shipped; normalised here or in the graph
 
     def load(batch_paths: list[Path]) -> torch.Tensor:  # [B, 3, H, W]: uint8 (split) or the transform's output
-        return transform.load(batch_paths) if split else torch.stack([transform(open_rgb(p)) for p in batch_paths])
+        x = transform.load(batch_paths) if split else torch.stack([transform(open_rgb(p)) for p in batch_paths])
+        return x.flip(-1) if flip else x  # the resize is mirror-symmetric: mirroring after it mirrors the photo
     bar = functools.partial(tqdm, desc="image features", unit="batch", disable=not progress, leave=False)
     graph, lanes = None, 1
     if device.type == "cpu" and paths:
@@ -96,7 +99,7 @@ def extract_features(model: nn.Module, paths: list[Path], transform, device: tor
         batches = decoded_batches(paths, load, batch_size, loader_workers())
         return torch.cat([run(b) for b in bar(batches, total=-(-len(paths) // batch_size))]).numpy()
     if device.type == "cpu":
-        batches = decoded_batches(paths, load, batch_size, loader_workers())
+        batches = decoded_batches(paths, load, batch_size, loader_workers())  # mirrored by ``load``
     else:
         batches = DataLoader(ImageFiles(paths, transform, uint8=split), batch_size=batch_size,
                              num_workers=loader_workers(), pin_memory=True,
@@ -105,6 +108,8 @@ def extract_features(model: nn.Module, paths: list[Path], transform, device: tor
     for batch in bar(batches, total=-(-len(paths) // batch_size)):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             x = batch.to(device, non_blocking=True)
+            if flip and device.type != "cpu":  # the DataLoader's workers decode without ``load``: mirrored here
+                x = x.flip(-1)
             if split:
                 x = transform.normalise(x)
             if tail_blocks:

@@ -51,23 +51,29 @@ def extraction_arithmetic(model: nn.Module, device: torch.device, size: tuple[in
 
 
 def feature_cache_path(model: nn.Module, backbone: str, size: tuple[int, int], images: list[str],
-                       fingerprint: str, tail_blocks: int = 0, arithmetic: str | None = None) -> Path:
+                       fingerprint: str, tail_blocks: int = 0, arithmetic: str | None = None, flip: bool = False
+                       ) -> Path:
     """Where ``cached_features`` keeps the features of ``images`` by ``model`` (``$XMODAL_CACHE/features``).
 
     The key covers the cache format, the catalogue's content fingerprint (captions and image bytes), the
     image list, the backbone, ``weights_digest`` of the part of ``model`` that computes the features
     (``stem_module``: tuning the last stages leaves the key alone), the image size, the stage cut and the
-    ``arithmetic`` (default: ``extraction_arithmetic`` on the CPU).
+    ``arithmetic`` (default: ``extraction_arithmetic`` on the CPU). ``flip`` (the images' horizontal mirrors) adds
+    itself to the key only when set, so the unflipped entries keep the keys they had.
     """
     arithmetic = arithmetic or extraction_arithmetic(model, torch.device("cpu"), size, len(images), tail_blocks)
-    key = hashlib.sha256(json.dumps({
+    fields = {
         "version": FEATURE_CACHE_VERSION, "catalogue": fingerprint, "backbone": backbone,
         "weights": weights_digest(stem_module(model, tail_blocks)), "size": [int(v) for v in size],
         "tail_blocks": int(tail_blocks), "images": hashlib.sha256("\n".join(images).encode()).hexdigest(),
         "arithmetic": arithmetic,
-    }, sort_keys=True).encode()).hexdigest()[:20]
+    }
+    if flip:
+        fields["flip"] = "horizontal"
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
     cut = f"_cut{tail_blocks}" if tail_blocks else ""
-    return cache_dir() / "features" / f"{backbone}_{size[0]}x{size[1]}{cut}_{key}.npz"
+    mirror = "_flip" if flip else ""
+    return cache_dir() / "features" / f"{backbone}_{size[0]}x{size[1]}{cut}{mirror}_{key}.npz"
 
 
 def _read_features(path: Path, rows: int, tail_blocks: int) -> np.ndarray:
@@ -82,16 +88,17 @@ def _read_features(path: Path, rows: int, tail_blocks: int) -> np.ndarray:
 
 
 def cached_features(model: nn.Module, backbone: str, size: tuple[int, int], root: Path, images: list[str],
-                    fingerprint: str, device: torch.device, progress: bool = True, tail_blocks: int = 0
-                    ) -> np.ndarray:
+                    fingerprint: str, device: torch.device, progress: bool = True, tail_blocks: int = 0,
+                    flip: bool = False) -> np.ndarray:
     """Frozen-backbone features for ``root/images``, cached on disk (see ``feature_cache_path``).
 
     Reused across runs and models, never stale, and never taken from other weights or other arithmetic. A
     damaged file (truncated, garbled, wrong shape or dtype, non-finite values) is extracted again with a
-    warning; a cache that cannot be written (full disk) is only warned about.
+    warning; a cache that cannot be written (full disk) is only warned about. ``flip``: the features of the
+    images' horizontal mirrors, in an entry of their own.
     """
     planned = extraction_arithmetic(model, device, size, len(images), tail_blocks)
-    path = feature_cache_path(model, backbone, size, images, fingerprint, tail_blocks, planned)
+    path = feature_cache_path(model, backbone, size, images, fingerprint, tail_blocks, planned, flip)
     if path.is_file():
         try:
             return _read_features(path, len(images), tail_blocks)
@@ -99,10 +106,10 @@ def cached_features(model: nn.Module, backbone: str, size: tuple[int, int], root
             warn_rebuild(path, err)
     used: list[str] = []
     feats = extract_features(model, [root / r for r in images], image_transform(backbone, size), device,
-                             progress=progress, tail_blocks=tail_blocks, used=used)
+                             progress=progress, tail_blocks=tail_blocks, used=used, flip=flip)
     if used and used[0] != planned:  # e.g. the graph's export failed: filed under what ran
         log.info("%s features were computed by %s (expected %s)", backbone, used[0], planned)
-        path = feature_cache_path(model, backbone, size, images, fingerprint, tail_blocks, used[0])
+        path = feature_cache_path(model, backbone, size, images, fingerprint, tail_blocks, used[0], flip)
     if not all(np.isfinite(feats[s:s + 4096]).all() for s in range(0, len(feats), 4096)):
         log.warning("%s features of %s hold non-finite values; not caching them", backbone, root)
         return feats

@@ -1,7 +1,8 @@
 """From catalogue items to joint-space embeddings with a model and its vocabulary.
 
 Frozen-backbone models read the on-disk feature cache; fine-tuned ones run their backbone on pixels.
-Training, evaluation and search all embed through these functions.
+Training, evaluation and search all embed through these functions. ``embed_catalogue_images(flip=True)`` is flip
+test-time augmentation: each image's embedding averaged with its horizontal mirror's, then normalised again.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from ..data import Catalogue
@@ -29,6 +31,25 @@ def catalogue_features(model: nn.Module, cat: Catalogue, device: torch.device, p
     feats = cached_features(model.backbone, cfg.backbone, tuple(cfg.image_size), cat.root, cat.images,
                             cat.fingerprint, device, progress=progress, tail_blocks=cfg.tune_blocks)
     return torch.from_numpy(feats)
+
+
+def mirrored_features(model: nn.Module, cat: Catalogue, index: np.ndarray, device: torch.device,
+                      progress: bool = False) -> torch.Tensor:
+    """Frozen backbone features ``[n, F]`` of the horizontal mirrors of items ``index`` of ``cat``.
+
+    Cached apart from the unflipped features (``cached_features(flip=True)``), for these items only: flip
+    averaging is an evaluation option, and a split's mirrors cost a tenth of the catalogue's.
+    """
+    cfg = model.cfg
+    images = [cat.images[int(i)] for i in index]
+    feats = cached_features(model.backbone, cfg.backbone, tuple(cfg.image_size), cat.root, images, cat.fingerprint,
+                            device, progress=progress, tail_blocks=cfg.tune_blocks, flip=True)
+    return torch.from_numpy(feats)
+
+
+def flip_average(plain: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+    """``normalize(mean(normalize(plain), normalize(mirrored)))`` row by row: ``[n, D]`` twice -> ``[n, D]``."""
+    return F.normalize(F.normalize(plain, dim=-1) + F.normalize(mirrored, dim=-1), dim=-1)
 
 
 @torch.no_grad()
@@ -74,12 +95,17 @@ def embed_pil(model: nn.Module, images: list, device: torch.device) -> torch.Ten
 @torch.no_grad()
 def embed_catalogue_images(model: nn.Module, cat: Catalogue, index: np.ndarray, device: torch.device,
                            features: torch.Tensor | None = None, batch: int = 128,
-                           progress: bool = False) -> torch.Tensor:
-    """Image embeddings ``[n, D]`` of items ``index`` of ``cat``."""
+                           progress: bool = False, flip: bool = False) -> torch.Tensor:
+    """Image embeddings ``[n, D]`` of items ``index`` of ``cat``; with ``flip``, each averaged with its horizontal
+    mirror's embedding and normalised again (``flip_average``)."""
     if model.image_input == "features":
         if features is None:
             features = catalogue_features(model, cat, device, progress=progress)
-        return embed_features(model, features[torch.as_tensor(index, dtype=torch.long)], device)
+        plain = embed_features(model, features[torch.as_tensor(index, dtype=torch.long)], device)
+        if not flip:
+            return plain
+        return flip_average(plain, embed_features(model, mirrored_features(model, cat, index, device, progress),
+                                                  device))
     model.eval()
     tf = image_transform(model.cfg.backbone, tuple(model.cfg.image_size))
     loader = DataLoader(ImageFiles([cat.image_path(int(i)) for i in index], tf), batch_size=batch,
@@ -87,5 +113,7 @@ def embed_catalogue_images(model: nn.Module, cat: Catalogue, index: np.ndarray, 
     out = []
     for pixels in loader:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append(model.encode_image(pixels.to(device, non_blocking=True)).float().cpu())
-    return torch.nn.functional.normalize(torch.cat(out), dim=-1)
+            x = pixels.to(device, non_blocking=True)  # [B, 3, H, W]
+            y = model.encode_image(x).float().cpu()
+            out.append(flip_average(y, model.encode_image(x.flip(-1)).float().cpu()) if flip else y)
+    return F.normalize(torch.cat(out), dim=-1)
