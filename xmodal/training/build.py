@@ -10,7 +10,7 @@ import torch
 from ..image.backbones import BACKBONES, hub_reachable, hub_weights_cached
 from ..image.distill import DistillConfig, distilled_backbone, needs_distillation
 from ..models import create_model, model_config, rebuild_model
-from ..text.vocabulary import word_vectors
+from ..text.vocabulary import fasttext_vectors, word_vectors
 from .args import ArgError, TrainConfig
 from .plan import Data, Plan, RunFolderError
 
@@ -121,9 +121,13 @@ def build_model(plan: Plan, data: Data, ctx, status=None) -> torch.nn.Module:
     if choice == "hub" and "timm hub" not in (model.cfg.weights_source or ""):
         raise ArgError(f"--set weights_source=hub: no ImageNet weights for {backbone} came from timm's hub (the "
                        "download failed); try again, or use --set weights_source=distilled")
+    vectors = None
+    if cfg.word_vectors == "fasttext":  # every rank encodes captions: each reads unseen words through the table
+        vectors, subwords = fasttext_vectors(data.vocab, data.train_captions, cfg.word_dim, cfg.seed)
+        data.vocab.attach_subwords(subwords)  # saved with vocab.json (Vocab.save)
     if ctx.is_main:  # the same vectors on every rank come from the broadcast of the weights by DDP
-        model.set_word_vectors(word_vectors(cfg.word_vectors, data.vocab, data.train_captions, cfg.word_dim,
-                                            cfg.seed))
+        model.set_word_vectors(vectors if vectors is not None else
+                               word_vectors(cfg.word_vectors, data.vocab, data.train_captions, cfg.word_dim, cfg.seed))
     return model
 
 

@@ -50,7 +50,7 @@ class TrainJob:
     finetune: bool = False  # train the backbone end to end
     device: str = "auto"  # auto, cpu or cuda
     run_id: str | None = None  # folder name; None: a fresh unique one
-    word_vectors: str | None = None  # word2vec or glove; None: the trainer's default
+    word_vectors: str | None = None  # word2vec, glove or fasttext; None: the trainer's default
 
     def command(self, out: Path) -> list[str]:
         """The argv that trains this job into ``out/<run_id>``."""
