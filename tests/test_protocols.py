@@ -69,3 +69,28 @@ def test_report_shows_the_title_deduplicated_column(trained_run, capsys):
     assert "title-deduplicated t2i R@1 / R@10 (products)" in out and "(test.json from before" not in out
     assert report_cli([str(trained_run), "--gt", "dedup"]) == 0
     assert "one product per distinct title" in capsys.readouterr().out
+
+
+def test_val_report_pairs_runs_under_dedup_and_completes_old_records(trained_run, tmp_path, capsys):
+    """``report --split val --gt dedup``: per-product ranks from the chosen checkpoint's record, or, for a record
+    from before the protocol, scored now from the checkpoint: the same numbers either way."""
+    import shutil
+    from safetensors.torch import load_file
+    from xmodal.evaluation.report import main as report_cli
+    from xmodal.runs import read_best, save_best
+    new, old = tmp_path / "new", tmp_path / "old"
+    shutil.copytree(trained_run, new)
+    shutil.copytree(trained_run, old)
+    info = read_best(old)
+    kept = len(info["val"]["ranks"]["dedup"]["text_to_image"])
+    assert kept == info["val"]["dedup_gallery_size"]
+    for key in ("dedup", "dedup_gallery_size"):
+        del info["val"][key]
+    del info["val"]["ranks"]["dedup"], info["val"]["ci95"]["dedup"]
+    save_best(old, load_file(old / "best.safetensors"), info)
+    assert report_cli(["--split", "val", "--gt", "dedup", str(new), str(old)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line.split("|")[10].strip() for line in out.splitlines()
+            if line.startswith("| new") or line.startswith("| old")}
+    assert rows["new"] == rows["old"]  # rsum with its interval: recorded in training == scored now
+    assert f"new vs old (the same {kept} val queries): rsum +0.0" in out

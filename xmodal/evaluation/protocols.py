@@ -85,11 +85,13 @@ def _bootstrap_rates(rate: dict[tuple[str, int], np.ndarray]) -> dict[str, list[
 
 def protocol_numbers(image_embeds: Any, text_embeds: Any, captions: Sequence[str], intervals: bool = True) -> dict:
     """Both protocols for one split: ``dedup`` (metrics), ``dedup_gallery_size``, ``fixed_gallery`` (or None),
-    and with ``intervals`` the dedup's ``ci95`` (what ``score_embeddings`` adds to ``test.json``)."""
+    ``dedup_ranks`` (``{direction: [kept] ranks}``) and with ``intervals`` the dedup's ``ci95`` (what
+    ``score_embeddings`` adds to ``test.json``)."""
     ranks, keep = dedup_ranks(image_embeds, text_embeds, captions)
     out = {"dedup": metrics.summarise(ranks), "dedup_gallery_size": int(len(keep)),
            "fixed_gallery": fixed_gallery(image_embeds, text_embeds, captions, intervals=intervals),
            "protocols": {"dedup": DEDUP_NAME, "fixed_gallery": FIXED_NAME}}
     if intervals:
         out["dedup_ci95"] = metrics.bootstrap_intervals(ranks)
+    out["dedup_ranks"] = ranks  # per kept product, for paired tests between runs on the same split
     return out

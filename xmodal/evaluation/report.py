@@ -80,7 +80,9 @@ def val_table(run_dirs: list[Path], gt: str = "caption") -> str:
             continue
         status = read_json(d / "status.json") or {}
         try:
-            m, ci = best["val"][gt], (best["val"].get("ci95") or {}).get(gt)
+            val = _scores(d, "val", gt)
+            m, ci = val[gt], (val.get("ci95") or {}).get(gt)
+            size = val["dedup_gallery_size"] if gt == "dedup" else val["gallery_size"]
             cells = [cell(m, ci, f"{d_}/R@{k}") for d_ in metrics.DIRECTIONS for k in metrics.KS]
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
             lines.append(f"| {d.name} | {config.get('model', '?')} | damaged checkpoint record ({err}) |" + " |" * 10)
@@ -88,7 +90,7 @@ def val_table(run_dirs: list[Path], gt: str = "caption") -> str:
         test = read_json(d / "test.json") or {}
         minutes = test.get("train_seconds", 0) / 60
         lines.append(f"| {d.name} | {config.get('model', '?')} | {backbone_description(config)} | " + " | ".join(cells)
-                     + f" | {cell(m, ci, 'rsum')} | {best['val']['gallery_size']} | {best['epoch']}/"
+                     + f" | {cell(m, ci, 'rsum')} | {size} | {best['epoch']}/"
                      f"{status.get('epochs', '?')} | {minutes:.1f} min |")
     return "\n".join(lines)
 
@@ -137,7 +139,7 @@ def table(run_dirs: list[Path], gt: str = "caption") -> str:
 def _test_ranks(d: Path, gt: str, split: str = "test") -> tuple[dict | None, tuple]:
     """A run's per-query ranks under ``gt`` on ``split`` (test.json, or the chosen checkpoint's validation
     record) and what they were measured on (catalogue, the split's item ids)."""
-    test, config, splits = _scores(d, split), read_json(d / "config.json"), read_json(d / "splits.json")
+    test, config, splits = _scores(d, split, gt), read_json(d / "config.json"), read_json(d / "splits.json")
     if not all(isinstance(x, dict) for x in (test, config, splits)) or not isinstance(test.get("ranks"), dict):
         return None, ()
     ranks = test["ranks"].get(gt)
@@ -161,7 +163,7 @@ def paired_rows(run_dirs: list[Path], gt: str = "caption",
         else:
             for key in metrics_:
                 p = metrics.paired_difference(ra, rb, key)
-                rows.append({"a": da.name, "b": db.name, "compared": f"yes: the same {len(wa[1])} {split} queries",
+                rows.append({"a": da.name, "b": db.name, "compared": f"yes: the same {len(next(iter(ra.values())))} {split} queries",
                              "metric": key, "difference": p["difference"], "lo": p["lo"], "hi": p["hi"],
                              "verdict": "different" if p["different"] else "inside the noise"})
     return rows
@@ -191,11 +193,26 @@ def recipe_key(config: dict) -> str:
     return repr((config.get("model"), (config.get("data") or {}).get("fingerprint"), sorted(train.items(), key=str)))
 
 
-def _scores(d: Path, split: str) -> dict | None:
-    """test.json, or the chosen checkpoint's validation record, of a run (None when absent)."""
+_MEASURED: dict[Path, dict] = {}  # validation records completed in this process (one model load per run)
+
+
+def _scores(d: Path, split: str, gt: str = "caption") -> dict | None:
+    """test.json, or the chosen checkpoint's validation record, of a run (None when absent).
+
+    On validation under ``dedup``, a record from before that protocol (no dedup ranks) is completed by
+    scoring the chosen checkpoint on the run's recorded validation split now (``evaluate_run``)."""
     if split == "val":
         best = read_best(d)
-        return best.get("val") if isinstance(best, dict) else None
+        val = best.get("val") if isinstance(best, dict) else None
+        if gt != "dedup" or not isinstance(val, dict) or "dedup" in (val.get("ranks") or {}):
+            return val
+        if d not in _MEASURED:
+            from .evaluate import evaluate_run  # lazy: loads the model, only for records that lack the protocol
+            res = evaluate_run(d, split="val")
+            _MEASURED[d] = {**val, "dedup": res["dedup"], "dedup_gallery_size": res["dedup_gallery_size"],
+                            "ci95": {**(val.get("ci95") or {}), "dedup": res["ci95"]["dedup"]},
+                            "ranks": {**(val.get("ranks") or {}), "dedup": res["ranks"]["dedup"]}}
+        return _MEASURED[d]
     test = read_json(d / "test.json")
     return test if isinstance(test, dict) else None
 
@@ -204,7 +221,7 @@ def seed_table(run_dirs: list[Path], gt: str = "caption", split: str = "test") -
     """Runs of one recipe that differ only by seed: mean, standard deviation and range of the metrics."""
     groups: dict[str, list[tuple[Path, dict, dict]]] = {}
     for d in run_dirs:
-        config, test = read_json(d / "config.json"), _scores(d, split)
+        config, test = read_json(d / "config.json"), _scores(d, split, gt)
         if isinstance(config, dict) and isinstance(test, dict) and isinstance(test.get(gt), dict):
             groups.setdefault(recipe_key(config), []).append((d, config, test))
     lines = []
@@ -237,13 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xmodal.report", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--gt", choices=["caption", "item", "dedup"], default="caption",
-                   help="dedup: the title-deduplicated protocol (test split only)")
+                   help="dedup: the title-deduplicated protocol (on val, records from before it are scored now)")
     p.add_argument("--split", choices=["test", "val"], default="test",
                    help="val: the chosen checkpoint's validation metrics (to compare recipes without touching test)")
     p.add_argument("--provenance", action="store_true", help="also print what software and hardware made each run")
     a = p.parse_args(argv)
-    if a.split == "val" and a.gt == "dedup":
-        p.error("--gt dedup reads test.json; on validation run python -m xmodal.evaluate --split val")
     if a.split == "val":
         print(val_table(a.runs, a.gt))
         spread = differences(a.runs, a.gt, "val") + seed_table(a.runs, a.gt, "val")

@@ -46,7 +46,8 @@ def score_embeddings(img: np.ndarray | torch.Tensor, txt: np.ndarray | torch.Ten
 
     Returns:
         ``item``, ``caption`` (flat metric dicts), ``similarity``, ``gallery_size``, ``item_ceiling``,
-        ``ranks`` (``{ground truth: {direction: [N] ranks}}``, in the order of ``captions``),
+        ``ranks`` (``{ground truth: {direction: [N] ranks}}``, in the order of ``captions``; ``dedup``: one
+        per kept product),
         ``nonfinite_embeddings``, ``dedup`` (the title-deduplicated gallery's metrics) with
         ``dedup_gallery_size``, ``fixed_gallery`` (recall at a fixed gallery size, or None), ``protocols``
         (their names: ``xmodal.evaluation.protocols``); with ``unseen``: ``unseen_queries``, ``unseen_title``
@@ -76,6 +77,7 @@ def score_embeddings(img: np.ndarray | torch.Tensor, txt: np.ndarray | torch.Ten
         out["ci95"]["dedup"] = proto["dedup_ci95"]
         out["ci_method"] = metrics.INTERVAL_METHOD
     out["ranks"] = {gt: {d: r.tolist() for d, r in ranks[gt].items()} for gt in ("item", "caption")}
+    out["ranks"]["dedup"] = {d: r.tolist() for d, r in proto["dedup_ranks"].items()}  # one per kept product
     return out
 
 
