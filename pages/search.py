@@ -203,6 +203,9 @@ with tab_text:
         if unknown:
             st.caption("Not in the model's vocabulary, so they did not steer the search: "
                        + ", ".join(f"'{md(w)}'" for w in unknown))
+        mapped = {w: v for label in answered for w, v in loaded[label].vocab.mapped_words(query).items()}
+        if mapped:  # fastText runs read a new word as its closest known spelling: say so
+            st.caption("Read as a known word: " + ", ".join(f"'{md(w)}' as '{md(v)}'" for w, v in mapped.items()))
         if answered:
             show(answered, grid=True, tab="text", text=query)
 

@@ -1,6 +1,7 @@
 """fastText subwords: a word the vocabulary lacks gets gensim's own subword vector and is read as its closest known
 word when close enough; word2vec vocabularies read exactly as before; the table goes to and from the run folder."""
 import json
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -100,3 +101,32 @@ def test_default_threshold_is_kept_with_the_table(trained, tmp_path):
     table = replace(vocab.subwords, threshold=THRESHOLD)
     table.save(tmp_path / "t.safetensors")
     assert Subwords.load(tmp_path / "t.safetensors", vocab.itos).threshold == THRESHOLD
+
+
+def test_search_page_says_which_known_word_a_new_word_was_read_as(trained_run, tiny_catalogue, tmp_path,
+                                                                   monkeypatch):
+    """A run with subwords: the Search page names each mapping ('tshirts' as 'tshirt'), as escaped text."""
+    import shutil
+    from streamlit.testing.v1 import AppTest
+    from xmodal.data import open_catalogue
+    from xmodal.dashboard.escape import md
+    run = tmp_path / "ckpt" / "tiny-ft"
+    shutil.copytree(trained_run, run)
+    vocab = Vocab.load(run / "vocab.json")
+    train = set(json.loads((run / "splits.json").read_text())["train"])
+    cat = open_catalogue(tiny_catalogue)
+    captions = [c for c, x in zip(cat.captions, cat.item_ids) if x in train]
+    _, table = fasttext_vectors(vocab, captions, dim=16, seed=0, epochs=5)
+    vocab.attach_subwords(replace(table, threshold=0.5))
+    vocab.save(run / "vocab.json")
+    query = "red stripedd shirts"
+    mapped = Vocab.load(run / "vocab.json").mapped_words(query)
+    assert mapped, "the tiny table should read at least one of the variants as a known word"
+    monkeypatch.setenv("XMODAL_CHECKPOINTS", str(run.parent))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "dashboard.py"), default_timeout=120)
+    at.session_state["cat_source"], at.session_state["cat_folder"] = "folder", str(tiny_catalogue)
+    at.run().switch_page("pages/search.py").run()
+    at.text_input(key="search_query").input(query).run()
+    assert not at.exception, [e.value for e in at.exception]
+    want = "Read as a known word: " + ", ".join(f"'{md(w)}' as '{md(v)}'" for w, v in mapped.items())
+    assert want in [c.value for c in at.caption]

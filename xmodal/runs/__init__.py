@@ -1,7 +1,8 @@
 """Run folders: ``checkpoints/<run-id>/`` and the files in it, each written atomically.
 
 - ``config.json``: the resolved config (model, data fingerprint, split seed, pretrained status, ...)
-- ``vocab.json``, ``splits.json``: the vocabulary and the item ids of each split
+- ``vocab.json``, ``splits.json``: the vocabulary and the item ids of each split; ``vocab.subwords.safetensors``
+  beside it for ``--word-vectors fasttext`` runs (the n-gram table that reads a new word as a known one)
 - ``metrics.jsonl``: one JSON object per line, ``{"kind": "step", ...}`` or ``{"kind": "epoch", ...}``
 - ``status.json``: running / finished / failed / stopped, with progress; readable while the run goes on
 - ``best.safetensors``: the weights with the best validation rsum; ``last.pt``: the resume state
