@@ -94,3 +94,11 @@ def test_val_report_pairs_runs_under_dedup_and_completes_old_records(trained_run
             if line.startswith("| new") or line.startswith("| old")}
     assert rows["new"] == rows["old"]  # rsum with its interval: recorded in training == scored now
     assert f"new vs old (the same {kept} val queries): rsum +0.0" in out
+
+
+def test_seed_lines_name_what_each_recipes_flags_set():
+    from xmodal.evaluation.report import recipe_label
+    assert recipe_label({"model": "m", "train": {"word_vectors": "word2vec", "model_args": {}, "epochs": None}}) == "m"
+    label = recipe_label({"model": "m", "train": {"word_vectors": "fasttext", "model_args": {"hard_weight": 1.0},
+                                                  "epochs": 10, "tune_blocks": 0}})
+    assert label == "m (word_vectors=fasttext, hard_weight=1.0, epochs=10)"

@@ -196,6 +196,17 @@ def recipe_key(config: dict) -> str:
 _MEASURED: dict[Path, dict] = {}  # validation records completed in this process (one model load per run)
 
 
+def recipe_label(config: dict) -> str:
+    """The model and what its flags set (``--set`` fields, word vectors other than word2vec, epochs, tuning), so
+    two recipes of one model read apart: ``infonce-efficientnet (word_vectors=fasttext, hard_weight=1.0, epochs=30)``."""
+    train = config.get("train") or {}
+    changed = {"word_vectors": train.get("word_vectors")} if train.get("word_vectors", "word2vec") != "word2vec" else {}
+    changed.update({k: v for k, v in (train.get("model_args") or {}).items()})
+    changed.update({k: train[k] for k in ("epochs", "tune_blocks", "finetune") if train.get(k)})
+    inside = ", ".join(f"{k}={v}" for k, v in changed.items())
+    return f"{config.get('model')} ({inside})" if inside else str(config.get("model"))
+
+
 def _scores(d: Path, split: str, gt: str = "caption") -> dict | None:
     """test.json, or the chosen checkpoint's validation record, of a run (None when absent).
 
@@ -234,7 +245,7 @@ def seed_table(run_dirs: list[Path], gt: str = "caption", split: str = "test") -
             s = metrics.seed_spread([t[gt].get(key) for _, _, t in members])
             parts.append(f"{key} {s['mean']:.1f} ± {s['std']:.1f} ({s['min']:.1f}-{s['max']:.1f})")
         runs = f"{len(members)} runs, seeds {seeds}" if len(seeds) < len(members) else f"{len(members)} seeds {seeds}"
-        lines.append(f"- {members[0][1].get('model')} over {runs}: " + "; ".join(parts))
+        lines.append(f"- {recipe_label(members[0][1])} over {runs}: " + "; ".join(parts))
     if lines:
         lines[:0] = ["", f"Over seeds (same recipe, {gt}-level {split} metrics: mean ± sample sd (min-max)):"]
     return lines
