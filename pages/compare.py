@@ -11,6 +11,7 @@ from xmodal.dashboard import (analysis, catalogues, failures_view, hubs_view, pi
                                ui)
 from xmodal.dashboard.maps import embeds
 from xmodal.dashboard.escape import md
+from xmodal.evaluation.protocols import FIXED_GALLERY, FIXED_REPS
 
 METRICS = ["R@1", "R@5", "R@10", "median_rank"]
 DIRECTION_NAMES = {"text_to_image": "text → image", "image_to_text": "image → text"}
@@ -45,13 +46,17 @@ st.dataframe(shown, hide_index=True, key="cmp_table",
              column_order=[c for c in shown.columns if c not in ("model", "interval")],
              column_config={
                  "rsum": st.column_config.NumberColumn(format="%.1f", width=62),
+                 "dedup gallery": st.column_config.NumberColumn(width=62),
                  "gallery": st.column_config.NumberColumn(width=62),
                  "run": st.column_config.TextColumn(pinned=True, width="medium")})
 sources = analysis.interval_sources(table) or "none recorded"
 st.caption(f"Test split of {md(catalogues.describe(group))} ({gt}-level ground truth), weights chosen on validation "
            f"rsum. Recall in %, with its 95% interval in brackets and as the bars' error bars ({md(sources)}); "
            "median rank is 1-based (1 = the true match is usually first). The backbone column says where each run's "
-           "image weights came from. Each run keeps its colour on every chart.")
+           "image weights came from. Each run keeps its colour on every chart. The proxies for products nobody has "
+           "seen: dedup keeps one product per distinct title (its gallery size beside it), and "
+           f"{analysis.FIXED_COLUMN} is rsum in galleries of {FIXED_GALLERY} of those products ({FIXED_REPS} "
+           "seeded galleries), which compares across catalogues and splits of any size.")
 st.plotly_chart(plots.metric_bars(table), key="cmp_bars")
 if len(chosen) >= 2:
     st.subheader("Is the difference real?")

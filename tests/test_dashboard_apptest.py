@@ -164,6 +164,9 @@ def test_compare_page(with_run, tiny_catalogue, trained_run):
     lo, hi = test["ci95"]["caption"]["text_to_image/R@1"]
     assert table["t2i R@1"].iloc[0] == f"{test['caption']['text_to_image/R@1']:.1f} [{lo:.1f}-{hi:.1f}]"
     assert float(table["i2t median rank"].iloc[0].split()[0]) == test["caption"]["image_to_text/median_rank"]
+    lo, hi = test["ci95"]["dedup"]["rsum"]  # the proxy for new products sits beside the split's own figures
+    assert table["dedup rsum"].iloc[0] == f"{test['dedup']['rsum']:.1f} [{lo:.1f}-{hi:.1f}]"
+    assert table["dedup gallery"].iloc[0] == test["dedup_gallery_size"]
     assert at.selectbox(key="cmp_attr").options  # the demo catalogue has slices
     at.radio(key="cmp_gt").set_value("item").run()
     _ok(at)

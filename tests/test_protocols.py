@@ -67,6 +67,8 @@ def test_report_shows_the_title_deduplicated_column(trained_run, capsys):
     assert report_cli([str(trained_run)]) == 0
     out = capsys.readouterr().out
     assert "title-deduplicated t2i R@1 / R@10 (products)" in out and "(test.json from before" not in out
+    assert "| rsum in galleries of 500 deduplicated products |" in out
+    assert "- (fewer distinct titles)" in out  # the tiny run's 6 test products cannot fill a gallery of 500
     assert report_cli([str(trained_run), "--gt", "dedup"]) == 0
     assert "one product per distinct title" in capsys.readouterr().out
 
@@ -102,3 +104,17 @@ def test_seed_lines_name_what_each_recipes_flags_set():
     label = recipe_label({"model": "m", "train": {"word_vectors": "fasttext", "model_args": {"hard_weight": 1.0},
                                                   "epochs": 10, "tune_blocks": 0}})
     assert label == "m (word_vectors=fasttext, hard_weight=1.0, epochs=10)"
+
+
+def test_compare_table_carries_both_proxies_with_their_intervals():
+    from xmodal.dashboard.analysis import FIXED_COLUMN, protocol_columns, with_intervals
+    import pandas as pd
+    test = {"dedup": {"text_to_image/R@1": 45.0, "text_to_image/R@10": 88.4, "rsum": 427.4}, "dedup_gallery_size": 796,
+            "ci95": {"dedup": {"text_to_image/R@1": [41.2, 48.2], "text_to_image/R@10": [86.0, 90.6],
+                               "rsum": [414.4, 441.1]}},
+            "fixed_gallery": {"size": 500, "metrics": {"rsum": 461.8}, "ci95": {"rsum": [450.0, 472.5]}}}
+    row = with_intervals(pd.DataFrame([protocol_columns(test)])).iloc[0]
+    assert FIXED_COLUMN == "gallery-500 rsum" and row[FIXED_COLUMN] == "461.8 [450.0-472.5]"
+    assert row["dedup t2i R@1"] == "45.0 [41.2-48.2]" and row["dedup gallery"] == 796
+    old = with_intervals(pd.DataFrame([protocol_columns({"caption": {}})])).iloc[0]  # from before the protocols
+    assert old["dedup rsum"] == "" and old[FIXED_COLUMN] == ""

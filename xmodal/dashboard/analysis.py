@@ -16,6 +16,7 @@ from ..evaluation import metrics
 from .. import runs as _runs
 from ..data.images import thumbnail_jpeg
 from ..evaluation.metrics import DIRECTIONS, KS
+from ..evaluation.protocols import FIXED_GALLERY
 from ..evaluation.report import backbone_description, paired_rows
 from ..runs import RunInfo
 from .jobs.tasks import format_eta
@@ -186,9 +187,29 @@ def test_metrics_table(runs: Sequence[RunInfo], ground_truth: str = "caption") -
                 row[col] = scores.get(f"{d}/{key}")
                 row[f"{col} lo"], row[f"{col} hi"] = ci.get(f"{d}/{key}") or (None, None)
         row["rsum"] = scores.get("rsum")
+        row.update(protocol_columns(test))
         row["interval"] = "; ".join(INTERVAL_SOURCES[s] for s in sources)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+FIXED_COLUMN = f"gallery-{FIXED_GALLERY} rsum"
+
+
+def protocol_columns(test: dict) -> dict:
+    """The proxies for new products beside the split's own figures (``xmodal.evaluation.protocols``): the
+    title-deduplicated gallery's t2i R@1 / R@10 and rsum, its size, and rsum in galleries of 500 of its products,
+    each with its recorded interval (``... lo`` / ``... hi``); None where test.json predates them."""
+    dedup, ci = test.get("dedup") or {}, (test.get("ci95") or {}).get("dedup") or {}
+    fixed = test.get("fixed_gallery") or {}  # None: fewer distinct titles than a fixed gallery holds
+    cells = {"dedup t2i R@1": (dedup, ci, "text_to_image/R@1"), "dedup t2i R@10": (dedup, ci, "text_to_image/R@10"),
+             "dedup rsum": (dedup, ci, "rsum"),
+             FIXED_COLUMN: (fixed.get("metrics") or {}, fixed.get("ci95") or {}, "rsum")}
+    out: dict = {"dedup gallery": test.get("dedup_gallery_size")}
+    for col, (values, intervals, key) in cells.items():
+        out[col] = values.get(key)
+        out[f"{col} lo"], out[f"{col} hi"] = intervals.get(key) or (None, None)
+    return out
 
 
 def interval_sources(table: pd.DataFrame) -> str:

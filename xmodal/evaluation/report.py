@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
+from .protocols import FIXED_GALLERY
 from ..runs import json_problem, read_best, read_json
 from ..training.provenance import describe
 
@@ -99,7 +100,8 @@ def table(run_dirs: list[Path], gt: str = "caption") -> str:
     """The markdown table for ``run_dirs`` (runs without test.json are listed as unfinished)."""
     head = ("| run | model | backbone | t2i R@1 | t2i R@5 | t2i R@10 | t2i medR | i2t R@1 | i2t R@5 | i2t R@10 "
             f"| i2t medR | unseen-title t2i R@1 / R@10 ({gt}-level; queries) | title-deduplicated t2i R@1 / R@10 "
-            "(products) | test items | catalogue | split | chosen on | train time |")
+            f"(products) | rsum in galleries of {FIXED_GALLERY} deduplicated products | test items | catalogue | split "
+            "| chosen on | train time |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for d in run_dirs:
         config, why = _readable(d)
@@ -108,13 +110,13 @@ def table(run_dirs: list[Path], gt: str = "caption") -> str:
         if not why and (problem or test is not None and not isinstance(test, dict)):
             why = problem or "test.json is damaged (not an object)"
         if why or not isinstance(test, dict) or not isinstance(test.get(gt), dict):
-            lines.append(f"| {d.name} | {name} | {why or 'unfinished (no test.json yet)'} |" + " |" * 15)
+            lines.append(f"| {d.name} | {name} | {why or 'unfinished (no test.json yet)'} |" + " |" * 16)
             continue
         m, ci = test[gt], (test.get("ci95") or {}).get(gt)
         try:
             cells = [cell(m, ci if isinstance(ci, dict) else None, f"{d_}/{k}") for d_, k in COLUMNS]
         except (KeyError, TypeError, ValueError, IndexError) as err:  # a damaged or foreign test.json
-            lines.append(f"| {d.name} | {name} | damaged test.json ({type(err).__name__}: {err}) |" + " |" * 15)
+            lines.append(f"| {d.name} | {name} | damaged test.json ({type(err).__name__}: {err}) |" + " |" * 16)
             continue
         u = test.get(UNSEEN.get(gt, ""))
         unseen = (f"{u['text_to_image/R@1']:.1f} / {u['text_to_image/R@10']:.1f} ({test['unseen_queries']})"
@@ -123,11 +125,14 @@ def table(run_dirs: list[Path], gt: str = "caption") -> str:
         dedup = (f"{cell(dd, (test.get('ci95') or {}).get('dedup'), 'text_to_image/R@1')} / "
                  f"{dd['text_to_image/R@10']:.1f} ({test.get('dedup_gallery_size', '?')})"
                  if isinstance(dd, dict) else "- (test.json from before the protocol)")
+        fixed = test.get("fixed_gallery")
+        fixed = cell(fixed["metrics"], fixed.get("ci95"), "rsum") if isinstance(fixed, dict) else \
+            "- (fewer distinct titles)" if "fixed_gallery" in test else "- (test.json from before the protocol)"
         split = test.get("split_source") or (config.get("split") or {}).get("source", "?")
         epoch = test.get("chosen_on", "").split("(")[-1].split(",")[0]
         catalogue = Path(str((config.get("data") or {}).get("name") or "?")).name
         lines.append(f"| {d.name} | {name} | {backbone_description(config)} | " + " | ".join(cells) + f" | {unseen} | "
-                     f"{dedup} | {test['gallery_size']} | {catalogue} | {split} | val rsum, {epoch} | "
+                     f"{dedup} | {fixed} | {test['gallery_size']} | {catalogue} | {split} | val rsum, {epoch} | "
                      f"{test.get('train_seconds', 0) / 60:.1f} min |")
     truth = {"caption": "identical titles all count as correct", "item": "only the item's own pair is correct",
              "dedup": "one product per distinct title, the proxy for new products"}[gt]
