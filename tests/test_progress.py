@@ -179,3 +179,31 @@ def test_a_queue_step_reports_its_own_count_and_time_left(tmp_path):
     assert fraction == pytest.approx(0.25)
     later, _ = tasks.describe(rec, now=rec["updated"] + 10 * 3600)
     assert later.endswith(", 0s left"), later  # an estimate passed: zero, never negative
+
+
+
+def _sidebar_script():
+    from xmodal.dashboard import sidebar
+    sidebar.render()
+
+
+def test_a_new_session_polls_fast_only_while_something_runs(tmp_path, monkeypatch):
+    """The sidebar's progress fragment polls every BUSY_POLL_S while a run goes on, else every IDLE_POLL_S; a new
+    session used to start at the busy rate until its next full rerun (twenty idle visitors: ten fragment runs a
+    second on the server)."""
+    import streamlit as st
+    from xmodal.dashboard import sidebar
+    polls = []
+    monkeypatch.setattr(st, "fragment", lambda fn, run_every=None: polls.append(run_every) or fn)
+    root = tmp_path / "ckpt"
+    root.mkdir()
+    monkeypatch.setenv("XMODAL_CHECKPOINTS", str(root))
+    assert not sidebar.anything_running()
+    at = AppTest.from_function(_sidebar_script, default_timeout=TIMEOUT).run()
+    assert not at.exception and polls == [sidebar.IDLE_POLL_S]
+    run = root / "busy-run"
+    run.mkdir()
+    (run / "status.json").write_text(json.dumps({"state": "running", "phase": "training", "updated": time.time()}))
+    assert sidebar.anything_running()
+    AppTest.from_function(_sidebar_script, default_timeout=TIMEOUT).run()
+    assert polls == [sidebar.IDLE_POLL_S, sidebar.BUSY_POLL_S]

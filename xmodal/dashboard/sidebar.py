@@ -179,6 +179,11 @@ def _run_line(name: str, run_dir: Path, status: dict) -> tuple[str, float | None
     return text, p.fraction
 
 
+def anything_running() -> bool:
+    """Whether a queue or a run is going on now (what ``progress_panel`` returns, without drawing it)."""
+    return bool(jobs.active_queues()) or any(s.get("state") == "running" for _, s in jobs.recent_runs())
+
+
 def progress_panel(key: str = "sb") -> bool:
     """Queues and runs that are going on (or ended in the last half hour), with stop buttons. Each phase of a
     run shows its own progress and time left (``jobs.phase_progress``), or says it reads a cache.
@@ -213,7 +218,7 @@ def progress_panel(key: str = "sb") -> bool:
             st.info(f"**{md(name)}** stopped. {md(status.get('message', ''))}", icon=":material/stop_circle:")
         elif state_ == "finished":
             st.caption(f":material/check_circle: **{md(name)}** finished")
-    busy = bool(queues) or any(s.get("state") == "running" for _, s in runs)
+    busy = bool(queues) or any(s.get("state") == "running" for _, s in runs)  # as anything_running()
     if not runs and not queues:
         st.caption("No runs in progress.")
     return busy
@@ -246,6 +251,8 @@ def render() -> str:
         with st.expander("Train a model", expanded=False, icon=":material/model_training:"):
             _training_form(spec)
         st.subheader("Runs in progress", divider="gray")
-        poll = BUSY_POLL_S if st.session_state.get("_busy", True) else IDLE_POLL_S
+        if "_busy" not in st.session_state:  # a new session: poll fast only when something runs now
+            st.session_state["_busy"] = anything_running()
+        poll = BUSY_POLL_S if st.session_state["_busy"] else IDLE_POLL_S
         st.fragment(_live_progress, run_every=poll)()
     return spec
