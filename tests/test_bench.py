@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import runpy
 import sys
 from pathlib import Path
@@ -30,6 +31,18 @@ def test_header_names_the_cpu_and_the_blas_libraries():
     line = header(True, 2, 0.5, 12.4)
     assert "\n" not in line and line.startswith(f"xmodal bench --quick: {cpu_model()}, ")
     assert f"BLAS {torch_blas()} (torch) / {numpy_blas()} (numpy)" in line and "12 s in all" in line
+    assert "2 threads, GOMP_SPINCOUNT 20000)" in line  # xmodal's short OpenMP spin (xmodal/__init__.py)
+
+
+def test_importing_xmodal_shortens_openmps_spin_unless_the_user_set_it():
+    import subprocess
+    code = "import os, xmodal; print(os.environ['GOMP_SPINCOUNT'])"  # set before anything loads PyTorch
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "20000"
+    env["GOMP_SPINCOUNT"] = "5"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "5"
     assert cpu_model("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nmodel name\t: other\n") == "AMD EPYC 7B13"
     assert cpu_model("processor\t: 0\n")  # no model name (not x86): platform's answer, never empty
     assert torch_blas("  - Build settings: BLAS_INFO=mkl, BUILD_TYPE=Release, LAPACK_INFO=mkl") == "mkl"

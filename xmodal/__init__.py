@@ -6,9 +6,17 @@ dashboard's Home page) do not import PyTorch.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
-from . import _moved
+# PyTorch's OpenMP threads spin after each parallel section before they sleep (libgomp's default spin count). A
+# search's NumPy/OpenBLAS product that follows a PyTorch op (the text encoding) then shares a core with a spinning
+# thread: 100k x 512 exact search 16.4 ms instead of 9.1 (docs/performance.md). A short spin keeps PyTorch's own
+# steps as fast. Read by libgomp when PyTorch loads, so it takes effect when xmodal is imported first; a value the
+# user set wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "20000")
+
+from . import _moved  # noqa: E402
 
 if TYPE_CHECKING:
     from .models import ModelConfig, create_model, list_models, register_model

@@ -114,7 +114,8 @@ def header(quick: bool, threads: int, load_start: float, seconds: float) -> str:
     from ..image.runtime import ENV, onnxruntime_version, requested_runtime  # lazy: timm, for the bench only
     import faiss  # lazy: faiss, for its version
     return (f"xmodal bench{' --quick' if quick else ''}: {cpu_model()}, {os.cpu_count()} CPU cores, "
-            f"BLAS {torch_blas()} (torch) / {numpy_blas()} (numpy), torch {torch.__version__} ({threads} threads), "
+            f"BLAS {torch_blas()} (torch) / {numpy_blas()} (numpy), torch {torch.__version__} ({threads} threads, "
+            f"GOMP_SPINCOUNT {os.environ.get('GOMP_SPINCOUNT', 'unset')}), "
             f"onnxruntime {onnxruntime_version() or 'not installed'} ({ENV}={requested_runtime()}), "
             f"faiss {faiss.__version__}, load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at "
             f"the end, {seconds:.0f} s in all")
