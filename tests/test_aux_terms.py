@@ -22,6 +22,7 @@ def test_attribute_classes_keep_usable_columns_only():
     assert attribute_classes(many, np.arange(150))[0] == {"gender": 2}
 
 
+@pytest.mark.slow
 def test_hinge_warms_up_and_attribute_heads_train(tiny_catalogue, tmp_path):
     from xmodal.training.cli import main
     assert main(["--model", "infonce-efficientnet", "--data", str(tiny_catalogue), "--epochs", "2", "--batch-size",

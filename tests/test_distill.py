@@ -44,6 +44,7 @@ def test_distillation_learns_and_is_cached(tiny_catalogue, monkeypatch):
     assert all(torch.equal(again[k], state[k]) for k in state)
 
 
+@pytest.mark.slow
 def test_cmpm_mobilenet_run_records_its_distilled_start(tiny_catalogue, tmp_path, capsys):
     from xmodal.evaluation.report import table
     from xmodal.training.cli import main

@@ -162,6 +162,7 @@ def test_lanes_give_every_image_its_own_features_in_order(graphs, photos, monkey
     assert gaps.min() > 100 * ABS_TOLERANCE  # different photos differ: a row out of order would have failed above
 
 
+@pytest.mark.slow
 @needs_ort
 def test_backbone_features_for_single_queries(graphs, photos):
     model, _ = exported(graphs, "efficientnet")
@@ -343,6 +344,7 @@ def test_light_backbones_need_bigger_jobs_to_export():
     assert 2 * runtime.EXPORT_MIN_PIXELS < runtime.export_min_pixels(mobilenet) <= 2000 * 224 * 168
 
 
+@pytest.mark.slow
 @needs_ort
 def test_cached_graph_is_reused_and_keyed(graphs, monkeypatch):
     model, _ = exported(graphs, "mobilenet")
@@ -377,6 +379,7 @@ def other_weights(graph: bytes) -> bytes:
     return proto.SerializeToString()
 
 
+@pytest.mark.slow
 @needs_ort
 @pytest.mark.parametrize("how", DAMAGE)
 def test_damaged_graph_is_rebuilt(graphs, monkeypatch, tmp_path, caplog, how):
