@@ -179,9 +179,13 @@ def _run_line(name: str, run_dir: Path, status: dict) -> tuple[str, float | None
     return text, p.fraction
 
 
+def _busy(queues: list, runs: list[tuple[Path, dict]]) -> bool:
+    return bool(queues) or any(s.get("state") == "running" for _, s in runs)
+
+
 def anything_running() -> bool:
     """Whether a queue or a run is going on now (what ``progress_panel`` returns, without drawing it)."""
-    return bool(jobs.active_queues()) or any(s.get("state") == "running" for _, s in jobs.recent_runs())
+    return _busy(jobs.active_queues(), jobs.recent_runs())
 
 
 def progress_panel(key: str = "sb") -> bool:
@@ -218,7 +222,7 @@ def progress_panel(key: str = "sb") -> bool:
             st.info(f"**{md(name)}** stopped. {md(status.get('message', ''))}", icon=":material/stop_circle:")
         elif state_ == "finished":
             st.caption(f":material/check_circle: **{md(name)}** finished")
-    busy = bool(queues) or any(s.get("state") == "running" for _, s in runs)  # as anything_running()
+    busy = _busy(queues, runs)
     if not runs and not queues:
         st.caption("No runs in progress.")
     return busy

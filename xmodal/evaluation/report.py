@@ -166,9 +166,10 @@ def paired_rows(run_dirs: list[Path], gt: str = "caption",
         elif wa != wb:
             rows.append({"a": da.name, "b": db.name, "compared": f"no: different catalogue or {split} split"})
         else:
+            n = len(next(iter(ra.values())))  # queries compared (dedup: the kept products, not the split's items)
             for key in metrics_:
                 p = metrics.paired_difference(ra, rb, key)
-                rows.append({"a": da.name, "b": db.name, "compared": f"yes: the same {len(next(iter(ra.values())))} {split} queries",
+                rows.append({"a": da.name, "b": db.name, "compared": f"yes: the same {n} {split} queries",
                              "metric": key, "difference": p["difference"], "lo": p["lo"], "hi": p["hi"],
                              "verdict": "different" if p["different"] else "inside the noise"})
     return rows
@@ -198,18 +199,18 @@ def recipe_key(config: dict) -> str:
     return repr((config.get("model"), (config.get("data") or {}).get("fingerprint"), sorted(train.items(), key=str)))
 
 
-_MEASURED: dict[Path, dict] = {}  # validation records completed in this process (one model load per run)
-
-
 def recipe_label(config: dict) -> str:
     """The model and what its flags set (``--set`` fields, word vectors other than word2vec, epochs, tuning), so
     two recipes of one model read apart: ``infonce-efficientnet (word_vectors=fasttext, hard_weight=1.0, epochs=30)``."""
     train = config.get("train") or {}
     changed = {"word_vectors": train.get("word_vectors")} if train.get("word_vectors", "word2vec") != "word2vec" else {}
-    changed.update({k: v for k, v in (train.get("model_args") or {}).items()})
+    changed.update(train.get("model_args") or {})
     changed.update({k: train[k] for k in ("epochs", "tune_blocks", "finetune") if train.get(k)})
     inside = ", ".join(f"{k}={v}" for k, v in changed.items())
     return f"{config.get('model')} ({inside})" if inside else str(config.get("model"))
+
+
+_MEASURED: dict[Path, dict] = {}  # validation records completed in this process (one model load per run)
 
 
 def _scores(d: Path, split: str, gt: str = "caption") -> dict | None:

@@ -28,6 +28,11 @@ class ResidualMLP(nn.Module):
         return self.linear(x) + self.branch(x)  # [B, D]
 
 
+def caption_groups(labels: torch.Tensor) -> torch.Tensor:
+    """The caption groups ``[B]`` of ``labels``: themselves, or column 0 of ``[B, 1 + A]`` (attribute classes after)."""
+    return labels[:, 0] if labels.ndim == 2 else labels
+
+
 class DualEncoder(CrossModalModel):
     """Image features -> linear; words -> BiLSTM (max-pooled) -> linear. ``[B, D]`` each."""
 
@@ -66,9 +71,8 @@ class DualEncoder(CrossModalModel):
         """The optional terms beside the main loss: the hardest-negative hinge (after its warm-up) and the
         attribute heads. ``labels`` ``[B]`` caption groups, or ``[B, 1 + A]`` with attribute classes."""
         cfg, terms = self.cfg, {}
-        groups = labels[:, 0] if labels.ndim == 2 else labels
         if cfg.hard_weight > 0 and self.progress >= cfg.hard_warmup:
-            hinge = max_violation_loss(out["image_proj"], out["text_proj"], groups, cfg.hard_margin)
+            hinge = max_violation_loss(out["image_proj"], out["text_proj"], caption_groups(labels), cfg.hard_margin)
             terms.update({k: cfg.hard_weight * v for k, v in hinge.items()})
         if self.attr_heads is not None and labels.ndim == 2:
             targets = labels[:, 1:]
@@ -86,7 +90,7 @@ class CMPM(DualEncoder):
 
     def loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
         terms = self.extra_terms(out, labels)
-        labels = labels[:, 0] if labels.ndim == 2 else labels
+        labels = caption_groups(labels)
         terms.update(cmpm_loss(out["image_proj"], out["text_proj"], labels))
         if self.class_weight is not None:
             known = labels >= 0  # val/test captions unseen in train carry no class
@@ -102,8 +106,7 @@ class InfoNCE(DualEncoder):
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
 
     def loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        groups = labels[:, 0] if labels.ndim == 2 else labels
-        return {**infonce_loss(out["image_proj"], out["text_proj"], groups, self.logit_scale),
+        return {**infonce_loss(out["image_proj"], out["text_proj"], caption_groups(labels), self.logit_scale),
                 **self.extra_terms(out, labels)}
 
 

@@ -67,7 +67,7 @@ def model_overrides(cfg: TrainConfig, data: Data) -> dict:
                   tune_blocks=cfg.tune_blocks)
     out = {**_set_fields(cfg), **{k: v for k, v in values.items() if v is not None}}
     if out.get("attr_weight"):  # auxiliary attribute heads: their class counts come from the train split
-        out["attr_classes"] = dict(data.attr_classes)
+        out["attr_classes"] = dict(data.attributes[0])
     if cfg.finetune:
         out["finetune"] = True
     return out

@@ -4,6 +4,7 @@ folder or catalogue stops here, before anything is written.
 """
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import sys
@@ -141,8 +142,12 @@ class Data:
     vocab: Vocab
     train_captions: list[str]
     groups: np.ndarray  # [N_train] caption group of each train item (CMPC classes)
-    attr_classes: dict[str, int] = field(default_factory=dict)  # usable attribute column -> class count
-    attr_ids: np.ndarray | None = None  # [N_train, A] class id of each train item per column (-1: missing)
+
+    @functools.cached_property
+    def attributes(self) -> tuple[dict[str, int], np.ndarray]:
+        """(usable attribute column -> class count, ``[N_train, A]`` class ids, -1: missing), made on first use:
+        only runs with attribute heads (``--set attr_weight``) read them."""
+        return attribute_classes(self.cat.attributes, self.splits["train"])
 
 
 def train_labels(data: Data, mcfg: ModelConfig) -> torch.Tensor:
@@ -154,9 +159,10 @@ def train_labels(data: Data, mcfg: ModelConfig) -> torch.Tensor:
               "train rows; no attribute heads", file=sys.stderr)
     if not (mcfg.attr_weight and mcfg.attr_classes):
         return groups
-    names = sorted(data.attr_classes)
+    classes, ids = data.attributes
+    names = sorted(classes)
     cols = [names.index(name) for name in mcfg.attr_classes]  # the model's columns, in its order
-    return torch.cat([groups[:, None], torch.as_tensor(data.attr_ids[:, cols])], dim=1)
+    return torch.cat([groups[:, None], torch.as_tensor(ids[:, cols])], dim=1)
 
 
 def _split_source(cat: Catalogue, cfg: TrainConfig) -> str:
@@ -200,8 +206,7 @@ def open_data(plan: Plan) -> Data:
                              "or fix the csv's split column)")
     train_caps = [cat.captions[i] for i in splits["train"]]
     vocab = vocab or Vocab.build(train_caps)
-    attr_classes, attr_ids = attribute_classes(cat.attributes, splits["train"])
-    return Data(cat, splits, source, vocab, train_caps, title_groups(train_caps), attr_classes, attr_ids)
+    return Data(cat, splits, source, vocab, train_caps, title_groups(train_caps))
 
 
 # ----------------------------------------------------------------------------------------------------
