@@ -12,7 +12,7 @@ import streamlit as st
 # None of these imports PyTorch (a test keeps it so): Home and the sidebar draw at once on a fresh server.
 # PyTorch then loads in the background (state.warm_pytorch); a page that needs a model before it is done
 # waits under a spinner.
-from xmodal.dashboard import analysis, catalogues, checks, manage, pickers, runmeta, sidebar, state, ui
+from xmodal.dashboard import analysis, catalogues, checks, manage, pickers, runmeta, sidebar, sockets, state, ui
 from xmodal.dashboard.jobs import training as jobs
 from xmodal.dashboard.escape import md
 from xmodal.data import make_splits
@@ -20,6 +20,7 @@ from xmodal.runs import list_runs
 
 # An emoji favicon is drawn by the browser from a data: URL; a :material/...: one is fetched from Google's servers.
 st.set_page_config(page_title="xmodal", page_icon="👗", layout="wide")
+sockets.send_at_once()  # once per server: no 40 ms stall inside every rerun (xmodal.dashboard.sockets)
 SAMPLES = 12
 
 

@@ -174,8 +174,10 @@ def show(results: dict[str, queries.QueryResult], grid: bool, tab: str, text: st
                                         stacked=len(results) > 1)
 
 
-tab_text, tab_image, tab_compose = ui.url_tabs(TABS, "search_tab")
-with tab_text:
+@st.fragment
+def text_tab() -> None:
+    """Text -> products. A fragment: typing a query reruns this tab alone, not the sidebar and the page's run
+    listing, so a search costs the server a third of a full page run (issue 20's twenty tabs at once)."""
     source = source_picker("search_text_src", "Query", TEXT_SOURCES)
     item_id = None
     if source == "Type a query":
@@ -208,6 +210,11 @@ with tab_text:
             st.caption("Read as a known word: " + ", ".join(f"'{md(w)}' as '{md(v)}'" for w, v in mapped.items()))
         if answered:
             show(answered, grid=True, tab="text", text=query)
+
+
+tab_text, tab_image, tab_compose = ui.url_tabs(TABS, "search_tab")
+with tab_text:
+    text_tab()
 
 with tab_image:
     source = source_picker("search_image_src", "Query", IMAGE_SOURCES)

@@ -38,9 +38,15 @@ def _shown(value: str) -> str:
     return re.sub(r"\\(.)", r"\1", value).replace("\u2060", "")
 
 
+def _hit_captions(at: AppTest) -> list[str]:
+    """The caption under each photo of the page's image rows (the Search page's result grid)."""
+    return [img.caption for e in at.get("image") for img in e.proto.imgs]
+
+
 def _markdown_values(at: AppTest) -> list[str]:
-    """The body of every element Streamlit renders as Markdown."""
-    return [e.value for kind in ("markdown", "caption", "error", "warning", "info", "success") for e in at.get(kind)]
+    """The body of every element Streamlit renders as Markdown, photo captions included."""
+    return [e.value for kind in ("markdown", "caption", "error", "warning", "info", "success") for e in at.get(kind)
+            ] + _hit_captions(at)
 
 
 def _no_markup(at: AppTest) -> None:
@@ -190,8 +196,8 @@ def test_search_page_text_and_catalogue_image(with_run, tiny_catalogue):
     _ok(at)
     at.text_input(key="search_query").input("red striped shirt").run()
     _ok(at)
-    results = [m.value for m in at.markdown if m.value.startswith("**#")]
-    assert len(results) == 8 and sum(c.value.startswith("score ") for c in at.caption) == 8
+    results = [c for c in _hit_captions(at) if c.startswith("**#")]
+    assert len(results) == 8 and all(re.search(r"\nscore -?\d\.\d{3}$", c) for c in results), results
     at.radio(key="search_image_src").set_value("A catalogue product (test split)").run()
     _ok(at)
     assert any(m.label == "True match landed at rank" for m in at.metric)
@@ -392,8 +398,10 @@ def test_widgets_escape_catalogue_and_run_text(tmp_path, tiny_catalogue):
         _no_markup(at)
         shown = [_shown(v) for v in _markdown_values(at)]
         assert sum(bad in v for v in shown) >= 5, shown  # card, grid, product caption, failure (name and error)
-        assert any("photo missing" in c.value for c in at.caption)  # a URL is never handed to st.image
-        assert len(at.get("image")) == 3
+        grid = [c for c in _hit_captions(at) if c.startswith("**#")]
+        # A URL is never handed to st.image: a grey stand-in takes its place, with the reason under it.
+        assert "(photo missing)" not in grid[0] and "(photo missing)" in grid[1]
+        assert len(at.get("image")) == 3  # the card's photo, the grid's row of two, the product grid's
 
 
 def test_a_running_run_shows_who_holds_its_lock(empty, tiny_catalogue, monkeypatch):
@@ -823,7 +831,7 @@ def test_every_view_on_a_small_real_catalogue(real_and_demo, monkeypatch):
     _ok(at)
     at.text_input(key="search_query").input("blue shirt for men").run()
     _ok(at)
-    assert sum(c.value.startswith("score ") for c in at.caption) == 8
+    assert sum(c.startswith("**#") and "\nscore " in c for c in _hit_captions(at)) == 8
     assert any(_shown(c.value).startswith("Searched the whole catalogue: 150 products of myntra150;")
                for c in at.caption)  # then how it was ranked
     at.radio(key="search_gallery").set_value("test").run()  # the gallery Compare ranks against

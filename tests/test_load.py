@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from xmodal.bench.load import load_skip_reason, measure, percentiles, serve, served_copy
-from xmodal.dashboard import queries, state
+from xmodal.bench.load import QUERY_LABEL, Session, load_skip_reason, measure, percentiles, serve, served_copy
+from xmodal.dashboard import queries, sockets, state
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "dashboard.py"
 
@@ -86,6 +87,14 @@ def test_twenty_sessions_search_a_fresh_server_at_once(trained_run, tiny_catalog
     with serve(DASHBOARD, ckpt, str(tiny_catalogue), tmp_path / "streamlit.log", env=default_threads) as (url, pid):
         res = asyncio.run(asyncio.wait_for(measure(url, pid, sessions=20, single=10, rounds=1, soak=60,
                                                    timeout=120), 900))
+
+        async def one_tab() -> tuple[str, int]:
+            async with Session(url, 120) as tab:
+                await tab.open()
+                await tab.search("red striped shirt")
+                return tab.fragments.get(QUERY_LABEL, ""), tab.hits
+        fragment, hits = asyncio.run(one_tab())
+    assert fragment and hits == 8  # a typed query reruns the text tab's fragment alone, and it draws 8 results
     assert not res.failures, res.failures
     assert len(res.cold) == 20 and len(res.single) == 10 and len(res.together) == 20 and len(res.soak) == 60
     assert res.extra_home is not None  # the server answered a newcomer while twenty searched
@@ -93,3 +102,54 @@ def test_twenty_sessions_search_a_fresh_server_at_once(trained_run, tiny_catalog
     assert together[1] < 30, f"20 at once: p95 {together[1]:.1f} s (one alone: p50 {alone[0]:.2f} s)"
     before, after = res.rss_mb
     assert after - before < 100, f"the server grew from {before:.0f} to {after:.0f} MB over 60 searches"
+
+
+def _accepted_nodelay(listener: socket.socket) -> tuple[int, int]:
+    """TCP_NODELAY of the server side of one connection to ``listener``, as asyncio's server makes it, and of a
+    second one accepted after ``sockets.send_at_once``."""
+    async def main() -> tuple[int, int]:
+        seen: list[int] = []
+
+        class Note(asyncio.Protocol):
+            def connection_made(self, transport):
+                seen.append(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        server = await asyncio.get_running_loop().create_server(Note, sock=listener)
+        port = listener.getsockname()[1]
+        for step in range(2):
+            if step:
+                sockets.send_at_once()
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(100):
+                if len(seen) > step:
+                    break
+                await asyncio.sleep(0.01)
+            writer.close()
+        server.close()
+        return seen[0], seen[1]
+    return asyncio.run(main())
+
+
+def test_the_server_sends_each_message_at_once(monkeypatch):
+    """Streamlit binds its listening socket with protocol 0, so asyncio leaves Nagle's algorithm on the connections
+    it accepts (a 40 ms stall inside every rerun); the dashboard turns it off, for connections open already and
+    for those accepted later."""
+    import asyncio.base_events as events
+    # asyncio's own hook (an AppTest of dashboard.py in this process may have wrapped it), put back after the test
+    monkeypatch.setattr(events, "_set_nodelay", getattr(events._set_nodelay, "__wrapped__", events._set_nodelay))
+    monkeypatch.setattr(sockets, "_done", [])
+    listener = socket.socket(family=socket.AF_INET)  # as streamlit.web.server.starlette binds it
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    with listener:
+        before, after = _accepted_nodelay(listener)
+    assert before == 0 and after != 0
+    assert getattr(events._set_nodelay, "xmodal_nodelay", False)
+    sockets.send_at_once()  # once per process: the hook is not wrapped twice
+    assert getattr(events._set_nodelay, "xmodal_nodelay", False) and sockets._done == [True]
+    with socket.socket(family=socket.AF_INET) as open_one:  # a socket open before the first run (Linux)
+        open_one.bind(("127.0.0.1", 0))
+        open_one.listen(1)
+        if sockets.open_sockets():
+            assert open_one.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0

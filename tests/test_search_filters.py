@@ -2,7 +2,7 @@
 keeps nothing says so (the widgets are bound to the URL with Streamlit's bind="query-params")."""
 from __future__ import annotations
 
-from test_dashboard_apptest import _app, _ok, _shown, with_run  # noqa: F401,F811  (with_run: a fixture)
+from test_dashboard_apptest import _app, _hit_captions, _ok, _shown, with_run  # noqa: F401,F811  (with_run: a fixture)
 
 from xmodal.data import load_catalogue
 
@@ -19,7 +19,7 @@ def test_filters_narrow_the_results_and_say_what_they_keep(with_run, tiny_catalo
     box.select(value).run()
     at.text_input(key="search_query").input("red striped shirt").run()
     _ok(at)
-    shown = [m.value for m in at.markdown if m.value.startswith("**#")]
+    shown = [c for c in _hit_captions(at) if c.startswith("**#")]
     assert shown, "results"
     assert any(f"filtered by {column} = {value}" in _shown(c.value) for c in at.caption)
     assert any(f"products of {len(keep)}" in _shown(c.value) or f": {len(keep)} products" in _shown(c.value)

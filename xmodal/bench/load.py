@@ -38,18 +38,12 @@ import numpy as np
 
 from ..runs import read_json
 from .common import BenchConfig, Row, tiny_run
+from .tabs import HIT_PREFIX, HOME_PAGE, QUERY_LABEL, SEARCH_PAGE, LoadError, Session  # noqa: F401 - re-exported
 
 SECTION = "8 load"
-SEARCH_PAGE, HOME_PAGE = "search", ""  # url paths of pages/search.py and the Home page
-QUERY_LABEL = "Describe a product"  # the Search page's text box (pages/search.py)
-HIT_PREFIX = "score "  # the caption under each result (xmodal.dashboard.ui.hit_grid)
 QUERIES = ("red striped shirt", "blue jeans for men", "black kurta", "white sports shoes", "green printed dress",
            "navy blue t-shirt", "women handbag", "brown leather belt", "pink top", "grey track pants")
 SKIPPED_FILES = ("last.pt",)  # a run's resume checkpoint: not read by search, and the largest file
-
-
-class LoadError(RuntimeError):
-    """A session the server did not answer as a browser expects (an exception on the page, no text box)."""
 
 
 def load_skip_reason(entry: Path) -> str | None:
@@ -62,105 +56,6 @@ def load_skip_reason(entry: Path) -> str | None:
     except ImportError as err:
         return f"{err.name} not installed"
     return None
-
-
-class Session:
-    """One browser tab of the dashboard: a websocket on ``url`` and what the server last drew in it."""
-
-    def __init__(self, url: str, timeout: float, poll: bool = False):
-        self.url, self.timeout, self.poll = url, timeout, poll
-        self.widgets: dict[str, str] = {}  # label -> widget id, as the browser learns them from the page
-        self.hits = 0  # results drawn by the last full run
-        self.errors: list[str] = []  # exceptions the last full run showed
-        self._states: list = []  # the widget states this tab sends with every rerun
-        self._page = SEARCH_PAGE
-        self._done = asyncio.Event()
-        self._timers: dict[str, float] = {}  # fragment id -> seconds between its automatic reruns
-        self._tasks: list[asyncio.Task] = []
-
-    async def __aenter__(self) -> Session:
-        import websockets  # lazy: the sessions' client, optional for the bench
-        self.ws = await asyncio.wait_for(websockets.connect(
-            self.url.replace("http://", "ws://") + "/_stcore/stream", subprotocols=["streamlit"], max_size=None,
-            ping_interval=None, open_timeout=self.timeout), self.timeout)
-        self._tasks = [asyncio.create_task(self._read())] + ([asyncio.create_task(self._poll())] if self.poll else [])
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        for task in self._tasks:
-            task.cancel()
-        with contextlib.suppress(Exception):
-            await self.ws.close()
-
-    async def open(self, page: str = SEARCH_PAGE) -> float:
-        """Seconds until ``page`` has been drawn in full (a tab opened on its URL)."""
-        self._page, self._states = page, []
-        return await self._rerun()
-
-    async def search(self, query: str) -> float:
-        """Seconds from typing ``query`` into the Search page's text box until its results are drawn."""
-        from streamlit.proto.WidgetStates_pb2 import WidgetState  # lazy: Streamlit, optional for the bench
-        if QUERY_LABEL not in self.widgets:
-            raise LoadError(f"the page has no {QUERY_LABEL!r} text box (is it the Search page with a run?)")
-        self._states = [WidgetState(id=self.widgets[QUERY_LABEL], string_value=query)]
-        seconds = await self._rerun()
-        if self.errors or not self.hits:
-            raise LoadError(f"no results for {query!r}: {self.errors[0] if self.errors else 'none drawn'}")
-        return seconds
-
-    async def _rerun(self) -> float:
-        self._done.clear()
-        self.hits, self.errors = 0, []
-        t = time.perf_counter()
-        await self.ws.send(self._message())
-        await asyncio.wait_for(self._done.wait(), self.timeout)
-        return time.perf_counter() - t
-
-    def _message(self, fragment_id: str = "") -> bytes:
-        from streamlit.proto.BackMsg_pb2 import BackMsg  # lazy: Streamlit, optional for the bench
-        msg = BackMsg()
-        msg.rerun_script.page_name = self._page
-        msg.rerun_script.widget_states.widgets.extend(self._states)
-        if fragment_id:
-            msg.rerun_script.fragment_id, msg.rerun_script.is_auto_rerun = fragment_id, True
-        return msg.SerializeToString()
-
-    async def _read(self) -> None:
-        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg  # lazy: Streamlit, optional for the bench
-        async for raw in self.ws:
-            msg = ForwardMsg()
-            msg.ParseFromString(raw)
-            self._handle(msg)
-
-    def _handle(self, msg) -> None:
-        """Note what one ``ForwardMsg`` from the server says: widgets, results, errors, timers, a finished run."""
-        kind = msg.WhichOneof("type")
-        if kind == "delta" and msg.delta.WhichOneof("type") == "new_element" and not msg.delta.fragment_id:
-            element = msg.delta.new_element
-            what = element.WhichOneof("type")
-            if what == "text_input":
-                self.widgets[element.text_input.label] = element.text_input.id
-            elif what == "markdown" and element.markdown.body.startswith(HIT_PREFIX):
-                self.hits += 1
-            elif what == "exception":
-                self.errors.append(f"{element.exception.type}: {element.exception.message}"[:200])
-        elif kind == "auto_rerun":
-            self._timers[msg.auto_rerun.fragment_id] = msg.auto_rerun.interval
-        elif kind == "stop_auto_rerun":
-            self._timers.clear()
-        elif kind == "script_finished" and msg.script_finished == msg.FINISHED_SUCCESSFULLY:
-            self._done.set()
-
-    async def _poll(self) -> None:
-        """The reruns an open tab sends by itself: each fragment's ``run_every`` timer."""
-        due: dict[str, float] = {}
-        while True:
-            await asyncio.sleep(0.5)
-            now = time.perf_counter()
-            for fragment, interval in list(self._timers.items()):
-                if now >= due.setdefault(fragment, now + interval):
-                    due[fragment] = now + interval
-                    await self.ws.send(self._message(fragment))
 
 
 @dataclass
@@ -320,6 +215,32 @@ def run_data(run_dir: Path) -> str:
     return "demo" if data.get("name") == "demo" else str(data.get("path") or "demo")
 
 
+FLOOR_PAGE = """import streamlit as st
+
+from xmodal.dashboard import sockets, state
+
+sockets.send_at_once()  # as dashboard.py does
+query = st.text_input({label!r})
+if query:  # the dashboard's result grid without a model: one row of 8 distinct photos with their captions
+    st.image([state.blank_photo(112 + i) for i in range(8)], width=120,
+             caption=[f"**#{{i}}** {{query}}  \\n{prefix}0.{{i}}00" for i in range(1, 9)])
+"""
+
+
+def floor_app(work: Path, dashboard: Path) -> Path:
+    """A bare Streamlit app in ``work/floor`` whose Search page is a text box and, once a query is typed, one row
+    of 8 photos with captions, served with the dashboard's settings (its ``.streamlit`` folder): what any Streamlit
+    search page costs on this machine, the floor under the dashboard's figures. Returns its entry script."""
+    root = work / "floor"
+    (root / "pages").mkdir(parents=True, exist_ok=True)
+    (root / "home.py").write_text('import streamlit as st\n\nst.title("floor")\n')
+    (root / "pages" / "search.py").write_text(FLOOR_PAGE.format(label=QUERY_LABEL, prefix=HIT_PREFIX))
+    settings = Path(dashboard).parent / ".streamlit"
+    if settings.is_dir():
+        shutil.copytree(settings, root / ".streamlit", dirs_exist_ok=True)
+    return root / "home.py"
+
+
 def bench_load(cfg: BenchConfig, work: Path) -> list[Row]:
     """The load section's rows (see the module docstring); one ``skipped``/``failed`` row when it cannot run."""
     entry = Path(cfg.dashboard)
@@ -336,7 +257,23 @@ def bench_load(cfg: BenchConfig, work: Path) -> list[Row]:
     except Exception as err:  # a dashboard under construction must not sink the rest of the table
         msg = f"{type(err).__name__}: {err}".splitlines()[0][:100]
         return [Row(SECTION, "concurrent searches", f"failed ({msg})", "-", "-", "-", False)]
-    return load_rows(res, run_dir)
+    return load_rows(res, run_dir) + [floor_row(cfg, work, ckpt, run_data(run_dir))]
+
+
+def floor_row(cfg: BenchConfig, work: Path, ckpt: Path, data: str) -> Row:
+    """The same tabs, alone and all at once, on ``floor_app``'s bare page: the ratio no Streamlit page beats here."""
+    what = f"floor: a bare Streamlit page (text box, 8 photos), 1 tab alone / {cfg.load_sessions} at once"
+    try:
+        with serve(floor_app(work, Path(cfg.dashboard)), ckpt, data, work / "floor_streamlit.log") as (url, pid):
+            res = asyncio.run(measure(url, pid, cfg.load_sessions, cfg.load_single, cfg.load_rounds, 0,
+                                      cfg.load_timeout_s))
+    except Exception as err:  # the floor is a reference: its failure leaves the dashboard's rows standing
+        return Row(SECTION, what, f"failed ({type(err).__name__}: {err})".splitlines()[0][:120], "-", "-", "-", None)
+    alone, together = percentiles(res.single), percentiles(res.together)
+    ratio = together[1] / alone[0] if alone[0] > 0 else float("nan")
+    return Row(SECTION, what, f"p50 {1000 * alone[0]:.0f} ms / p95 {1000 * together[1]:.0f} ms"
+               + (f"; {res.failures[0]}" if res.failures else ""), "-",
+               f"{ratio:.1f}x" if np.isfinite(ratio) else "-", "-", None)
 
 
 def load_rows(res: LoadResult, run_dir: Path) -> list[Row]:
@@ -354,11 +291,12 @@ def load_rows(res: LoadResult, run_dir: Path) -> list[Row]:
             f"{len(res.cold)}/{n} answered" + (f", slowest {max(res.cold):.1f} s" if res.cold else "")
             + failed("fresh server"), "every tab answered", f"{len(res.cold)}/{n}", f"{n}/{n}", len(res.cold) == n),
         Row(SECTION, "search, 1 tab alone (type -> results drawn)",
-            f"p50 {alone[0]:.2f} s / p95 {alone[1]:.2f} s ({len(res.single)} searches){failed('one tab alone')}",
+            f"p50 {1000 * alone[0]:.0f} ms / p95 {1000 * alone[1]:.0f} ms ({len(res.single)} searches)"
+            f"{failed('one tab alone')}",
             "-", "-", "-", None),
         Row(SECTION, f"search, {n} tabs at the same moment",
-            f"p50 {together[0]:.2f} s / p95 {together[1]:.2f} s ({len(res.together)} searches)"
-            f"{failed(rounds)}", f"5x one tab alone (p50) = {5 * alone[0]:.2f} s",
+            f"p50 {1000 * together[0]:.0f} ms / p95 {1000 * together[1]:.0f} ms ({len(res.together)} searches)"
+            f"{failed(rounds)}", f"5x one tab alone (p50) = {5000 * alone[0]:.0f} ms",
             f"{ratio:.1f}x" if np.isfinite(ratio) else "-", "<= 5x",
             bool(ratio <= 5) and not failed(rounds)),
         Row(SECTION, f"one more tab opens Home while {n} search",

@@ -20,8 +20,10 @@ session. The queries themselves queue on one thread (``xmodal.dashboard.queries`
 from __future__ import annotations
 
 import csv
+import functools
 import gc
 import importlib
+import io
 import sys
 import threading
 from pathlib import Path
@@ -249,9 +251,18 @@ def thumbnail(path: str, height: int = 64) -> str | None:
         return None
 
 
-@st.cache_data(show_spinner=False, max_entries=4000)
-def _photo(path: str, width: int, stamp: int) -> bytes:
+@functools.lru_cache(maxsize=4000)  # not st.cache_data: it hashes the key and copies the bytes on every call,
+def _photo(path: str, width: int, stamp: int) -> bytes:  # a third of a search's photo cost under twenty tabs
     return thumbnail_jpeg(path, (width, 4 * width), quality=90)
+
+
+@functools.lru_cache(maxsize=8)
+def blank_photo(width: int) -> bytes:
+    """A light grey JPEG in a product photo's place (one that cannot be read), ``width`` px wide."""
+    from PIL import Image  # lazy: Pillow, loaded by the photos anyway
+    buf = io.BytesIO()
+    Image.new("RGB", (int(width), int(width) * 4 // 3), (235, 235, 235)).save(buf, "JPEG")
+    return buf.getvalue()
 
 
 def photo(path: str | Path, width: int) -> bytes:

@@ -155,13 +155,20 @@ def hit_card(hit: Hit, title: str | None = None, image_width: int = 90) -> None:
     right.caption(f"score {hit.score:.3f} · {md(hit.item_id)}")
 
 
-def hit_grid(hits: Sequence[Hit], columns: int = 5, image_width: int = 120) -> None:
-    """Results as a grid of photos with rank, caption and score underneath."""
-    for start in range(0, len(hits), columns):
-        for col, (i, hit) in zip(st.columns(columns), enumerate(hits[start:start + columns], start=start + 1)):
-            photo(hit.image, image_width, where=col)
-            col.markdown(f"**#{i}** {md(hit.caption)}")
-            col.caption(f"score {hit.score:.3f}")
+def hit_grid(hits: Sequence[Hit], image_width: int = 120) -> None:
+    """Results as photos in rows, each with its rank, caption and score underneath: one element for them all,
+    so a search sends the browser a few messages, not one per photo, caption and column (issue 20's twenty tabs)."""
+    images, captions = [], []
+    for i, hit in enumerate(hits, start=1):
+        try:
+            images.append(state.photo(hit.image, image_width))
+            note = ""
+        except ImageError as err:
+            images.append(state.blank_photo(image_width))
+            note = "(photo missing) " if err.reason in (MISSING, IS_FOLDER) else "(photo unreadable) "
+        captions.append(f"**#{i}** {note}{md(hit.caption)}  \nscore {hit.score:.3f}")
+    if images:
+        st.image(images, width=image_width, caption=captions)
 
 
 def product_grid(images: Sequence[str], captions: Sequence[str], columns: int = 6, image_width: int = 110) -> None:
