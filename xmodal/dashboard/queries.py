@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 import numpy as np
 from PIL import Image
 
-from ..data import normalise_caption
-from ..evaluation.metrics import rank_of_match
+from ..evaluation.metrics import rank_of_match, title_groups
 
 if TYPE_CHECKING:  # the run passed in has loaded PyTorch already; importing this module does not
     from ..retrieval.run import Hit, Run
@@ -37,6 +36,7 @@ _QUERIES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmodal-query") 
 HUBNESS = ("csls", "none")  # query-time hubness corrections offered (xmodal.retrieval.hubness)
 # Each loaded run's CSLS offsets per gallery kind; touched only on the query thread; gone with the run.
 _OFFSETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_GROUPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # each loaded run's title group per item
 
 
 def _on_one_torch_thread(fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
@@ -109,9 +109,12 @@ def _csls_offsets(run: Run, kind: str) -> np.ndarray:
 
 
 def _scores(run: Run, kind: str, vector, hubness: str, gallery: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine ``[N]``, the ranking's scores ``[N]``: CSLS-corrected when ``hubness`` asks, -inf off ``gallery``)."""
-    from ..retrieval.hubness import CSLS_WEIGHT  # lazy: this module imports without PyTorch
-    cosine = ((run.image_embeds if kind == "images" else run.text_embeds) @ vector).numpy()  # [N]
+    """(cosine ``[N]``, the ranking's scores ``[N]``: CSLS-corrected when ``hubness`` asks, -inf off ``gallery``);
+    the product with the kernel measured fastest on this machine (``Run.rows_kernel``)."""
+    from ..retrieval import kernels  # lazy, as below: this module imports without PyTorch
+    from ..retrieval.hubness import CSLS_WEIGHT
+    rows = run.image_embeds if kind == "images" else run.text_embeds
+    cosine = kernels.scores(rows, vector[None], run.rows_kernel(kind))[0].numpy()  # [N]
     ranking = cosine - CSLS_WEIGHT * _csls_offsets(run, kind) if hubness == "csls" else cosine
     return cosine, _restricted(ranking, gallery)
 
@@ -126,9 +129,11 @@ def _restricted(scores: np.ndarray, gallery: np.ndarray | None) -> np.ndarray:
 
 
 def _top(run: Run, ranking: np.ndarray, cosine: np.ndarray, gallery: np.ndarray, k: int) -> list[Hit]:
-    """The ``k`` best of ``gallery`` by ``ranking``, each hit scored with its cosine."""
-    order = gallery[np.argsort(-ranking[gallery], kind="stable")[:k]]
-    return [_hit(run, int(i), cosine[i]) for i in order]
+    """The ``k`` best of ``gallery`` by ``ranking`` (ties: the earlier in ``gallery``), each scored with its cosine."""
+    import torch  # lazy, as above
+    from ..retrieval import kernels
+    cols = kernels.topk(torch.from_numpy(np.ascontiguousarray(ranking[gallery]))[None], min(k, len(gallery)))[1][0]
+    return [_hit(run, int(i), cosine[i]) for i in gallery[cols.numpy()]]
 
 
 def _locate(run: Run, ranking: np.ndarray, cosine: np.ndarray, item_id: str | None, show: int
@@ -139,9 +144,9 @@ def _locate(run: Run, ranking: np.ndarray, cosine: np.ndarray, item_id: str | No
     pos = cat.item_ids.index(item_id)
     if not np.isfinite(ranking[pos]):  # not in the gallery searched
         return None, [], None
-    key = normalise_caption(cat.captions[pos])
-    same = [i for i, c in enumerate(cat.captions)
-            if i != pos and normalise_caption(c) == key and np.isfinite(ranking[i])]
+    if run not in _GROUPS:
+        _GROUPS[run] = title_groups(cat.captions)  # [N], once per run: the metrics' own title grouping
+    same = [int(i) for i in np.flatnonzero(_GROUPS[run] == _GROUPS[run][pos]) if i != pos and np.isfinite(ranking[i])]
     rank, above = rank_of_match(ranking, [pos, *same], show=show)
     return rank, [_hit(run, i, cosine[i]) for i in above], _hit(run, pos, cosine[pos])
 
@@ -157,15 +162,16 @@ def text_query(run: Run, query: str, k: int = 10, item_id: str | None = None, sh
 
 def _text_query(run: Run, query: str, k: int, item_id: str | None, show_above: int,
                 gallery: np.ndarray | None, hubness: str) -> QueryResult:
+    hits = run.read_query(query)  # the words it read (an unreadable query raises here, before any work)
     vector = run.embed_text(query)  # [D], once: the hits and the true match's rank both come from it
-    hits = run.search_text(query, k, vector=vector)  # plain search: the hits, and the words it read
+    if gallery is None and hubness == "none" and item_id is None:  # the gallery's own search (faiss above 50k)
+        hits.extend(run.search_text(query, k, vector=vector))
+        return QueryResult(hits)
     cosine, ranking = _scores(run, "images", vector, hubness, gallery)  # [N] each
-    if gallery is not None or hubness != "none":
-        from ..retrieval.run import SearchResult
-        part = SearchResult(_top(run, ranking, cosine, _positions(run, gallery), k), hits.query_words,
-                            hits.unknown_words)
-        part.words_not_read = getattr(hits, "words_not_read", 0)
-        hits = part
+    if gallery is None and hubness == "none":
+        hits.extend(run.search_text(query, k, vector=vector))
+    else:
+        hits.extend(_top(run, ranking, cosine, _positions(run, gallery), k))
     rank, above, true_hit = _locate(run, ranking, cosine, item_id, show_above)
     return QueryResult(hits, rank, above, true_hit)
 
@@ -182,6 +188,8 @@ def image_query(run: Run, image: Image.Image, k: int = 10, item_id: str | None =
 def _image_query(run: Run, image: Image.Image, k: int, item_id: str | None, show_above: int,
                  gallery: np.ndarray | None, hubness: str) -> QueryResult:
     vector = run.embed_image(image)  # [D], once: the backbone's forward is most of a query
+    if gallery is None and hubness == "none" and item_id is None:
+        return QueryResult(run.search_image(image, k, vector=vector))
     cosine, ranking = _scores(run, "texts", vector, hubness, gallery)  # [N] each
     hits = run.search_image(image, k, vector=vector) if gallery is None and hubness == "none" else \
         _top(run, ranking, cosine, _positions(run, gallery), k)

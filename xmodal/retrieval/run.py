@@ -76,9 +76,7 @@ class SearchResult(list):
 
     def __init__(self, hits: list[Hit] = (), query_words: list[str] = (), unknown_words: list[str] = ()):
         super().__init__(hits)
-        self.query_words = list(query_words)
-        self.unknown_words = list(unknown_words)
-        self.words_not_read = 0
+        self.query_words, self.unknown_words, self.words_not_read = list(query_words), list(unknown_words), 0
 
 
 class ComposedResult(list):
@@ -100,8 +98,7 @@ class ComposedResult(list):
         self.query_vector = query_vector
         self.origin = query_vector if origin is None else origin
         self.good, self.bad, self.exclude = list(good), list(bad), list(exclude)
-        self.unknown_words = list(unknown_words)
-        self.round = round
+        self.unknown_words, self.round = list(unknown_words), round
 
 
 def load_model(run_dir: str | os.PathLike, device: torch.device | str = "cpu", weights: str = "best.safetensors"):
@@ -127,8 +124,7 @@ def load_model(run_dir: str | os.PathLike, device: torch.device | str = "cpu", w
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     try:
-        state = load_file(run_dir / weights)
-        model.load_state_dict(state)
+        model.load_state_dict(load_file(run_dir / weights))
     except (SafetensorError, RuntimeError, OSError) as err:
         raise RunError(f"{run_dir / weights} cannot be loaded ({err}); retrain or resume the run") from err
     return fixed_weights(model.to(device).eval()), vocab, config  # fixed: its text tower may run in ONNX Runtime
@@ -292,12 +288,15 @@ class Run:
             UnknownQueryError: (a ``ValueError``) the query has no words (empty, punctuation, emoji) or
                 none the model knows; its message names them and suggests words the model knows.
         """
-        k = check_k(k)
-        words, unknown = self.vocab.check_query(query)
+        k, result = check_k(k), self.read_query(query)
         if vector is None:
             vector = embed_texts(self.model, self.vocab, [query], self.device)[0]  # [D]
-        hits = self._hits("images", vector, k, where)
-        result = SearchResult(hits, words, unknown)
+        result.extend(self._hits("images", vector, k, where))
+        return result
+
+    def read_query(self, query: str) -> SearchResult:
+        """How the model reads ``query``: a ``SearchResult`` without hits (raises as ``search_text`` does)."""
+        result = SearchResult([], *self.vocab.check_query(query))
         result.words_not_read = max(0, len(tokenize(query)) - self.vocab.max_len)
         return result
 
