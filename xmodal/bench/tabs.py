@@ -106,6 +106,8 @@ class Session:
                 pass
             elif what == "imgs":
                 self.hits += sum(HIT_PREFIX in img.caption for img in element.imgs.imgs)
+            elif what == "markdown" and element.markdown.body.startswith(HIT_PREFIX):  # a result card, or the
+                self.hits += 1  # grid of checkouts before the one-element grid (served with --dashboard)
             elif what == "exception":
                 self.errors.append(f"{element.exception.type}: {element.exception.message}"[:200])
         elif kind == "auto_rerun":
