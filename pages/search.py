@@ -212,11 +212,9 @@ def text_tab() -> None:
             show(answered, grid=True, tab="text", text=query)
 
 
-tab_text, tab_image, tab_compose = ui.url_tabs(TABS, "search_tab")
-with tab_text:
-    text_tab()
-
-with tab_image:
+@st.fragment
+def image_tab() -> None:
+    """Image -> captions, a fragment like ``text_tab``: picking or uploading a photo reruns this tab alone."""
     source = source_picker("search_image_src", "Query", IMAGE_SOURCES)
     image, item_id = None, None
     if source == "Upload a photo":
@@ -239,6 +237,14 @@ with tab_image:
             found = {label: queries.image_query(r, image, k, item_id, gallery=galleries[label], hubness=hubness)
                      for label, r in loaded.items()}
         show(found, grid=False, tab="image", image=image)
+
+
+tab_text, tab_image, tab_compose = ui.url_tabs(TABS, "search_tab")
+with tab_text:
+    text_tab()
+
+with tab_image:
+    image_tab()
 
 with tab_compose:
     st.caption("A photo changed by words: the product in another colour, pattern or cut. Its results sit beside "
