@@ -228,6 +228,40 @@ def chromium():
             browser.close()
 
 
+# The checkpoints folders the dashboard's AppTest modules open their pages on (their helpers: tests/apptest_kit.py).
+
+@pytest.fixture
+def with_run(trained_run, tiny_catalogue, tmp_path, monkeypatch) -> Path:
+    """A checkpoints folder holding the tiny trained run, its catalogue embeddings made (as the background job
+    would)."""
+    from xmodal.dashboard.maps import embeds
+    if not embeds.ready(trained_run):
+        embeds.compute(trained_run)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / trained_run.name).symlink_to(trained_run, target_is_directory=True)
+    monkeypatch.setenv("XMODAL_CHECKPOINTS", str(ckpt))
+    return ckpt
+
+
+@pytest.fixture
+def empty(tmp_path, monkeypatch) -> Path:
+    ckpt = tmp_path / "empty"
+    ckpt.mkdir()
+    monkeypatch.setenv("XMODAL_CHECKPOINTS", str(ckpt))
+    return ckpt
+
+
+@pytest.fixture
+def eight(trained_run, tiny_catalogue, tmp_path_factory, monkeypatch) -> dict:
+    """Eight finished runs on two catalogues (the tiny demo and a second one with other attribute values),
+    one of each four collapsed, served from their checkpoints folder."""
+    from dashboard_runs import two_catalogues
+    runs = two_catalogues(trained_run, tiny_catalogue, tmp_path_factory)
+    monkeypatch.setenv("XMODAL_CHECKPOINTS", str(runs["root"]))
+    return runs
+
+
 def myntra_or_skip() -> Path:
     if not (MYNTRA / "captions.csv").is_file():
         pytest.skip(f"real catalogue not found at {MYNTRA}")

@@ -1,5 +1,5 @@
 """The real CLIs end to end on a tiny demo catalogue: train, evaluate, search, resume, stop (SIGTERM to a real
-training process: tests/test_train_reliability.py)."""
+training process: tests/test_train_faults.py)."""
 import json
 
 import pytest

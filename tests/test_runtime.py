@@ -1,5 +1,6 @@
 """xmodal.image.runtime: the frozen backbone in ONNX Runtime computes PyTorch's features, its graph is cached and
-healed, and PyTorch takes over whenever ONNX Runtime cannot (missing, forced off, failing export).
+healed, and PyTorch takes over whenever ONNX Runtime cannot (missing, forced off, failing export: the export
+itself in tests/test_runtime_export.py).
 
 Tolerance: ONNX Runtime's outputs differ from PyTorch's by at most ``runtime.TOLERANCE`` (1e-4) relative to
 the largest output magnitude, and pooled features by at most 1e-4 absolute; measured differences are about
@@ -7,81 +8,24 @@ the largest output magnitude, and pooled features by at most 1e-4 absolute; meas
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import runtime_kit
+from runtime_kit import (ABS_TOLERANCE, CPU, SIZE, backbone, exported, extract, needs_ort, no_export, notices,
+                         runtime_image)
 from xmodal import cachefile
-from xmodal.image import onnx_export, runtime
-from xmodal.image.backbones import create_backbone, image_transform, stem_module, weights_digest
-from xmodal.image.extraction import extract_features
+from xmodal.image import runtime
+from xmodal.image.backbones import image_transform, stem_module, weights_digest
 
-CPU = torch.device("cpu")
-SIZE = (64, 48)
-ABS_TOLERANCE = 1e-4  # pooled features, absolute
-needs_ort = pytest.mark.skipif(runtime.onnxruntime_version() is None or importlib.util.find_spec("onnxscript") is None,
-                               reason="onnxruntime or onnxscript not installed (requirements.txt)")
+# the kit's fixtures, for this module's tests (shared_cache is autouse: every test gets the module's graph cache)
+graphs, photos, shared_cache = runtime_kit.graphs, runtime_kit.photos, runtime_kit.shared_cache
 CASES = [("efficientnet", 0), ("efficientnet", 2), ("mobilenet", 0)]  # the cut is the same code for both
-
-
-def backbone(name: str) -> torch.nn.Module:
-    """EfficientNet with its packaged ImageNet weights; MobileNet randomly initialised (no weights offline)."""
-    torch.manual_seed(0)
-    return create_backbone(name, pretrained=name == "efficientnet", quiet=True)[0].eval()
-
-
-@pytest.fixture(scope="module")
-def graphs(tmp_path_factory) -> dict:
-    """(backbone, cut) -> (model, exported graph bytes), each exported once for this file."""
-    return {"cache": tmp_path_factory.mktemp("onnx_cache")}
-
-
-@pytest.fixture(autouse=True)
-def shared_cache(graphs, monkeypatch) -> Path:
-    """The module's cache folder (graphs exported once are reused) and no session kept between tests."""
-    monkeypatch.setenv("XMODAL_CACHE", str(graphs["cache"]))
-    monkeypatch.delenv(runtime.ENV, raising=False)
-    runtime.clear_sessions()
-    yield graphs["cache"]
-    runtime.clear_sessions()
-
-
-def exported(graphs: dict, name: str, tail_blocks: int = 0) -> tuple[torch.nn.Module, bytes]:
-    """The backbone and its graph's bytes, exported on first use into the module's cache folder."""
-    if (name, tail_blocks) not in graphs:
-        model = backbone(name)
-        data = runtime.export_graph(model, SIZE, tail_blocks)
-        path = runtime.graph_path(runtime.graph_key(model, SIZE, tail_blocks))
-        assert path.parent.parent == graphs["cache"]
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(data)
-        graphs[name, tail_blocks] = model, data
-    return graphs[name, tail_blocks]
-
-
-@pytest.fixture(scope="module")
-def photos(tiny_catalogue) -> list[Path]:
-    from xmodal.data import load_catalogue
-    cat = load_catalogue(tiny_catalogue)
-    return [cat.image_path(i) for i in range(6)]
-
-
-def extract(model, photos, name: str, tail_blocks: int = 0) -> np.ndarray:
-    return extract_features(model, photos, image_transform(name, SIZE), CPU, progress=False, tail_blocks=tail_blocks)
-
-
-def notices(caplog, words: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and words in r.getMessage()]
-
-
-def no_export(*args, **kwargs):
-    raise AssertionError("the cached graph should have been used")
 
 
 # ---------------------------------------------------------------- equivalence
@@ -112,11 +56,6 @@ def test_onnxruntime_matches_pytorch(graphs, photos, monkeypatch, name, tail_blo
     else:
         assert np.abs(out - ref).max() <= ABS_TOLERANCE
         assert runtime.relative_error(out, ref) <= runtime.TOLERANCE
-
-
-def runtime_image(path: Path):
-    from xmodal.data.images import open_rgb
-    return open_rgb(path)
 
 
 @pytest.mark.slow
@@ -243,79 +182,6 @@ def test_gpu_and_non_float32_stay_on_pytorch(graphs):
     assert runtime.select_runtime(half, CPU, SIZE, images=10 ** 6) is None
 
 
-@needs_ort
-def test_export_failure_falls_back(photos, monkeypatch, tmp_path, caplog):
-    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path))
-    model = backbone("mobilenet")
-    monkeypatch.setenv(runtime.ENV, "torch")
-    ref = extract(model, photos, "mobilenet")
-    monkeypatch.setenv(runtime.ENV, "onnxruntime")
-
-    tries = []
-
-    def broken(*a, **k):
-        tries.append(1)
-        raise RuntimeError("unsupported operator aten::frobnicate")
-    monkeypatch.setattr(runtime, "export_graph", broken)
-    with caplog.at_level(logging.WARNING):
-        np.testing.assert_array_equal(extract(model, photos, "mobilenet"), ref)
-    assert notices(caplog, "cannot run mobilenet in ONNX Runtime (RuntimeError: unsupported operator")
-    assert not list(tmp_path.glob("onnx/*"))
-    np.testing.assert_array_equal(extract(model, photos, "mobilenet"), ref)
-    assert len(tries) == 1  # not tried again in this process: a failed export costs its seconds once
-
-
-class _Pooled(torch.nn.Module):
-    """A toy backbone: conv, pool, flatten (a Reshape that names the batch), and optionally a term that
-    builds a batch-sized tensor (baked in when exported at a fixed batch)."""
-
-    def __init__(self, batch_sized: bool = False):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv, self.batch_sized = torch.nn.Conv2d(3, 5, 3), batch_sized
-
-    def forward(self, x):
-        y = torch.nn.functional.adaptive_avg_pool2d(self.conv(x), 1).flatten(1)  # [B, 5]
-        return y + torch.arange(x.shape[0], dtype=y.dtype)[:, None] if self.batch_sized else y
-
-
-TOY_KEY = {"backbone": "toy", "input": {"mean": [0.5] * 3, "std": [0.25] * 3}}
-
-
-def _run_graph(data: bytes, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    import onnxruntime as ort
-    x = torch.randint(0, 256, (batch, 3, 10, 8), generator=torch.Generator().manual_seed(batch)).float()
-    out = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"pixels": x.numpy()})[0]
-    return out, x
-
-
-@pytest.mark.slow
-@needs_ort
-def test_fixed_batch_export_is_freed_or_redone_dynamic(monkeypatch):
-    """The graph is exported at a fixed batch and its batch axis freed (half the exporter's time); where the
-    batch is baked in elsewhere the graph is exported again with a dynamic axis. Either way it computes the
-    module at any batch."""
-    calls, matched = [], []
-    real, real_matches = onnx_export._export, onnx_export._matches
-    monkeypatch.setattr(onnx_export, "_export",
-                        lambda m, size, dynamic: calls.append(dynamic) or real(m, size, dynamic))
-    monkeypatch.setattr(onnx_export, "_matches", lambda *a: matched.append(real_matches(*a)) or matched[-1])
-    for batch_sized, expected in ((False, [False]), (True, [False, True])):
-        calls.clear()
-        matched.clear()
-        model = _Pooled(batch_sized).eval()
-        data = runtime.export_graph(model, (10, 8), key=TOY_KEY)
-        assert calls == expected
-        # the batch freed without complaint both times (the probe ran); where arange(7) was folded into a
-        # constant, only the probe against PyTorch caught it
-        assert matched == [not batch_sized]
-        module = onnx_export._FromRaw(model, (TOY_KEY["input"]["mean"], TOY_KEY["input"]["std"]))
-        for batch in (1, 2, onnx_export.EXPORT_BATCH, 12):
-            out, x = _run_graph(data, batch)
-            with torch.no_grad():
-                np.testing.assert_allclose(out, module(x).numpy(), rtol=1e-5, atol=1e-5)
-
-
 # ---------------------------------------------------------------- the graph cache
 
 @pytest.mark.slow
@@ -333,15 +199,6 @@ def test_auto_exports_only_jobs_that_repay_it(graphs, monkeypatch, tmp_path):
     runtime.clear_sessions()
     monkeypatch.setattr(runtime, "export_graph", no_export)
     assert runtime.select_runtime(model, CPU, SIZE, images=1) is not None  # cached: any job uses it
-
-
-def test_light_backbones_need_bigger_jobs_to_export():
-    from xmodal.image.backbones import create_backbone
-    mobilenet, _ = create_backbone("mobilenet", pretrained=False, quiet=True)
-    efficientnet, _ = create_backbone("efficientnet", pretrained=False, quiet=True)
-    assert runtime.export_min_pixels(efficientnet) == runtime.EXPORT_MIN_PIXELS
-    # MobileNet's eager forward is light: the export repays itself only from ~1,550 images (the demo's 2,000 do)
-    assert 2 * runtime.EXPORT_MIN_PIXELS < runtime.export_min_pixels(mobilenet) <= 2000 * 224 * 168
 
 
 @pytest.mark.slow

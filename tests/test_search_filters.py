@@ -2,7 +2,7 @@
 keeps nothing says so (the widgets are bound to the URL with Streamlit's bind="query-params")."""
 from __future__ import annotations
 
-from test_dashboard_apptest import _app, _hit_captions, _ok, _shown, with_run  # noqa: F401,F811  (with_run: a fixture)
+from apptest_kit import _app, _hit_captions, _ok, _shown
 
 from xmodal.data import load_catalogue
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_dashboard_apptest import _ok, _shown
+from apptest_kit import _ok, _shown
 from test_views_urls import _keys, _params, _visit, eight  # noqa: F401  (eight: a fixture)
 
 from xmodal.dashboard import queries

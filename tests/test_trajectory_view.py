@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_dashboard_apptest import REPO, TIMEOUT, _no_markup, _ok
+from apptest_kit import REPO, TIMEOUT, _no_markup, _ok
 from streamlit.testing.v1 import AppTest
 
 from xmodal.dashboard.maps import trajectory_figure, trajectory_job, trajectory_view

@@ -20,7 +20,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import TINY_SIZE
-from test_dashboard_apptest import REPO, TIMEOUT, _app, _keys, _no_markup, _ok, _shown
+from apptest_kit import REPO, TIMEOUT, _app, _keys, _no_markup, _ok, _shown
 
 from xmodal.dashboard import pickers
 from xmodal.dashboard.maps import projection, view as mapview
