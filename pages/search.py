@@ -58,6 +58,7 @@ try:
     models = {analysis.run_label(r): r.model for r in chosen}
     paths = {analysis.run_label(r): r.path for r in chosen}
     infos = {analysis.run_label(r): r for r in chosen}
+    stamps = {label: state.weights_stamp(path) for label, path in paths.items()}  # the weights this run drew
 except (RunError, *checks.LOAD_ERRORS) as err:
     st.error(md(f"Cannot load the run: {err}"), icon=":material/error:")
     st.stop()
@@ -174,10 +175,18 @@ def show(results: dict[str, queries.QueryResult], grid: bool, tab: str, text: st
                                         stacked=len(results) > 1)
 
 
+def same_weights() -> None:
+    """In a tab's fragment run: when a run's best weights changed since the page's full run (it is still training),
+    rerun the whole page, so that its badges and its results speak of the same weights."""
+    if any(state.weights_stamp(paths[label]) != stamp for label, stamp in stamps.items()):
+        st.rerun(scope="app")
+
+
 @st.fragment
 def text_tab() -> None:
     """Text -> products. A fragment: typing a query reruns this tab alone, not the sidebar and the page's run
     listing, so a search costs the server a third of a full page run (issue 20's twenty tabs at once)."""
+    same_weights()
     source = source_picker("search_text_src", "Query", TEXT_SOURCES)
     item_id = None
     if source == "Type a query":
@@ -215,6 +224,7 @@ def text_tab() -> None:
 @st.fragment
 def image_tab() -> None:
     """Image -> captions, a fragment like ``text_tab``: picking or uploading a photo reruns this tab alone."""
+    same_weights()
     source = source_picker("search_image_src", "Query", IMAGE_SOURCES)
     image, item_id = None, None
     if source == "Upload a photo":

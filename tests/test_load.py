@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import socket
 import threading
 import time
@@ -88,13 +89,18 @@ def test_twenty_sessions_search_a_fresh_server_at_once(trained_run, tiny_catalog
         res = asyncio.run(asyncio.wait_for(measure(url, pid, sessions=20, single=10, rounds=1, soak=60,
                                                    timeout=120), 900))
 
-        async def one_tab() -> tuple[str, int]:
+        async def one_tab() -> list:
             async with Session(url, 120) as tab:
                 await tab.open()
                 await tab.search("red striped shirt")
-                return tab.fragments.get(QUERY_LABEL, ""), tab.hits
-        fragment, hits = asyncio.run(one_tab())
-    assert fragment and hits == 8  # a typed query reruns the text tab's fragment alone, and it draws 8 results
+                seen = [tab.fragments.get(QUERY_LABEL, ""), tab.hits, tab.page_elements]
+                weights = ckpt / trained_run.name / "best.safetensors"  # new best weights, as a training run writes
+                os.utime(weights, ns=(time.time_ns(), weights.stat().st_mtime_ns + 2_000_000_000))
+                await tab.search("blue jeans for men")
+                return seen + [tab.hits, tab.page_elements]
+        fragment, hits, page, hits_after, page_after = asyncio.run(one_tab())
+    assert fragment and hits == 8 and page == 0  # a typed query reruns the text tab's fragment alone: 8 results
+    assert hits_after == 8 and page_after > 0  # new weights: the whole page reran, badges and results agree
     assert not res.failures, res.failures
     assert len(res.cold) == 20 and len(res.single) == 10 and len(res.together) == 20 and len(res.soak) == 60
     assert res.extra_home is not None  # the server answered a newcomer while twenty searched

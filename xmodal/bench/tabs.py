@@ -26,11 +26,12 @@ class Session:
         self.url, self.timeout, self.poll = url, timeout, poll
         self.widgets: dict[str, str] = {}  # label -> widget id, as the browser learns them from the page
         self.fragments: dict[str, str] = {}  # label -> the fragment a widget sits in ("" for none)
-        self.hits = 0  # results drawn by the last full run
+        self.hits = 0  # results drawn by the last run
+        self.page_elements = 0  # elements the last run drew outside any fragment (0 for a fragment run alone)
         self.errors: list[str] = []  # exceptions the last full run showed
         self._states: list = []  # the widget states this tab sends with every rerun
         self._fragment = ""  # the fragment whose run the tab waits for ("" for the page's)
-        self._page = SEARCH_PAGE
+        self._page, self._page_hash = SEARCH_PAGE, ""  # the page opened (URL path), and its script's hash
         self._done = asyncio.Event()
         self._timers: dict[str, float] = {}  # fragment id -> seconds between its automatic reruns
         self._tasks: list[asyncio.Task] = []
@@ -51,7 +52,7 @@ class Session:
 
     async def open(self, page: str = SEARCH_PAGE) -> float:
         """Seconds until ``page`` has been drawn in full (a tab opened on its URL)."""
-        self._page, self._states = page, []
+        self._page, self._page_hash, self._states = page, "", []
         return await self._rerun()
 
     async def search(self, query: str) -> float:
@@ -69,7 +70,7 @@ class Session:
         """Seconds until the run asked for has finished: the page's, or (``fragment_id``) one fragment's, which is
         what a browser asks for when a widget inside a fragment changes."""
         self._done.clear()
-        self.hits, self.errors, self._fragment = 0, [], fragment_id
+        self.hits, self.errors, self._fragment, self.page_elements = 0, [], fragment_id, 0
         t = time.perf_counter()
         await self.ws.send(self._message(fragment_id, auto=False))
         await asyncio.wait_for(self._done.wait(), self.timeout)
@@ -79,6 +80,8 @@ class Session:
         from streamlit.proto.BackMsg_pb2 import BackMsg  # lazy: Streamlit, optional for the bench
         msg = BackMsg()
         msg.rerun_script.page_name = self._page
+        msg.rerun_script.page_script_hash = self._page_hash  # as the browser sends its current page's (none yet
+        # when it opens a URL): a rerun the script asks for (st.rerun) then stays on this page
         msg.rerun_script.widget_states.widgets.extend(self._states)
         if fragment_id:
             msg.rerun_script.fragment_id, msg.rerun_script.is_auto_rerun = fragment_id, auto
@@ -99,6 +102,7 @@ class Session:
             element, fragment = msg.delta.new_element, msg.delta.fragment_id
             what = element.WhichOneof("type")
             ours = fragment in ("", self.fragments.get(QUERY_LABEL, ""))
+            self.page_elements += not fragment
             if what == "text_input":
                 self.widgets[element.text_input.label] = element.text_input.id
                 self.fragments[element.text_input.label] = fragment
@@ -110,6 +114,8 @@ class Session:
                 self.hits += 1  # grid of checkouts before the one-element grid (served with --dashboard)
             elif what == "exception":
                 self.errors.append(f"{element.exception.type}: {element.exception.message}"[:200])
+        elif kind == "navigation":  # the page shown (st.navigation's), which the browser names in its reruns
+            self._page_hash = msg.navigation.page_script_hash
         elif kind == "auto_rerun":
             self._timers[msg.auto_rerun.fragment_id] = msg.auto_rerun.interval
         elif kind == "stop_auto_rerun":

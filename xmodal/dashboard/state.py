@@ -144,8 +144,13 @@ def run(run_dir: str | Path) -> Run:
     """A loaded run (model, vocabulary, gallery catalogue, both galleries ready to search), one object shared by
     every session, kept across reruns and pages."""
     cat = _gallery_catalogue(Path(run_dir))
-    return _run(str(run_dir), _mtime(Path(run_dir) / "best.safetensors"), cat.fingerprint if cat else "",
+    return _run(str(run_dir), weights_stamp(run_dir), cat.fingerprint if cat else "",
                 _catalogue=cat)
+
+
+def weights_stamp(run_dir: str | Path) -> int:
+    """When a run's best weights last changed (0: none yet): what ``run`` reloads on."""
+    return _mtime(Path(run_dir) / "best.safetensors")
 
 
 @st.cache_resource
