@@ -12,6 +12,7 @@ option new connections inherit, and the first tabs' connections) get it at once 
 """
 from __future__ import annotations
 
+import asyncio.base_events as events  # the hook asyncio's transports call for each new connection
 import contextlib
 import os
 import socket
@@ -61,7 +62,6 @@ def send_at_once() -> None:
     with _LOCK:
         if _done:
             return
-        import asyncio.base_events as events  # the hook asyncio's transports call for each new connection
         if not getattr(events._set_nodelay, "xmodal_nodelay", False):
             events._set_nodelay = _patched(events._set_nodelay)
         open_sockets()

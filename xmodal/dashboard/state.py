@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import streamlit as st
+from PIL import Image
 
 from ..data import Catalogue, CatalogueError, open_catalogue, resolve_data
 from ..data.images import thumbnail_jpeg
@@ -264,7 +265,6 @@ def _photo(path: str, width: int, stamp: int) -> bytes:  # a third of a search's
 @functools.lru_cache(maxsize=8)
 def blank_photo(width: int) -> bytes:
     """A light grey JPEG in a product photo's place (one that cannot be read), ``width`` px wide."""
-    from PIL import Image  # lazy: Pillow, loaded by the photos anyway
     buf = io.BytesIO()
     Image.new("RGB", (int(width), int(width) * 4 // 3), (235, 235, 235)).save(buf, "JPEG")
     return buf.getvalue()
