@@ -172,7 +172,7 @@ def show(results: dict[str, queries.QueryResult], grid: bool, tab: str, text: st
                         st.caption(f"... and {res.rank - 1 - len(res.above)} more")
             candidates = explain_view.hit_candidates(res.hits, res.true_hit, res.above if res.rank else ())
             explain_view.why_it_matched(paths[label], candidates, key=f"search_why_{tab}_{n}", text=text, image=image,
-                                        stacked=len(results) > 1)
+                                        stacked=len(results) > 1, spread=res.spread)
 
 
 def same_weights() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from apptest_kit import _ok, _shown
 from test_views_urls import _keys, _params, _visit, eight  # noqa: F401  (eight: a fixture)
@@ -147,3 +148,15 @@ def test_the_page_ranks_with_the_toggle(eight, tiny_catalogue, monkeypatch):  # 
     assert asked[-1] == "none" and _params(at)["search_hub"] == ["none"]
     assert any("ranked by plain cosine" in c for c in _captions(at))
 
+
+
+def test_a_query_carries_its_spread_over_the_catalogue(run):
+    """The hits' standard scores (Search's "why did it match?") are measured against the query's cosines over the
+    whole catalogue, taken from the query's own pass: the same numbers as a pass made for them alone."""
+    res = queries.text_query(run, QUERY, k=5, hubness="csls", gallery=np.arange(10))
+    scores = (run.image_embeds @ run.embed_text(QUERY)).numpy()  # [N]: the whole catalogue, not the gallery
+    assert res.spread == pytest.approx((scores.mean(), scores.std(), len(run.catalogue)), abs=1e-5)
+    photo = run.catalogue.open_image(0)
+    scores = (run.text_embeds @ run.embed_image(photo)).numpy()
+    assert queries.image_query(run, photo, k=5).spread == pytest.approx((scores.mean(), scores.std(), len(scores)),
+                                                                        abs=1e-5)

@@ -1,6 +1,5 @@
 """The dashboard's side of ``xmodal.retrieval.explain`` and ``xmodal.retrieval.compose``: "why did it match?" for
-Search hits and
-Compare's disagreement rows, and the Search page's photo + words and "more like this / less like this" views.
+Search hits and Compare's disagreement rows, and the Search page's photo + words and "more like this" views.
 
 Explanations are computed on demand (a result picked in a selectbox) and cached per pair with
 ``st.cache_data``, keyed on the run folder, the weights' modification time, the caption and the photo.
@@ -149,8 +148,7 @@ def _explanation(run_dir: str, stamp: int, text: str, key: str, query: str, _ima
 def explanation(run_dir: str | Path, text: str, image: Image.Image | str | Path, query: str = "text") -> Explanation:
     """Why ``text`` and ``image`` (a PIL image or a photo's path) match under the run, cached per pair; its
     calibration from the side of ``query`` (``text`` or ``image``)."""
-    stamp = state._mtime(Path(run_dir) / "best.safetensors")
-    return _explanation(str(run_dir), stamp, text, image_key(image), query, image)
+    return _explanation(str(run_dir), state.weights_stamp(run_dir), text, image_key(image), query, image)
 
 
 @st.cache_data(show_spinner="Measuring how well the model reads this attribute over the catalogue...",
@@ -164,9 +162,9 @@ def sanity_check(run_dir: str | Path, expl: Explanation, item: int | None) -> li
     attribute's reading cached per run); None when the photo is not a catalogue product."""
     if item is None:
         return None
-    stamp = state._mtime(Path(run_dir) / "best.safetensors")
+    stamp = state.weights_stamp(run_dir)
     return _explain().reading_check(state.run(run_dir), expl, int(item),
-                         reading=lambda _run, attribute: _reading(str(run_dir), stamp, attribute))
+                                    reading=lambda _run, attribute: _reading(str(run_dir), stamp, attribute))
 
 
 def contradiction_text(c) -> str:
@@ -218,20 +216,22 @@ def _query_scores(run_dir: str, stamp: int, text: str | None, key: str, _image) 
     return float(scores.mean()), float(scores.std()), len(scores)
 
 
-def standard_scores(run_dir: str | Path, hits: Sequence[Hit], text: str | None = None, image=None
-                    ) -> tuple[list[float], int] | None:
+def standard_scores(run_dir: str | Path, hits: Sequence[Hit], text: str | None = None, image=None,
+                    spread: tuple[float, float, int] | None = None) -> tuple[list[float], int] | None:
     """Each hit's standard score against the query's scores over the run's catalogue, and the catalogue's size:
-    unlike the raw cosine, comparable across models. None when the query cannot be embedded."""
-    stamp = state._mtime(Path(run_dir) / "best.safetensors")
+    unlike the raw cosine, comparable across models. ``spread``: those scores' (mean, std, count) where the
+    query has them already (``queries.QueryResult.spread``), else computed here. None: a query it cannot read."""
     try:
-        mean, std, n = _query_scores(str(run_dir), stamp, text, "" if image is None else image_key(image), image)
+        mean, std, n = spread or _query_scores(str(run_dir), state.weights_stamp(run_dir), text,
+                                               "" if image is None else image_key(image), image)
     except (OSError, ValueError):  # a query the model cannot read, a photo that went
         return None
     return [(h.score - mean) / std if std > 0 else 0.0 for h in hits], n
 
 
 def why_it_matched(run_dir: str | Path, candidates: Sequence[tuple[str, Hit]], key: str,
-                   text: str | None = None, image: Image.Image | None = None, stacked: bool = False) -> None:
+                   text: str | None = None, image: Image.Image | None = None, stacked: bool = False,
+                   spread: tuple[float, float, int] | None = None) -> None:
     """The results' scores made comparable across models, then a selectbox over ``candidates`` ((label, hit)
     pairs) and the picked pair's explanation.
 
@@ -239,12 +239,12 @@ def why_it_matched(run_dir: str | Path, candidates: Sequence[tuple[str, Hit]], k
         text: the query, for text -> products (each candidate's photo is explained against it).
         image: the query photo, for image -> captions (each candidate's caption is explained against it).
         stacked: photo above words (a narrow column).
+        spread: the query's scores over the catalogue, as ``standard_scores`` takes them.
     """
     if not candidates:
         return
-    labels = [label for label, _ in candidates]
-    hits = [h for _, h in candidates]
-    if (z := standard_scores(run_dir, hits, text, image)) is not None:
+    labels, hits = [label for label, _ in candidates], [h for _, h in candidates]
+    if (z := standard_scores(run_dir, hits, text, image, spread)) is not None:
         shown = [f"{label.split(' · ')[0]} {v:+.1f}" for label, v in zip(labels, z[0])]
         st.caption(SCORES.format(n=z[1], what="photos" if text is not None else "titles", zs=md(", ".join(shown))))
     choice = st.selectbox("Why did it match?", [None, *range(len(labels))], key=key,

@@ -66,6 +66,7 @@ class QueryResult:
     rank: int | None = None  # 1-based rank of the true match (None: the query is not a catalogue item here)
     above: list[Hit] = field(default_factory=list)  # what ranked above the true match, best first
     true_hit: Hit | None = None  # the true match itself, with its score
+    spread: tuple[float, float, int] | None = None  # mean, std and count of its cosines over the whole catalogue
 
 
 def _hit(run: Run, i: int, score: float) -> Hit:
@@ -163,17 +164,14 @@ def text_query(run: Run, query: str, k: int = 10, item_id: str | None = None, sh
 def _text_query(run: Run, query: str, k: int, item_id: str | None, show_above: int,
                 gallery: np.ndarray | None, hubness: str) -> QueryResult:
     hits = run.read_query(query)  # the words it read (an unreadable query raises here, before any work)
-    vector = run.embed_text(query)  # [D], once: the hits and the true match's rank both come from it
-    if gallery is None and hubness == "none" and item_id is None:  # the gallery's own search (faiss above 50k)
-        hits.extend(run.search_text(query, k, vector=vector))
-        return QueryResult(hits)
+    vector = run.embed_text(query)  # [D], once: hits, the true match's rank and the spread all come from it
     cosine, ranking = _scores(run, "images", vector, hubness, gallery)  # [N] each
-    if gallery is None and hubness == "none":
+    if gallery is None and hubness == "none":  # the gallery's own search (faiss above 50k), as the library's
         hits.extend(run.search_text(query, k, vector=vector))
     else:
         hits.extend(_top(run, ranking, cosine, _positions(run, gallery), k))
     rank, above, true_hit = _locate(run, ranking, cosine, item_id, show_above)
-    return QueryResult(hits, rank, above, true_hit)
+    return QueryResult(hits, rank, above, true_hit, _spread(cosine))
 
 
 def image_query(run: Run, image: Image.Image, k: int = 10, item_id: str | None = None,
@@ -188,13 +186,17 @@ def image_query(run: Run, image: Image.Image, k: int = 10, item_id: str | None =
 def _image_query(run: Run, image: Image.Image, k: int, item_id: str | None, show_above: int,
                  gallery: np.ndarray | None, hubness: str) -> QueryResult:
     vector = run.embed_image(image)  # [D], once: the backbone's forward is most of a query
-    if gallery is None and hubness == "none" and item_id is None:
-        return QueryResult(run.search_image(image, k, vector=vector))
     cosine, ranking = _scores(run, "texts", vector, hubness, gallery)  # [N] each
     hits = run.search_image(image, k, vector=vector) if gallery is None and hubness == "none" else \
         _top(run, ranking, cosine, _positions(run, gallery), k)
     rank, above, true_hit = _locate(run, ranking, cosine, item_id, show_above)
-    return QueryResult(hits, rank, above, true_hit)
+    return QueryResult(hits, rank, above, true_hit, _spread(cosine))
+
+
+def _spread(cosine: np.ndarray) -> tuple[float, float, int]:
+    """(mean, standard deviation, count) of a query's cosines over the whole catalogue: what its hits' standard
+    scores are measured against (``explain_view.standard_scores``), from the pass the query made anyway."""
+    return float(cosine.mean()), float(cosine.std()), len(cosine)
 
 
 def _positions(run: Run, gallery: np.ndarray | None) -> np.ndarray:
