@@ -184,8 +184,8 @@ def same_weights() -> None:
 
 @st.fragment
 def text_tab() -> None:
-    """Text -> products. A fragment: typing a query reruns this tab alone, not the sidebar and the page's run
-    listing, so a search costs the server a third of a full page run (issue 20's twenty tabs at once)."""
+    """Text -> products. A fragment: typing a query reruns this tab alone, not the sidebar, the page's run listing
+    and the other tabs (many sessions searching one server: docs/performance.md, bench section 8)."""
     same_weights()
     source = source_picker("search_text_src", "Query", TEXT_SOURCES)
     item_id = None

@@ -257,8 +257,8 @@ def thumbnail(path: str, height: int = 64) -> str | None:
         return None
 
 
-@functools.lru_cache(maxsize=4000)  # not st.cache_data: it hashes the key and copies the bytes on every call,
-def _photo(path: str, width: int, stamp: int) -> bytes:  # a third of a search's photo cost under twenty tabs
+@functools.lru_cache(maxsize=4000)  # not st.cache_data, which hashes the key and copies the bytes on every call
+def _photo(path: str, width: int, stamp: int) -> bytes:
     return thumbnail_jpeg(path, (width, 4 * width), quality=90)
 
 
