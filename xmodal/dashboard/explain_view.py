@@ -204,29 +204,11 @@ def show_explanation(expl: Explanation, stacked: bool = False, check: list | Non
         right.caption("Sanity check: no credited word names an attribute value this product lacks.")
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
-def _query_scores(run_dir: str, stamp: int, text: str | None, key: str, _image) -> tuple[float, float, int]:
-    """(mean, standard deviation, count) of a query's scores over the run's whole catalogue."""
-    run = state.run(run_dir)
-    if text is not None:
-        vector, gallery = run.embed_text(text), run.image_embeds
-    else:
-        vector, gallery = run.embed_image(_image), run.text_embeds
-    scores = gallery.float().numpy() @ vector.float().numpy()  # [N]
-    return float(scores.mean()), float(scores.std()), len(scores)
-
-
-def standard_scores(run_dir: str | Path, hits: Sequence[Hit], text: str | None = None, image=None,
-                    spread: tuple[float, float, int] | None = None) -> tuple[list[float], int] | None:
-    """Each hit's standard score against the query's scores over the run's catalogue, and the catalogue's size:
-    unlike the raw cosine, comparable across models. ``spread``: those scores' (mean, std, count) where the
-    query has them already (``queries.QueryResult.spread``), else computed here. None: a query it cannot read."""
-    try:
-        mean, std, n = spread or _query_scores(str(run_dir), state.weights_stamp(run_dir), text,
-                                               "" if image is None else image_key(image), image)
-    except (OSError, ValueError):  # a query the model cannot read, a photo that went
-        return None
-    return [(h.score - mean) / std if std > 0 else 0.0 for h in hits], n
+def standard_scores(hits: Sequence[Hit], spread: tuple[float, float, int]) -> list[float]:
+    """Each hit's standard score against the query's scores over the run's catalogue (``spread``: their mean,
+    standard deviation and count, ``queries.QueryResult.spread``): unlike the raw cosine, comparable across models."""
+    mean, std, _ = spread
+    return [(h.score - mean) / std if std > 0 else 0.0 for h in hits]
 
 
 def why_it_matched(run_dir: str | Path, candidates: Sequence[tuple[str, Hit]], key: str,
@@ -239,14 +221,15 @@ def why_it_matched(run_dir: str | Path, candidates: Sequence[tuple[str, Hit]], k
         text: the query, for text -> products (each candidate's photo is explained against it).
         image: the query photo, for image -> captions (each candidate's caption is explained against it).
         stacked: photo above words (a narrow column).
-        spread: the query's scores over the catalogue, as ``standard_scores`` takes them.
+        spread: the query's scores over the catalogue (``standard_scores``); None: no standard scores shown.
     """
     if not candidates:
         return
     labels, hits = [label for label, _ in candidates], [h for _, h in candidates]
-    if (z := standard_scores(run_dir, hits, text, image, spread)) is not None:
-        shown = [f"{label.split(' · ')[0]} {v:+.1f}" for label, v in zip(labels, z[0])]
-        st.caption(SCORES.format(n=z[1], what="photos" if text is not None else "titles", zs=md(", ".join(shown))))
+    if spread is not None:
+        shown = [f"{label.split(' · ')[0]} {v:+.1f}" for label, v in zip(labels, standard_scores(hits, spread))]
+        st.caption(SCORES.format(n=spread[2], what="photos" if text is not None else "titles",
+                                 zs=md(", ".join(shown))))
     choice = st.selectbox("Why did it match?", [None, *range(len(labels))], key=key,
                           format_func=lambda i: "pick a result to explain" if i is None else labels[i])
     if choice is None:

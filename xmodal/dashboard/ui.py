@@ -139,12 +139,19 @@ def photo(path: str | Path, width: int, where: DeltaGenerator | None = None, cap
     A missing, unreadable or undecodable file (changed since the catalogue was checked) shows a short note.
     """
     where = where if where is not None else st
-    try:
-        data = state.photo(path, width)
-    except ImageError as err:
-        where.caption("(photo missing)" if err.reason in (MISSING, IS_FOLDER) else "(photo unreadable)")
+    data, problem = _photo_or_problem(path, width)
+    if data is None:
+        where.caption(problem)
         return
     where.image(data, width=width, caption=caption)
+
+
+def _photo_or_problem(path: str | Path, width: int) -> tuple[bytes | None, str]:
+    """(``state.photo``'s bytes, "") or (None, "(photo missing)" / "(photo unreadable)")."""
+    try:
+        return state.photo(path, width), ""
+    except ImageError as err:
+        return None, "(photo missing)" if err.reason in (MISSING, IS_FOLDER) else "(photo unreadable)"
 
 
 def hit_card(hit: Hit, title: str | None = None, image_width: int = 90) -> None:
@@ -160,13 +167,9 @@ def hit_grid(hits: Sequence[Hit], image_width: int = 120) -> None:
     so a search sends the browser a few messages, not one per photo, caption and column (issue 20's twenty tabs)."""
     images, captions = [], []
     for i, hit in enumerate(hits, start=1):
-        try:
-            images.append(state.photo(hit.image, image_width))
-            note = ""
-        except ImageError as err:
-            images.append(state.blank_photo(image_width))
-            note = "(photo missing) " if err.reason in (MISSING, IS_FOLDER) else "(photo unreadable) "
-        captions.append(f"**#{i}** {note}{md(hit.caption)}  \nscore {hit.score:.3f}")
+        data, problem = _photo_or_problem(hit.image, image_width)
+        images.append(state.blank_photo(image_width) if data is None else data)
+        captions.append(f"**#{i}** {problem + ' ' if problem else ''}{md(hit.caption)}  \nscore {hit.score:.3f}")
     if images:
         st.image(images, width=image_width, caption=captions)
 
