@@ -64,6 +64,56 @@ def _components_scanned_once():
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _apptest_without_polling():
+    """Two costs of Streamlit's AppTest that do not test anything, removed for the session's processes:
+    - after each script run it polls every millisecond for the run's end, taking the GIL from the script thread
+      (7 % of the dashboard tests' CPU); here it waits on the run's SHUTDOWN event instead, with the same timeout
+      and error;
+    - every AppTest parses, rewrites (magic) and compiles dashboard.py and its page anew (8 %); here one cache per
+      process, keyed by path, size and modification time, so an edited script is compiled again."""
+    try:
+        from streamlit.runtime.scriptrunner import ScriptRunnerEvent, script_cache
+        from streamlit.testing.v1 import app_test, local_script_runner
+    except ImportError:  # another Streamlit version: nothing to change
+        yield
+        return
+    wait, make = local_script_runner.require_widgets_deltas, script_cache.ScriptCache
+
+    def require_widgets_deltas(runner, timeout: float = 3) -> None:
+        done = threading.Event()
+
+        def on_event(sender, event, **kwargs) -> None:
+            if event == ScriptRunnerEvent.SHUTDOWN:
+                done.set()
+        runner.on_event.connect(on_event, weak=False)
+        try:
+            if runner.script_stopped() or done.wait(timeout):
+                return
+        finally:
+            runner.on_event.disconnect(on_event)
+        wait(runner, 0)  # the timeout's own error, the runner stopped first
+
+    class SharedCache(make):
+        _shared: dict = {}
+
+        def get_bytecode(self, script_path: str):
+            path = os.path.abspath(script_path)
+            try:
+                stat = os.stat(path)
+                key = (path, stat.st_size, stat.st_mtime_ns)
+            except OSError:
+                return super().get_bytecode(script_path)
+            if key not in self._shared:
+                self._shared[key] = super().get_bytecode(script_path)
+            return self._shared[key]
+    local_script_runner.require_widgets_deltas = require_widgets_deltas
+    app_test.ScriptCache = local_script_runner.ScriptCache = SharedCache
+    yield
+    local_script_runner.require_widgets_deltas = wait
+    app_test.ScriptCache = local_script_runner.ScriptCache = make
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _isolated_env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("xmodal_cache")
     # the dashboard's built-in 2,000-item demo catalogue is made once for every process of the session (3.8 s of
