@@ -346,20 +346,30 @@ def _pick_option(page, label: str, option: int = 1) -> None:
 
 def _open_tab(page, name: str, inside) -> None:
     """Open tab ``name`` until ``inside`` (an element of it) shows: a tab click that lands during a rerun can be
-    undone by it (the open tab is in the URL, and the rerun carries the URL the browser had then)."""
-    for _attempt in range(4):
+    undone by it (the open tab is in the URL, and the rerun carries the URL the browser had then). Waits for the
+    element itself: between two runs of a busy page the script can read as not running while the tab's elements
+    are still placeholders."""
+    from playwright.sync_api import TimeoutError as Timeout  # lazy: the browser tests skip without playwright
+    for attempt in range(4):
         if inside.is_visible():
             return
         page.get_by_role("tab", name=name).click()
+        try:
+            inside.wait_for(state="visible", timeout=5_000 * (attempt + 1))
+        except Timeout:
+            continue
         _idle(page)
     assert inside.is_visible(), f"the {name!r} tab never stayed open"
 
 
-def _click_in_tab(page, name: str, inside, target, idle: bool = True) -> None:
-    """Click ``target`` in tab ``name``, opening the tab again where a late rerun closed it after ``_open_tab``."""
+def _click_in_tab(page, name: str, inside, target, idle: bool = True, check=None) -> None:
+    """Click ``target`` in tab ``name``, opening the tab again where a late rerun closed it after ``_open_tab``.
+    ``check()``, before each try, raises at once where the tab has lost what the target needs."""
     from playwright.sync_api import TimeoutError as Timeout  # lazy: the browser tests skip without playwright
     for _attempt in range(4):
         _open_tab(page, name, inside)
+        if check:
+            check()
         try:
             target.click(timeout=15_000)
             break
