@@ -118,9 +118,12 @@ def _isolated_env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("xmodal_cache")
     # the dashboard's built-in 2,000-item demo catalogue is made once for every process of the session (3.8 s of
     # CPU each time); ``ensure_demo`` renames a finished copy into place, so concurrent makers never clash
-    shared_demo = _early_root(tmp_path_factory) / "demo"
-    shared_demo.mkdir(exist_ok=True)
-    (cache / "demo").symlink_to(shared_demo, target_is_directory=True)
+    # the same goes for the distilled MobileNet start (~8 s of CPU), keyed by the catalogue's content and the recipe:
+    # a worker that needs it after the other made it reads it
+    for name in ("demo", "distilled"):
+        shared = _early_root(tmp_path_factory) / name
+        shared.mkdir(exist_ok=True)
+        (cache / name).symlink_to(shared, target_is_directory=True)
     os.environ["XMODAL_CACHE"] = str(cache)
     os.environ["XMODAL_CHECKPOINTS"] = str(tmp_path_factory.mktemp("checkpoints"))
     os.environ["HF_HUB_OFFLINE"] = "1"
