@@ -91,7 +91,9 @@ def _apptest_without_polling():
                 return
         finally:
             runner.on_event.disconnect(on_event)
-        wait(runner, 0)  # the timeout's own error, the runner stopped first
+        runner.request_stop()  # as Streamlit's own wait does on its timeout: stop the script, then say so
+        runner.join()
+        raise RuntimeError(f"AppTest script run timed out after {timeout}(s)")
 
     class SharedCache(make):
         _shared: dict = {}
