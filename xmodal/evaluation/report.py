@@ -201,7 +201,8 @@ def recipe_key(config: dict) -> str:
 
 def recipe_label(config: dict) -> str:
     """The model and what its flags set (``--set`` fields, word vectors other than word2vec, epochs, tuning), so
-    two recipes of one model read apart: ``infonce-efficientnet (word_vectors=fasttext, hard_weight=1.0, epochs=30)``."""
+    two recipes of one model read apart:
+    ``infonce-efficientnet (word_vectors=fasttext, hard_weight=1.0, epochs=30)``."""
     train = config.get("train") or {}
     changed = {"word_vectors": train.get("word_vectors")} if train.get("word_vectors", "word2vec") != "word2vec" else {}
     changed.update(train.get("model_args") or {})
